@@ -1,7 +1,24 @@
-"""greenmeter: measure, compress and compare PyTorch models for energy and carbon."""
+"""greenmeter: measure, compress and compare PyTorch models for energy and carbon.
+
+Measure a block or a training function::
+
+    import greenmeter
+
+    with greenmeter.measure("inference", samples=len(x)) as m:
+        model(x)
+    print(m.measurement.summary())
+
+    @greenmeter.track
+    def train():
+        for batch in greenmeter.current_meter().iterate(loader):
+            ...
+
+Importing greenmeter touches no hardware and loads none of torch, pandas, pynvml or codecarbon.
+"""
 
 from __future__ import annotations
 
+from greenmeter._api import current_meter, default_meter, measure, track
 from greenmeter._errors import (
     BackendError,
     BackendUnavailable,
@@ -11,13 +28,29 @@ from greenmeter._errors import (
     MeasurementError,
 )
 from greenmeter._version import __version__
+from greenmeter.backends import Provenance
+from greenmeter.meter import Meter
+from greenmeter.records import DomainEnergy, EpochRecord, HostInfo, LatencyStats, Measurement
+from greenmeter.window import Window
 
 __all__ = [
     "BackendError",
     "BackendUnavailable",
     "ConfigError",
     "CounterReadError",
+    "DomainEnergy",
+    "EpochRecord",
     "GreenmeterError",
+    "HostInfo",
+    "LatencyStats",
+    "Measurement",
     "MeasurementError",
+    "Meter",
+    "Provenance",
+    "Window",
     "__version__",
+    "current_meter",
+    "default_meter",
+    "measure",
+    "track",
 ]

@@ -1,0 +1,9 @@
+"""``python -m greenmeter`` runs the command line."""
+
+from __future__ import annotations
+
+import sys
+
+from greenmeter.cli import main
+
+sys.exit(main())

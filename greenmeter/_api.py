@@ -1,0 +1,129 @@
+"""The short front door: ``measure`` (a context manager), ``track`` (a decorator), ``current_meter``.
+
+Both use the meter of the tracked function they run in, if any, and otherwise one process-wide meter
+created on first use, so hardware is probed once per process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from greenmeter._errors import MeasurementError
+from greenmeter.meter import Meter
+from greenmeter.window import WindowBlock
+
+__all__ = ["current_meter", "default_meter", "measure", "track"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_current: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("greenmeter_meter", default=None)
+_default: Meter | None = None
+_default_lock = threading.Lock()
+
+
+def default_meter() -> Meter:
+    """The process-wide meter, created (not yet started) on first call and closed at exit."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Meter()
+            atexit.register(_default.close)
+        return _default
+
+
+def current_meter() -> Meter:
+    """The meter of the tracked function or ``measure`` block this code runs in.
+
+    Use it to mark steps and epochs from inside a training loop::
+
+        @greenmeter.track
+        def train():
+            for batch in loader:
+                ...
+                greenmeter.current_meter().step(len(batch))
+
+    Raises:
+        MeasurementError: when called outside ``@track`` and ``measure``.
+    """
+    meter = _current.get()
+    if meter is None:
+        raise MeasurementError(
+            "current_meter() was called outside a @greenmeter.track function or greenmeter.measure block; "
+            "wrap the code in one of them, or pass a Meter explicitly"
+        )
+    return meter
+
+
+class _Measure(WindowBlock):
+    """A window block that also makes its meter the current one inside the block."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        self._token = _current.set(self._meter)
+        try:
+            return super().__enter__()
+        except BaseException:
+            _current.reset(self._token)
+            raise
+
+    def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+        try:
+            super().__exit__(*exc)
+        finally:
+            _current.reset(self._token)
+
+
+def measure(name: str = "measure", *, samples: int | None = None, meter: Meter | None = None) -> WindowBlock:
+    """Measure a block: ``with greenmeter.measure("inference", samples=n) as m: ...``.
+
+    After the block, ``m.measurement`` is the :class:`~greenmeter.Measurement` (energy in J, latency in s).
+    An exception in the block is recorded as a failed measurement and re-raised.
+
+    Args:
+        name: the window's name.
+        samples: samples processed in the block (for joules per sample); can be set later as ``m.samples``.
+        meter: the meter to use (default: the current one, else the process-wide meter).
+    """
+    return _Measure(meter or _current.get() or default_meter(), name, samples)
+
+
+@overload
+def track(func: F, /) -> F: ...
+@overload
+def track(*, name: str | None = None, samples: int | None = None, meter: Meter | None = None) -> Callable[[F], F]: ...
+
+
+def track(
+    func: Callable[..., Any] | None = None, /, *, name: str | None = None, samples: int | None = None,
+    meter: Meter | None = None,
+) -> Any:
+    """Decorate a function (a training loop) so every call is measured as one window.
+
+    Use bare (``@greenmeter.track``) or with options (``@greenmeter.track(name="train", samples=60000)``).
+    Inside the call, :func:`current_meter` returns the meter, to mark steps and epochs. The last call's
+    result is kept as ``wrapper.last_measurement``; all are in ``meter.measurements``.
+    """
+
+    def decorate(f: F) -> F:
+        window_name = name or f.__qualname__
+
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            block = _Measure(meter or _current.get() or default_meter(), window_name, samples)
+            try:
+                with block:
+                    return f(*args, **kwargs)
+            finally:
+                if block.window is not None:
+                    wrapper.last_measurement = block.window.measurement  # type: ignore[attr-defined]
+
+        wrapper.last_measurement = None  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(func) if func is not None else decorate

@@ -1,0 +1,426 @@
+"""The Meter: measurement windows over a set of energy backends.
+
+A window is the difference of two snapshots of every backend's cumulative joules, taken with a
+synchronisation hook at both edges. Windows nest and overlap freely. Steps and epochs marked while a
+window is open give per-step latency and per-epoch energy. The edges are cheap: a backend that needs
+slow reads or must see every counter wrap is polled by a background sampler instead.
+
+Typical use::
+
+    meter = Meter()
+    with meter.window("train", samples=len(dataset)) as w:
+        for batch in meter.iterate(loader):
+            train_step(batch)
+    print(w.measurement.summary())
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from greenmeter._errors import BackendUnavailable, ConfigError, MeasurementError
+from greenmeter.backends import Backend, Domain, ProbeResult, create_backend
+from greenmeter.backends._sampler import Sampler
+from greenmeter.host import describe_host
+from greenmeter.records import DomainEnergy, EpochRecord, LatencyStats, Measurement
+from greenmeter.window import Window, WindowBlock
+
+__all__ = ["Meter", "probe_sources"]
+
+log = logging.getLogger("greenmeter")
+T = TypeVar("T")
+SyncHook = Callable[[], None]
+_MODES = ("process", "machine")
+
+
+def _cuda_sync() -> None:
+    """Synchronise CUDA when torch is imported and CUDA is in use; never imports torch itself."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _batch_size(item: Any) -> int | None:
+    """Best guess of the number of samples in a batch: the leading size of its first tensor."""
+    first = item
+    if isinstance(item, (tuple, list)) and item:
+        first = item[0]
+    elif isinstance(item, dict) and item:
+        first = next(iter(item.values()))
+    shape = getattr(first, "shape", None)
+    if shape is not None and len(shape) > 0:
+        return int(shape[0])
+    return None
+
+
+def probe_sources(
+    *, mode: str = "process", sysfs_root: str | None = None, use_psys: bool = False,
+    gpus: Sequence[int] | None = None,
+) -> list[tuple[Backend, ProbeResult]]:
+    """Probe every known source and return each backend with its probe result (for ``info``).
+
+    Nothing is started; unusable backends are returned too, with the reason and the fix.
+    """
+    candidates = [
+        create_backend("rapl", sysfs_root=sysfs_root, use_psys=use_psys),
+        create_backend("nvml", devices=gpus),
+        create_backend("cpu-estimate", mode=mode),
+        create_backend("ram-estimate", mode=mode),
+    ]
+    return [(backend, backend.probe()) for backend in candidates]
+
+
+class Meter:
+    """Measures energy, power and latency over named windows.
+
+    Args:
+        backends: backend names (``"rapl"``, ``"nvml"``, ``"cpu-estimate"``, ``"ram-estimate"``) or
+            ready :class:`~greenmeter.backends.Backend` objects. ``None`` picks automatically: RAPL and
+            NVML where usable, the CPU estimate where RAPL is not (said in every measurement's flags),
+            and the RAM estimate where RAPL has no DRAM domain.
+        mode: ``"process"`` (estimates cover this process and its children; default) or ``"machine"``.
+            Hardware counters always cover their whole device.
+        sysfs_root: root of sysfs for RAPL (default ``$GREENMETER_SYSFS_ROOT`` or ``/sys``).
+        use_psys: count RAPL's psys (whole SoC) domain alone as the CPU total.
+        gpus: NVML device indices to measure (default: all visible).
+        idle_baseline_s: when > 0, measure idle power for this many seconds when the meter starts;
+            measurements then report idle and attributable energy apart.
+        sync: ``"auto"`` (``torch.cuda.synchronize`` when CUDA is in use), ``None``, or a callable run at
+            both edges of every window.
+
+    The meter starts (probes hardware, starts the sampler) on its first window. It is thread-safe.
+    """
+
+    def __init__(
+        self,
+        backends: Sequence[str | Backend] | None = None,
+        *,
+        mode: str = "process",
+        sysfs_root: str | None = None,
+        use_psys: bool = False,
+        gpus: Sequence[int] | None = None,
+        idle_baseline_s: float = 0.0,
+        sync: str | SyncHook | None = "auto",
+    ) -> None:
+        if mode not in _MODES:
+            raise ConfigError(f"mode must be one of {_MODES}, not {mode!r}")
+        if idle_baseline_s < 0:
+            raise ConfigError(f"idle_baseline_s must be >= 0 seconds, not {idle_baseline_s!r}")
+        if sync == "auto":
+            self._sync: SyncHook | None = _cuda_sync
+        elif sync is None or callable(sync):
+            self._sync = sync
+        else:
+            raise ConfigError(f"sync must be 'auto', None or a callable, not {sync!r}")
+        self._requested = list(backends) if backends is not None else None
+        self._options = {"mode": mode, "sysfs_root": sysfs_root, "use_psys": use_psys, "gpus": gpus}
+        self.mode = mode
+        self.idle_baseline_s = float(idle_baseline_s)
+        self._lock = threading.RLock()
+        self._started = False
+        self._closed = False
+        self._backends: list[Backend] = []
+        self._domains: dict[str, Domain] = {}
+        self._probes: list[ProbeResult] = []
+        self._notes: tuple[str, ...] = ()
+        self._idle_power_w: dict[str, float] | None = None
+        self._sampler: Sampler | None = None
+        self._open: list[Window] = []
+        self._step_times: list[float] = []
+        self._step_samples: list[int | None] = []
+        self._epoch_marks: list[tuple[float, dict[str, float], int]] = []
+        self.measurements: list[Measurement] = []
+        self.listeners: list[Callable[[Measurement], None]] = []
+
+    # Start-up ------------------------------------------------------------------------------
+    def start(self) -> Meter:
+        """Probe and open the backends, start the sampler and take the idle baseline. Idempotent."""
+        with self._lock:
+            if self._closed:
+                raise MeasurementError("this meter is closed; create a new Meter")
+            if self._started:
+                return self
+            self._open_backends()
+            polled = [b for b in self._backends if b.poll_interval_s]
+            if polled:
+                interval = min(b.poll_interval_s for b in polled if b.poll_interval_s)
+                self._sampler = Sampler(polled, interval)
+                self._sampler.start()
+            self._started = True
+            if self.idle_baseline_s > 0:
+                self._idle_power_w = self._measure_idle(self.idle_baseline_s)
+        return self
+
+    def _open_backends(self) -> None:
+        if self._requested is not None:
+            chosen: list[Backend] = []
+            for spec in self._requested:
+                backend = spec if isinstance(spec, Backend) else self._create(spec)
+                result = backend.probe()
+                self._probes.append(result)
+                if not result.available:
+                    raise BackendUnavailable(f"energy source {result.backend!r} is unusable here: {result.reason}")
+                chosen.append(backend)
+            self._use(chosen)
+            return
+        notes: list[str] = []
+        probed: list[tuple[Backend, ProbeResult]] = []
+        for name in ("rapl", "nvml"):
+            backend = self._create(name)
+            probed.append((backend, backend.probe()))
+        rapl_probe = probed[0][1]
+        if not rapl_probe.available:
+            notes.append(f"CPU energy is estimated, not measured: RAPL is unusable ({rapl_probe.reason})")
+            probed.append(self._probed(self._create("cpu-estimate")))
+        if not any(d.kind == "dram" and d.in_total for d in rapl_probe.domains) or not rapl_probe.available:
+            notes.append("RAM energy is estimated from memory size (no usable RAPL DRAM counter)")
+            probed.append(self._probed(self._create("ram-estimate")))
+        self._probes = [p for _, p in probed]
+        self._use([b for b, p in probed if p.available])
+        self._notes = tuple(notes)
+        for note in notes:
+            log.warning("greenmeter: %s", note)
+
+    @staticmethod
+    def _probed(backend: Backend) -> tuple[Backend, ProbeResult]:
+        return backend, backend.probe()
+
+    def _create(self, name: str) -> Backend:
+        opts = self._options
+        if name == "rapl":
+            return create_backend(name, sysfs_root=opts["sysfs_root"], use_psys=opts["use_psys"])
+        if name == "nvml":
+            return create_backend(name, devices=opts["gpus"])
+        return create_backend(name, mode=opts["mode"])
+
+    def _use(self, backends: list[Backend]) -> None:
+        probes = {p.backend: p for p in self._probes}
+        for backend in backends:
+            for domain in probes[backend.name].domains:
+                if domain.key in self._domains:
+                    raise ConfigError(f"two backends report the domain {domain.key!r}; use only one")
+                self._domains[domain.key] = domain
+        self._backends = backends
+
+    def _measure_idle(self, seconds: float) -> dict[str, float]:
+        start = self._snapshot()
+        time.sleep(seconds)
+        end = self._snapshot()
+        elapsed = end[0] - start[0]
+        return {key: (end[1][key] - start[1][key]) / elapsed for key in self._domains}
+
+    # Introspection -------------------------------------------------------------------------
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        """The backends in use (empty before the meter starts)."""
+        return tuple(self._backends)
+
+    @property
+    def domains(self) -> tuple[Domain, ...]:
+        """Every domain measured, with provenance."""
+        return tuple(self._domains.values())
+
+    @property
+    def probes(self) -> tuple[ProbeResult, ...]:
+        """Every probe made when the meter started, usable or not."""
+        return tuple(self._probes)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Fallbacks the meter made, in words (also in every measurement's flags)."""
+        return self._notes
+
+    @property
+    def idle_power_w(self) -> dict[str, float] | None:
+        """Idle power per domain in watts, when a baseline was taken."""
+        return None if self._idle_power_w is None else dict(self._idle_power_w)
+
+    # Reading -------------------------------------------------------------------------------
+    def _snapshot(self) -> tuple[float, dict[str, float]]:
+        energy: dict[str, float] = {}
+        for backend in self._backends:
+            energy.update(backend.read().energy_j)
+        return time.perf_counter(), energy
+
+    # Windows -------------------------------------------------------------------------------
+    def begin(self, name: str, *, samples: int | None = None) -> Window:
+        """Open a window and return its handle; close it with :meth:`end` or ``window.end()``."""
+        if not self._started:
+            self.start()
+        if self._sync is not None:
+            self._sync()
+        started_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        t0, energy = self._snapshot()
+        window = Window(self, name, samples, started_at, t0, energy, len(self._step_times), len(self._epoch_marks))
+        with self._lock:
+            self._open.append(window)
+        return window
+
+    def end(self, window: Window | str, *, error: BaseException | None = None) -> Measurement:
+        """Close a window (a handle, or the latest open window of that name) and return its measurement.
+
+        Args:
+            window: the handle from :meth:`begin`, or a window name.
+            error: the exception that ended the block, if any: the measurement is then marked failed.
+
+        Raises:
+            MeasurementError: the window is not open (never begun, or already ended).
+        """
+        if self._sync is not None:
+            self._sync()
+        t1, energy = self._snapshot()
+        with self._lock:
+            handle = self._find_open(window)
+            self._open.remove(handle)
+            steps = self._step_times[handle.step_index:]
+            samples = self._step_samples[handle.step_index:]
+            epochs = self._epoch_marks[handle.epoch_index:]
+            if not self._open:
+                self._step_times.clear()
+                self._step_samples.clear()
+                self._epoch_marks.clear()
+        measurement = self._build(handle, t1, energy, steps, samples, epochs, error)
+        handle.measurement = measurement
+        self.measurements.append(measurement)
+        for listener in self.listeners:
+            listener(measurement)
+        return measurement
+
+    def _find_open(self, window: Window | str) -> Window:
+        if isinstance(window, Window):
+            if window in self._open:
+                return window
+            raise MeasurementError(f"window {window.name!r} is not open (already ended, or from another meter)")
+        for handle in reversed(self._open):
+            if handle.name == window:
+                return handle
+        raise MeasurementError(f"no open window named {window!r}; open windows: {[w.name for w in self._open]}")
+
+    def window(self, name: str, *, samples: int | None = None) -> WindowBlock:
+        """A window for a ``with`` block: ``with meter.window("eval", samples=n) as w: ...``.
+
+        The block's exception, if any, still closes the window and records a failed measurement before
+        it propagates. After the block, ``w.measurement`` holds the result.
+        """
+        return WindowBlock(self, name, samples)
+
+    # Steps and epochs -----------------------------------------------------------------------
+    def step(self, samples: int | None = None) -> None:
+        """Mark the end of one step (a batch), optionally with its number of samples. Costs ~1 us."""
+        self._step_times.append(time.perf_counter())
+        self._step_samples.append(samples)
+
+    def epoch(self) -> None:
+        """Mark the end of an epoch: reads the backends, so per-epoch energy is exact to the counters."""
+        t, energy = self._snapshot()
+        self._epoch_marks.append((t, energy, len(self._step_times)))
+
+    def iterate(self, iterable: Iterable[T], *, samples_of: Callable[[T], int | None] = _batch_size) -> Iterator[T]:
+        """Yield from ``iterable``, marking a step each time the consumer asks for the next item.
+
+        ``samples_of(item)`` gives each batch's sample count (default: the leading size of its first tensor).
+        """
+        pending: int | None = None
+        started = False
+        for item in iterable:
+            if started:
+                self.step(pending)
+            pending, started = samples_of(item), True
+            yield item
+        if started:
+            self.step(pending)
+
+    # Building the record ---------------------------------------------------------------------
+    def _build(
+        self, w: Window, t1: float, energy: dict[str, float], steps: list[float],
+        step_samples: list[int | None], epochs: list[tuple[float, dict[str, float], int]],
+        error: BaseException | None,
+    ) -> Measurement:
+        duration = t1 - w.t0
+        idle = self._idle_power_w
+        flags = list(self._notes)
+        domains = []
+        for key, domain in self._domains.items():
+            resolved = duration >= domain.update_period_s
+            if not resolved:
+                flags.append(
+                    f"window {w.name!r} lasted {duration * 1e3:.3f} ms, shorter than the update period of "
+                    f"{key} ({domain.update_period_s * 1e3:.3f} ms): its energy is not resolved"
+                )
+            domains.append(DomainEnergy(
+                key=key, kind=domain.kind, energy_j=energy[key] - w.energy[key], in_total=domain.in_total,
+                provenance=domain.provenance, resolved=resolved,
+                idle_power_w=None if idle is None else idle[key],
+            ))
+        if self._sampler is not None:
+            flags.extend(self._sampler.errors_since(w.t0))
+        durations = []
+        previous = w.t0
+        for t in steps:
+            durations.append(t - previous)
+            previous = t
+        samples = w.samples
+        if samples is None and step_samples and all(s is not None for s in step_samples):
+            samples = sum(s for s in step_samples if s is not None)
+        total = sum(d.energy_j for d in domains if d.in_total)
+        return Measurement(
+            name=w.name,
+            status="failed" if error is not None else "ok",
+            error=None if error is None else f"{type(error).__name__}: {error}",
+            started_at=w.started_at,
+            duration_s=duration,
+            energy_j=total,
+            domains=tuple(domains),
+            host=describe_host(),
+            backends=tuple(b.name for b in self._backends),
+            samples=samples,
+            steps=len(steps),
+            latency=LatencyStats.from_durations(durations),
+            step_energy_method="split-by-step-time" if steps else None,
+            step_durations_s=tuple(durations),
+            epochs=self._epochs(w, epochs, step_samples),
+            idle_power_w=None if idle is None else sum(idle[k] for k, d in self._domains.items() if d.in_total),
+            flags=tuple(flags),
+        )
+
+    def _epochs(
+        self, w: Window, marks: list[tuple[float, dict[str, float], int]], step_samples: list[int | None],
+    ) -> tuple[EpochRecord, ...]:
+        records = []
+        previous_t, previous_e, previous_step = w.t0, w.energy, w.step_index
+        for index, (t, energy, step_count) in enumerate(marks):
+            in_epoch = step_samples[previous_step - w.step_index: step_count - w.step_index]
+            samples = sum(s for s in in_epoch if s is not None) if in_epoch and None not in in_epoch else None
+            records.append(EpochRecord(
+                index=index,
+                duration_s=t - previous_t,
+                energy_j=sum(energy[k] - previous_e[k] for k, d in self._domains.items() if d.in_total),
+                steps=step_count - previous_step,
+                samples=samples,
+            ))
+            previous_t, previous_e, previous_step = t, energy, step_count
+        return tuple(records)
+
+    # Shutdown ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the sampler and close the backends. Open windows are left unrecorded. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._sampler is not None:
+                self._sampler.stop()
+            for backend in self._backends:
+                backend.close()
+
+    def __enter__(self) -> Meter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
