@@ -251,7 +251,7 @@ class Meter:
     # Windows -------------------------------------------------------------------------------
     def begin(self, name: str, *, samples: int | None = None) -> Window:
         """Open a window and return its handle; close it with :meth:`end` or ``window.end()``."""
-        if not self._started:
+        if not self._started or self._closed:
             self.start()
         if self._sync is not None:
             self._sync()
