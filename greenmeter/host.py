@@ -16,13 +16,15 @@ __all__ = ["describe_host"]
 
 def _cpuinfo_fields(path: str = "/proc/cpuinfo") -> tuple[str, bool | None]:
     """Return (CPU model name, whether the hypervisor flag is set) from ``/proc/cpuinfo``."""
-    model, hypervisor = platform.processor() or platform.machine(), None
+    # platform.processor() would run `uname -p` in a child process: use the machine name instead.
+    fallback = platform.machine()
+    model, hypervisor = fallback, None
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
                 key = key.strip()
-                if key == "model name" and model in ("", platform.processor(), platform.machine()):
+                if key == "model name" and model == fallback:
                     model = value.strip()
                 elif key == "flags":
                     hypervisor = "hypervisor" in value.split()
@@ -42,7 +44,7 @@ def _static_facts() -> tuple[str, str, str, str, int, int | None, bool | None]:
         memory = None
     return (
         socket.gethostname(),
-        platform.platform(),
+        f"{os.uname().sysname} {os.uname().release} {platform.machine()}",
         platform.python_version(),
         model,
         os.cpu_count() or 1,

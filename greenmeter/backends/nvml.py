@@ -21,7 +21,6 @@ import time.
 from __future__ import annotations
 
 import math
-import operator
 import os
 import threading
 import time
@@ -40,6 +39,15 @@ COUNTER_UPDATE_PERIOD_S = 0.1
 
 _COUNTER_METHOD = "total energy counter (nvmlDeviceGetTotalEnergyConsumption)"
 _CONTAINER_FIX = "in a container, run it with the NVIDIA Container Toolkit (`docker run --gpus all ...`)"
+_INIT_FIXES = {  # pynvml error class name -> what is wrong and what to do
+    "NVMLError_LibraryNotFound": "libnvidia-ml.so.1 (NVML) is not on this machine. Install the NVIDIA driver; "
+    + _CONTAINER_FIX,
+    "NVMLError_DriverNotLoaded": "the NVIDIA kernel driver is not loaded. Install or load the NVIDIA driver "
+    f"(`sudo modprobe nvidia`, or reboot after installing it); {_CONTAINER_FIX}",
+    "NVMLError_NoPermission": "this user may not open /dev/nvidia*. Grant access to the device files",
+    "NVMLError_LibRmVersionMismatch": "the NVML library and the loaded kernel driver differ in version "
+    "(usually after a driver upgrade). Reboot, or reload the nvidia kernel modules",
+}
 
 
 class _Unavailable(Exception):
@@ -75,20 +83,12 @@ class NvmlBackend(Backend):
 
     name = "nvml"
 
-    def __init__(
-        self, devices: Sequence[int] | None = None, *, power_sample_interval_s: float = 0.1
-    ) -> None:
+    def __init__(self, devices: Sequence[int] | None = None, *, power_sample_interval_s: float = 0.1) -> None:
         self._devices = _check_devices(devices)
-        if (
-            isinstance(power_sample_interval_s, bool)
-            or not isinstance(power_sample_interval_s, (int, float))
-            or not math.isfinite(power_sample_interval_s)
-            or power_sample_interval_s <= 0
-        ):
-            raise ConfigError(
-                f"power_sample_interval_s must be a positive number of seconds, not {power_sample_interval_s!r}"
-            )
-        self._interval_s = float(power_sample_interval_s)
+        interval = power_sample_interval_s
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < math.inf:
+            raise ConfigError(f"power_sample_interval_s must be a positive number of seconds, not {interval!r}")
+        self._interval_s = float(interval)
         self._lock = threading.Lock()
         self._nvml: ModuleType | None = None
         self._gpus: tuple[_Gpu, ...] = ()
@@ -121,7 +121,11 @@ class NvmlBackend(Backend):
             try:
                 gpus, domains, notes = self._open(pynvml)
             except _Unavailable as why:
-                return _unavailable(str(why) + _shutdown_problem(pynvml))
+                try:
+                    pynvml.nvmlShutdown()
+                except pynvml.NVMLError as err:  # said in the reason, not hidden
+                    return _unavailable(f"{why} (nvmlShutdown then failed too: {err})")
+                return _unavailable(str(why))
             except BaseException:
                 pynvml.nvmlShutdown()
                 raise
@@ -152,12 +156,7 @@ class NvmlBackend(Backend):
             return Reading(timestamp_s=now, energy_j=energy_j)
 
     def poll(self) -> None:
-        """Take one power sample on every GPU without an energy counter (counters need no polling).
-
-        Raises:
-            CounterReadError: an NVML call failed.
-            MeasurementError: the backend is not open.
-        """
+        """Take one power sample on each GPU without an energy counter. Raises as :meth:`read` does."""
         with self._lock:
             nvml = self._require_open("poll")
             now = time.monotonic()
@@ -166,11 +165,7 @@ class NvmlBackend(Backend):
                     self._sample(nvml, gpu, now)
 
     def close(self) -> None:
-        """Shut NVML down once. Safe to call more than once, and before any probe.
-
-        Raises:
-            BackendError: ``nvmlShutdown`` failed (the backend is closed all the same).
-        """
+        """Shut NVML down once; safe to call again. Raises ``BackendError`` if ``nvmlShutdown`` fails."""
         with self._lock:
             nvml, self._nvml = self._nvml, None
             self._gpus, self._result, self.poll_interval_s = (), None, None
@@ -181,17 +176,13 @@ class NvmlBackend(Backend):
             except nvml.NVMLError as err:
                 raise BackendError(f"nvmlShutdown failed: {err}") from err
 
-    # -- probe helpers ---------------------------------------------------------------------------------
-
     def _open(self, nvml: ModuleType) -> tuple[tuple[_Gpu, ...], tuple[Domain, ...], tuple[str, ...]]:
         try:
             count = int(nvml.nvmlDeviceGetCount())
         except nvml.NVMLError as err:
             raise _Unavailable(f"NVML initialised but could not count the GPUs: {err}") from err
         if count == 0:
-            raise _Unavailable(
-                "NVML works but sees no NVIDIA GPU (`nvidia-smi -L` lists none); " + _CONTAINER_FIX
-            )
+            raise _Unavailable(f"NVML works but sees no NVIDIA GPU (`nvidia-smi -L` lists none); {_CONTAINER_FIX}")
         visible, notes = _visible_indices(nvml, count)
         chosen = self._devices if self._devices is not None else tuple(range(len(visible)))
         for index in chosen:
@@ -236,18 +227,19 @@ class NvmlBackend(Backend):
             now = time.monotonic()
             power_w = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
         except nvml.NVMLError as err:
-            notes.append(f"{key} ({source}) left out: no energy counter ({counter_err}) and no power reading ({err})")
+            notes.append(
+                f"{key} ({source}) left out: no energy counter ({counter_err}) and no power reading ({err})"
+            )
             return None
         if isinstance(counter_err, getattr(nvml, "NVMLError_NotSupported", ())):
             why = "has no total energy counter (it needs a Volta or newer GPU)"
         else:
             why = f"cannot read its total energy counter ({counter_err})"
-        notes.append(f"{key} ({source}) {why}; integrating power samples every {self._interval_s:g} s instead")
-        method = f"integrated power samples (nvmlDeviceGetPowerUsage every {self._interval_s:g} s, trapezoid rule)"
+        every = f"every {self._interval_s:g} s"
+        notes.append(f"{key} ({source}) {why}; integrating power samples {every} instead")
+        method = f"integrated power samples (nvmlDeviceGetPowerUsage {every}, trapezoid rule)"
         domain = Domain(key, "gpu", True, Provenance("measured", source, method), self._interval_s)
         return _Gpu(key, handle, uses_counter=False, last_t=now, last_w=power_w), domain
-
-    # -- read helpers ----------------------------------------------------------------------------------
 
     def _require_open(self, call: str) -> ModuleType:
         if self._nvml is None:
@@ -281,22 +273,12 @@ class NvmlBackend(Backend):
 def _check_devices(devices: Sequence[int] | None) -> tuple[int, ...] | None:
     if devices is None:
         return None
-    if isinstance(devices, (str, bytes)):
-        raise ConfigError(f"devices must be a sequence of GPU indices such as [0, 1], not {devices!r}")
-    checked: list[int] = []
-    for device in devices:
-        try:
-            index = operator.index(device) if not isinstance(device, bool) else None
-        except TypeError:
-            index = None
-        if index is None or index < 0:
-            raise ConfigError(f"devices must hold GPU indices (integers >= 0); got {device!r}")
-        if index in checked:
-            raise ConfigError(f"devices lists GPU {index} twice")
-        checked.append(index)
-    if not checked:
-        raise ConfigError("devices is empty; pass None to measure every visible GPU")
-    return tuple(checked)
+    checked = () if isinstance(devices, (str, bytes)) else tuple(devices)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in checked) or not checked:
+        raise ConfigError(f"devices must be a non-empty sequence of GPU indices (integers >= 0), not {devices!r}")
+    if len(set(checked)) < len(checked):
+        raise ConfigError(f"devices lists a GPU twice: {list(checked)}")
+    return checked
 
 
 def _visible_indices(nvml: ModuleType, count: int) -> tuple[list[int], list[str]]:
@@ -318,7 +300,8 @@ def _visible_indices(nvml: ModuleType, count: int) -> tuple[list[int], list[str]
         if token.upper().startswith("GPU-"):
             if uuids is None:
                 try:
-                    uuids = [_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))) for i in range(count)]
+                    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+                    uuids = [_text(nvml.nvmlDeviceGetUUID(handle)) for handle in handles]
                 except nvml.NVMLError as err:
                     raise _Unavailable(f"cannot read GPU UUIDs to match CUDA_VISIBLE_DEVICES: {err}") from err
             matches = [i for i, uuid in enumerate(uuids) if uuid.upper().startswith(token.upper())]
@@ -355,29 +338,12 @@ def _visible_indices(nvml: ModuleType, count: int) -> tuple[list[int], list[str]
 
 
 def _init_failure(nvml: ModuleType, err: Exception) -> str:
-    """The reason ``nvmlInit`` failed, with the fix."""
-    said = f"NVML failed to initialise ({type(err).__name__}: {err})"
-    if isinstance(err, getattr(nvml, "NVMLError_LibraryNotFound", ())):
-        return f"{said}: libnvidia-ml.so.1 is not on this machine. Install the NVIDIA driver; {_CONTAINER_FIX}"
-    if isinstance(err, getattr(nvml, "NVMLError_DriverNotLoaded", ())):
-        return (
-            f"{said}: the NVIDIA kernel driver is not loaded. Install or load the NVIDIA driver "
-            f"(`sudo modprobe nvidia`, or reboot after installing it); {_CONTAINER_FIX}"
-        )
-    if isinstance(err, getattr(nvml, "NVMLError_NoPermission", ())):
-        return f"{said}: this user may not open /dev/nvidia*. Grant access to the device files, or run as a user who has it"
-    if isinstance(err, getattr(nvml, "NVMLError_LibRmVersionMismatch", ())):
-        return f"{said}: the NVML library and the loaded kernel driver differ in version. Reboot, or reload the nvidia modules"
-    return f"{said}. Check that `nvidia-smi` works here; install or load the NVIDIA driver; {_CONTAINER_FIX}"
-
-
-def _shutdown_problem(nvml: ModuleType) -> str:
-    """Shut NVML down after a failed probe; any failure is returned as text for the reason."""
-    try:
-        nvml.nvmlShutdown()
-    except nvml.NVMLError as err:
-        return f" (nvmlShutdown then failed too: {err})"
-    return ""
+    """Why ``nvmlInit`` failed, with the fix."""
+    fix = next(
+        (text for name, text in _INIT_FIXES.items() if isinstance(err, getattr(nvml, name, ()))),
+        f"check that `nvidia-smi` works here; install or load the NVIDIA driver; {_CONTAINER_FIX}",
+    )
+    return f"NVML failed to initialise ({type(err).__name__}: {err}): {fix}"
 
 
 def _unavailable(reason: str) -> ProbeResult:
