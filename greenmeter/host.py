@@ -9,34 +9,18 @@ import socket
 import sys
 
 from greenmeter._version import __version__
+from greenmeter.backends.cpu_model import read_cpu_facts
 from greenmeter.records import HostInfo
 
 __all__ = ["describe_host"]
 
 
-def _cpuinfo_fields(path: str = "/proc/cpuinfo") -> tuple[str, bool | None]:
-    """Return (CPU model name, whether the hypervisor flag is set) from ``/proc/cpuinfo``."""
-    # platform.processor() would run `uname -p` in a child process: use the machine name instead.
-    fallback = platform.machine()
-    model, hypervisor = fallback, None
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model == fallback:
-                    model = value.strip()
-                elif key == "flags":
-                    hypervisor = "hypervisor" in value.split()
-                    break
-    except OSError:
-        pass
-    return model, hypervisor
-
-
 @functools.lru_cache(maxsize=1)
 def _static_facts() -> tuple[str, str, str, str, int, int | None, bool | None]:
-    model, hypervisor = _cpuinfo_fields()
+    facts = read_cpu_facts()
+    # platform.processor() would run `uname -p` in a child process: fall back to the machine name.
+    model = facts.model_name or platform.machine()
+    hypervisor = facts.hypervisor if facts.readable else None
     try:
         pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         memory: int | None = pages * page_size

@@ -28,7 +28,15 @@ from greenmeter._errors import BackendUnavailable, ConfigError, MeasurementError
 from greenmeter.backends import Backend, Domain, ProbeResult, create_backend
 from greenmeter.backends._sampler import Sampler
 from greenmeter.host import describe_host
-from greenmeter.records import DomainEnergy, EpochRecord, LatencyStats, Measurement
+from greenmeter.records import (
+    SCHEMA_VERSION,
+    DomainEnergy,
+    EpochRecord,
+    HostInfo,
+    LatencyStats,
+    Measurement,
+    assemble,
+)
 from greenmeter.window import Window, WindowBlock
 
 __all__ = ["Meter", "probe_sources"]
@@ -135,6 +143,9 @@ class Meter:
         self._step_times: list[float] = []
         self._step_samples: list[int | None] = []
         self._epoch_marks: list[tuple[float, dict[str, float], int]] = []
+        self._backend_names: tuple[str, ...] = ()
+        self._host_info: HostInfo | None = None
+        self._host_torch = False
         self.measurements: list[Measurement] = []
         self.listeners: list[Callable[[Measurement], None]] = []
 
@@ -179,7 +190,7 @@ class Meter:
             notes.append(f"CPU energy is estimated, not measured: RAPL is unusable ({rapl_probe.reason})")
             probed.append(self._probed(self._create("cpu-estimate")))
         if not any(d.kind == "dram" and d.in_total for d in rapl_probe.domains) or not rapl_probe.available:
-            notes.append("RAM energy is estimated from memory size (no usable RAPL DRAM counter)")
+            notes.append("RAM energy is estimated (ram-estimate), not measured: no usable RAPL DRAM counter")
             probed.append(self._probed(self._create("ram-estimate")))
         self._probes = [p for _, p in probed]
         self._use([b for b, p in probed if p.available])
@@ -207,6 +218,7 @@ class Meter:
                     raise ConfigError(f"two backends report the domain {domain.key!r}; use only one")
                 self._domains[domain.key] = domain
         self._backends = backends
+        self._backend_names = tuple(b.name for b in backends)
 
     def _measure_idle(self, seconds: float) -> dict[str, float]:
         start = self._snapshot()
@@ -344,8 +356,10 @@ class Meter:
     ) -> Measurement:
         duration = t1 - w.t0
         idle = self._idle_power_w
+        start_energy = w.energy
         flags = list(self._notes)
         domains = []
+        total = 0.0
         for key, domain in self._domains.items():
             resolved = duration >= domain.update_period_s
             if not resolved:
@@ -353,41 +367,52 @@ class Meter:
                     f"window {w.name!r} lasted {duration * 1e3:.3f} ms, shorter than the update period of "
                     f"{key} ({domain.update_period_s * 1e3:.3f} ms): its energy is not resolved"
                 )
-            domains.append(DomainEnergy(
-                key=key, kind=domain.kind, energy_j=energy[key] - w.energy[key], in_total=domain.in_total,
-                provenance=domain.provenance, resolved=resolved,
-                idle_power_w=None if idle is None else idle[key],
-            ))
-        if self._sampler is not None:
+            joules = energy[key] - start_energy[key]
+            if domain.in_total:
+                total += joules
+            domains.append(assemble(DomainEnergy, {
+                "key": key, "kind": domain.kind, "energy_j": joules, "in_total": domain.in_total,
+                "provenance": domain.provenance, "resolved": resolved,
+                "idle_power_w": None if idle is None else idle[key],
+            }))
+        if self._sampler is not None and self._sampler.has_errors:
             flags.extend(self._sampler.errors_since(w.t0))
-        durations = []
-        previous = w.t0
-        for t in steps:
-            durations.append(t - previous)
-            previous = t
+        durations: list[float] = []
         samples = w.samples
-        if samples is None and step_samples and all(s is not None for s in step_samples):
-            samples = sum(s for s in step_samples if s is not None)
-        total = sum(d.energy_j for d in domains if d.in_total)
-        return Measurement(
-            name=w.name,
-            status="failed" if error is not None else "ok",
-            error=None if error is None else f"{type(error).__name__}: {error}",
-            started_at=w.started_at,
-            duration_s=duration,
-            energy_j=total,
-            domains=tuple(domains),
-            host=describe_host(),
-            backends=tuple(b.name for b in self._backends),
-            samples=samples,
-            steps=len(steps),
-            latency=LatencyStats.from_durations(durations),
-            step_energy_method="split-by-step-time" if steps else None,
-            step_durations_s=tuple(durations),
-            epochs=self._epochs(w, epochs, step_samples),
-            idle_power_w=None if idle is None else sum(idle[k] for k, d in self._domains.items() if d.in_total),
-            flags=tuple(flags),
-        )
+        if steps:
+            previous = w.t0
+            for t in steps:
+                durations.append(t - previous)
+                previous = t
+            if samples is None and None not in step_samples:
+                samples = sum(step_samples)  # type: ignore[arg-type]
+        return assemble(Measurement, {
+            "name": w.name,
+            "status": "failed" if error is not None else "ok",
+            "started_at": w.started_at,
+            "duration_s": duration,
+            "energy_j": total,
+            "domains": tuple(domains),
+            "host": self._host(),
+            "backends": self._backend_names,
+            "samples": samples,
+            "steps": len(steps),
+            "latency": LatencyStats.from_durations(durations),
+            "step_energy_method": "split-by-step-time" if steps else None,
+            "epochs": self._epochs(w, epochs, step_samples) if epochs else (),
+            "idle_power_w": None if idle is None else sum(idle[k] for k, d in self._domains.items() if d.in_total),
+            "flags": tuple(flags),
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "step_durations_s": tuple(durations),
+            "schema_version": SCHEMA_VERSION,
+        })
+
+    def _host(self) -> HostInfo:
+        """Host facts, cached; refreshed when torch gets imported (its version is one of them)."""
+        torch_loaded = "torch" in sys.modules
+        if self._host_info is None or self._host_torch != torch_loaded:
+            self._host_info, self._host_torch = describe_host(), torch_loaded
+        return self._host_info
 
     def _epochs(
         self, w: Window, marks: list[tuple[float, dict[str, float], int]], step_samples: list[int | None],

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 __all__ = ["Backend", "Domain", "ProbeResult", "Provenance", "Reading"]
 
@@ -110,9 +110,8 @@ class ProbeResult:
     notes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Reading:
-    """A snapshot of cumulative energy.
+class Reading(NamedTuple):
+    """A snapshot of cumulative energy (an immutable named tuple: it is built twice per window, so cheap).
 
     Attributes:
         timestamp_s: ``time.monotonic()`` at the read, in seconds.

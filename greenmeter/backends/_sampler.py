@@ -43,6 +43,11 @@ class Sampler:
                     log.warning("greenmeter: %s", message)
                 self._errors.append((time.perf_counter(), message))
 
+    @property
+    def has_errors(self) -> bool:
+        """Whether any poll has failed since the sampler started."""
+        return bool(self._errors)
+
     def errors_since(self, t0: float) -> list[str]:
         """Distinct poll failures recorded at or after ``time.perf_counter()`` value ``t0``."""
         seen: dict[str, None] = {}
