@@ -116,6 +116,10 @@ def test_permission_denied_falls_back_to_the_estimate_out_loud(shared_root: Path
     tree.restrict_energy(0o400)
     script = (
         "import json, os, sys, greenmeter\n"
+        # Import every module as root (the checkout may sit in a 0700 folder); only the probing runs
+        # unprivileged.
+        "import psutil, greenmeter.backends.rapl, greenmeter.backends.nvml\n"
+        "import greenmeter.backends.cpu_estimate, greenmeter.backends.ram_estimate\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
         "meter = greenmeter.Meter(sysfs_root=sys.argv[1], sync=None)\n"
         "with meter.window('w') as w:\n"
