@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from greenmeter._errors import MeasurementError
+from greenmeter.carbon import CarbonSettings
 from greenmeter.meter import Meter
 from greenmeter.window import WindowBlock
 
@@ -79,7 +80,21 @@ class _Measure(WindowBlock):
             _current.reset(self._token)
 
 
-def measure(name: str = "measure", *, samples: int | None = None, meter: Meter | None = None) -> WindowBlock:
+def _carbon(
+    country: str | None, cloud: str | None, intensity: float | None, pue: float | str | None,
+) -> CarbonSettings | None:
+    """Carbon settings from keyword arguments; ``None`` (the meter's own) when none is given."""
+    if country is None and cloud is None and intensity is None and pue is None:
+        return None
+    return CarbonSettings(country=country, cloud=cloud, intensity_g_per_kwh=intensity,
+                          pue=1.0 if pue is None else pue)
+
+
+def measure(
+    name: str = "measure", *, samples: int | None = None, meter: Meter | None = None,
+    country: str | None = None, cloud: str | None = None, intensity: float | None = None,
+    pue: float | str | None = None,
+) -> WindowBlock:
     """Measure a block: ``with greenmeter.measure("inference", samples=n) as m: ...``.
 
     After the block, ``m.measurement`` is the :class:`~greenmeter.Measurement` (energy in J, latency in s).
@@ -89,33 +104,50 @@ def measure(name: str = "measure", *, samples: int | None = None, meter: Meter |
         name: the window's name.
         samples: samples processed in the block (for joules per sample); can be set later as ``m.samples``.
         meter: the meter to use (default: the current one, else the process-wide meter).
+        country: ISO 3166 country code (``"FRA"`` or ``"FR"``) for the grid intensity.
+        cloud: cloud provider and region (``"aws:eu-west-3"``) for the grid intensity.
+        intensity: grid intensity in gCO2e/kWh, given by you.
+        pue: power usage effectiveness (a number >= 1 or a preset name; default 1.0).
+
+    Without carbon settings the meter's are used (by default the world average, marked as assumed).
+
+    Raises:
+        ConfigError: an unknown country or region, or an out-of-range intensity or PUE.
     """
-    return _Measure(meter or _current.get() or default_meter(), name, samples)
+    carbon = _carbon(country, cloud, intensity, pue)
+    return _Measure(meter or _current.get() or default_meter(), name, samples, carbon)
 
 
 @overload
 def track(func: F, /) -> F: ...
 @overload
-def track(*, name: str | None = None, samples: int | None = None, meter: Meter | None = None) -> Callable[[F], F]: ...
+def track(
+    *, name: str | None = None, samples: int | None = None, meter: Meter | None = None,
+    country: str | None = None, cloud: str | None = None, intensity: float | None = None,
+    pue: float | str | None = None,
+) -> Callable[[F], F]: ...
 
 
 def track(
     func: Callable[..., Any] | None = None, /, *, name: str | None = None, samples: int | None = None,
-    meter: Meter | None = None,
+    meter: Meter | None = None, country: str | None = None, cloud: str | None = None,
+    intensity: float | None = None, pue: float | str | None = None,
 ) -> Any:
     """Decorate a function (a training loop) so every call is measured as one window.
 
     Use bare (``@greenmeter.track``) or with options (``@greenmeter.track(name="train", samples=60000)``).
     Inside the call, :func:`current_meter` returns the meter, to mark steps and epochs. The last call's
-    result is kept as ``wrapper.last_measurement``; all are in ``meter.measurements``.
+    result is kept as ``wrapper.last_measurement``; all are in ``meter.measurements``. The carbon
+    keywords are those of :func:`measure`.
     """
+    carbon = _carbon(country, cloud, intensity, pue)
 
     def decorate(f: F) -> F:
         window_name = name or f.__qualname__
 
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            block = _Measure(meter or _current.get() or default_meter(), window_name, samples)
+            block = _Measure(meter or _current.get() or default_meter(), window_name, samples, carbon)
             try:
                 with block:
                     return f(*args, **kwargs)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from greenmeter._errors import BackendUnavailable, ConfigError, MeasurementError
 from greenmeter.backends import Backend, Domain, ProbeResult, create_backend
 from greenmeter.backends._sampler import Sampler
+from greenmeter.carbon import CarbonEstimate, CarbonSettings
 from greenmeter.host import describe_host
 from greenmeter.records import (
     SCHEMA_VERSION,
@@ -84,6 +85,29 @@ def probe_sources(
     return [(backend, backend.probe()) for backend in candidates]
 
 
+class _Carbon:
+    """Carbon settings resolved once (table look-ups are not repeated per window)."""
+
+    __slots__ = ("intensity", "pue", "pue_source")
+
+    def __init__(self, settings: CarbonSettings | None) -> None:
+        if settings is None:
+            settings = CarbonSettings()
+        elif not isinstance(settings, CarbonSettings):
+            raise ConfigError(f"carbon must be a greenmeter.CarbonSettings, not {type(settings).__name__}")
+        self.intensity = settings.resolve_intensity()
+        self.pue, self.pue_source = settings.resolve_pue()
+
+    def estimate(self, energy_j: float) -> CarbonEstimate:
+        """CO2e of ``energy_j`` joules: kWh x PUE x g/kWh (built without per-field setattr: hot path)."""
+        g_per_kwh = self.intensity.intensity_g_per_kwh
+        return assemble(CarbonEstimate, {
+            "energy_j": energy_j, "pue": self.pue, "pue_source": self.pue_source,
+            "intensity_g_per_kwh": g_per_kwh, "co2e_g": energy_j / 3.6e6 * self.pue * g_per_kwh,
+            "intensity": self.intensity,
+        })
+
+
 class Meter:
     """Measures energy, power and latency over named windows.
 
@@ -101,6 +125,8 @@ class Meter:
             measurements then report idle and attributable energy apart.
         sync: ``"auto"`` (``torch.cuda.synchronize`` when CUDA is in use), ``None``, or a callable run at
             both edges of every window.
+        carbon: grid intensity and PUE for the CO2e of every measurement (default: the world average
+            intensity, marked as assumed, and PUE 1.0).
 
     The meter starts (probes hardware, starts the sampler) on its first window. It is thread-safe.
     """
@@ -115,6 +141,7 @@ class Meter:
         gpus: Sequence[int] | None = None,
         idle_baseline_s: float = 0.0,
         sync: str | SyncHook | None = "auto",
+        carbon: CarbonSettings | None = None,
     ) -> None:
         if mode not in _MODES:
             raise ConfigError(f"mode must be one of {_MODES}, not {mode!r}")
@@ -126,6 +153,10 @@ class Meter:
             self._sync = sync
         else:
             raise ConfigError(f"sync must be 'auto', None or a callable, not {sync!r}")
+        if carbon is not None and not isinstance(carbon, CarbonSettings):
+            raise ConfigError(f"carbon must be a greenmeter.CarbonSettings, not {type(carbon).__name__}")
+        self._carbon_settings = carbon
+        self._carbon: _Carbon | None = None  # resolved when the meter starts
         self._requested = list(backends) if backends is not None else None
         self._options = {"mode": mode, "sysfs_root": sysfs_root, "use_psys": use_psys, "gpus": gpus}
         self.mode = mode
@@ -157,6 +188,7 @@ class Meter:
                 raise MeasurementError("this meter is closed; create a new Meter")
             if self._started:
                 return self
+            self._carbon = _Carbon(self._carbon_settings)
             self._open_backends()
             polled = [b for b in self._backends if b.poll_interval_s]
             if polled:
@@ -249,11 +281,25 @@ class Meter:
         return self._notes
 
     @property
+    def host(self) -> HostInfo:
+        """Facts about this machine (cached)."""
+        return self._host()
+
+    @property
     def idle_power_w(self) -> dict[str, float] | None:
         """Idle power per domain in watts, when a baseline was taken."""
         return None if self._idle_power_w is None else dict(self._idle_power_w)
 
     # Reading -------------------------------------------------------------------------------
+    def read(self) -> tuple[float, dict[str, float]]:
+        """Cumulative joules per domain now, with the ``time.perf_counter()`` of the read (starts the meter).
+
+        Two reads give any interval's energy; ``greenmeter run`` uses this for its power timeline.
+        """
+        if not self._started:
+            self.start()
+        return self._snapshot()
+
     def _snapshot(self) -> tuple[float, dict[str, float]]:
         energy: dict[str, float] = {}
         for backend in self._backends:
@@ -261,15 +307,22 @@ class Meter:
         return time.perf_counter(), energy
 
     # Windows -------------------------------------------------------------------------------
-    def begin(self, name: str, *, samples: int | None = None) -> Window:
-        """Open a window and return its handle; close it with :meth:`end` or ``window.end()``."""
+    def begin(self, name: str, *, samples: int | None = None, carbon: CarbonSettings | None = None) -> Window:
+        """Open a window and return its handle; close it with :meth:`end` or ``window.end()``.
+
+        Args:
+            name: the window's name.
+            samples: samples processed in the window, if known (or set ``window.samples`` later).
+            carbon: carbon settings for this window only (default: the meter's).
+        """
         if not self._started or self._closed:
             self.start()
         if self._sync is not None:
             self._sync()
         started_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
         t0, energy = self._snapshot()
-        window = Window(self, name, samples, started_at, t0, energy, len(self._step_times), len(self._epoch_marks))
+        window = Window(self, name, samples, started_at, t0, energy, len(self._step_times), len(self._epoch_marks),
+                        None if carbon is None else _Carbon(carbon))
         with self._lock:
             self._open.append(window)
         return window
@@ -314,13 +367,13 @@ class Meter:
                 return handle
         raise MeasurementError(f"no open window named {window!r}; open windows: {[w.name for w in self._open]}")
 
-    def window(self, name: str, *, samples: int | None = None) -> WindowBlock:
+    def window(self, name: str, *, samples: int | None = None, carbon: CarbonSettings | None = None) -> WindowBlock:
         """A window for a ``with`` block: ``with meter.window("eval", samples=n) as w: ...``.
 
         The block's exception, if any, still closes the window and records a failed measurement before
         it propagates. After the block, ``w.measurement`` holds the result.
         """
-        return WindowBlock(self, name, samples)
+        return WindowBlock(self, name, samples, carbon)
 
     # Steps and epochs -----------------------------------------------------------------------
     def step(self, samples: int | None = None) -> None:
@@ -403,6 +456,7 @@ class Meter:
             "idle_power_w": None if idle is None else sum(idle[k] for k, d in self._domains.items() if d.in_total),
             "flags": tuple(flags),
             "error": None if error is None else f"{type(error).__name__}: {error}",
+            "carbon": (w.carbon or self._carbon).estimate(total),  # type: ignore[union-attr]
             "step_durations_s": tuple(durations),
             "schema_version": SCHEMA_VERSION,
         })

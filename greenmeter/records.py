@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from greenmeter._errors import ConfigError
 from greenmeter.backends._base import Provenance
+from greenmeter.carbon import CarbonEstimate
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -25,7 +26,8 @@ __all__ = [
     "Measurement",
 ]
 
-SCHEMA_VERSION = 1
+#: 2 added ``Measurement.carbon``; version 1 records read with ``carbon = None``.
+SCHEMA_VERSION = 2
 
 
 def assemble(cls: type[_R], fields: dict[str, Any]) -> _R:
@@ -196,6 +198,7 @@ class Measurement:
         idle_power_w: total idle power from the baseline, when one was taken.
         flags: warnings a reader must see (an unresolved window, a fallback to an estimate...).
         backends: names of the backends that produced the figures.
+        carbon: ``energy_j`` as CO2e with its grid intensity, PUE and their sources.
     """
 
     name: str
@@ -214,6 +217,7 @@ class Measurement:
     idle_power_w: float | None = None
     flags: tuple[str, ...] = ()
     error: str | None = None
+    carbon: CarbonEstimate | None = None
     step_durations_s: tuple[float, ...] = field(default=(), repr=False)
     schema_version: int = SCHEMA_VERSION
 
@@ -290,6 +294,7 @@ class Measurement:
             "epochs": [e.to_dict() for e in self.epochs],
             "idle_power_w": self.idle_power_w,
             "flags": list(self.flags),
+            "carbon": self.carbon.to_dict() if self.carbon is not None else None,
         }
 
     @classmethod
@@ -319,6 +324,7 @@ class Measurement:
             epochs=tuple(EpochRecord.from_dict(e) for e in data.get("epochs", ())),
             idle_power_w=data.get("idle_power_w"),
             flags=tuple(data.get("flags", ())),
+            carbon=CarbonEstimate.from_dict(data["carbon"]) if data.get("carbon") else None,
             schema_version=version,
         )
 
@@ -349,6 +355,8 @@ class Measurement:
                 f"  idle {self.idle_energy_j:.3f} J ({self.idle_power_w:.2f} W), "
                 f"attributable {self.attributable_energy_j:.3f} J"
             )
+        if self.carbon is not None:
+            lines.append(f"  {self.carbon.describe()}")
         for d in self.domains:
             mark = "" if d.in_total else " (inside another domain, not in total)"
             lines.append(f"  {d.key}: {d.energy_j:.3f} J{mark} - {d.provenance.describe()}")

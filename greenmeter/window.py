@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from greenmeter.carbon import CarbonSettings
     from greenmeter.meter import Meter
     from greenmeter.records import Measurement
 
@@ -22,11 +23,11 @@ class Window:
     """
 
     __slots__ = ("meter", "name", "samples", "started_at", "t0", "energy", "step_index", "epoch_index",
-                 "measurement")
+                 "carbon", "measurement")
 
     def __init__(
         self, meter: Meter, name: str, samples: int | None, started_at: str, t0: float,
-        energy: dict[str, float], step_index: int, epoch_index: int,
+        energy: dict[str, float], step_index: int, epoch_index: int, carbon: Any = None,
     ) -> None:
         self.meter = meter
         self.name = name
@@ -36,6 +37,7 @@ class Window:
         self.energy = energy
         self.step_index = step_index
         self.epoch_index = epoch_index
+        self.carbon = carbon  # resolved carbon settings for this window only, or None for the meter's
         self.measurement: Measurement | None = None
 
     def end(self) -> Measurement:
@@ -53,16 +55,17 @@ class WindowBlock:
     An exception in the block is recorded (the measurement is marked failed) and then propagates.
     """
 
-    __slots__ = ("_meter", "_name", "_samples", "window")
+    __slots__ = ("_meter", "_name", "_samples", "_carbon", "window")
 
-    def __init__(self, meter: Meter, name: str, samples: int | None) -> None:
+    def __init__(self, meter: Meter, name: str, samples: int | None, carbon: CarbonSettings | None = None) -> None:
         self._meter = meter
         self._name = name
         self._samples = samples
+        self._carbon = carbon
         self.window: Window | None = None
 
     def __enter__(self) -> Window:
-        self.window = self._meter.begin(self._name, samples=self._samples)
+        self.window = self._meter.begin(self._name, samples=self._samples, carbon=self._carbon)
         return self.window
 
     def __exit__(

@@ -228,6 +228,24 @@ def build_power_model(
     return PowerModel(model_idle, model_max, constants, tuple(notes))
 
 
+def _tree_cpu_s(root: Any) -> float:
+    """CPU seconds of a live psutil process tree: each process's own and its reaped children's time."""
+    import psutil
+
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0  # the root is gone (reaped): its time is in os.times() now
+    total = 0.0
+    for process in processes:
+        try:
+            t = process.cpu_times()
+        except psutil.Error:
+            continue  # exited and reaped between listing and reading: counted by its parent
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def _busy_s(times: Any) -> float:
     """Busy seconds from a psutil ``scputimes`` (Linux folds guest time into user and nice)."""
     busy = times.user + times.system
@@ -285,6 +303,7 @@ class CpuEstimateBackend(Backend):
         self.domain = Domain(_KEY, "cpu", True, provenance, resolution_s)
         self._unavailable = ""
         self._cpu_times: Any = None
+        self._followed: Any = None
         if mode == "process":
             t = os.times()
             self._cpu0 = t[0] + t[1] + t[2] + t[3]
@@ -322,7 +341,10 @@ class CpuEstimateBackend(Backend):
             if self._unavailable:
                 raise CounterReadError(self._unavailable)
             t = os.times()
-            return Reading(time.monotonic(), {_KEY: (t[0] + t[1] + t[2] + t[3] - self._cpu0) * self._p_max})
+            cpu = t[0] + t[1] + t[2] + t[3]
+            if self._followed is not None:
+                cpu += _tree_cpu_s(self._followed)
+            return Reading(time.monotonic(), {_KEY: (cpu - self._cpu0) * self._p_max})
         try:
             busy = _busy_s(self._cpu_times())
         except OSError as err:
@@ -331,6 +353,26 @@ class CpuEstimateBackend(Backend):
         idle_j = self.vcpus * self._p_idle * (now - self._t0)
         energy = idle_j + (busy - self._cpu0) * (self._p_max - self._p_idle)
         return Reading(now, {_KEY: energy})
+
+    def follow(self, pid: int) -> None:
+        """Count the live process tree rooted at ``pid`` too, while it runs (process mode).
+
+        ``os.times()`` counts a child only once it has been reaped; following its tree with psutil
+        makes readings taken while it runs (a power timeline) include its CPU time. When the child is
+        reaped its time moves into ``os.times()`` and leaves the tree, so nothing is counted twice
+        provided the reaping and the reads happen in one thread, as ``greenmeter run`` does.
+
+        Raises:
+            ConfigError: in machine mode (which counts every process already) or for a missing pid.
+        """
+        if self.mode != "process":
+            raise ConfigError("follow() applies to process mode; machine mode already counts every process")
+        import psutil
+
+        try:
+            self._followed = psutil.Process(pid)
+        except psutil.NoSuchProcess as err:
+            raise ConfigError(f"cannot follow process {pid}: it does not exist") from err
 
     def close(self) -> None:
         """Nothing to release."""

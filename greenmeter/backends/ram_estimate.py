@@ -128,6 +128,37 @@ class RamEstimateBackend(Backend):
         with open(_STATM, "rb") as handle:
             return int(handle.read().split()[1]) * self._page
 
+    def follow(self, pid: int) -> None:
+        """Add the resident memory of the live process tree rooted at ``pid`` to this process's (process mode).
+
+        Raises:
+            ConfigError: in machine mode, or for a missing pid.
+        """
+        if self.mode != "process":
+            raise ConfigError("follow() applies to process mode; machine mode counts all installed memory")
+        import psutil
+
+        try:
+            root = psutil.Process(pid)
+        except psutil.NoSuchProcess as err:
+            raise ConfigError(f"cannot follow process {pid}: it does not exist") from err
+        own = self._rss_reader
+
+        def tree_rss() -> int:
+            total = own()
+            try:
+                processes = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return total
+            for process in processes:
+                try:
+                    total += int(process.memory_info().rss)
+                except psutil.Error:
+                    continue
+            return total
+
+        self._rss_reader = tree_rss
+
     @staticmethod
     def _psutil_rss() -> int:
         import psutil
