@@ -1,9 +1,24 @@
 """Compression methods for PyTorch models (installed as ``greenmeter.compression``).
 
-One config object per method and one verb, ``compress(model, config) -> model``. The methods land
-with issue #4; this package exists now so the layout and packaging are fixed and tested.
+One config object per method and one verb::
+
+    from greenmeter.compression import compress, PruneConfig
+    small = compress(model, PruneConfig(sparsity=0.5))   # model itself is left intact
+    print(small.compression_info.details)
+
+Importing this package imports torch (``import greenmeter`` alone does not).
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from greenmeter.compression._core import CompressionInfo, compress, register_method, registered_methods
+from greenmeter.compression.distillation import *  # noqa: F403
+from greenmeter.compression.early_exit import *  # noqa: F403
+from greenmeter.compression.pruning import *  # noqa: F403
+from greenmeter.compression.quantization import *  # noqa: F403
+from greenmeter.compression import distillation, early_exit, pruning, quantization
+
+__all__ = sorted(
+    ["CompressionInfo", "compress", "register_method", "registered_methods"]
+    + distillation.__all__ + early_exit.__all__ + pruning.__all__ + quantization.__all__
+)

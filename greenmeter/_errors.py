@@ -7,7 +7,10 @@ The tree::
     ├── BackendError                an energy source failed while it was in use
     │   └── CounterReadError        a counter file or call could not be read
     ├── BackendUnavailable          a source that was asked for by name cannot be used here
-    └── MeasurementError            a window was used the wrong way (ended twice, never begun, ...)
+    ├── MeasurementError            a window was used the wrong way (ended twice, never begun, ...)
+    └── CompressionError            a compression method cannot run on this model or machine
+        ├── UnsupportedModelError   the model has a layer or shape the method cannot handle (names both)
+        └── EngineUnavailableError  a quantization engine or kernel the method needs is missing here
 
 Vendor errors (``OSError`` from sysfs, ``pynvml.NVMLError``) are wrapped with ``raise ... from err``
 so the original stays attached.
@@ -18,10 +21,13 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "BackendUnavailable",
+    "CompressionError",
     "ConfigError",
     "CounterReadError",
+    "EngineUnavailableError",
     "GreenmeterError",
     "MeasurementError",
+    "UnsupportedModelError",
 ]
 
 
@@ -47,3 +53,15 @@ class BackendUnavailable(GreenmeterError):
 
 class MeasurementError(GreenmeterError):
     """A window or meter was used the wrong way (ended twice, ended without a begin, ...)."""
+
+
+class CompressionError(GreenmeterError):
+    """A compression method cannot run on this model or machine; the message says why and what to do."""
+
+
+class UnsupportedModelError(CompressionError):
+    """The model has a layer or structure the method cannot handle; the message names the layer and method."""
+
+
+class EngineUnavailableError(CompressionError):
+    """A quantization engine or kernel the method needs is missing on this machine; the message names it."""

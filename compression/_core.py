@@ -1,0 +1,98 @@
+"""One verb and a registry: ``compress(model, config) -> model``.
+
+Each method has a frozen config dataclass (it validates itself in ``__post_init__``) and a handler
+registered for that config type. ``compress`` deep-copies the model first, so the caller's baseline is
+never changed, runs the handler on the copy, and attaches a :class:`CompressionInfo` to the result
+(``model.compression_info``): the method, its config, and what the method reports (real sparsity,
+per-round accuracy, packed size...).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from greenmeter._errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["CompressionInfo", "compress", "register_method", "registered_methods"]
+
+C = TypeVar("C")
+Handler = Callable[[Any, Any], "tuple[nn.Module, Mapping[str, Any]]"]
+
+_HANDLERS: dict[type, tuple[str, Handler]] = {}
+
+
+@dataclass(frozen=True)
+class CompressionInfo:
+    """What ``compress`` did: the method name, its config as a dict, and the method's own report."""
+
+    method: str
+    config: Mapping[str, Any]
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "config": dict(self.config), "details": dict(self.details)}
+
+
+def register_method(name: str, config_type: type[C]) -> Callable[[Handler], Handler]:
+    """Register ``handler(model_copy, config) -> (model, details)`` for ``config_type`` under ``name``.
+
+    The handler receives a private deep copy of the user's model and may change it in place or return
+    a new module. ``details`` is a mapping of plain values reported in ``CompressionInfo.details``.
+    """
+
+    def decorate(handler: Handler) -> Handler:
+        if config_type in _HANDLERS:
+            raise ConfigError(f"a compression method is already registered for {config_type.__name__}")
+        _HANDLERS[config_type] = (name, handler)
+        return handler
+
+    return decorate
+
+
+def registered_methods() -> dict[str, type]:
+    """Method names and their config types."""
+    return {name: cfg for cfg, (name, _) in _HANDLERS.items()}
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    if not is_dataclass(config):
+        return {}
+    out = {}
+    for key, value in asdict(config).items():
+        out[key] = value if isinstance(value, (int, float, str, bool, type(None), tuple, list)) else repr(value)
+    return out
+
+
+def compress(model: nn.Module, config: Any) -> nn.Module:
+    """Return a compressed copy of ``model``; the input model is left exactly as it was.
+
+    Args:
+        model: a ``torch.nn.Module``.
+        config: one method's config object (e.g. ``PruneConfig(sparsity=0.5)``).
+
+    Returns:
+        The compressed model, with ``compression_info`` (:class:`CompressionInfo`) attached.
+
+    Raises:
+        ConfigError: ``config`` is not a registered method's config.
+        UnsupportedModelError, EngineUnavailableError: the method cannot run on this model or machine.
+    """
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"compress() needs a torch.nn.Module, not {type(model).__name__}")
+    entry = next((_HANDLERS[t] for t in type(config).__mro__ if t in _HANDLERS), None)
+    if entry is None:
+        known = ", ".join(sorted(f"{n} ({c.__name__})" for n, c in registered_methods().items()))
+        raise ConfigError(f"{type(config).__name__} is not a compression config; known methods: {known}")
+    name, handler = entry
+    work = copy.deepcopy(model)
+    result, details = handler(work, config)
+    result.compression_info = CompressionInfo(name, _config_dict(config), dict(details))
+    return result
