@@ -23,9 +23,11 @@ from greenmeter._errors import (
     BackendError,
     BackendUnavailable,
     ConfigError,
+    CorruptStoreError,
     CounterReadError,
     GreenmeterError,
     MeasurementError,
+    StoreError,
 )
 from greenmeter._version import __version__
 from greenmeter.backends import Provenance
@@ -37,6 +39,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailable",
     "ConfigError",
+    "CorruptStoreError",
     "CounterReadError",
     "DomainEnergy",
     "EpochRecord",
@@ -47,6 +50,7 @@ __all__ = [
     "MeasurementError",
     "Meter",
     "Provenance",
+    "StoreError",
     "Window",
     "__version__",
     "current_meter",

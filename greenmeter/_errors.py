@@ -8,6 +8,8 @@ The tree::
     │   └── CounterReadError        a counter file or call could not be read
     ├── BackendUnavailable          a source that was asked for by name cannot be used here
     ├── MeasurementError            a window was used the wrong way (ended twice, never begun, ...)
+    ├── StoreError                  the run store cannot be used (unwritable, newer, unknown run id, ...)
+    │   └── CorruptStoreError       the file at the store path is not a readable greenmeter store
     └── CompressionError            a compression method cannot run on this model or machine
         ├── UnsupportedModelError   the model has a layer or shape the method cannot handle (names both)
         └── EngineUnavailableError  a quantization engine or kernel the method needs is missing here
@@ -23,10 +25,12 @@ __all__ = [
     "BackendUnavailable",
     "CompressionError",
     "ConfigError",
+    "CorruptStoreError",
     "CounterReadError",
     "EngineUnavailableError",
     "GreenmeterError",
     "MeasurementError",
+    "StoreError",
     "UnsupportedModelError",
 ]
 
@@ -65,3 +69,13 @@ class UnsupportedModelError(CompressionError):
 
 class EngineUnavailableError(CompressionError):
     """A quantization engine or kernel the method needs is missing on this machine; the message names it."""
+
+
+class StoreError(GreenmeterError):
+    """The run store cannot be used as asked: an unwritable path, a store from a newer greenmeter, an unknown
+    or ambiguous run id, a store locked too long by another process. The message names the store's path."""
+
+
+class CorruptStoreError(StoreError):
+    """The file at the store path is not a greenmeter store greenmeter can read (not SQLite, another program's
+    database, truncated or damaged). The file is left untouched; the message says what to do."""

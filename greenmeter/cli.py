@@ -1,13 +1,18 @@
 """The ``greenmeter`` command line.
 
 Commands:
-    info    which energy sources are usable on this machine, which are not and why, with the fix.
+    info     which energy sources are usable on this machine, which are not and why, with the fix.
+    run      measure a command and its child processes, store the run, exit with its exit code.
+    runs     list stored runs.
+    export   export stored runs as CSV, JSON, CodeCarbon's emissions.csv or a model-card block.
+    carbon   look up grid intensities (list countries and cloud regions) and convert energy to CO2e.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -83,6 +88,50 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--sysfs-root", default=None, help="sysfs root for RAPL (default: $GREENMETER_SYSFS_ROOT or /sys)")
     info.add_argument("--psys", action="store_true", help="count RAPL's psys domain alone as the CPU total")
     info.set_defaults(handler=_cmd_info)
+
+    from greenmeter import cli_commands as cc
+
+    store_help = "run store path (default: $GREENMETER_STORE, else $XDG_DATA_HOME/greenmeter/runs.db)"
+    run = commands.add_parser(
+        "run", help="measure a command and its children: greenmeter run [OPTIONS] -- CMD ARGS...",
+        description="Measure a command (and every process it starts), print a summary to standard error, "
+                    "store the run, and exit with the command's exit code.",
+    )
+    cc.add_carbon_options(run)
+    run.add_argument("--store", default=None, help=store_help)
+    run.add_argument("--no-store", action="store_true", help="measure and print, but store nothing")
+    run.add_argument("--name", default=None, help="a name for the run (default: the command line)")
+    run.add_argument("--mode", choices=("process", "machine"), default="process",
+                     help="scope of the estimates: the command's process tree (default) or the whole machine")
+    run.add_argument("--interval", type=float, default=1.0, help="seconds between power-timeline samples")
+    run.add_argument("--json", action="store_true", help="print the measurement as JSON (to standard error)")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    run.set_defaults(handler=cc.cmd_run)
+
+    runs = commands.add_parser("runs", help="list stored runs, newest first")
+    runs.add_argument("--store", default=None, help=store_help)
+    runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default 20)")
+    runs.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    runs.set_defaults(handler=cc.cmd_runs)
+
+    export = commands.add_parser("export", help="export stored runs")
+    export.add_argument("runs", nargs="*", metavar="RUN", help="run ids or unique prefixes (see `greenmeter runs`)")
+    export.add_argument("--last", action="store_true", help="export the most recent run")
+    export.add_argument("--format", choices=("csv", "json", "codecarbon", "model-card"), default="json")
+    export.add_argument("-o", "--output", default=None, help="write to this file (default: standard output)")
+    export.add_argument("--store", default=None, help=store_help)
+    export.add_argument("--training-type", default="pre-training",
+                        help="model-card training_type (e.g. pre-training, fine-tuning)")
+    export.add_argument("--location", default=None,
+                        help="model-card geographical_location (default: the run's grid region)")
+    export.set_defaults(handler=cc.cmd_export)
+
+    carbon = commands.add_parser("carbon", help="grid intensities and energy-to-CO2e conversion, offline")
+    carbon.add_argument("--list-countries", action="store_true", help="list country codes with their intensity")
+    carbon.add_argument("--list-regions", action="store_true", help="list cloud regions with their intensity")
+    carbon.add_argument("--kwh", type=float, default=1.0, help="energy to convert, in kWh (default 1)")
+    cc.add_carbon_options(carbon)
+    carbon.set_defaults(handler=cc.cmd_carbon)
     return parser
 
 
@@ -98,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GreenmeterError as err:
         print(f"greenmeter: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`greenmeter carbon --list-countries | head`): not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -99,7 +99,8 @@ class RamEstimateBackend(Backend):
             self._last = (time.monotonic(), rss)
             constants["sample_interval_s"] = self.sample_interval_s
             method = (
-                "resident set size of this process (children excluded) sampled every "
+                "resident set size of this process (plus the process tree it follows, if any; other children "
+                "excluded) sampled every "
                 f"{self.sample_interval_s:g} s, integrated sample-and-hold, times a power per GB"
             )
             # The energy grows with the clock between samples (last RSS held), so a short window is
@@ -178,7 +179,8 @@ class RamEstimateBackend(Backend):
         notes = ()
         if self.mode == "process":
             notes = (
-                "process mode counts this process's resident memory only, not child processes; "
+                "process mode counts this process's resident memory only (plus a followed process tree, as "
+                "`greenmeter run` does), not other child processes; "
                 "DRAM draws power for all installed memory, so this is an attribution, not a measurement",
             )
         return ProbeResult(self.name, True, domains=(self.domain,), notes=notes)
