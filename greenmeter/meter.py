@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenmeter._errors import BackendUnavailable, ConfigError, MeasurementError
 from greenmeter.backends import Backend, Domain, ProbeResult, create_backend
@@ -39,6 +40,9 @@ from greenmeter.records import (
     assemble,
 )
 from greenmeter.window import Window, WindowBlock
+
+if TYPE_CHECKING:
+    from greenmeter.store import Store
 
 __all__ = ["Meter", "probe_sources"]
 
@@ -127,6 +131,12 @@ class Meter:
             both edges of every window.
         carbon: grid intensity and PUE for the CO2e of every measurement (default: the world average
             intensity, marked as assumed, and PUE 1.0).
+        store: keep every window in a run store: a :class:`~greenmeter.store.Store`, a path, or ``True``
+            for the default store (``$GREENMETER_STORE``, else ``$XDG_DATA_HOME/greenmeter/runs.db``).
+            The meter opens one run (kind ``api``) when it starts, stores each window as it ends, and
+            finishes the run when it closes; a crashed process leaves the run marked incomplete with
+            every window stored before the crash. ``None`` (default) stores nothing.
+        name: the run's name in the store (default: the script's file name).
 
     The meter starts (probes hardware, starts the sampler) on its first window. It is thread-safe.
     """
@@ -142,6 +152,8 @@ class Meter:
         idle_baseline_s: float = 0.0,
         sync: str | SyncHook | None = "auto",
         carbon: CarbonSettings | None = None,
+        store: Store | str | os.PathLike[str] | bool | None = None,
+        name: str | None = None,
     ) -> None:
         if mode not in _MODES:
             raise ConfigError(f"mode must be one of {_MODES}, not {mode!r}")
@@ -157,6 +169,10 @@ class Meter:
             raise ConfigError(f"carbon must be a greenmeter.CarbonSettings, not {type(carbon).__name__}")
         self._carbon_settings = carbon
         self._carbon: _Carbon | None = None  # resolved when the meter starts
+        self._store_spec = None if store is False else store
+        self.store: Store | None = None
+        self.run_id: str | None = None
+        self.name = name or (os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python")
         self._requested = list(backends) if backends is not None else None
         self._options = {"mode": mode, "sysfs_root": sysfs_root, "use_psys": use_psys, "gpus": gpus}
         self.mode = mode
@@ -196,6 +212,8 @@ class Meter:
                 self._sampler = Sampler(polled, interval)
                 self._sampler.start()
             self._started = True
+            if self._store_spec is not None:
+                self._open_store()
             if self.idle_baseline_s > 0:
                 self._idle_power_w = self._measure_idle(self.idle_baseline_s)
         return self
@@ -233,6 +251,17 @@ class Meter:
     @staticmethod
     def _probed(backend: Backend) -> tuple[Backend, ProbeResult]:
         return backend, backend.probe()
+
+    def _open_store(self) -> None:
+        from greenmeter.store import Store
+
+        spec = self._store_spec
+        store = spec if isinstance(spec, Store) else Store(None if spec is True else spec)
+        settings = self._carbon_settings
+        self.run_id = store.start_run(name=self.name, kind="api", host=self._host(),
+                                      carbon_settings=settings.to_dict() if settings is not None else None)
+        self.store = store
+        self.listeners.append(lambda m: store.add_window(self.run_id, m, carbon=m.carbon))  # type: ignore[arg-type]
 
     def _create(self, name: str) -> Backend:
         opts = self._options
@@ -497,6 +526,11 @@ class Meter:
                 self._sampler.stop()
             for backend in self._backends:
                 backend.close()
+            if self.store is not None and self.run_id is not None:
+                failed = any(m.status == "failed" for m in self.measurements)
+                self.store.finish_run(self.run_id, status="failed" if failed else "ok")
+                if not isinstance(self._store_spec, type(self.store)):
+                    self.store.close()  # opened here from a path: closed here
 
     def __enter__(self) -> Meter:
         return self.start()

@@ -224,3 +224,22 @@ def test_bare_track_records_failure_and_reraises() -> None:
         broken()
     assert broken.last_measurement.status == "failed"
     assert "RuntimeError: diverged" in broken.last_measurement.error
+
+
+def test_meter_stores_each_window_in_a_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from greenmeter.store import Store
+
+    path = tmp_path / "runs.db"
+    meter = Meter([ScriptedBackend([0.0, 2.0, 2.0, 7.0])], sync=None, store=path, name="api-test")
+    with meter.window("a", samples=2):
+        pass
+    with pytest.raises(KeyError):
+        with meter.window("b"):
+            raise KeyError("x")
+    run_id = meter.run_id
+    meter.close()
+    with Store(path) as store:
+        run = store.get_run(run_id)
+        windows = store.windows(run_id)
+    assert run.name == "api-test" and run.kind == "api" and run.status == "failed" and run.complete
+    assert [(w.name, w.status, w.energy_j) for w in windows] == [("a", "ok", 2.0), ("b", "failed", 5.0)]
