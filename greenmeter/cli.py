@@ -24,7 +24,7 @@ __all__ = ["main"]
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from greenmeter.host import describe_host
-    from greenmeter.meter import probe_sources
+    from greenmeter.backends._select import probe_sources
 
     host = describe_host()
     results = probe_sources(mode=args.mode, sysfs_root=args.sysfs_root, use_psys=args.psys)

@@ -25,20 +25,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from greenmeter._errors import BackendUnavailable, ConfigError, MeasurementError
-from greenmeter.backends import Backend, Domain, ProbeResult, create_backend
+from greenmeter._errors import ConfigError, MeasurementError
+from greenmeter._recording import ResolvedCarbon, build_measurement
+from greenmeter.backends import Backend, Domain, ProbeResult
+from greenmeter.backends._select import probe_sources, select_backends
 from greenmeter.backends._sampler import Sampler
-from greenmeter.carbon import CarbonEstimate, CarbonSettings
+from greenmeter.carbon import CarbonSettings
 from greenmeter.host import describe_host
-from greenmeter.records import (
-    SCHEMA_VERSION,
-    DomainEnergy,
-    EpochRecord,
-    HostInfo,
-    LatencyStats,
-    Measurement,
-    assemble,
-)
+from greenmeter.records import HostInfo, Measurement
 from greenmeter.window import Window, WindowBlock
 
 if TYPE_CHECKING:
@@ -70,46 +64,6 @@ def _batch_size(item: Any) -> int | None:
     if shape is not None and len(shape) > 0:
         return int(shape[0])
     return None
-
-
-def probe_sources(
-    *, mode: str = "process", sysfs_root: str | None = None, use_psys: bool = False,
-    gpus: Sequence[int] | None = None,
-) -> list[tuple[Backend, ProbeResult]]:
-    """Probe every known source and return each backend with its probe result (for ``info``).
-
-    Nothing is started; unusable backends are returned too, with the reason and the fix.
-    """
-    candidates = [
-        create_backend("rapl", sysfs_root=sysfs_root, use_psys=use_psys),
-        create_backend("nvml", devices=gpus),
-        create_backend("cpu-estimate", mode=mode),
-        create_backend("ram-estimate", mode=mode),
-    ]
-    return [(backend, backend.probe()) for backend in candidates]
-
-
-class _Carbon:
-    """Carbon settings resolved once (table look-ups are not repeated per window)."""
-
-    __slots__ = ("intensity", "pue", "pue_source")
-
-    def __init__(self, settings: CarbonSettings | None) -> None:
-        if settings is None:
-            settings = CarbonSettings()
-        elif not isinstance(settings, CarbonSettings):
-            raise ConfigError(f"carbon must be a greenmeter.CarbonSettings, not {type(settings).__name__}")
-        self.intensity = settings.resolve_intensity()
-        self.pue, self.pue_source = settings.resolve_pue()
-
-    def estimate(self, energy_j: float) -> CarbonEstimate:
-        """CO2e of ``energy_j`` joules: kWh x PUE x g/kWh (built without per-field setattr: hot path)."""
-        g_per_kwh = self.intensity.intensity_g_per_kwh
-        return assemble(CarbonEstimate, {
-            "energy_j": energy_j, "pue": self.pue, "pue_source": self.pue_source,
-            "intensity_g_per_kwh": g_per_kwh, "co2e_g": energy_j / 3.6e6 * self.pue * g_per_kwh,
-            "intensity": self.intensity,
-        })
 
 
 class Meter:
@@ -168,7 +122,7 @@ class Meter:
         if carbon is not None and not isinstance(carbon, CarbonSettings):
             raise ConfigError(f"carbon must be a greenmeter.CarbonSettings, not {type(carbon).__name__}")
         self._carbon_settings = carbon
-        self._carbon: _Carbon | None = None  # resolved when the meter starts
+        self._carbon: ResolvedCarbon | None = None  # resolved when the meter starts
         self._store_spec = None if store is False else store
         self.store: Store | None = None
         self.run_id: str | None = None
@@ -204,7 +158,7 @@ class Meter:
                 raise MeasurementError("this meter is closed; create a new Meter")
             if self._started:
                 return self
-            self._carbon = _Carbon(self._carbon_settings)
+            self._carbon = ResolvedCarbon(self._carbon_settings)
             self._open_backends()
             polled = [b for b in self._backends if b.poll_interval_s]
             if polled:
@@ -219,38 +173,12 @@ class Meter:
         return self
 
     def _open_backends(self) -> None:
-        if self._requested is not None:
-            chosen: list[Backend] = []
-            for spec in self._requested:
-                backend = spec if isinstance(spec, Backend) else self._create(spec)
-                result = backend.probe()
-                self._probes.append(result)
-                if not result.available:
-                    raise BackendUnavailable(f"energy source {result.backend!r} is unusable here: {result.reason}")
-                chosen.append(backend)
-            self._use(chosen)
-            return
-        notes: list[str] = []
-        probed: list[tuple[Backend, ProbeResult]] = []
-        for name in ("rapl", "nvml"):
-            backend = self._create(name)
-            probed.append((backend, backend.probe()))
-        rapl_probe = probed[0][1]
-        if not rapl_probe.available:
-            notes.append(f"CPU energy is estimated, not measured: RAPL is unusable ({rapl_probe.reason})")
-            probed.append(self._probed(self._create("cpu-estimate")))
-        if not any(d.kind == "dram" and d.in_total for d in rapl_probe.domains) or not rapl_probe.available:
-            notes.append("RAM energy is estimated (ram-estimate), not measured: no usable RAPL DRAM counter")
-            probed.append(self._probed(self._create("ram-estimate")))
-        self._probes = [p for _, p in probed]
-        self._use([b for b, p in probed if p.available])
-        self._notes = tuple(notes)
+        backends, probes, notes = select_backends(self._requested, **self._options)
+        self._probes = probes
+        self._use(backends)
+        self._notes = notes
         for note in notes:
             log.warning("greenmeter: %s", note)
-
-    @staticmethod
-    def _probed(backend: Backend) -> tuple[Backend, ProbeResult]:
-        return backend, backend.probe()
 
     def _open_store(self) -> None:
         from greenmeter.store import Store
@@ -262,14 +190,6 @@ class Meter:
                                       carbon_settings=settings.to_dict() if settings is not None else None)
         self.store = store
         self.listeners.append(lambda m: store.add_window(self.run_id, m, carbon=m.carbon))  # type: ignore[arg-type]
-
-    def _create(self, name: str) -> Backend:
-        opts = self._options
-        if name == "rapl":
-            return create_backend(name, sysfs_root=opts["sysfs_root"], use_psys=opts["use_psys"])
-        if name == "nvml":
-            return create_backend(name, devices=opts["gpus"])
-        return create_backend(name, mode=opts["mode"])
 
     def _use(self, backends: list[Backend]) -> None:
         probes = {p.backend: p for p in self._probes}
@@ -351,7 +271,7 @@ class Meter:
         started_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
         t0, energy = self._snapshot()
         window = Window(self, name, samples, started_at, t0, energy, len(self._step_times), len(self._epoch_marks),
-                        None if carbon is None else _Carbon(carbon))
+                        None if carbon is None else ResolvedCarbon(carbon))
         with self._lock:
             self._open.append(window)
         return window
@@ -436,59 +356,14 @@ class Meter:
         step_samples: list[int | None], epochs: list[tuple[float, dict[str, float], int]],
         error: BaseException | None,
     ) -> Measurement:
-        duration = t1 - w.t0
-        idle = self._idle_power_w
-        start_energy = w.energy
         flags = list(self._notes)
-        domains = []
-        total = 0.0
-        for key, domain in self._domains.items():
-            resolved = duration >= domain.update_period_s
-            if not resolved:
-                flags.append(
-                    f"window {w.name!r} lasted {duration * 1e3:.3f} ms, shorter than the update period of "
-                    f"{key} ({domain.update_period_s * 1e3:.3f} ms): its energy is not resolved"
-                )
-            joules = energy[key] - start_energy[key]
-            if domain.in_total:
-                total += joules
-            domains.append(assemble(DomainEnergy, {
-                "key": key, "kind": domain.kind, "energy_j": joules, "in_total": domain.in_total,
-                "provenance": domain.provenance, "resolved": resolved,
-                "idle_power_w": None if idle is None else idle[key],
-            }))
         if self._sampler is not None and self._sampler.has_errors:
             flags.extend(self._sampler.errors_since(w.t0))
-        durations: list[float] = []
-        samples = w.samples
-        if steps:
-            previous = w.t0
-            for t in steps:
-                durations.append(t - previous)
-                previous = t
-            if samples is None and None not in step_samples:
-                samples = sum(step_samples)  # type: ignore[arg-type]
-        return assemble(Measurement, {
-            "name": w.name,
-            "status": "failed" if error is not None else "ok",
-            "started_at": w.started_at,
-            "duration_s": duration,
-            "energy_j": total,
-            "domains": tuple(domains),
-            "host": self._host(),
-            "backends": self._backend_names,
-            "samples": samples,
-            "steps": len(steps),
-            "latency": LatencyStats.from_durations(durations),
-            "step_energy_method": "split-by-step-time" if steps else None,
-            "epochs": self._epochs(w, epochs, step_samples) if epochs else (),
-            "idle_power_w": None if idle is None else sum(idle[k] for k, d in self._domains.items() if d.in_total),
-            "flags": tuple(flags),
-            "error": None if error is None else f"{type(error).__name__}: {error}",
-            "carbon": (w.carbon or self._carbon).estimate(total),  # type: ignore[union-attr]
-            "step_durations_s": tuple(durations),
-            "schema_version": SCHEMA_VERSION,
-        })
+        return build_measurement(
+            w, t1, energy, steps, step_samples, epochs, error, domains=self._domains, idle=self._idle_power_w,
+            flags=flags, host=self._host(), backends=self._backend_names,
+            carbon=w.carbon or self._carbon,  # type: ignore[arg-type]
+        )
 
     def _host(self) -> HostInfo:
         """Host facts, cached; refreshed when torch gets imported (its version is one of them)."""
@@ -496,24 +371,6 @@ class Meter:
         if self._host_info is None or self._host_torch != torch_loaded:
             self._host_info, self._host_torch = describe_host(), torch_loaded
         return self._host_info
-
-    def _epochs(
-        self, w: Window, marks: list[tuple[float, dict[str, float], int]], step_samples: list[int | None],
-    ) -> tuple[EpochRecord, ...]:
-        records = []
-        previous_t, previous_e, previous_step = w.t0, w.energy, w.step_index
-        for index, (t, energy, step_count) in enumerate(marks):
-            in_epoch = step_samples[previous_step - w.step_index: step_count - w.step_index]
-            samples = sum(s for s in in_epoch if s is not None) if in_epoch and None not in in_epoch else None
-            records.append(EpochRecord(
-                index=index,
-                duration_s=t - previous_t,
-                energy_j=sum(energy[k] - previous_e[k] for k, d in self._domains.items() if d.in_total),
-                steps=step_count - previous_step,
-                samples=samples,
-            ))
-            previous_t, previous_e, previous_step = t, energy, step_count
-        return tuple(records)
 
     # Shutdown ------------------------------------------------------------------------------
     def close(self) -> None:

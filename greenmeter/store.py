@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from greenmeter._errors import ConfigError, CorruptStoreError, StoreError
 from greenmeter.carbon import CarbonEstimate, CarbonSettings
 from greenmeter.records import HostInfo, Measurement
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "RunRecord", "Store", "default_store_path"]
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "RunRecord", "Store", "default_store_path", "migrate"]
 
 #: ``PRAGMA application_id`` of every greenmeter store: the bytes ``b"GrMt"`` read as a big-endian integer.
 APPLICATION_ID = 0x47724D74
@@ -329,12 +329,12 @@ class Store:
     def add_window(self, run_id: str, measurement: Measurement, carbon: CarbonEstimate | None = None) -> int:
         """Store one window and its steps in one transaction; returns the window's id.
 
-        ``carbon`` defaults to ``measurement.carbon``.
+        ``carbon`` (default ``measurement.carbon``), when given, replaces the measurement's own in the store.
         """
         if not isinstance(measurement, Measurement):
             raise ConfigError(f"add_window takes a greenmeter Measurement, not {type(measurement).__name__}")
-        carbon = measurement.carbon if carbon is None else carbon
-        m = measurement
+        m = measurement if carbon is None or carbon == measurement.carbon else replace(measurement, carbon=carbon)
+        carbon = m.carbon
         with self._lock, self._sqlite_errors("store a window"), self._write() as conn:
             self._require_run(conn, run_id)
             cursor = conn.execute(
