@@ -22,15 +22,19 @@ from greenmeter._api import current_meter, default_meter, measure, track
 from greenmeter._errors import (
     BackendError,
     BackendUnavailable,
+    CompressionError,
     ConfigError,
     CorruptStoreError,
     CounterReadError,
+    EngineUnavailableError,
     GreenmeterError,
     MeasurementError,
     StoreError,
+    UnsupportedModelError,
 )
 from greenmeter._version import __version__
 from greenmeter.backends import Provenance
+from greenmeter.carbon import CarbonEstimate, CarbonSettings, GridIntensity, estimate_carbon
 from greenmeter.meter import Meter
 from greenmeter.records import DomainEnergy, EpochRecord, HostInfo, LatencyStats, Measurement
 from greenmeter.window import Window
@@ -38,12 +42,17 @@ from greenmeter.window import Window
 __all__ = [
     "BackendError",
     "BackendUnavailable",
+    "CarbonEstimate",
+    "CarbonSettings",
+    "CompressionError",
     "ConfigError",
     "CorruptStoreError",
     "CounterReadError",
     "DomainEnergy",
+    "EngineUnavailableError",
     "EpochRecord",
     "GreenmeterError",
+    "GridIntensity",
     "HostInfo",
     "LatencyStats",
     "Measurement",
@@ -51,10 +60,12 @@ __all__ = [
     "Meter",
     "Provenance",
     "StoreError",
+    "UnsupportedModelError",
     "Window",
     "__version__",
     "current_meter",
     "default_meter",
+    "estimate_carbon",
     "measure",
     "track",
 ]
