@@ -101,6 +101,10 @@ def test_cli_run_keeps_the_commands_exit_code_and_rejects_bad_input(tmp_path: Pa
     assert bad.returncode == 1 and "PUE" in bad.stderr.upper()
     bad = _cli("run", "--", "no-such-command-xyz", store=store)
     assert bad.returncode == 1 and "command not found" in bad.stderr
+    bad = _cli("run", "--intensity", "-3", "--", "true", store=store)
+    assert bad.returncode == 1 and "intensity" in bad.stderr
+    bad = _cli("run", "--store", "/proc/greenmeter-cannot-write/runs.db", "--", "true", store=store)
+    assert bad.returncode == 1 and "/proc/greenmeter-cannot-write/runs.db" in bad.stderr
     runs = json.loads(_cli("runs", "--json", store=store).stdout)
     assert [r["exit_code"] for r in runs] == [5]  # the bad invocations stored nothing
 
