@@ -234,8 +234,12 @@ def test_an_explicit_carbon_figure_overrides_the_measurements(tmp_path: Path) ->
     other = estimate_carbon(m.energy_j, CarbonSettings(country="FRA"))
     with Store(tmp_path / "runs.db") as store:
         run_id = store.start_run(name="x", kind="api")
+        store.add_window(run_id, m, carbon=other)
         store.finish_run(run_id, status="failed", measurement=m, carbon=other)
-        assert store.get_run(run_id).carbon == other != m.carbon
+        (window,) = store.windows(run_id)
+        assert window.carbon == other != m.carbon and window == dataclasses.replace(m, carbon=other)
+        run = store.get_run(run_id)
+        assert run.carbon == other and run.measurement == m and run.status == "failed"
 
 
 def test_listing_is_newest_first_and_ids_resolve_by_unique_prefix(tmp_path: Path) -> None:
