@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenmeter._errors import ConfigError
@@ -60,13 +60,28 @@ def registered_methods() -> dict[str, type]:
     return {name: cfg for cfg, (name, _) in _HANDLERS.items()}
 
 
+def _plain(value: Any) -> Any:
+    """A config value as something JSON can hold: plain values as they are, tensors by shape, else repr."""
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"Tensor(shape={tuple(shape)}, dtype={dtype})"
+    if callable(value):
+        return getattr(value, "__qualname__", None) or repr(value)
+    return repr(value)
+
+
 def _config_dict(config: Any) -> dict[str, Any]:
+    # not dataclasses.asdict: it deep-copies every value, and configs may hold loaders, generators,
+    # modules and callables that cannot (or must not) be copied
     if not is_dataclass(config):
         return {}
-    out = {}
-    for key, value in asdict(config).items():
-        out[key] = value if isinstance(value, (int, float, str, bool, type(None), tuple, list)) else repr(value)
-    return out
+    return {f.name: _plain(getattr(config, f.name)) for f in fields(config)}
 
 
 def compress(model: nn.Module, config: Any) -> nn.Module:

@@ -1,5 +1,418 @@
-"""Placeholder: being written."""
+"""Knowledge distillation: the Hinton loss, hint (feature) distillation and a thinner-student maker.
+
+The model given to ``compress`` is the **student**; the teacher travels in the config::
+
+    student = make_student(teacher, width=0.45)
+    small = compress(student, DistillConfig(teacher=teacher,
+                     train_fn=lambda m, loss: train_classifier(m, data, loss_fn=loss)))
+
+Training runs either in the user's ``train_fn(student, loss_fn)`` (``loss_fn(student, x, y)`` is the
+distillation loss, so it plugs into any loop that takes a loss function) or in a plain Adam loop over
+``data``. The teacher runs in eval mode without gradients; its weights and mode are left as they were.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
+from greenmeter.compression._core import register_method
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["DistillConfig", "hinton_loss", "make_student"]
+
+
+def hinton_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+    temperature: float = 4.0, alpha: float = 0.9,
+) -> torch.Tensor:
+    """The Hinton et al. (2015) distillation loss, a scalar tensor.
+
+    ``alpha * T**2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, targets)``,
+    the KL divergence averaged over the batch (``batchmean``). The ``T**2`` factor keeps the soft term's
+    gradients on the same scale as the hard term's whatever the temperature.
+
+    Args:
+        student_logits: ``[N, C]`` raw scores of the student.
+        teacher_logits: ``[N, C]`` raw scores of the teacher (treated as constants).
+        targets: ``[N]`` class indices.
+        temperature: softening temperature ``T > 0``.
+        alpha: weight of the soft (teacher) term in ``[0, 1]``.
+    """
+    from torch.nn import functional as F
+
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits.detach() / temperature, dim=1),
+        reduction="batchmean", log_target=True,
+    )
+    hard = F.cross_entropy(student_logits, targets)
+    return alpha * temperature**2 * soft + (1.0 - alpha) * hard
+
+
+# ---------------------------------------------------------------------------------------- student
+
+_SHAPELESS = (
+    "ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "ELU", "Tanh", "Sigmoid", "Hardswish", "Mish", "Identity",
+    "Dropout", "Dropout2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
+)
+
+
+def make_student(model: nn.Module, width: float, seed: int | None = 0) -> nn.Module:
+    """A thinner, freshly initialised copy of an ``nn.Sequential`` model; ``model`` is not changed.
+
+    Every hidden channel and feature count is multiplied by ``width`` (rounded, at least 1); the input
+    channels/features and the last layer's output size are kept. The ``in_features`` of a Linear after a
+    ``Flatten`` is rescaled by the ratio of new to old channels (the spatial size is unchanged). Parameters
+    shrink by about ``width**2``.
+
+    Args:
+        model: an ``nn.Sequential`` of Conv2d, BatchNorm1d/2d, Linear, Flatten, activations, dropout and
+            pooling layers.
+        width: the multiplier, ``> 0``.
+        seed: seed for the new weights (``None`` keeps the global RNG state).
+
+    Raises:
+        ConfigError: ``width`` is not positive.
+        UnsupportedModelError: the model is not an ``nn.Sequential`` or holds another kind of layer.
+    """
+    import copy
+
+    import torch
+    from torch import nn
+
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise ConfigError(f"make_student: width must be > 0, got {width!r}")
+    if not isinstance(model, nn.Sequential):
+        raise UnsupportedModelError(f"make_student needs an nn.Sequential model, not {type(model).__name__}")
+    layers = list(model.named_children())
+    weighted = [i for i, (_, m) in enumerate(layers) if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not weighted:
+        raise UnsupportedModelError("make_student: the model has no Conv2d or Linear layer to make thinner")
+    last = weighted[-1]
+    ref = next(model.parameters())
+    if seed is not None:
+        torch.manual_seed(seed)
+
+    def scaled(n: int) -> int:
+        return max(1, round(n * width))
+
+    old_c: int | None = None  # current channel/feature count in the teacher and in the student
+    new_c: int | None = None
+    flat_from: tuple[int, int] | None = None  # (old, new) channels at the last Flatten
+    out = []
+    for i, (name, m) in enumerate(layers):
+        kind = type(m).__name__
+        if isinstance(m, nn.Conv2d):
+            c_in = m.in_channels if new_c is None else new_c
+            if old_c is not None and old_c != m.in_channels:
+                raise UnsupportedModelError(f"make_student: layer {name} (Conv2d) expects {m.in_channels} channels, gets {old_c}")
+            c_out = m.out_channels if i == last else scaled(m.out_channels)
+            if m.groups == 1:
+                groups = 1
+            elif m.groups == m.in_channels == m.out_channels:  # depthwise stays depthwise
+                c_out = groups = c_in
+            else:
+                raise UnsupportedModelError(f"make_student: layer {name} (Conv2d with groups={m.groups}) is not supported")
+            new = nn.Conv2d(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None,
+                            m.padding_mode)
+            old_c, new_c = m.out_channels, c_out
+        elif isinstance(m, nn.Linear):
+            if flat_from is not None:
+                f_old, f_new = flat_from
+                if m.in_features % f_old:
+                    raise UnsupportedModelError(
+                        f"make_student: layer {name} (Linear) has {m.in_features} inputs, not a multiple of the "
+                        f"{f_old} channels before Flatten")
+                f_in = m.in_features // f_old * f_new
+                flat_from = None
+            else:
+                f_in = m.in_features if new_c is None else new_c
+            f_out = m.out_features if i == last else scaled(m.out_features)
+            new = nn.Linear(f_in, f_out, bias=m.bias is not None)
+            old_c, new_c = m.out_features, f_out
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            feats = m.num_features if new_c is None else new_c
+            extra = {"bias": False} if m.affine and getattr(m, "bias", True) is None else {}  # torch >= 2.12
+            new = type(m)(feats, m.eps, m.momentum, m.affine, m.track_running_stats, **extra)
+        elif isinstance(m, nn.Flatten):
+            if m.start_dim != 1:
+                raise UnsupportedModelError(f"make_student: layer {name} (Flatten with start_dim={m.start_dim}) is not supported")
+            if old_c is not None:
+                flat_from = (old_c, new_c)  # type: ignore[assignment]
+            new = copy.deepcopy(m)
+        elif kind in _SHAPELESS:
+            new = copy.deepcopy(m)
+        else:
+            raise UnsupportedModelError(f"make_student does not support layer {name} ({kind})")
+        out.append((name, new))
+    from collections import OrderedDict
+
+    return nn.Sequential(OrderedDict(out)).to(device=ref.device, dtype=ref.dtype)
+
+
+# ----------------------------------------------------------------------------------------- config
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Train the model given to ``compress`` (the student) from ``teacher``.
+
+    Args:
+        teacher: the trained teacher module (left unchanged; run in eval mode without gradients).
+        train_fn: ``train_fn(student, loss_fn)`` trains the student in place with
+            ``loss_fn(student, x, y) -> Tensor`` (e.g. ``greenmeter.digits.train_classifier(m, data,
+            loss_fn=loss_fn)``). Give this or ``data``, not both.
+        data: an iterable of ``(x, y)`` batches (re-iterated each epoch) or a callable returning a fresh
+            iterable per epoch, for the built-in Adam loop (cosine learning-rate decay).
+        epochs: epochs of the built-in loop (ignored with ``train_fn``).
+        lr: Adam learning rate of the built-in loop and of the hint regressors.
+        temperature: softening temperature of the Hinton loss, ``> 0``.
+        alpha: weight of the soft (teacher) term, in ``[0, 1]``.
+        hints: student module name -> teacher module name (names as in ``named_modules()``): the
+            student's output there is regressed onto the teacher's (mean squared error), through a learned
+            1x1 convolution (4-D features) or Linear layer (2-D features) when the widths differ.
+        hint_weight: weight of the summed hint losses, ``>= 0``.
+        seed: seed of the built-in loop and of the hint regressors' initial weights.
+    """
+
+    teacher: nn.Module
+    train_fn: Callable[[nn.Module, Callable[..., Any]], Any] | None = None
+    data: Iterable[Any] | Callable[[], Iterable[Any]] | None = None
+    epochs: int = 20
+    lr: float = 3e-3
+    temperature: float = 4.0
+    alpha: float = 0.9
+    hints: Mapping[str, str] | None = None
+    hint_weight: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from torch import nn
+
+        if not isinstance(self.teacher, nn.Module):
+            raise ConfigError(f"DistillConfig.teacher must be a torch.nn.Module, not {type(self.teacher).__name__}")
+        check_training_source(self.train_fn, self.data, self.epochs, self.lr, "DistillConfig")
+        if not self.temperature > 0:
+            raise ConfigError(f"DistillConfig.temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"DistillConfig.alpha must be in [0, 1], got {self.alpha}")
+        if not self.hint_weight >= 0:
+            raise ConfigError(f"DistillConfig.hint_weight must be >= 0, got {self.hint_weight}")
+        if self.hints is not None:
+            if not isinstance(self.hints, Mapping) or not self.hints:
+                raise ConfigError("DistillConfig.hints must be a non-empty mapping of student -> teacher module names")
+            teacher_names = dict(self.teacher.named_modules())
+            for s_name, t_name in self.hints.items():
+                if t_name not in teacher_names or t_name == "":
+                    raise ConfigError(f"DistillConfig.hints: the teacher has no module named {t_name!r} (hint for {s_name!r})")
+
+
+def check_training_source(train_fn: Any, data: Any, epochs: Any, lr: Any, owner: str) -> None:
+    """Validate the ``train_fn``/``data``/``epochs``/``lr`` fields shared by the training configs."""
+    if (train_fn is None) == (data is None):
+        raise ConfigError(f"{owner} needs exactly one of train_fn (your training loop) or data (batches for the built-in loop)")
+    if train_fn is not None and not callable(train_fn):
+        raise ConfigError(f"{owner}.train_fn must be callable as train_fn(model, loss_fn)")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"{owner}.epochs must be an integer >= 1, got {epochs!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"{owner}.lr must be > 0, got {lr!r}")
+    if data is not None and not callable(data):
+        if not isinstance(data, Iterable):
+            raise ConfigError(f"{owner}.data must be an iterable of (x, y) batches or a callable returning one")
+        if iter(data) is data and epochs > 1:
+            raise ConfigError(
+                f"{owner}.data is a one-shot iterator but epochs={epochs}; pass a list of batches or a callable "
+                "returning a fresh iterable per epoch"
+            )
+
+
+def fit(model: nn.Module, loss_fn: Callable[..., torch.Tensor], params: list[torch.nn.Parameter],
+        data: Any, epochs: int, lr: float, seed: int) -> list[float]:
+    """The built-in loop: Adam with cosine decay over ``data`` for ``epochs``; returns each epoch's mean loss.
+
+    Trains ``model`` in place and leaves it in eval mode.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        total, steps = 0.0, 0
+        for batch in (data() if callable(data) else data):
+            try:
+                xb, yb = batch
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"data must yield (x, y) batches; epoch {epoch} yielded {type(batch).__name__}") from err
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model, xb, yb)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+        if steps == 0:
+            raise ConfigError(f"data yielded no batches in epoch {epoch}")
+        sched.step()
+        history.append(total / steps)
+    model.eval()
+    return history
+
+
+# ------------------------------------------------------------------------------------------ hints
+
+class _HintTaps:
+    """Forward hooks that keep the latest output of named modules (removed by ``close``)."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str], who: str) -> None:
+        modules = dict(model.named_modules())
+        self.out: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for name in names:
+            if name not in modules or name == "":
+                raise ConfigError(f"DistillConfig.hints: the {who} has no module named {name!r}")
+            self._handles.append(modules[name].register_forward_hook(self._keeper(name)))
+
+    def _keeper(self, name: str) -> Callable[..., None]:
+        def keep(_module: Any, _inputs: Any, output: Any) -> None:
+            self.out[name] = output
+        return keep
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _make_regressor(s_name: str, t_name: str, s_feat: torch.Tensor, t_feat: torch.Tensor) -> nn.Module:
+    from torch import nn
+
+    if s_feat.dim() != t_feat.dim() or s_feat.dim() not in (2, 4) or s_feat.shape[2:] != t_feat.shape[2:]:
+        raise UnsupportedModelError(
+            f"distillation hint {s_name!r} -> {t_name!r}: feature shapes {tuple(s_feat.shape[1:])} and "
+            f"{tuple(t_feat.shape[1:])} cannot be matched (needs 2-D or 4-D features with equal spatial sizes)"
+        )
+    if s_feat.shape[1] == t_feat.shape[1]:
+        return nn.Identity()
+    if s_feat.dim() == 4:
+        return nn.Conv2d(s_feat.shape[1], t_feat.shape[1], kernel_size=1)
+    return nn.Linear(s_feat.shape[1], t_feat.shape[1])
+
+
+class _DistillLoss:
+    """``loss_fn(student, x, y)``: Hinton loss plus weighted hint losses; records per-step values.
+
+    Hint regressors are sized from the first batch's features and trained by their own Adam, stepped at
+    the start of the next call (after the caller's backward), so a user's optimiser over the student's
+    parameters alone is enough.
+    """
+
+    def __init__(self, config: DistillConfig, s_taps: _HintTaps | None, t_taps: _HintTaps | None) -> None:
+        self.config, self.s_taps, self.t_taps = config, s_taps, t_taps
+        self.regressors: dict[str, nn.Module] = {}
+        self.losses: list[float] = []
+        self.hint_losses: list[float] = []
+        self._reg_opt: torch.optim.Optimizer | None = None
+
+    def _build_regressors(self, device: torch.device) -> None:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            for s_name, t_name in self.config.hints.items():  # type: ignore[union-attr]
+                reg = _make_regressor(s_name, t_name, self.s_taps.out[s_name], self.t_taps.out[t_name])  # type: ignore[union-attr]
+                self.regressors[s_name] = reg.to(device)
+        params = [p for r in self.regressors.values() for p in r.parameters()]
+        self._reg_opt = torch.optim.Adam(params, lr=self.config.lr) if params else None
+
+    def step_regressors(self) -> None:
+        """Apply the gradients the last backward left on the regressors (a no-op when there are none)."""
+        if self._reg_opt is not None:
+            params = [p for g in self._reg_opt.param_groups for p in g["params"]]
+            if any(p.grad is not None for p in params):
+                self._reg_opt.step()
+                self._reg_opt.zero_grad(set_to_none=True)
+
+    def __call__(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import torch
+        from torch.nn import functional as F
+
+        self.step_regressors()
+        with torch.no_grad():
+            t_logits = self.config.teacher(x)
+        s_logits = student(x)
+        loss = hinton_loss(s_logits, t_logits, y, self.config.temperature, self.config.alpha)
+        if self.config.hints:
+            if not self.regressors:
+                self._build_regressors(s_logits.device)
+            hint = sum(
+                F.mse_loss(reg(self.s_taps.out[s]), self.t_taps.out[self.config.hints[s]].detach())  # type: ignore[union-attr]
+                for s, reg in self.regressors.items()
+            )
+            self.hint_losses.append(float(hint.detach()))  # type: ignore[union-attr]
+            loss = loss + self.config.hint_weight * hint
+        self.losses.append(float(loss.detach()))
+        return loss
+
+
+def _window_mean(values: list[float], window: int, last: bool) -> float | None:
+    if not values:
+        return None
+    part = values[-window:] if last else values[:window]
+    return sum(part) / len(part)
+
+
+@register_method("distillation", DistillConfig)
+def _distill(student: nn.Module, config: DistillConfig) -> tuple[nn.Module, dict[str, Any]]:
+    teacher = config.teacher
+    teacher_was_training = teacher.training
+    s_taps = t_taps = None
+    own = config.train_fn is None
+    try:
+        teacher.eval()
+        if config.hints:
+            s_taps = _HintTaps(student, config.hints.keys(), "student")
+            t_taps = _HintTaps(teacher, config.hints.values(), "teacher")
+        loss_fn = _DistillLoss(config, s_taps, t_taps)
+        if own:
+            history = fit(student, loss_fn, list(student.parameters()), config.data, config.epochs, config.lr,
+                          config.seed)
+            window = max(1, len(loss_fn.losses) // config.epochs)
+        else:
+            config.train_fn(student, loss_fn)  # type: ignore[misc]
+            history, window = [], max(1, len(loss_fn.losses) // 10)
+            student.eval()
+        loss_fn.step_regressors()
+        if not loss_fn.losses:
+            raise CompressionError("distillation: train_fn never called the distillation loss_fn it was given")
+    finally:
+        teacher.train(teacher_was_training)
+        for taps in (s_taps, t_taps):
+            if taps is not None:
+                taps.close()
+    details: dict[str, Any] = {
+        "trainer": "built-in" if own else "train_fn",
+        "epochs": config.epochs if own else None,
+        "steps": len(loss_fn.losses),
+        "final_loss": _window_mean(loss_fn.losses, window, last=True),
+        "epoch_losses": history,
+        "temperature": config.temperature,
+        "alpha": config.alpha,
+        "hint_layers": [f"{s}->{t}" for s, t in (config.hints or {}).items()],
+        "hint_regressors": {s: type(r).__name__ for s, r in loss_fn.regressors.items()},
+        "hint_loss_initial": _window_mean(loss_fn.hint_losses, window, last=False),
+        "hint_loss_final": _window_mean(loss_fn.hint_losses, window, last=True),
+        "student_parameters": sum(p.numel() for p in student.parameters()),
+        "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
+    }
+    return student, details

@@ -1,5 +1,346 @@
-"""Placeholder: being written."""
+"""Dynamic inference with early exits: a multi-exit model, its training, threshold calibration, reports.
+
+``compress(backbone, EarlyExitConfig(exits_after=[2, 5], example_input=x[:1], ...))`` cuts an
+``nn.Sequential`` backbone after the given layer indices, attaches a small classifier head at each cut
+and trains the heads with a joint loss (the backbone frozen by default, so the last exit is exactly the
+backbone). In eval mode a sample leaves at the first head whose confidence exceeds the threshold::
+
+    model = compress(cnn, EarlyExitConfig(exits_after=[2, 5], example_input=x[:1], train_fn=...))
+    model.threshold = calibrate_threshold(model, x_val, y_val, max_drop=0.005)
+    logits, exit_index = model.infer(x)            # model(x) in eval mode returns the logits only
+    print(exit_report(model, x, y))
+
+Confidence is the largest softmax probability (``criterion="max_softmax"``) or one minus the entropy
+normalised by ``ln(classes)`` (``criterion="entropy"``); both lie in [0, 1]. A sample exits when its
+confidence is strictly greater than the threshold, so ``threshold=1.0`` switches early exits off.
+
+Cost is counted in multiply-accumulates (MACs) of Conv and Linear layers only (batch norm, activations
+and pooling are not counted), measured once per block and per head with forward hooks on a single
+example sample. A sample that leaves at exit ``k`` costs blocks ``0..k`` plus heads ``0..k``; one that
+reaches the end also paid for every head it passed. At ``threshold=1.0`` the heads are skipped.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
+from greenmeter.compression._core import register_method
+from greenmeter.compression.distillation import check_training_source, fit
+
+__all__ = ["EarlyExitConfig", "MultiExitModel", "calibrate_threshold", "exit_report"]
+
+# calibrate_threshold and exit_report live in exit_calibration (imported at the end of this module)
+
+CRITERIA = ("max_softmax", "entropy")
+
+
+def _check_threshold(threshold: Any, criterion: Any, owner: str) -> None:
+    if criterion not in CRITERIA:
+        raise ConfigError(f"{owner}: criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"{owner}: threshold must be in (0, 1] for {criterion} (1.0 = never exit early), got {threshold!r}")
+
+
+def confidence(logits: torch.Tensor, criterion: str) -> torch.Tensor:
+    """Per-sample confidence in [0, 1]: max softmax probability, or 1 - entropy / ln(classes)."""
+    probs = logits.float().softmax(dim=1)
+    if criterion == "max_softmax":
+        return probs.max(dim=1).values
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
+    return 1.0 - entropy / math.log(logits.shape[1])
+
+
+def _count_macs(module: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """MACs of the Conv/Linear layers in ``module`` for the single sample ``x`` (forward hooks), and its output."""
+    total = 0
+
+    def hook(m: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        per_out = m.weight[0].numel() if isinstance(m, nn.modules.conv._ConvNd) else m.in_features  # type: ignore[union-attr]
+        total += int(out.numel() // out.shape[0]) * int(per_out)
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    try:
+        with torch.no_grad():
+            out = module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total, out
+
+
+def _make_head(features: torch.Tensor, classes: int, index: int) -> nn.Module:
+    if features.dim() == 4:
+        # A 4x4 average pool keeps coarse layout, which the shallow exits need (a global pool loses it).
+        pool = (min(4, features.shape[2]), min(4, features.shape[3]))
+        return nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(features.shape[1] * pool[0] * pool[1], classes))
+    if features.dim() == 2:
+        return nn.Linear(features.shape[1], classes)
+    raise UnsupportedModelError(
+        f"early exit: the features after layer {index} have shape {tuple(features.shape[1:])}; heads need "
+        "[C, H, W] or [F] features")
+
+
+class MultiExitModel(nn.Module):
+    """An ``nn.Sequential`` backbone cut into blocks, with a classifier head after every block but the last.
+
+    Args:
+        backbone: the ``nn.Sequential`` to cut (its layers are shared, not copied).
+        exits_after: increasing layer indices in ``backbone`` after which a head is attached; the last
+            exit is the backbone's own output.
+        example_input: a batch (one sample is enough) of typical inputs, used to size the heads and count
+            MACs.
+        threshold: confidence above which a sample exits, in (0, 1].
+        criterion: ``"max_softmax"`` or ``"entropy"``.
+
+    In training mode ``forward`` returns the list of every exit's logits (for a joint loss); in eval mode
+    it runs early-exit inference and returns the logits only. ``infer`` also returns the exits.
+
+    Attributes:
+        exit_macs: MACs per sample for a sample leaving at each exit (heads it passed included).
+        full_macs: MACs per sample of the backbone alone (what the original model costs).
+    """
+
+    def __init__(self, backbone: nn.Module, exits_after: Sequence[int], example_input: torch.Tensor,
+                 threshold: float = 0.9, criterion: str = "max_softmax") -> None:
+        super().__init__()
+        if not isinstance(backbone, nn.Sequential):
+            raise UnsupportedModelError(f"early exit needs an nn.Sequential backbone, not {type(backbone).__name__}")
+        cuts = _check_exits(exits_after, len(backbone))
+        _check_threshold(threshold, criterion, "MultiExitModel")
+        bounds = [0, *(i + 1 for i in cuts), len(backbone)]
+        self.blocks = nn.ModuleList(backbone[a:b] for a, b in itertools.pairwise(bounds))
+        self.exits_after = tuple(cuts)
+        self._threshold, self.criterion = float(threshold), criterion
+        self.backbone_frozen = False
+        was = backbone.training
+        backbone.eval()
+        try:
+            block_macs, features = [], []
+            h = example_input[:1]
+            for block in self.blocks:
+                macs, h = _count_macs(block, h)
+                block_macs.append(macs)
+                features.append(h)
+            if h.dim() != 2:
+                raise UnsupportedModelError(f"early exit: the backbone's output has shape {tuple(h.shape[1:])}, not [classes]")
+            device = next(backbone.parameters()).device
+            self.heads = nn.ModuleList(
+                _make_head(f, h.shape[1], cut).to(device) for f, cut in zip(features, cuts))
+            head_macs = [_count_macs(head, f)[0] for head, f in zip(self.heads, features)]
+        finally:
+            backbone.train(was)
+        self.train(was)
+        self.block_macs, self.head_macs = tuple(block_macs), tuple(head_macs)
+        self.exit_macs = tuple(sum(block_macs[:k + 1]) + sum(head_macs[:k + 1]) for k in range(len(block_macs)))
+        self.full_macs = sum(block_macs)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        _check_threshold(value, self.criterion, "MultiExitModel.threshold")
+        self._threshold = float(value)
+
+    def freeze_backbone(self) -> None:
+        """Stop the backbone's weights and batch-norm statistics from changing (in place)."""
+        for p in self.blocks.parameters():
+            p.requires_grad_(False)
+        self.backbone_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MultiExitModel:
+        super().train(mode)
+        if self.backbone_frozen:
+            self.blocks.eval()
+        return self
+
+    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every exit's logits for every sample (the full backbone and all heads run)."""
+        outs = []
+        for k, block in enumerate(self.blocks):
+            x = block(x)
+            outs.append(self.heads[k](x) if k < len(self.heads) else x)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        return self.forward_all(x) if self.training else self.infer(x)[0]
+
+    def infer(self, x: torch.Tensor, threshold: float | None = None,
+              criterion: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched early-exit inference: only the samples still running go through each next block.
+
+        Returns:
+            ``(logits [N, classes], exit_index [N] int64)``; the logits come from each sample's exit.
+
+        Raises:
+            CompressionError: the model is in training mode (call ``.eval()`` first).
+        """
+        threshold = self._threshold if threshold is None else threshold
+        criterion = self.criterion if criterion is None else criterion
+        _check_threshold(threshold, criterion, "MultiExitModel.infer")
+        if self.training:
+            raise CompressionError("MultiExitModel.infer needs eval mode (batch norm, dropout): call model.eval() first")
+        n = x.shape[0]
+        last = self.num_exits - 1
+        exit_index = torch.full((n,), last, dtype=torch.long, device=x.device)
+        logits: torch.Tensor | None = None
+        alive = torch.arange(n, device=x.device)
+        h = x
+        for k, block in enumerate(self.blocks):
+            h = block(h)
+            if k == last:
+                out, done = h, torch.ones(len(alive), dtype=torch.bool, device=x.device)
+            elif threshold >= 1.0:  # nobody can exit early: skip the heads
+                continue
+            else:
+                out = self.heads[k](h)
+                done = confidence(out, criterion) > threshold
+            if logits is None:
+                logits = out.new_empty((n, out.shape[1]))
+            logits[alive[done]] = out[done]
+            exit_index[alive[done]] = k
+            keep = (~done).nonzero().squeeze(1)
+            alive, h = alive[keep], h.index_select(0, keep)
+            if len(alive) == 0:
+                break
+        return logits, exit_index  # type: ignore[return-value]
+
+    def sample_macs(self, exit_index: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+        """MACs executed for each sample given where it exited (heads skipped at ``threshold=1.0``)."""
+        threshold = self._threshold if threshold is None else threshold
+        if threshold >= 1.0:
+            return torch.full(exit_index.shape, self.full_macs, dtype=torch.long)
+        table = torch.tensor(self.exit_macs, dtype=torch.long)
+        return table[exit_index.cpu()]
+
+    def extra_repr(self) -> str:
+        return f"exits_after={self.exits_after}, threshold={self._threshold}, criterion={self.criterion!r}"
+
+
+def _check_exits(exits_after: Sequence[int], layers: int | None) -> list[int]:
+    """Validate exit positions (``layers=None``: the model's length is not known yet)."""
+    cuts = list(exits_after) if isinstance(exits_after, Sequence) else []
+    if not cuts:
+        raise ConfigError("early exit: exits_after must name at least one layer index")
+    for i in cuts:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ConfigError(f"early exit: exits_after holds {i!r}; layer indices must be integers")
+        if i < 0 or (layers is not None and i >= layers - 1):
+            raise ConfigError(
+                f"early exit: exit index {i} is out of range; the backbone has {layers} layers, so an exit can follow "
+                f"layers 0..{layers - 2} (the last layer's output is the final exit)")
+    if any(b <= a for a, b in itertools.pairwise(cuts)):
+        raise ConfigError(f"early exit: exits_after must be strictly increasing, got {cuts}")
+    return cuts
+
+
+# ------------------------------------------------------------------------------------------ config
+
+@dataclass(frozen=True)
+class EarlyExitConfig:
+    """Attach exits to an ``nn.Sequential`` model and train their heads with a joint loss.
+
+    Args:
+        exits_after: increasing layer indices after which a head is attached.
+        example_input: a typical input batch (one sample is enough) to size heads and count MACs.
+        train_fn: ``train_fn(model, loss_fn)`` trains the multi-exit model in place with
+            ``loss_fn(model, x, y) -> Tensor`` (e.g. ``greenmeter.digits.train_classifier``). Give this or
+            ``data``, not both.
+        data: an iterable of ``(x, y)`` batches (re-iterated per epoch) or a callable returning one, for
+            the built-in Adam loop.
+        epochs, lr: of the built-in loop.
+        exit_weights: weight of each exit's cross-entropy in the joint loss (one per exit, the final exit
+            included); equal weights by default.
+        freeze_backbone: train only the heads (the final exit stays exactly the original model); with
+            ``False`` the backbone is trained too.
+        threshold: exit confidence threshold in (0, 1] used by the returned model in eval mode.
+        criterion: ``"max_softmax"`` or ``"entropy"``.
+        seed: seed of the heads' initial weights and of the built-in loop.
+    """
+
+    exits_after: Sequence[int]
+    example_input: torch.Tensor
+    train_fn: Callable[[nn.Module, Callable[..., Any]], Any] | None = None
+    data: Any = None
+    epochs: int = 10
+    lr: float = 3e-3
+    exit_weights: Sequence[float] | None = None
+    freeze_backbone: bool = True
+    threshold: float = 0.9
+    criterion: str = "max_softmax"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.example_input, torch.Tensor) or self.example_input.dim() < 2 or len(self.example_input) < 1:
+            raise ConfigError("EarlyExitConfig.example_input must be a tensor batch [N, ...] with N >= 1")
+        _check_exits(self.exits_after, None)
+        check_training_source(self.train_fn, self.data, self.epochs, self.lr, "EarlyExitConfig")
+        _check_threshold(self.threshold, self.criterion, "EarlyExitConfig")
+        if self.exit_weights is not None:
+            weights = list(self.exit_weights)
+            if len(weights) != len(self.exits_after) + 1:
+                raise ConfigError(
+                    f"EarlyExitConfig.exit_weights needs {len(self.exits_after) + 1} weights (one per exit, the final "
+                    f"exit included), got {len(weights)}")
+            if any(not w >= 0 for w in weights) or not any(w > 0 for w in weights):
+                raise ConfigError(f"EarlyExitConfig.exit_weights must be >= 0 and not all zero, got {weights}")
+
+
+def _joint_loss(weights: Sequence[float]) -> Callable[..., torch.Tensor]:
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        outs = model.forward_all(x)  # type: ignore[operator]
+        return sum(w * F.cross_entropy(o, y) for w, o in zip(weights, outs) if w)  # type: ignore[return-value]
+
+    return loss_fn
+
+
+@register_method("early_exit", EarlyExitConfig)
+def _early_exit(model: nn.Module, config: EarlyExitConfig) -> tuple[nn.Module, dict[str, Any]]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        multi = MultiExitModel(model, config.exits_after, config.example_input, config.threshold, config.criterion)
+    if config.freeze_backbone:
+        multi.freeze_backbone()
+    weights = list(config.exit_weights) if config.exit_weights is not None else [1.0] * multi.num_exits
+    loss_fn = _joint_loss(weights)
+    if config.train_fn is None:
+        params = [p for p in multi.parameters() if p.requires_grad]
+        history = fit(multi, loss_fn, params, config.data, config.epochs, config.lr, config.seed)
+    else:
+        config.train_fn(multi, loss_fn)
+        history = []
+    multi.eval()
+    details = {
+        "exits_after": list(multi.exits_after),
+        "exit_weights": weights,
+        "freeze_backbone": config.freeze_backbone,
+        "trainer": "built-in" if config.train_fn is None else "train_fn",
+        "epoch_losses": history,
+        "final_loss": history[-1] if history else None,
+        "head_parameters": sum(p.numel() for p in multi.heads.parameters()),
+        "exit_macs": list(multi.exit_macs),
+        "full_macs": multi.full_macs,
+        "threshold": multi.threshold,
+        "criterion": multi.criterion,
+    }
+    return multi, details
+
+
+from greenmeter.compression.exit_calibration import calibrate_threshold, exit_report  # noqa: E402

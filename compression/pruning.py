@@ -1,5 +1,355 @@
-"""Placeholder: being written."""
+"""Pruning: unstructured magnitude pruning (``PruneConfig``) and structured channel pruning (``ChannelPruneConfig``).
+
+* **Unstructured** pruning zeroes the smallest-magnitude weights of the prunable layers (``torch.nn.utils.prune``),
+  across all of them at once (``scope="global"``) or layer by layer (``scope="layer"``), then bakes the masks
+  into the weights: no hooks, no ``weight_orig`` or ``weight_mask`` are left. The tensors keep their shapes, so
+  the model is no smaller or faster on dense kernels; the zeros are what sparse storage or kernels can use.
+* **Structured** pruning physically removes whole output channels of Conv layers (with their BatchNorm entries
+  and the next layer's matching inputs) and hidden Linear neurons, so the model is really smaller and faster.
+  Which channels must go together (a residual add ties every conv that feeds it) comes from Torch-Pruning's
+  dependency graph (DepGraph), traced by running the model once on ``example_input``. The layers that produce
+  the model's output are never pruned, so the output shape is unchanged.
+
+Both run on ``compress``'s private copy of the model; the caller's model is left as it was.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
+from greenmeter.compression._core import register_method
+
+__all__ = ["ChannelPruneConfig", "PruneConfig", "sparsity"]
+
+DEFAULT_LAYER_TYPES: tuple[str, ...] = ("Linear", "Conv2d")
+
+# Layers with parameters that Torch-Pruning prunes along with their channels (each checked on torch 2.13 here).
+_STRUCTURED_SUPPORTED = (
+    nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm, nn.PReLU,
+)
+
+
+def _fraction(owner: str, value: Any) -> float:
+    """``value`` as a float in [0, 1), or ConfigError naming ``owner``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value < 1:
+        raise ConfigError(f"{owner} must be a number in [0, 1) (the fraction removed), got {value!r}")
+    return float(value)
+
+
+def _scope(owner: str, value: Any) -> str:
+    if value not in ("global", "layer"):
+        raise ConfigError(
+            f"{owner} must be 'global' (one magnitude threshold across all layers) or 'layer', got {value!r}"
+        )
+    return str(value)
+
+
+def _layer_types(owner: str, value: Any) -> tuple[str, ...]:
+    """Normalise layer types (class names or ``nn.Module`` subclasses) to a non-empty tuple of class names."""
+    items = (value,) if isinstance(value, (str, type)) else value
+    try:
+        names = tuple(v.__name__ if isinstance(v, type) else v for v in items)
+    except TypeError:
+        names = ()
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{owner} must be layer class names such as ('Linear', 'Conv2d'), got {value!r}")
+    return names
+
+
+def _prunable_layers(model: nn.Module, layer_types: Iterable[str]) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every module whose class (or a base class) is named in ``layer_types`` and has a weight."""
+    wanted = set(layer_types)
+    found = []
+    for name, module in model.named_modules():
+        if not wanted.intersection(cls.__name__ for cls in type(module).__mro__):
+            continue
+        if isinstance(getattr(module, "weight_orig", None), torch.Tensor) or isinstance(
+            getattr(module, "weight", None), torch.Tensor
+        ):
+            found.append((name or type(module).__name__, module))
+    return found
+
+
+def _effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as the forward pass sees it (``weight_orig * weight_mask`` while prune masks are attached)."""
+    if hasattr(module, "weight_mask") and hasattr(module, "weight_orig"):
+        return (module.weight_orig * module.weight_mask).detach()
+    return module.weight.detach()
+
+
+def _no_layers_error(method: str, model: nn.Module, layer_types: Iterable[str]) -> UnsupportedModelError:
+    present = sorted({type(m).__name__ for m in model.modules() if not list(m.children())}) or ["no layers"]
+    return UnsupportedModelError(
+        f"{method} found nothing to prune in {type(model).__name__}: it looks for layers of type "
+        f"{', '.join(layer_types)} that have a weight tensor (layer_types), and the model has only "
+        f"{', '.join(present)}. Pass layer_types naming the layers to prune."
+    )
+
+
+def _layer_sparsity(layers: list[tuple[str, nn.Module]]) -> tuple[float, int, int, dict[str, float]]:
+    zeros = total = 0
+    per_layer = {}
+    for name, module in layers:
+        weight = _effective_weight(module)
+        z, n = int((weight == 0).sum()), weight.numel()
+        zeros, total = zeros + z, total + n
+        per_layer[name] = z / n if n else 0.0
+    return (zeros / total if total else 0.0), zeros, total, per_layer
+
+
+def sparsity(model: nn.Module, layer_types: Iterable[str] = DEFAULT_LAYER_TYPES) -> float:
+    """Fraction of exactly-zero weights among the weights of the layers named in ``layer_types``.
+
+    Biases, BatchNorm and other layers are not counted. While ``torch.nn.utils.prune`` masks are attached the
+    masked weight (``weight_orig * weight_mask``) is counted. Does not change the model.
+
+    Raises:
+        UnsupportedModelError: the model has no layer of those types.
+    """
+    types = _layer_types("layer_types", layer_types)
+    layers = _prunable_layers(model, types)
+    if not layers:
+        raise _no_layers_error("sparsity()", model, types)
+    return _layer_sparsity(layers)[0]
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Unstructured magnitude pruning to a target sparsity.
+
+    Args:
+        sparsity: fraction of the prunable weights set to zero, in [0, 1).
+        scope: ``"global"`` ranks all prunable weights together (layers end up with different sparsities);
+            ``"layer"`` prunes each layer to ``sparsity`` on its own.
+        layer_types: class names of the layers whose ``weight`` is pruned (subclasses count too).
+    """
+
+    sparsity: float
+    scope: Literal["global", "layer"] = "global"
+    layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sparsity", _fraction("PruneConfig.sparsity", self.sparsity))
+        object.__setattr__(self, "scope", _scope("PruneConfig.scope", self.scope))
+        object.__setattr__(self, "layer_types", _layer_types("PruneConfig.layer_types", self.layer_types))
+
+
+@register_method("prune", PruneConfig)
+def _prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, dict[str, Any]]:
+    layers = _prunable_layers(model, config.layer_types)
+    if not layers:
+        raise _no_layers_error("prune (PruneConfig)", model, config.layer_types)
+    params = [(module, "weight") for _, module in layers]
+    if config.sparsity > 0:
+        if config.scope == "global":
+            prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=config.sparsity)
+        else:
+            for module, name in params:
+                prune.l1_unstructured(module, name, amount=config.sparsity)
+    for module, name in params:
+        if prune.is_pruned(module):
+            prune.remove(module, name)  # bake the mask into the weight: no hooks, weight_orig or weight_mask left
+    real, zeros, total, per_layer = _layer_sparsity(layers)
+    return model, {
+        "scope": config.scope,
+        "requested_sparsity": config.sparsity,
+        "sparsity": real,
+        "zero_weights": zeros,
+        "prunable_weights": total,
+        "layer_sparsity": per_layer,
+    }
+
+
+@dataclass(frozen=True, eq=False)  # holds tensors: two configs are equal only if they are the same object
+class ChannelPruneConfig:
+    """Structured pruning that physically removes a fraction of channels and neurons (via Torch-Pruning).
+
+    Args:
+        ratio: fraction of the output channels (Conv) and hidden neurons (Linear) removed from every prunable
+            layer, in [0, 1). Parameters shrink by about ``(1 - ratio) ** 2`` where both sides of a weight shrink.
+        example_input: one batch shaped like the model's input (a tensor, or a tuple of positional inputs);
+            required: the model is run on it once to trace which channels depend on each other.
+        importance: channel score, the ``"l2"`` or ``"l1"`` norm of the channel's weights across its group.
+        fine_tune: the user's training function, called as ``fine_tune(model)`` on the pruned model to train it
+            in place (compression never owns data). ``None`` skips fine-tuning.
+        ignored_layers: qualified module names (as in ``model.named_modules()``) whose outputs are kept whole.
+            The layers producing the model's output are always kept whole.
+    """
+
+    ratio: float
+    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None
+    importance: Literal["l2", "l1"] = "l2"
+    fine_tune: Callable[[nn.Module], None] | None = None
+    ignored_layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ratio", _fraction("ChannelPruneConfig.ratio", self.ratio))
+        inputs = self.example_input
+        if inputs is None:
+            raise ConfigError(
+                "ChannelPruneConfig needs example_input: one batch shaped like the model's input, e.g. "
+                "torch.zeros(1, 1, 8, 8). The model is run on it once to trace which channels depend on each "
+                "other (a residual add ties the channels of every conv that feeds it)."
+            )
+        if not isinstance(inputs, torch.Tensor) and not (
+            isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs)
+        ):
+            raise ConfigError(
+                f"ChannelPruneConfig.example_input must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
+            )
+        if isinstance(inputs, list):
+            object.__setattr__(self, "example_input", tuple(inputs))
+        if self.importance not in ("l2", "l1"):
+            raise ConfigError(f"ChannelPruneConfig.importance must be 'l2' or 'l1', got {self.importance!r}")
+        if self.fine_tune is not None and not callable(self.fine_tune):
+            raise ConfigError("ChannelPruneConfig.fine_tune must be a callable fine_tune(model) or None")
+        ignored = (self.ignored_layers,) if isinstance(self.ignored_layers, str) else tuple(self.ignored_layers)
+        if not all(isinstance(n, str) for n in ignored):
+            raise ConfigError(
+                f"ChannelPruneConfig.ignored_layers must be module names (str), got {self.ignored_layers!r}"
+            )
+        object.__setattr__(self, "ignored_layers", ignored)
+
+
+def _inputs(config: ChannelPruneConfig) -> tuple[torch.Tensor, ...]:
+    inputs = config.example_input
+    return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)  # type: ignore[arg-type]
+
+
+def _output_tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _output_tensors(item)]
+    return []
+
+
+def _trace_run(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...]
+) -> tuple[list[tuple[str, nn.Module]], list[nn.Module], Any]:
+    """Run the model once: the modules in execution order, the layers that produce an output, the output."""
+    names = {m: (n or type(m).__name__) for n, m in model.named_modules()}
+    executed: list[tuple[nn.Module, Any]] = []
+    hooks = [m.register_forward_hook(lambda mod, _i, out: executed.append((mod, out))) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            out = model(*inputs)
+    except Exception as err:
+        raise ConfigError(
+            f"the model does not run on ChannelPruneConfig.example_input: {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        for hook in hooks:
+            hook.remove()
+    outputs = {id(t) for t in _output_tensors(out)}
+    weighted = [m for m, _ in executed if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    heads = [m for m, o in executed if m in weighted and isinstance(o, torch.Tensor) and id(o) in outputs]
+    if not heads and weighted:  # the output went through a reshape or softmax: keep the last Linear (or conv) whole
+        linears = [m for m in weighted if isinstance(m, nn.Linear)]
+        heads = [(linears or weighted)[-1]]
+    seen: dict[nn.Module, str] = {}
+    for module, _ in executed:
+        seen.setdefault(module, names.get(module, type(module).__name__))
+    return [(name, m) for m, name in seen.items()], heads, out
+
+
+def _widths(model: nn.Module) -> dict[str, dict[str, int]]:
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out[name] = {"in": m.in_channels, "out": m.out_channels}
+        elif isinstance(m, nn.Linear):
+            out[name] = {"in": m.in_features, "out": m.out_features}
+    return out
+
+
+def _check_layers(method: str, executed: list[tuple[str, nn.Module]], ignored: list[nn.Module]) -> None:
+    """Refuse a layer with parameters that Torch-Pruning is not trusted with here, unless the user keeps it whole."""
+    kept = {id(m) for layer in ignored for m in layer.modules()}
+    for name, module in executed:
+        owns = any(True for _ in module.parameters(recurse=False))
+        if owns and not isinstance(module, _STRUCTURED_SUPPORTED) and id(module) not in kept:
+            raise UnsupportedModelError(
+                f"{method} cannot prune layer {name!r} ({type(module).__name__}): it handles Conv, Linear and "
+                f"normalisation layers. List {name!r} in ignored_layers to keep its channels as they are."
+            )
+
+
+def _remove_channels(model: nn.Module, config: ChannelPruneConfig, method: str) -> list[str]:
+    """Trace the model (in eval mode), remove channels in place; returns the names of the layers kept whole."""
+    try:
+        import torch_pruning as tp
+    except ImportError as err:
+        raise CompressionError(
+            f"{method} needs Torch-Pruning, which is not installed here: pip install torch-pruning"
+        ) from err
+    inputs = _inputs(config)
+    by_name = dict(model.named_modules())
+    unknown = [n for n in config.ignored_layers if n not in by_name]
+    if unknown:
+        raise ConfigError(f"ChannelPruneConfig.ignored_layers names no module of the model: {unknown}; "
+                          f"module names are e.g. {[n for n in by_name if n][:8]}")
+    ignored = [by_name[n] for n in config.ignored_layers]
+    model.eval()  # tracing must not move BatchNorm running statistics
+    executed, heads, before_out = _trace_run(model, inputs)
+    _check_layers(method, executed, ignored)
+    if not any(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m not in heads for _, m in executed):
+        raise _no_layers_error(method, model, ("Conv1d/2d/3d", "Linear (other than the output layer)"))
+    try:
+        pruner = tp.pruner.BasePruner(
+            model, inputs, importance=tp.importance.MagnitudeImportance(p=2 if config.importance == "l2" else 1),
+            pruning_ratio=config.ratio, ignored_layers=ignored + heads,
+            forward_fn=lambda m, xs: m(*xs),  # never let Torch-Pruning unpack a single batch tensor into arguments
+        )
+        pruner.step()
+        del pruner
+        with torch.no_grad():
+            after_out = model(*inputs)
+    except Exception as err:
+        raise UnsupportedModelError(
+            f"{method} failed inside Torch-Pruning on {type(model).__name__} ({type(err).__name__}: {err}); a layer "
+            f"it cannot follow may be in the path: list it in ignored_layers, or prune with PruneConfig instead"
+        ) from err
+    if [tuple(t.shape) for t in _output_tensors(after_out)] != [tuple(t.shape) for t in _output_tensors(before_out)]:
+        raise CompressionError(f"{method} changed the model's output shape; list the output layer in ignored_layers")
+    return sorted({n for n, m in executed if m in heads} | set(config.ignored_layers))
+
+
+def _restore(modes: dict[nn.Module, bool]) -> None:
+    for module, training in modes.items():
+        module.train(training)
+
+
+@register_method("channel_prune", ChannelPruneConfig)
+def _channel_prune(model: nn.Module, config: ChannelPruneConfig) -> tuple[nn.Module, dict[str, Any]]:
+    modes = {m: m.training for m in model.modules()}
+    params_before, widths_before = sum(p.numel() for p in model.parameters()), _widths(model)
+    try:
+        kept = _remove_channels(model, config, "channel pruning (ChannelPruneConfig)")
+    finally:
+        _restore(modes)
+    if config.fine_tune is not None:
+        config.fine_tune(model)  # handed over in the input model's modes; trains in place
+        _restore(modes)  # the result keeps the input model's train/eval modes
+    params_after, widths_after = sum(p.numel() for p in model.parameters()), _widths(model)
+    return model, {
+        "ratio": config.ratio,
+        "importance": config.importance,
+        "params_before": params_before,
+        "params_after": params_after,
+        "param_ratio": params_after / params_before if params_before else 1.0,
+        "channels": {n: {"before": w["out"], "after": widths_after.get(n, w)["out"]} for n, w in widths_before.items()},
+        "kept_whole": kept,
+        "fine_tuned": config.fine_tune is not None,
+    }

@@ -1,5 +1,313 @@
-"""Placeholder: being written."""
+"""Post-training int8 quantization: dynamic (Linear, LSTM, ...) and static (conv nets, with calibration).
+
+Both methods run on PyTorch's own int8 CPU kernels (FBGEMM / oneDNN / QNNPACK) through
+``torch.ao.quantization``: ``quantize_dynamic`` for dynamic int8 and FX graph mode
+(``prepare_fx`` / ``convert_fx``) for static int8, which fuses conv + batch norm + ReLU and places the
+quantize / dequantize steps itself, so a plain ``nn.Sequential`` CNN needs no ``QuantStub``.
+That API is deprecated since torch 2.10 (its successor, torchao, targets CUDA kernels and
+``torch.compile``; in eager mode on this CPU its int8 path measured about 10x slower at batch 1), but
+it is the path that runs real integer kernels on x86 CPUs today. Its deprecation warnings are caught inside
+:func:`compress` and reported once in ``details["api"]`` and ``details["notices"]``; any other warning
+is passed on to the caller unchanged. The choice lives behind each config's ``engine`` field.
+
+The returned models hold real integer modules (``torch.ao.nn.quantized.Conv2d``, ``...dynamic.Linear``),
+not fake-quant float modules. Save them with ``torch.save(model.state_dict(), path)``: pickling a whole
+FX-converted model saves but does not load back in torch 2.13.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from greenmeter._errors import CompressionError, ConfigError, EngineUnavailableError, UnsupportedModelError
+from greenmeter.compression._core import register_method
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+__all__ = ["QUANT_ENGINES", "DynamicQuantConfig", "StaticQuantConfig"]
+
+#: Engines a config may name; ``"auto"`` picks the first one this PyTorch build supports.
+QUANT_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
+_DYNAMIC_TYPES = ("Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell", "Embedding", "EmbeddingBag")
+TORCH_AO_API = "torch.ao.quantization ({}; deprecated since torch 2.10, see docs/compression.md)"
+
+# Warnings torch.ao raises on every call; each is explained in docs/compression.md. Others pass through.
+_KNOWN_NOTICES = {
+    "torch.ao.quantization is deprecated": "torch.ao.quantization is deprecated (torch 2.10+)",
+    "quantized tensor creation functions": "quantized tensor dtypes (qint8/quint8) are deprecated",
+    "reduce_range will be deprecated": "observer argument reduce_range is deprecated",
+    "without Vector Neural Network Instruction": "oneDNN without VNNI: reduce_range=True set for it",
+}
+
+
+def check_engine(engine: str) -> None:
+    if engine != "auto" and engine not in QUANT_ENGINES:
+        raise ConfigError(f"engine must be 'auto' or one of {', '.join(QUANT_ENGINES)}, not {engine!r}")
+
+
+@dataclass(frozen=True)
+class DynamicQuantConfig:
+    """Dynamic int8: weights stored as int8, activations quantized on the fly per batch.
+
+    Attributes:
+        layer_types: class names of the layers to quantize; any of Linear, LSTM, GRU, LSTMCell, GRUCell,
+            RNNCell (int8 weights and kernels) and Embedding, EmbeddingBag (int8 weight-only lookup).
+        engine: ``"auto"`` or a quantized engine name (see :data:`QUANT_ENGINES`).
+    """
+
+    layer_types: tuple[str, ...] = ("Linear", "LSTM")
+    engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        types = (self.layer_types,) if isinstance(self.layer_types, str) else tuple(self.layer_types)
+        object.__setattr__(self, "layer_types", types)
+        unknown = [t for t in types if t not in _DYNAMIC_TYPES]
+        if not types or unknown:
+            raise ConfigError(
+                f"dynamic int8 layer_types must name some of {', '.join(_DYNAMIC_TYPES)}; got {types!r}"
+            )
+        check_engine(self.engine)
+
+
+@dataclass(frozen=True)
+class StaticQuantConfig:
+    """Static int8 for conv nets: weights and activations int8, activation ranges set by calibration.
+
+    Attributes:
+        calibration: the data to calibrate on: an iterable of input batches (a tensor, or an ``(x, y, ...)``
+            tuple/list whose first item is the input; a single tensor counts as one batch), or a callable
+            ``calibration(prepared_model)`` that runs batches through the model itself. Iterated once.
+        engine: ``"auto"`` or a quantized engine name (see :data:`QUANT_ENGINES`).
+        per_channel: one weight scale per output channel (more accurate) rather than per tensor.
+    """
+
+    calibration: Iterable[Tensor] | Callable[[nn.Module], Any]
+    engine: str = "auto"
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.calibration, (str, bytes)) or not (
+            callable(self.calibration) or isinstance(self.calibration, Iterable)
+        ):
+            raise ConfigError(
+                "calibration must be an iterable of input batches or a callable(model), "
+                f"not {type(self.calibration).__name__}"
+            )
+        check_engine(self.engine)
+        if not isinstance(self.per_channel, bool):
+            raise ConfigError(f"per_channel must be True or False, not {self.per_channel!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# shared by the int8 methods here, int4.py and qat.py
+
+
+def require_eval(model: nn.Module, method: str) -> None:
+    """Raise :class:`CompressionError` unless every module of ``model`` is in eval mode."""
+    training = next((name for name, m in model.named_modules() if m.training), None)
+    if training is not None:
+        where = f"its submodule {training!r} is" if training else f"the model ({type(model).__name__}) is"
+        raise CompressionError(
+            f"{method} needs a model in eval mode, but {where} in training mode "
+            "(batch norm and dropout would change while calibrating): call model.eval() first"
+        )
+
+
+def resolve_engine(engine: str) -> str:
+    """The quantized engine to use for ``engine`` ("auto" or a name), checked against this build.
+
+    Raises:
+        EngineUnavailableError: the engine is not in ``torch.backends.quantized.supported_engines``.
+    """
+    import torch
+
+    available = [e for e in torch.backends.quantized.supported_engines if e in QUANT_ENGINES]
+    if engine == "auto":
+        if not available:
+            raise EngineUnavailableError(
+                "no int8 quantized engine (x86, fbgemm, onednn, qnnpack) is available in this PyTorch build; "
+                "int4 weight-only (Int4WeightConfig) needs none"
+            )
+        return next(e for e in QUANT_ENGINES if e in available)
+    if engine not in available:
+        raise EngineUnavailableError(
+            f"quantized engine {engine!r} is not available on this machine; available: "
+            f"{', '.join(available) or 'none'} (use engine='auto' to pick one)"
+        )
+    return engine
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str) -> Iterator[None]:
+    """Set ``torch.backends.quantized.engine`` for the block, restoring the previous one after."""
+    import torch
+
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+@contextlib.contextmanager
+def torch_ao_notices(notices: list[str]) -> Iterator[None]:
+    """Catch torch.ao's known deprecation warnings (their labels go to ``notices``); pass the rest on."""
+    passed: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                for w in caught:
+                    label = next((v for k, v in _KNOWN_NOTICES.items() if k in str(w.message)), None)
+                    if label is None:
+                        passed.append(w)
+                    elif label not in notices:
+                        notices.append(label)
+    finally:  # outside the catch, so the caller's own filters decide, also when the block raised
+        for w in passed:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def integer_modules(model: nn.Module) -> dict[str, int]:
+    """Count the modules of ``model`` that run int8 kernels, by class name."""
+    counts: dict[str, int] = {}
+    for m in model.modules():
+        name = type(m).__name__
+        if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")) and not (
+            name in ("Quantize", "DeQuantize") or name.endswith("PackedParams")
+        ):
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------
+# handlers
+
+
+@register_method("dynamic_int8", DynamicQuantConfig)
+def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, Mapping[str, Any]]:
+    import torch
+    from torch import nn
+
+    require_eval(model, "dynamic int8 quantization")
+    engine = resolve_engine(config.engine)
+    wanted = tuple(getattr(nn, name) for name in config.layer_types)
+    if not any(isinstance(m, wanted) for m in model.modules()):
+        raise UnsupportedModelError(
+            f"dynamic int8 quantization found no {'/'.join(config.layer_types)} layer in "
+            f"{type(model).__name__}; use StaticQuantConfig for conv nets"
+        )
+    notices: list[str] = []
+    with torch_ao_notices(notices), quantized_engine(engine):
+        from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
+        from torch.ao.quantization import quantize_dynamic
+
+        spec = {
+            t: float_qparams_weight_only_qconfig if t in (nn.Embedding, nn.EmbeddingBag) else default_dynamic_qconfig
+            for t in wanted
+        }
+        holder = nn.Sequential(model)  # quantize_dynamic swaps children only; this lets the root be swapped
+        quantize_dynamic(holder, spec, dtype=torch.qint8, inplace=True)
+        result = holder[0]
+    counts = integer_modules(result)
+    return result, {
+        "api": TORCH_AO_API.format("quantize_dynamic"),
+        "engine": engine,
+        "weight_dtype": "int8",
+        "integer_modules": counts,
+        "quantized_layers": sum(counts.values()),
+        "notices": notices,
+    }
+
+
+def _calibration_batches(source: Iterable[Any]) -> Iterator[Tensor]:
+    import torch
+
+    if isinstance(source, torch.Tensor):
+        yield source
+        return
+    for item in source:
+        x = item[0] if isinstance(item, (tuple, list)) and item else item
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError(
+                f"calibration must yield tensors or (x, ...) tuples, got {type(item).__name__}"
+            )
+        yield x
+
+
+def static_qconfig_mapping(engine: str, per_channel: bool) -> Any:
+    """torch.ao's default mapping for ``engine``, with the global qconfig set to our choice of observers."""
+    import torch
+    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+    from torch.ao.quantization.observer import (
+        HistogramObserver,
+        default_per_channel_weight_observer,
+        default_weight_observer,
+    )
+
+    # FBGEMM-style kernels on CPUs without VNNI can overflow 16-bit accumulators unless activations use
+    # 7 bits (reduce_range); QNNPACK does not need it.
+    reduce = engine in ("x86", "fbgemm") or (engine == "onednn" and not torch.cpu._is_vnni_supported())
+    qconfig = QConfig(
+        activation=HistogramObserver.with_args(reduce_range=reduce),
+        weight=default_per_channel_weight_observer if per_channel else default_weight_observer,
+    )
+    return get_default_qconfig_mapping(engine).set_global(qconfig)
+
+
+@register_method("static_int8", StaticQuantConfig)
+def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Mapping[str, Any]]:
+    import torch
+
+    require_eval(model, "static int8 quantization")
+    engine = resolve_engine(config.engine)
+    notices: list[str] = []
+    batches = samples = 0
+    with torch_ao_notices(notices), quantized_engine(engine):
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        mapping = static_qconfig_mapping(engine, config.per_channel)
+        try:
+            prepared = prepare_fx(model, mapping, example_inputs=())
+        except Exception as err:  # FX tracing fails in many ways (TraceError, TypeError, ...)
+            raise UnsupportedModelError(
+                f"static int8 quantization (FX graph mode) cannot trace {type(model).__name__}: {err}; "
+                "data-dependent control flow is not traceable, try DynamicQuantConfig"
+            ) from err
+        prepared.eval()
+        with torch.no_grad():
+            if callable(config.calibration) and not isinstance(config.calibration, torch.Tensor):
+                config.calibration(prepared)
+                batches = -1
+            else:
+                for x in _calibration_batches(config.calibration):
+                    prepared(x)
+                    batches += 1
+                    samples += len(x)
+                if batches == 0:
+                    raise ConfigError("calibration yielded no batches; static int8 needs some input data")
+        result = convert_fx(prepared)
+    counts = integer_modules(result)
+    if not counts:
+        raise UnsupportedModelError(
+            f"static int8 quantization found no layer it could quantize in {type(model).__name__}"
+        )
+    details: dict[str, Any] = {
+        "api": TORCH_AO_API.format("quantize_fx.prepare_fx/convert_fx"),
+        "engine": engine,
+        "per_channel": config.per_channel,
+        "integer_modules": counts,
+        "quantized_layers": sum(counts.values()),
+        "notices": notices,
+    }
+    if batches >= 0:
+        details.update(calibration_batches=batches, calibration_samples=samples)
+    return result.eval(), details

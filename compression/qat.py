@@ -1,0 +1,87 @@
+"""Quantization-aware training: fine-tune with fake quantization, then convert to a real int8 model.
+
+The model is prepared in FX graph mode (``torch.ao.quantization.quantize_fx.prepare_qat_fx``: conv, batch
+norm and ReLU fused, fake-quantize modules on weights and activations), handed in training mode to the
+user's ``train_fn(model)`` (greenmeter never owns the data), then switched to eval mode and converted
+with ``convert_fx``. The result holds real integer modules and no ``FakeQuantize`` module: fake
+quantization in float32 is a training device, not a deployment. Same API choice, engines and
+deprecation handling as static int8 (see :mod:`greenmeter.compression.quantization`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
+from greenmeter.compression._core import register_method
+from greenmeter.compression.quantization import (
+    TORCH_AO_API,
+    check_engine,
+    integer_modules,
+    quantized_engine,
+    resolve_engine,
+    torch_ao_notices,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["QATConfig"]
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware training followed by conversion to int8.
+
+    Attributes:
+        train_fn: ``train_fn(model) -> None`` fine-tunes the fake-quantized model in place; it gets the
+            model in training mode (a few epochs at a lowered learning rate is typical).
+        engine: ``"auto"`` or a quantized engine name (see ``QUANT_ENGINES``).
+    """
+
+    train_fn: Callable[[nn.Module], Any]
+    engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not callable(self.train_fn):
+            raise ConfigError(f"train_fn must be a callable train_fn(model), not {type(self.train_fn).__name__}")
+        check_engine(self.engine)
+
+
+@register_method("qat_int8", QATConfig)
+def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, Any]]:
+    engine = resolve_engine(config.engine)
+    notices: list[str] = []
+    with torch_ao_notices(notices), quantized_engine(engine):
+        from torch.ao.quantization import FakeQuantizeBase, get_default_qat_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
+
+        model.train()
+        try:
+            prepared = prepare_qat_fx(model, get_default_qat_qconfig_mapping(engine), example_inputs=())
+        except Exception as err:  # FX tracing fails in many ways (TraceError, TypeError, ...)
+            raise UnsupportedModelError(
+                f"quantization-aware training (FX graph mode) cannot trace {type(model).__name__}: {err}"
+            ) from err
+        fake = sum(isinstance(m, FakeQuantizeBase) for m in prepared.modules())
+        prepared.train()
+        config.train_fn(prepared)
+        prepared.eval()
+        result = convert_fx(prepared)
+    left = [type(m).__name__ for m in result.modules() if isinstance(m, FakeQuantizeBase)]
+    counts = integer_modules(result)
+    if left or not counts:
+        raise CompressionError(
+            f"QAT conversion left {len(left)} fake-quantize modules and {sum(counts.values())} integer "
+            "modules; the model is not really quantized"
+        )
+    return result.eval(), {
+        "api": TORCH_AO_API.format("quantize_fx.prepare_qat_fx/convert_fx"),
+        "engine": engine,
+        "fake_quant_modules_trained": fake,
+        "integer_modules": counts,
+        "quantized_layers": sum(counts.values()),
+        "notices": notices,
+    }

@@ -1,0 +1,176 @@
+"""Early exits: training the heads, calibrated thresholds that save MACs, batched inference, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError  # noqa: E402
+from greenmeter.compression import (  # noqa: E402
+    EarlyExitConfig, MultiExitModel, calibrate_threshold, compress, exit_report,
+)
+from greenmeter.digits import DigitsData, accuracy, batches, train_classifier  # noqa: E402
+
+EXITS = [2, 5]  # after the first conv block (conv, BN, ReLU) and after the second
+
+
+@pytest.fixture(scope="module")
+def split(digits: DigitsData) -> tuple[DigitsData, DigitsData]:
+    return digits.validation_split()
+
+
+@pytest.fixture(scope="module")
+def multi(_trained_baseline: nn.Module, digits: DigitsData, split: tuple[DigitsData, DigitsData]) -> nn.Module:
+    train_part, _ = split
+    config = EarlyExitConfig(exits_after=EXITS, example_input=digits.x_train[:1], train_fn=lambda m, loss: (
+        train_classifier(m, train_part, epochs=10, loss_fn=loss)))
+    return compress(_trained_baseline, config)
+
+
+def test_mac_counts_match_a_hand_count(multi: nn.Module) -> None:
+    conv1, conv2 = 8 * 8 * 32 * 9, 8 * 8 * 64 * 32 * 9
+    fc1, fc2 = 1024 * 128, 128 * 10
+    head1, head2 = 32 * 16 * 10, 64 * 16 * 10  # 4x4 average pool, then Linear to 10 classes
+    assert multi.block_macs == (conv1, conv2, fc1 + fc2)
+    assert multi.head_macs == (head1, head2)
+    assert multi.full_macs == conv1 + conv2 + fc1 + fc2 == 1_330_432
+    assert multi.exit_macs == (conv1 + head1, conv1 + conv2 + head1 + head2, multi.full_macs + head1 + head2)
+
+
+def test_calibrated_threshold_saves_macs_at_a_bounded_drop(
+    multi: nn.Module, baseline: nn.Module, digits: DigitsData, split: tuple[DigitsData, DigitsData],
+) -> None:
+    _, val = split
+    base_acc = accuracy(baseline, digits.x_test, digits.y_test)
+    threshold = calibrate_threshold(multi, val.x_test, val.y_test, max_drop=0.005)
+    assert 0 < threshold < 1.0
+    report = exit_report(multi, digits.x_test, digits.y_test, threshold)
+    drop_pp = 100 * (base_acc - report["accuracy"])
+    print(f"threshold {threshold:.3f} baseline {base_acc:.4f} early-exit {report['accuracy']:.4f} "
+          f"drop {drop_pp:.2f} pp, MACs {report['avg_macs']:.0f} vs {report['full_macs']} "
+          f"({report['mac_saving']:.2f}x), histogram {report['exit_histogram']}")
+    assert report["final_exit_accuracy"] == pytest.approx(base_acc)  # frozen backbone: the last exit is the baseline
+    assert drop_pp <= 1.0
+    assert report["mac_saving"] >= 1.3
+    assert sum(report["exit_histogram"]) == len(digits.x_test) == report["n"]
+    hist = torch.tensor(report["exit_histogram"], dtype=torch.float64)
+    assert report["avg_macs"] == pytest.approx(float((hist * torch.tensor(multi.exit_macs)).sum() / hist.sum()))
+    # The eval-mode forward is early-exit inference at the model's threshold, so accuracy() works on it.
+    multi.threshold = threshold
+    try:
+        assert accuracy(multi, digits.x_test, digits.y_test) == pytest.approx(report["accuracy"])
+    finally:
+        multi.threshold = 0.9
+
+
+def test_backbone_is_frozen_and_the_input_model_untouched(
+    multi: nn.Module, _trained_baseline: nn.Module, baseline: nn.Module,
+) -> None:
+    flat = [m for block in multi.blocks for m in block]
+    assert len(flat) == len(baseline)
+    for mine, theirs in zip(flat, baseline):
+        for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()):
+            assert torch.equal(a, b)  # weights and batch-norm statistics
+    assert not _trained_baseline.training and not isinstance(_trained_baseline, MultiExitModel)
+    assert multi.compression_info.details["freeze_backbone"] is True
+
+
+@pytest.mark.parametrize("criterion", ["max_softmax", "entropy"])
+def test_batched_inference_matches_one_sample_at_a_time(multi: nn.Module, digits: DigitsData, criterion: str) -> None:
+    x = digits.x_test[:80]
+    threshold = 0.8 if criterion == "max_softmax" else 0.6
+    with torch.inference_mode():
+        logits, exits = multi.infer(x, threshold, criterion)
+        alone = [multi.infer(x[i:i + 1], threshold, criterion) for i in range(len(x))]
+        every = multi.forward_all(x)
+    assert torch.equal(exits, torch.cat([e for _, e in alone]))
+    assert torch.allclose(logits, torch.cat([lg for lg, _ in alone]), atol=1e-5)
+    assert len(set(exits.tolist())) > 1  # the test means something: samples leave at different exits
+    # The rule: the first head whose confidence is strictly above the threshold, else the last exit.
+    for i in range(len(x)):
+        probs = [o[i].softmax(0) for o in every[:-1]]
+        if criterion == "max_softmax":
+            conf = [float(p.max()) for p in probs]
+        else:
+            conf = [1 + float((p * p.clamp_min(1e-12).log()).sum()) / torch.log(torch.tensor(10.0)).item() for p in probs]
+        expected = next((k for k, c in enumerate(conf) if c > threshold), 2)
+        assert int(exits[i]) == expected
+        assert torch.allclose(logits[i], every[expected][i], atol=1e-5)
+
+
+def test_threshold_one_sends_everything_to_the_last_exit(multi: nn.Module, baseline: nn.Module, digits: DigitsData) -> None:
+    report = exit_report(multi, digits.x_test, digits.y_test, threshold=1.0)
+    assert report["exit_histogram"] == [0, 0, len(digits.x_test)]
+    assert report["avg_macs"] == report["full_macs"] and report["mac_saving"] == 1.0
+    assert report["accuracy"] == pytest.approx(accuracy(baseline, digits.x_test, digits.y_test))
+    with torch.inference_mode():
+        logits, _ = multi.infer(digits.x_test[:32], threshold=1.0)
+        assert torch.allclose(logits, baseline(digits.x_test[:32]), atol=1e-6)
+
+
+def test_training_mode_is_refused_where_eval_is_required(multi: nn.Module, digits: DigitsData) -> None:
+    model = copy.deepcopy(multi).train()
+    outs = model(digits.x_test[:4])  # training forward: every exit, for the joint loss
+    assert isinstance(outs, list) and [o.shape for o in outs] == [(4, 10)] * 3
+    for call in (lambda: model.infer(digits.x_test[:4]), lambda: exit_report(model, digits.x_test, digits.y_test),
+                 lambda: calibrate_threshold(model, digits.x_test, digits.y_test)):
+        with pytest.raises(CompressionError, match=r"call model.eval\(\)"):
+            call()
+    assert not any(m.training for m in model.blocks.modules())  # a frozen backbone's batch norm stays in eval
+
+
+def test_unfrozen_backbone_trains_with_the_built_in_loop(baseline: nn.Module, digits: DigitsData) -> None:
+    before = copy.deepcopy(baseline.state_dict())
+    data = list(batches(digits.x_train, digits.y_train, 64, shuffle=True))
+    model = compress(baseline, EarlyExitConfig(exits_after=[5], example_input=digits.x_train[:2], data=data, epochs=2,
+                                               freeze_backbone=False, exit_weights=[0.5, 1.0]))
+    assert model.num_exits == 2 and not model.training
+    d = model.compression_info.details
+    assert d["trainer"] == "built-in" and len(d["epoch_losses"]) == 2 and d["exit_weights"] == [0.5, 1.0]
+    assert not torch.equal(model.blocks[0][0].weight, before["0.weight"])  # the backbone moved
+    assert all(torch.equal(before[k], v) for k, v in baseline.state_dict().items())  # the input did not
+    assert exit_report(model, digits.x_test, digits.y_test)["accuracy"] >= 0.95
+
+
+class NotSequential(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def test_bad_inputs_are_clear_errors(baseline: nn.Module, multi: nn.Module, digits: DigitsData) -> None:
+    x1 = digits.x_train[:1]
+    ok = {"example_input": x1, "train_fn": lambda m, loss: None}
+    with pytest.raises(ConfigError, match="exit index 10 is out of range.*11 layers"):
+        compress(baseline, EarlyExitConfig(exits_after=[2, 10], **ok))
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        compress(baseline, EarlyExitConfig(exits_after=[5, 2], **ok))
+    with pytest.raises(UnsupportedModelError, match="nn.Sequential backbone, not NotSequential"):
+        compress(NotSequential(), EarlyExitConfig(exits_after=[0], **ok))
+    with pytest.raises(UnsupportedModelError, match=r"after layer 0 have shape \(4, 5\)"):
+        MultiExitModel(nn.Sequential(nn.Conv1d(3, 4, 1), nn.Flatten(), nn.Linear(20, 2)), [0], torch.zeros(1, 3, 5))
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ConfigError, match=r"threshold must be in \(0, 1\]"):
+            EarlyExitConfig(exits_after=EXITS, threshold=bad, **ok)
+        with pytest.raises(ConfigError, match="threshold"):
+            multi.infer(digits.x_test[:2], threshold=bad)
+    with pytest.raises(ConfigError, match="threshold"):
+        multi.threshold = 1.5
+    assert multi.threshold == 0.9
+    with pytest.raises(ConfigError, match="criterion"):
+        EarlyExitConfig(exits_after=EXITS, criterion="margin", **ok)
+    with pytest.raises(ConfigError, match="3 weights"):
+        EarlyExitConfig(exits_after=EXITS, exit_weights=[1.0, 1.0], **ok)
+    with pytest.raises(ConfigError, match="example_input"):
+        EarlyExitConfig(exits_after=EXITS, example_input=[1, 2], train_fn=ok["train_fn"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="exactly one of train_fn"):
+        EarlyExitConfig(exits_after=EXITS, example_input=x1)
+    with pytest.raises(ConfigError, match="MultiExitModel"):
+        exit_report(baseline, digits.x_test, digits.y_test)
