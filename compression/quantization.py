@@ -4,7 +4,8 @@ Both methods run on PyTorch's own int8 CPU kernels (FBGEMM / oneDNN / QNNPACK) t
 ``torch.ao.quantization``: ``quantize_dynamic`` for dynamic int8 and FX graph mode
 (``prepare_fx`` / ``convert_fx``) for static int8, which fuses conv + batch norm + ReLU and places the
 quantize / dequantize steps itself, so a plain ``nn.Sequential`` CNN needs no ``QuantStub``.
-That API is deprecated since torch 2.10 (its successor, torchao, targets CUDA kernels and
+That API is deprecated (torch's own warning still says it "will be removed in 2.10", yet it ships and
+works in 2.13; its successor, torchao, targets CUDA kernels and
 ``torch.compile``; in eager mode on this CPU its int8 path measured about 10x slower at batch 1), but
 it is the path that runs real integer kernels on x86 CPUs today. Its deprecation warnings are caught inside
 :func:`compress` and reported once in ``details["api"]`` and ``details["notices"]``; any other warning
@@ -34,11 +35,11 @@ __all__ = ["QUANT_ENGINES", "DynamicQuantConfig", "StaticQuantConfig"]
 #: Engines a config may name; ``"auto"`` picks the first one this PyTorch build supports.
 QUANT_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
 _DYNAMIC_TYPES = ("Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell", "Embedding", "EmbeddingBag")
-TORCH_AO_API = "torch.ao.quantization ({}; deprecated since torch 2.10, see docs/compression.md)"
+TORCH_AO_API = "torch.ao.quantization ({}; deprecated, still shipped in torch 2.13, see docs/compression.md)"
 
 # Warnings torch.ao raises on every call; each is explained in docs/compression.md. Others pass through.
 _KNOWN_NOTICES = {
-    "torch.ao.quantization is deprecated": "torch.ao.quantization is deprecated (torch 2.10+)",
+    "torch.ao.quantization is deprecated": "torch.ao.quantization is deprecated (torch says removal in 2.10)",
     "quantized tensor creation functions": "quantized tensor dtypes (qint8/quint8) are deprecated",
     "reduce_range will be deprecated": "observer argument reduce_range is deprecated",
     "without Vector Neural Network Instruction": "oneDNN without VNNI: reduce_range=True set for it",
