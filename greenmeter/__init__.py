@@ -13,6 +13,11 @@ Measure a block or a training function::
         for batch in greenmeter.current_meter().iterate(loader):
             ...
 
+Compare a model with compressed variants of it::
+
+    result = greenmeter.compare({"float": model, "int8": "int8-dynamic", "pruned": "prune:0.5"}, (x, y))
+    print(result.table())
+
 Importing greenmeter touches no hardware and loads none of torch, pandas, pynvml or codecarbon.
 """
 
@@ -35,6 +40,8 @@ from greenmeter._errors import (
 from greenmeter._version import __version__
 from greenmeter.backends import Provenance
 from greenmeter.carbon import CarbonEstimate, CarbonSettings, GridIntensity, estimate_carbon
+from greenmeter.comparison import Comparison, VariantResult
+from greenmeter.evaluate import Variant, compare
 from greenmeter.meter import Meter
 from greenmeter.records import DomainEnergy, EpochRecord, HostInfo, LatencyStats, Measurement
 from greenmeter.window import Window
@@ -44,6 +51,7 @@ __all__ = [
     "BackendUnavailable",
     "CarbonEstimate",
     "CarbonSettings",
+    "Comparison",
     "CompressionError",
     "ConfigError",
     "CorruptStoreError",
@@ -61,8 +69,11 @@ __all__ = [
     "Provenance",
     "StoreError",
     "UnsupportedModelError",
+    "Variant",
+    "VariantResult",
     "Window",
     "__version__",
+    "compare",
     "current_meter",
     "default_meter",
     "estimate_carbon",

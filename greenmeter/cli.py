@@ -5,6 +5,7 @@ Commands:
     run      measure a command and its child processes, store the run, exit with its exit code.
     runs     list stored runs.
     export   export stored runs as CSV, JSON, CodeCarbon's emissions.csv or a model-card block.
+    compare  compare a baseline and its compressed variants from a TOML file; print and store the result.
     carbon   look up grid intensities (list countries and cloud regions) and convert energy to CO2e.
 """
 
@@ -125,6 +126,19 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--location", default=None,
                         help="model-card geographical_location (default: the run's grid region)")
     export.set_defaults(handler=cc.cmd_export)
+
+    comp = commands.add_parser(
+        "compare", help="compare a model and its variants described in a TOML file",
+        description="Build the variants a TOML file describes, measure them side by side (interleaved repeats), "
+                    "print the table and store the comparison. See docs/compare.md for the file format.",
+    )
+    comp.add_argument("config", help="the comparison's TOML file")
+    comp.add_argument("--repeats", type=int, default=None, help="override compare.repeats")
+    comp.add_argument("--json", default=None, metavar="PATH", help="also write the comparison as JSON to PATH")
+    comp.add_argument("--store", default=None, help=store_help)
+    comp.add_argument("--no-store", action="store_true", help="do not store the comparison")
+    comp.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    comp.set_defaults(handler=cc.cmd_compare)
 
     carbon = commands.add_parser("carbon", help="grid intensities and energy-to-CO2e conversion, offline")
     carbon.add_argument("--list-countries", action="store_true", help="list country codes with their intensity")

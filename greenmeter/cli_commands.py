@@ -16,7 +16,7 @@ from pathlib import Path
 
 from greenmeter._errors import ConfigError
 
-__all__ = ["add_carbon_options", "cmd_carbon", "cmd_export", "cmd_run", "cmd_runs", "carbon_settings"]
+__all__ = ["add_carbon_options", "carbon_settings", "cmd_carbon", "cmd_compare", "cmd_export", "cmd_run", "cmd_runs"]
 
 
 def add_carbon_options(parser: argparse.ArgumentParser) -> None:
@@ -154,4 +154,35 @@ def cmd_carbon(args: argparse.Namespace) -> int:
     energy_j = args.kwh * 3.6e6
     estimate = estimate_carbon(energy_j, settings)
     print(estimate.describe())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``greenmeter compare CONFIG``: run a comparison from a TOML file, store it, print its table."""
+    from greenmeter.compare_config import load_compare_config
+    from greenmeter.evaluate import compare
+
+    config = load_compare_config(args.config)
+    kwargs = config.build()
+    if args.repeats is not None:
+        kwargs["repeats"] = args.repeats
+    store = None if args.no_store else _store(args)
+    try:
+        result = compare(**kwargs, store=store, progress=not args.quiet)
+    finally:
+        if store is not None:
+            store.close()
+    print(result.table())
+    for flag in dict.fromkeys(f for v in result.variants for f in v.flags):
+        print(f"note: {flag}")
+    for flag in result.flags:
+        print(f"note: {flag}")
+    if args.json:
+        Path(args.json).write_text(result.to_json() + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    if store is not None:
+        print(f"stored in {store.path} (run {result.run_id[:12] if result.run_id else '-'})")
+    failed = [v.name for v in result.variants if not v.ok]
+    if failed:
+        print(f"failed variants: {', '.join(failed)} (see the table)", file=sys.stderr)
     return 0

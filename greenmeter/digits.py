@@ -17,7 +17,10 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["DigitsData", "accuracy", "batches", "load_digits_data", "make_digits_cnn", "train_classifier"]
+__all__ = [
+    "DigitsData", "accuracy", "batches", "eval_data", "load_digits_data", "make_digits_cnn", "train_classifier",
+    "train_data", "train_fn", "trained_digits_cnn",
+]
 
 
 @dataclass(frozen=True)
@@ -139,3 +142,28 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             correct += int((logits.argmax(dim=1) == y[start:start + batch_size]).sum())
     model.train(was_training)
     return correct / len(x)
+
+
+# -- entry points for `greenmeter compare` configs and the demo: import paths such as
+#    "greenmeter.digits:trained_digits_cnn" (each loads the same fixed split)
+
+def eval_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed split's 450 test images and labels, for evaluation."""
+    data = load_digits_data()
+    return data.x_test, data.y_test
+
+
+def train_data(batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The 1,347 training images as shuffled mini-batches (fixed order), for recipes that train."""
+    data = load_digits_data()
+    return list(batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=0))
+
+
+def trained_digits_cnn(epochs: int = 20, width: float = 1.0, seed: int = 0) -> nn.Module:
+    """The baseline CNN trained on the training split (about 99% test accuracy at 20 epochs)."""
+    return train_classifier(make_digits_cnn(width, seed=seed), load_digits_data(), epochs=epochs, seed=seed)
+
+
+def train_fn(model: nn.Module, loss_fn: Callable[..., torch.Tensor] | None = None, epochs: int | None = None) -> None:
+    """A trainer for recipes: trains ``model`` in place on the training split (default 5 epochs)."""
+    train_classifier(model, load_digits_data(), epochs=5 if epochs is None else epochs, loss_fn=loss_fn)

@@ -32,6 +32,7 @@ from greenmeter._errors import ConfigError, CorruptStoreError, StoreError
 from greenmeter.carbon import CarbonEstimate, CarbonSettings
 from greenmeter.records import HostInfo, Measurement
 from greenmeter.run_record import RunRecord
+from greenmeter.store_comparisons import COMPARISONS_MIGRATION, ComparisonTable
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "RunRecord", "Store", "default_store_path", "migrate"]
 
@@ -60,10 +61,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             domain TEXT NOT NULL, power_w REAL NOT NULL)""",
         "CREATE INDEX power_samples_by_run ON power_samples (run_id, t_s)",
     ),
+    COMPARISONS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 30.0
-_TABLES = frozenset({"runs", "windows", "steps", "power_samples"})
+_TABLES = frozenset({"runs", "windows", "steps", "power_samples", "comparisons"})
 _KINDS = ("run", "api")
 _FINAL = ("ok", "failed", "interrupted")
 _MAGIC = b"SQLite format 3\x00"
@@ -86,7 +88,7 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-class Store:
+class Store(ComparisonTable):
     """A greenmeter run store (one SQLite file); thread-safe, and safe to share between processes.
 
     Args:

@@ -85,7 +85,7 @@ def test_new_store_is_marked_versioned_and_in_wal_mode(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == len(MIGRATIONS)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"runs", "windows", "steps", "power_samples"}
+    assert tables == {"runs", "windows", "steps", "power_samples", "comparisons"}
     conn.close()
 
 
@@ -108,13 +108,13 @@ def test_migrations_run_in_order_in_one_transaction_and_newer_stores_are_refused
     with pytest.raises(sqlite3.OperationalError):
         migrate(conn, broken)
     conn.execute("ROLLBACK")  # nothing of the failed migration stays
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert "tag" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
     newer = (*MIGRATIONS, ("ALTER TABLE runs ADD COLUMN tag TEXT", "UPDATE runs SET tag = 'v2'"))
     conn.execute("BEGIN IMMEDIATE")
-    assert migrate(conn, newer) == 1  # from the file's version up: version 1's tables are not re-created
+    assert migrate(conn, newer) == SCHEMA_VERSION  # from the file's version up: no table is re-created
     conn.execute("COMMIT")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     assert conn.execute("SELECT name, tag FROM runs").fetchall() == [("kept", "v2")]
     conn.close()
     before = _snapshot(path)
@@ -122,6 +122,22 @@ def test_migrations_run_in_order_in_one_transaction_and_newer_stores_are_refused
         Store(path)  # written by a "newer greenmeter" now
     assert not isinstance(info.value, CorruptStoreError) and str(path) in str(info.value)
     assert _snapshot(path) == before
+
+
+def test_a_version_1_store_is_migrated_keeping_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    assert migrate(conn, MIGRATIONS[:1]) == 0  # a store as the first release wrote it
+    conn.execute("INSERT INTO runs (id, name, kind, status, started_at) VALUES ('ab12', 'old', 'api', 'ok', 'x')")
+    conn.execute("COMMIT")
+    conn.close()
+    with Store(path) as store:
+        assert store.get_run("ab12").name == "old"
+        assert store.list_comparisons() == []
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
 
 
 # ---- files that are not greenmeter stores -----------------------------------------------------------

@@ -1,0 +1,342 @@
+"""Statistics for comparing model variants over repeated runs: intervals, tests, the Pareto front.
+
+All functions take plain sequences of floats (joules, seconds, accuracies: the unit is the caller's and
+carries through unchanged) and return frozen records with ``to_dict``/``from_dict``.
+
+* :func:`mean_ci`: the mean of repeats with a Student's t confidence interval.
+* :func:`welch_test`: Welch's unequal-variance t-test of a variant against a baseline.
+* :func:`bootstrap_test`: a percentile bootstrap of the same difference, for samples far from normal.
+* :func:`pareto_front`: which (metric, energy) points no other point beats on both.
+* :func:`percentile`: nearest-rank percentile, the rule :class:`greenmeter.records.LatencyStats` uses.
+
+Differences are always **variant minus baseline**: a negative ``diff_mean`` of energies means the variant
+uses less. scipy and numpy are imported inside the functions that need them, so ``import greenmeter``
+stays light.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from greenmeter._errors import ConfigError
+
+__all__ = ["Interval", "Significance", "bootstrap_test", "mean_ci", "pareto_front", "percentile", "welch_test"]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its confidence interval, in the unit of the values.
+
+    Attributes:
+        mean: the sample mean.
+        low, high: the interval's bounds; ``None`` when ``n == 1`` (no spread can be estimated).
+        n: the number of values.
+        confidence: the interval's coverage, e.g. ``0.95``.
+    """
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int
+    confidence: float
+
+    @property
+    def half_width(self) -> float | None:
+        """Half the interval's width (the "±" figure), or ``None`` when there is no interval."""
+        return None if self.low is None or self.high is None else (self.high - self.low) / 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "confidence": self.confidence}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Interval:
+        return cls(
+            mean=float(data["mean"]),
+            low=None if data.get("low") is None else float(data["low"]),
+            high=None if data.get("high") is None else float(data["high"]),
+            n=int(data["n"]),
+            confidence=float(data["confidence"]),
+        )
+
+
+TestName = Literal["welch", "bootstrap"]
+
+
+@dataclass(frozen=True)
+class Significance:
+    """Whether a variant differs from the baseline: a test's p-value and the difference's interval.
+
+    Attributes:
+        test: ``"welch"`` (Welch's t-test) or ``"bootstrap"`` (percentile bootstrap).
+        p_value: the two-sided p-value; ``None`` when either side has fewer than 2 values.
+        statistic: Welch's t (variant minus baseline); ``None`` for the bootstrap, for fewer than 2 values
+            per side, and when both sides have zero variance (t would be 0/0 or infinite).
+        diff_mean: mean(variant) - mean(baseline), in the unit of the values.
+        diff_low, diff_high: the ``1 - alpha`` confidence interval of that difference (95% at the default
+            ``alpha=0.05``); ``None`` when either side has fewer than 2 values.
+        significant: ``p_value < alpha``; ``None`` when there is no p-value.
+        alpha: the significance level.
+    """
+
+    test: TestName
+    p_value: float | None
+    statistic: float | None
+    diff_mean: float
+    diff_low: float | None
+    diff_high: float | None
+    significant: bool | None
+    alpha: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "test": self.test,
+            "p_value": self.p_value,
+            "statistic": self.statistic,
+            "diff_mean": self.diff_mean,
+            "diff_low": self.diff_low,
+            "diff_high": self.diff_high,
+            "significant": self.significant,
+            "alpha": self.alpha,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Significance:
+        def opt(key: str) -> float | None:
+            return None if data.get(key) is None else float(data[key])
+
+        significant = data.get("significant")
+        return cls(
+            test=data["test"],
+            p_value=opt("p_value"),
+            statistic=opt("statistic"),
+            diff_mean=float(data["diff_mean"]),
+            diff_low=opt("diff_low"),
+            diff_high=opt("diff_high"),
+            significant=None if significant is None else bool(significant),
+            alpha=float(data["alpha"]),
+        )
+
+
+# ----------------------------------------------------------------------------------------- checks
+
+
+def _finite(values: Sequence[float], what: str) -> list[float]:
+    """``values`` as a list of floats; raise ConfigError when empty or any is NaN or infinite."""
+    if isinstance(values, (str, bytes)):
+        raise ConfigError(f"{what} must be a sequence of numbers, not a string")
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{what} must be a sequence of numbers: {err}") from err
+    if not out:
+        raise ConfigError(f"{what} is empty: at least one value is needed")
+    bad = [v for v in out if not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"{what} holds {len(bad)} non-finite value(s) (e.g. {bad[0]}); drop failed runs first")
+    return out
+
+
+def _level(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ConfigError(f"{name} must be a number strictly between 0 and 1, not {value!r}")
+    return float(value)
+
+
+def _mean_var(values: list[float]) -> tuple[float, float]:
+    """Mean and sample variance (ddof=1; 0 for a single value)."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, var
+
+
+# ------------------------------------------------------------------------------------- functions
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """The mean of ``values`` with a Student's t confidence interval (sample standard deviation, n - 1 df).
+
+    Args:
+        values: repeated measurements (any unit; the interval is in the same unit).
+        confidence: the interval's coverage, strictly between 0 and 1.
+
+    Returns:
+        An :class:`Interval`; with one value ``low`` and ``high`` are ``None``; with identical values the
+        interval has zero width.
+
+    Raises:
+        ConfigError: ``values`` is empty or holds NaN or infinity; ``confidence`` is not in (0, 1).
+    """
+    data = _finite(values, "mean_ci values")
+    confidence = _level(confidence, "confidence")
+    n = len(data)
+    mean, var = _mean_var(data)
+    if n == 1:
+        return Interval(mean, None, None, 1, confidence)
+    from scipy.stats import t
+
+    half = float(t.ppf((1.0 + confidence) / 2.0, n - 1)) * math.sqrt(var / n)
+    return Interval(mean, mean - half, mean + half, n, confidence)
+
+
+def welch_test(baseline: Sequence[float], variant: Sequence[float], alpha: float = 0.05) -> Significance:
+    """Welch's unequal-variance t-test of ``variant`` against ``baseline`` (two-sided).
+
+    ``t = (mean_v - mean_b) / se`` with ``se = sqrt(var_v / n_v + var_b / n_b)`` (sample variances) and
+    Welch-Satterthwaite degrees of freedom; the difference's interval is ``diff ± t_{1-alpha/2, df} * se``,
+    so it excludes zero exactly when ``p < alpha``. Matches ``scipy.stats.ttest_ind(variant, baseline,
+    equal_var=False)``.
+
+    Degenerate cases:
+        * fewer than 2 values on either side: ``p_value``, ``statistic``, ``significant`` and the interval
+          are ``None`` (``diff_mean`` is still given).
+        * zero variance on both sides: if the means are equal, ``p_value=1.0`` and not significant; if they
+          differ, ``p_value=0.0`` and significant (identical repeats that differ are taken at face value).
+          ``statistic`` is ``None`` and the interval has zero width at ``diff_mean``.
+
+    Args:
+        baseline, variant: repeated measurements of the two variants, in the same unit.
+        alpha: significance level, in (0, 1).
+
+    Raises:
+        ConfigError: a side is empty or holds NaN or infinity; ``alpha`` is not in (0, 1).
+    """
+    a = _finite(baseline, "welch_test baseline")
+    b = _finite(variant, "welch_test variant")
+    alpha = _level(alpha, "alpha")
+    mean_a, var_a = _mean_var(a)
+    mean_b, var_b = _mean_var(b)
+    diff = mean_b - mean_a
+    if len(a) < 2 or len(b) < 2:
+        return Significance("welch", None, None, diff, None, None, None, alpha)
+    sa, sb = var_a / len(a), var_b / len(b)
+    se = math.sqrt(sa + sb)
+    if se == 0.0:
+        p = 1.0 if diff == 0.0 else 0.0
+        return Significance("welch", p, None, diff, diff, diff, p < alpha, alpha)
+    from scipy.stats import t
+
+    df = (sa + sb) ** 2 / (sa**2 / (len(a) - 1) + sb**2 / (len(b) - 1))
+    stat = diff / se
+    p = min(1.0, float(2.0 * t.sf(abs(stat), df)))
+    half = float(t.ppf(1.0 - alpha / 2.0, df)) * se
+    return Significance("welch", p, stat, diff, diff - half, diff + half, p < alpha, alpha)
+
+
+def bootstrap_test(
+    baseline: Sequence[float], variant: Sequence[float], n_resamples: int = 10_000, alpha: float = 0.05,
+    seed: int = 0,
+) -> Significance:
+    """Percentile bootstrap of mean(variant) - mean(baseline), with a two-sided p-value.
+
+    Each side is resampled with replacement on its own, ``n_resamples`` times (numpy's PCG64 seeded with
+    ``seed``, so the result is the same on every run). The interval is the ``alpha/2`` and
+    ``1 - alpha/2`` percentiles of the resampled differences. The p-value inverts that percentile
+    interval: ``p = min(1, 2 * min(k_le + 1, k_ge + 1) / (n_resamples + 1))`` where ``k_le`` and ``k_ge``
+    count resampled differences ``<= 0`` and ``>= 0``; it is never exactly 0, and it is 1 when every
+    resample gives the same zero difference. With very few repeats (< 5 a side) the bootstrap
+    understates the spread; prefer :func:`welch_test` there.
+
+    Args:
+        baseline, variant: repeated measurements, in the same unit.
+        n_resamples: bootstrap resamples (>= 100).
+        alpha: significance level, in (0, 1).
+        seed: the random generator's seed.
+
+    Returns:
+        A :class:`Significance` with ``test="bootstrap"`` and ``statistic=None``; fewer than 2 values on
+        either side give ``p_value``, ``significant`` and the interval ``None``.
+
+    Raises:
+        ConfigError: a side is empty or holds NaN or infinity; a bad ``n_resamples`` or ``alpha``.
+    """
+    a = _finite(baseline, "bootstrap_test baseline")
+    b = _finite(variant, "bootstrap_test variant")
+    alpha = _level(alpha, "alpha")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
+        raise ConfigError(f"n_resamples must be an integer >= 100, not {n_resamples!r}")
+    diff = math.fsum(b) / len(b) - math.fsum(a) / len(a)
+    if len(a) < 2 or len(b) < 2:
+        return Significance("bootstrap", None, None, diff, None, None, None, alpha)
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    diffs = _resampled_means(np.asarray(b), n_resamples, rng) - _resampled_means(np.asarray(a), n_resamples, rng)
+    k_le, k_ge = int(np.count_nonzero(diffs <= 0.0)), int(np.count_nonzero(diffs >= 0.0))
+    p = min(1.0, 2.0 * (min(k_le, k_ge) + 1) / (n_resamples + 1))
+    low, high = np.quantile(diffs, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return Significance("bootstrap", p, None, diff, float(low), float(high), p < alpha, alpha)
+
+
+def _resampled_means(values: Any, n_resamples: int, rng: Any) -> Any:
+    """Means of ``n_resamples`` resamples with replacement, drawn in chunks to bound memory."""
+    import numpy as np
+
+    n = len(values)
+    chunk = max(1, 1_000_000 // n)
+    parts = []
+    for start in range(0, n_resamples, chunk):
+        rows = min(chunk, n_resamples - start)
+        parts.append(values[rng.integers(0, n, size=(rows, n))].mean(axis=1))
+    return np.concatenate(parts)
+
+
+def pareto_front(
+    points: Sequence[tuple[float, float]], *, maximize_first: bool = True, minimize_second: bool = True,
+) -> list[bool]:
+    """Which points are on the Pareto front (no other point is at least as good on both and better on one).
+
+    By default the first coordinate is a quality metric (higher is better, e.g. accuracy) and the second
+    a cost (lower is better, e.g. joules per sample). Equal points do not dominate each other, so
+    duplicates on the front are all on it. A point with NaN in either coordinate is never on the front
+    and dominates nothing. O(n²), for the handful of variants a comparison holds.
+
+    Args:
+        points: ``(first, second)`` pairs.
+        maximize_first: higher first coordinate is better (``False``: lower is).
+        minimize_second: lower second coordinate is better (``False``: higher is).
+
+    Returns:
+        One bool per point, in order: ``True`` where the point is non-dominated.
+
+    Raises:
+        ConfigError: a point is not a pair of numbers.
+    """
+    keyed: list[tuple[float, float] | None] = []
+    for i, point in enumerate(points):
+        try:
+            first, second = (float(v) for v in point)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"pareto_front: point {i} is not a pair of numbers: {point!r}") from err
+        if math.isnan(first) or math.isnan(second):
+            keyed.append(None)
+        else:  # both as "higher is better"
+            keyed.append((first if maximize_first else -first, -second if minimize_second else second))
+
+    def dominates(p: tuple[float, float], q: tuple[float, float]) -> bool:
+        return p[0] >= q[0] and p[1] >= q[1] and (p[0] > q[0] or p[1] > q[1])
+
+    valid = [k for k in keyed if k is not None]
+    return [k is not None and not any(dominates(other, k) for other in valid) for k in keyed]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile: the ``ceil(q * n)``-th smallest value (the smallest for ``q = 0``).
+
+    The same rule as :meth:`greenmeter.records.LatencyStats.from_durations`, so p95 here equals the p95
+    in a measurement. Always returns one of ``values``, no interpolation.
+
+    Args:
+        values: the values, any order and unit.
+        q: the fraction, in [0, 1] (``0.95`` for p95, not 95).
+
+    Raises:
+        ConfigError: ``values`` is empty or holds NaN or infinity; ``q`` is outside [0, 1].
+    """
+    data = sorted(_finite(values, "percentile values"))
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= q <= 1.0:
+        raise ConfigError(f"percentile q must be a fraction in [0, 1] (0.95 for p95), not {q!r}")
+    return data[max(0, math.ceil(q * len(data)) - 1)]

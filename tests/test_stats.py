@@ -1,0 +1,258 @@
+"""Tests of greenmeter.stats against hand-computed values, a textbook example and scipy."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from greenmeter._errors import ConfigError
+from greenmeter.records import LatencyStats
+from greenmeter.stats import (
+    Interval,
+    Significance,
+    bootstrap_test,
+    mean_ci,
+    pareto_front,
+    percentile,
+    welch_test,
+)
+
+# Welch's t-test, Wikipedia "Welch's t-test", example 1: t = -2.46, df = 24.99, p = 0.021 (A1 - A2).
+A1 = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]
+A2 = [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4]
+
+
+def test_importing_stats_loads_neither_scipy_nor_numpy() -> None:
+    code = "import sys, greenmeter.stats; print(sorted(m for m in ('scipy', 'numpy', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# -------------------------------------------------------------------------------------- mean_ci
+
+
+def test_mean_ci_matches_a_hand_computed_t_interval() -> None:
+    # mean 3, s = sqrt(2.5), se = s / sqrt(5) = 0.7071068, t(0.975, 4) = 2.7764451 -> half width 1.9632432
+    ci = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert ci.mean == 3.0 and ci.n == 5 and ci.confidence == 0.95
+    assert ci.low == pytest.approx(3.0 - 1.9632432, abs=1e-6)
+    assert ci.high == pytest.approx(3.0 + 1.9632432, abs=1e-6)
+    assert ci.half_width == pytest.approx(1.9632432, abs=1e-6)
+
+
+def test_mean_ci_level_changes_the_width() -> None:
+    # t(0.95, 4) = 2.1318468 for a 90% interval
+    ci = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0], confidence=0.90)
+    assert ci.half_width == pytest.approx(2.1318468 * math.sqrt(0.5), abs=1e-6)
+
+
+def test_mean_ci_single_value_has_no_interval_and_identical_values_have_zero_width() -> None:
+    one = mean_ci([4.25])
+    assert (one.mean, one.low, one.high, one.n, one.half_width) == (4.25, None, None, 1, None)
+    same = mean_ci([2.0, 2.0, 2.0])
+    assert (same.low, same.high) == (2.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [([], "empty"), ([1.0, float("nan")], "non-finite"), ([1.0, float("inf")], "non-finite"), (["x"], "numbers")],
+)
+def test_mean_ci_rejects_bad_values(values: list, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        mean_ci(values)
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, 95, -0.5, True])
+def test_mean_ci_rejects_bad_confidence(confidence: float) -> None:
+    with pytest.raises(ConfigError, match="confidence"):
+        mean_ci([1.0, 2.0], confidence=confidence)
+
+
+def test_interval_round_trips_through_a_dict() -> None:
+    for ci in (mean_ci([1.0, 2.0, 4.0]), mean_ci([7.0])):
+        assert Interval.from_dict(ci.to_dict()) == ci
+
+
+# ------------------------------------------------------------------------------------ welch_test
+
+
+def test_welch_test_matches_the_textbook_example() -> None:
+    result = welch_test(A2, A1)  # variant A1 minus baseline A2: t = -2.46
+    assert result.test == "welch"
+    assert result.statistic == pytest.approx(-2.46, abs=0.005)
+    assert result.p_value == pytest.approx(0.021, abs=0.0005)
+    assert result.diff_mean == pytest.approx(sum(A1) / 15 - sum(A2) / 15)
+    assert result.significant is True
+    # the sign follows "variant minus baseline"
+    flipped = welch_test(A1, A2)
+    assert flipped.statistic == pytest.approx(-result.statistic)
+    assert flipped.p_value == pytest.approx(result.p_value)
+
+
+def test_welch_test_matches_scipy_and_a_hand_computation() -> None:
+    from scipy import stats
+
+    baseline, variant = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0, 8.0]
+    # by hand: se = sqrt(1/3 + 2.5/5) = 0.9128709, t = 4 / se = 4.3817805, df = 0.6944444 / 0.1180556 = 5.8823529
+    result = welch_test(baseline, variant)
+    assert result.statistic == pytest.approx(4.3817805, abs=1e-6)
+    reference = stats.ttest_ind(variant, baseline, equal_var=False)
+    assert reference.df == pytest.approx(5.8823529, abs=1e-6)
+    assert result.p_value == pytest.approx(float(reference.pvalue), rel=1e-9)
+    assert result.statistic == pytest.approx(float(reference.statistic), rel=1e-12)
+    ci = reference.confidence_interval(0.95)
+    assert (result.diff_low, result.diff_high) == (pytest.approx(float(ci.low)), pytest.approx(float(ci.high)))
+    assert result.diff_mean == 4.0 and result.significant is True
+
+
+def test_welch_interval_level_follows_alpha() -> None:
+    from scipy import stats
+
+    result = welch_test(A1, A2, alpha=0.01)
+    ci = stats.ttest_ind(A2, A1, equal_var=False).confidence_interval(0.99)
+    assert (result.diff_low, result.diff_high) == (pytest.approx(float(ci.low)), pytest.approx(float(ci.high)))
+    assert result.diff_low < 0 < result.diff_high  # p = 0.021 is not below 0.01, so the 99% interval holds 0
+    assert result.significant is False and result.alpha == 0.01
+
+
+def test_welch_test_with_too_few_repeats_gives_no_p_value() -> None:
+    result = welch_test([1.0], [2.0, 3.0])
+    assert result.diff_mean == 1.5
+    assert (result.p_value, result.statistic, result.significant, result.diff_low, result.diff_high) == (
+        None, None, None, None, None)
+
+
+def test_welch_test_with_zero_variance_on_both_sides() -> None:
+    same = welch_test([2.0, 2.0, 2.0], [2.0, 2.0])
+    assert (same.p_value, same.significant, same.statistic, same.diff_mean) == (1.0, False, None, 0.0)
+    assert (same.diff_low, same.diff_high) == (0.0, 0.0)
+    apart = welch_test([2.0, 2.0, 2.0], [3.0, 3.0])
+    assert (apart.p_value, apart.significant, apart.statistic, apart.diff_mean) == (0.0, True, None, 1.0)
+    assert (apart.diff_low, apart.diff_high) == (1.0, 1.0)
+
+
+def test_welch_test_with_zero_variance_on_one_side_uses_the_other_sides_df() -> None:
+    from scipy import stats
+
+    # variant mean 5, var 10/3 (n 4); baseline var 0: se = sqrt(10/12), df = n_variant - 1 = 3
+    result = welch_test([4.0, 4.0, 4.0], [4.0, 6.0, 7.0, 3.0])
+    t = 1.0 / math.sqrt(10.0 / 12.0)
+    assert result.statistic == pytest.approx(t)
+    assert result.p_value == pytest.approx(2.0 * float(stats.t.sf(t, 3)))
+
+
+def test_welch_test_rejects_bad_input() -> None:
+    with pytest.raises(ConfigError, match="baseline is empty"):
+        welch_test([], [1.0, 2.0])
+    with pytest.raises(ConfigError, match="variant holds 1 non-finite"):
+        welch_test([1.0, 2.0], [1.0, float("nan")])
+    with pytest.raises(ConfigError, match="alpha"):
+        welch_test([1.0, 2.0], [1.0, 2.0], alpha=1.5)
+
+
+def test_significance_round_trips_through_a_dict() -> None:
+    for result in (welch_test(A1, A2), welch_test([1.0], [2.0]), bootstrap_test(A1, A2, n_resamples=200)):
+        assert Significance.from_dict(result.to_dict()) == result
+
+
+# -------------------------------------------------------------------------------- bootstrap_test
+
+
+def test_bootstrap_finds_clearly_different_samples() -> None:
+    result = bootstrap_test([10.0, 11.0, 12.0, 10.5, 11.5], [20.0, 21.0, 19.0, 20.5, 19.5])
+    assert result.test == "bootstrap" and result.statistic is None
+    assert result.diff_mean == 9.0
+    assert result.p_value == pytest.approx(2 / 10_001)  # no resample reached 0: the smallest p it can give
+    assert result.significant is True
+    assert 8.0 < result.diff_low < 9.0 < result.diff_high < 10.0
+
+
+def test_bootstrap_p_is_large_for_the_same_distribution() -> None:
+    same = bootstrap_test([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert same.diff_mean == 0.0 and same.p_value > 0.9 and same.significant is False
+    assert same.diff_low < 0.0 < same.diff_high
+    constant = bootstrap_test([3.0, 3.0], [3.0, 3.0, 3.0])
+    assert (constant.p_value, constant.diff_low, constant.diff_high) == (1.0, 0.0, 0.0)
+
+
+def test_bootstrap_agrees_with_welch_on_the_textbook_example() -> None:
+    boot, welch = bootstrap_test(A2, A1), welch_test(A2, A1)
+    assert boot.diff_mean == pytest.approx(welch.diff_mean)
+    assert boot.significant is True and 0.001 < boot.p_value < 0.05
+    assert boot.diff_low == pytest.approx(welch.diff_low, abs=0.4)
+    assert boot.diff_high == pytest.approx(welch.diff_high, abs=0.4)
+
+
+def test_bootstrap_is_deterministic_given_the_seed() -> None:
+    first = bootstrap_test(A1, A2, n_resamples=1000, seed=7)
+    assert bootstrap_test(A1, A2, n_resamples=1000, seed=7) == first
+    assert bootstrap_test(A1, A2, n_resamples=1000, seed=8) != first
+
+
+def test_bootstrap_with_too_few_repeats_and_bad_arguments() -> None:
+    short = bootstrap_test([1.0, 2.0], [5.0])
+    assert (short.diff_mean, short.p_value, short.significant, short.diff_low) == (3.5, None, None, None)
+    with pytest.raises(ConfigError, match="n_resamples"):
+        bootstrap_test([1.0, 2.0], [1.0, 2.0], n_resamples=10)
+    with pytest.raises(ConfigError, match="non-finite"):
+        bootstrap_test([1.0, float("inf")], [1.0, 2.0])
+
+
+# ---------------------------------------------------------------------------------- pareto_front
+
+
+def test_pareto_front_with_ties_and_nan() -> None:
+    nan = float("nan")
+    points = [
+        (0.90, 10.0),   # front: the cheapest
+        (0.95, 20.0),   # front: more accurate, costs more
+        (0.85, 15.0),   # dominated by (0.90, 10)
+        (0.90, 10.0),   # an exact tie with the first: both on the front
+        (nan, 1.0),     # NaN: never on the front
+        (0.99, nan),    # NaN: never on the front, and dominates nothing
+        (0.95, 25.0),   # same accuracy as (0.95, 20) but costs more: dominated
+        (0.99, 30.0),   # front: the most accurate
+    ]
+    assert pareto_front(points) == [True, True, False, True, False, False, False, True]
+
+
+def test_pareto_front_directions() -> None:
+    points = [(1.0, 1.0), (2.0, 2.0), (1.0, 2.0)]
+    assert pareto_front(points) == [True, True, False]
+    assert pareto_front(points, maximize_first=False) == [True, False, False]
+    assert pareto_front(points, minimize_second=False) == [False, True, False]
+    assert pareto_front(points, maximize_first=False, minimize_second=False) == [False, False, True]
+
+
+def test_pareto_front_edge_cases() -> None:
+    assert pareto_front([]) == []
+    assert pareto_front([(0.5, 3.0)]) == [True]
+    assert pareto_front([(float("nan"), float("nan"))]) == [False]
+    with pytest.raises(ConfigError, match="point 1"):
+        pareto_front([(1.0, 2.0), (1.0,)])
+
+
+# ------------------------------------------------------------------------------------ percentile
+
+
+def test_percentile_matches_latency_stats() -> None:
+    durations = [0.013, 0.011, 0.019, 0.012, 0.050, 0.014, 0.016, 0.010, 0.017, 0.015, 0.018, 0.021]
+    stats = LatencyStats.from_durations(durations)
+    assert stats is not None
+    assert percentile(durations, 0.50) == stats.p50_s == 0.015  # ceil(6) = 6th smallest
+    assert percentile(durations, 0.95) == stats.p95_s == 0.050  # ceil(11.4) = 12th
+    assert percentile(durations, 0.99) == stats.p99_s
+    assert percentile(durations, 0.0) == 0.010 and percentile(durations, 1.0) == 0.050
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.25) == 1.0 and percentile([3.0, 1.0, 2.0, 4.0], 0.26) == 2.0
+
+
+def test_percentile_rejects_bad_input() -> None:
+    with pytest.raises(ConfigError, match="0.95 for p95"):
+        percentile([1.0, 2.0], 95)
+    with pytest.raises(ConfigError, match="empty"):
+        percentile([], 0.5)
+    with pytest.raises(ConfigError, match="non-finite"):
+        percentile([1.0, float("nan")], 0.5)
