@@ -227,6 +227,8 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
 
 def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings | None,
              meter: Meter) -> tuple[VariantResult, ...]:
+    from greenmeter.compression._core import _plain as _json_safe  # the same rule as CompressionInfo.config
+
     ok = [e for e in entries if e.error is None and e.energy]
     front = dict(zip((e.name for e in ok), pareto_front(
         [(sum(e.metric_values) / len(e.metric_values), sum(e.energy) / len(e.energy)) for e in ok])))
@@ -250,7 +252,7 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
             params_kind=e.facts["params_kind"], macs_per_sample=e.facts["macs"], macs_method=e.facts["macs_method"],
             macs_note=e.facts["macs_note"], carbon_per_million=estimate_carbon(energy.mean * 1e6, carbon),
             provenance=tuple(e.provenance), making=e.making, vs_baseline=delta,
-            on_pareto_front=front.get(e.name, False), flags=tuple(e.flags), details=_plain(e.facts["details"]),
+            on_pareto_front=front.get(e.name, False), flags=tuple(e.flags), details=_json_safe(e.facts["details"]),
         ))
     return tuple(out)
 
@@ -274,14 +276,3 @@ def _delta(e: _Entry, base: _Entry, energy_mean: float) -> BaselineDelta:
         energy_significance=welch_test(base.energy, e.energy),
         break_even_inferences=break_even,
     )
-
-
-def _plain(value: Any) -> Any:
-    """Method details as JSON-safe values (tensors and other objects become their repr)."""
-    if isinstance(value, (str, int, float, bool, type(None))):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return repr(value)
