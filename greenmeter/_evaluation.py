@@ -15,7 +15,7 @@ from greenmeter._errors import ConfigError
 from greenmeter.carbon import CarbonSettings, estimate_carbon
 from greenmeter.comparison import BaselineDelta, MakingCost, VariantResult
 from greenmeter.records import LatencyStats, Measurement
-from greenmeter.stats import mean_ci, pareto_front, welch_test
+from greenmeter.stats import Significance, bootstrap_test, mean_ci, pareto_front, welch_test
 
 if TYPE_CHECKING:
     import torch
@@ -226,7 +226,7 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
 
 
 def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings | None,
-             meter: Meter) -> tuple[VariantResult, ...]:
+              meter: Meter, significance: str = "welch", seed: int = 0) -> tuple[VariantResult, ...]:
     from greenmeter.compression._core import _plain as _json_safe  # the same rule as CompressionInfo.config
 
     ok = [e for e in entries if e.error is None and e.energy]
@@ -241,7 +241,7 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
             continue
         energy = mean_ci(e.energy)
         per_sample = [d / n for d, n in zip(e.durations, e.sizes)]
-        delta = None if e is base else _delta(e, base, energy.mean)
+        delta = None if e is base else _delta(e, base, energy.mean, _test(significance, base.energy, e.energy, seed))
         out.append(VariantResult(
             name=e.name, status="ok", recipe=e.recipe, metric=sum(e.metric_values) / len(e.metric_values),
             metric_values=tuple(e.metric_values), energy_per_sample_j=energy, energy_values_j=tuple(e.energy),
@@ -257,7 +257,13 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
     return tuple(out)
 
 
-def _delta(e: _Entry, base: _Entry, energy_mean: float) -> BaselineDelta:
+def _test(name: str, baseline: Sequence[float], variant: Sequence[float], seed: int) -> Significance:
+    if name == "bootstrap":
+        return bootstrap_test(baseline, variant, seed=seed)
+    return welch_test(baseline, variant)
+
+
+def _delta(e: _Entry, base: _Entry, energy_mean: float, significance: Significance) -> BaselineDelta:
     base_energy = sum(base.energy) / len(base.energy)
     saving = base_energy - energy_mean
     if e.making is None or saving <= 0:
@@ -273,6 +279,6 @@ def _delta(e: _Entry, base: _Entry, energy_mean: float) -> BaselineDelta:
         energy_ratio=energy_mean / base_energy if base_energy > 0 else None,
         latency_ratio=p50.p50_s / base_p50.p50_s if p50 and base_p50 and base_p50.p50_s > 0 else None,
         size_ratio=e.facts["size_b"] / base.facts["size_b"] if base.facts.get("size_b") else None,
-        energy_significance=welch_test(base.energy, e.energy),
+        energy_significance=significance,
         break_even_inferences=break_even,
     )

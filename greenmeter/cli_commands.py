@@ -166,6 +166,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     kwargs = config.build()
     if args.repeats is not None:
         kwargs["repeats"] = args.repeats
+    if args.significance is not None:
+        kwargs["significance"] = args.significance
     store = None if args.no_store else _store(args)
     try:
         result = compare(**kwargs, store=store, progress=not args.quiet)

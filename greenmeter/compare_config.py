@@ -55,7 +55,7 @@ _SECTIONS: dict[str, set[str]] = {
     "model": {"factory", "kwargs", "weights", "name"},
     "data": {"eval", "train", "val", "batch_size"},
     "training": {"function"},
-    "compare": {"baseline", "recipes", "variants", "repeats", "warmup", "seed", "min_repeat_s"},
+    "compare": {"baseline", "recipes", "variants", "repeats", "warmup", "seed", "min_repeat_s", "significance"},
     "carbon": {"country", "cloud", "intensity", "pue"},
 }
 
@@ -80,6 +80,7 @@ class CompareConfig:
     warmup: int = 1
     seed: int = 0
     min_repeat_s: float | None = None
+    significance: str = "welch"
     carbon: Mapping[str, Any] = field(default_factory=dict)
 
     def carbon_settings(self) -> Any:
@@ -118,6 +119,7 @@ class CompareConfig:
             "variants": variants, "data": _data(self.eval_data, "data.eval", self.path), "baseline": self.baseline,
             "repeats": self.repeats, "warmup": self.warmup, "seed": self.seed, "batch_size": self.batch_size,
             "name": self.name, "carbon": self.carbon_settings(), "min_repeat_s": self.min_repeat_s,
+            "significance": self.significance,
         }
         if self.train_data:
             kwargs["train_data"] = _data(self.train_data, "data.train", self.path)
@@ -224,6 +226,9 @@ def load_compare_config(path: str | Path) -> CompareConfig:
     min_repeat = compare_t.get("min_repeat_s")
     if min_repeat is not None and not (isinstance(min_repeat, (int, float)) and min_repeat >= 0):
         raise ConfigError(f"{path}: compare.min_repeat_s must be a number of seconds >= 0")
+    significance = compare_t.get("significance", "welch")
+    if significance not in ("welch", "bootstrap"):
+        raise ConfigError(f"{path}: compare.significance must be 'welch' or 'bootstrap', not {significance!r}")
     config = CompareConfig(
         path=path, name=str(doc.get("name", path.stem)), model_factory=model["factory"], model_kwargs=kwargs,
         weights=None if weights is None else (path.parent / str(weights)),
@@ -234,7 +239,8 @@ def load_compare_config(path: str | Path) -> CompareConfig:
         repeats=_int(compare_t.get("repeats", 5), "compare.repeats", path, 1),
         warmup=_int(compare_t.get("warmup", 1), "compare.warmup", path, 0),
         seed=_int(compare_t.get("seed", 0), "compare.seed", path, 0),
-        min_repeat_s=None if min_repeat is None else float(min_repeat), carbon=tables["carbon"],
+        min_repeat_s=None if min_repeat is None else float(min_repeat), significance=significance,
+        carbon=tables["carbon"],
     )
     config.carbon_settings()  # validate the carbon table now, before any work
     return config

@@ -115,6 +115,7 @@ def compare(
     store: Any = None,
     min_repeat_s: float | None = None,
     seed: int = 0,
+    significance: str = "welch",
     name: str = "comparison",
     progress: bool | Callable[[str], None] = True,
 ) -> Comparison:
@@ -140,6 +141,9 @@ def compare(
         min_repeat_s: shortest repeat in seconds (default: 50 update periods of the slowest source, and
             at least 0.2 s); repeats pass over the data several times to reach it.
         seed: ``torch.manual_seed`` before every pass and before building recipes.
+        significance: the test of each variant's energy against the baseline's over the repeats:
+            ``"welch"`` (Welch's t-test, the default) or ``"bootstrap"`` (percentile bootstrap, 10,000
+            resamples, seeded with ``seed``; for repeats far from normal, and at least 5 a side).
         name: the comparison's name.
         progress: ``True`` for progress on stderr, ``False`` for none, or a callable given each line.
 
@@ -162,6 +166,8 @@ def compare(
         raise ConfigError(f"warmup must be a whole number >= 0, not {warmup!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
+    if significance not in ("welch", "bootstrap"):
+        raise ConfigError(f"significance must be 'welch' or 'bootstrap', not {significance!r}")
     if min_repeat_s is not None and not (isinstance(min_repeat_s, (int, float)) and min_repeat_s >= 0):
         raise ConfigError(f"min_repeat_s must be a number of seconds >= 0, not {min_repeat_s!r}")
     specs = {str(k): (v if isinstance(v, Variant) else Variant(recipe=v) if isinstance(v, str) else Variant(model=v))
@@ -220,7 +226,7 @@ def compare(
                     measure(entry, meter, batches, targets, metric_fn, metric_name, passes, r, seed, show)
                 else:
                     show(f"{entry.name}: skipped (failed)", advance=1)
-        results = summarise(entries, baseline, carbon, meter)
+        results = summarise(entries, baseline, carbon, meter, significance, seed)
         flags = []
         if repeats < 3:
             flags.append(f"only {repeats} repeat(s): confidence intervals and significance need more (5 advised)")

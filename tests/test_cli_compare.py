@@ -33,6 +33,7 @@ baseline = "float"
 recipes = ["prune:0.5", "int8-dynamic"]
 repeats = 2
 min_repeat_s = 0.05
+significance = "bootstrap"
 
 [compare.variants]
 static = "int8-static"
@@ -59,6 +60,7 @@ def test_compare_runs_a_toml_config_stores_and_writes_json(tmp_path: Path,
     names = [v["name"] for v in data["variants"]]
     assert names == ["float", "prune:0.5", "int8-dynamic", "static"]
     int8 = data["variants"][2]
+    assert int8["vs_baseline"]["energy_significance"]["test"] == "bootstrap"
     assert int8["status"] == "ok" and int8["carbon_per_million"]["intensity"]["source"]
     assert int8["carbon_per_million"]["pue"] == 1.1
     france = CarbonSettings(country="FRA").resolve_intensity().intensity_g_per_kwh
@@ -78,6 +80,8 @@ def test_compare_runs_a_toml_config_stores_and_writes_json(tmp_path: Path,
      "[compare]\nrecipes = ['int4']\nrepeats = 0\n", "compare.repeats must be a whole number >= 1"),
     ("[model]\nfactory = 'greenmeter.digits:trained_digits_cnn'\n[data]\neval = 'greenmeter.digits:eval_data'\n"
      "[compare]\nrecipes = ['int4']\n[carbon]\ncountry = 'FRA'\nintensity = 50\n", "at most one of"),
+    ("[model]\nfactory = 'greenmeter.digits:trained_digits_cnn'\n[data]\neval = 'greenmeter.digits:eval_data'\n"
+     "[compare]\nrecipes = ['int4']\nsignificance = 'anova'\n", "compare.significance must be 'welch' or 'bootstrap'"),
 ])
 def test_bad_configs_are_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
                                                  message: str) -> None:

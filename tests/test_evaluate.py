@@ -15,6 +15,7 @@ from greenmeter import ConfigError, Meter  # noqa: E402
 from greenmeter.comparison import Comparison  # noqa: E402
 from greenmeter.digits import DigitsData, load_digits_data, make_digits_cnn, train_classifier  # noqa: E402
 from greenmeter.evaluate import Variant, compare  # noqa: E402
+from greenmeter.stats import bootstrap_test  # noqa: E402
 from greenmeter.store import Store  # noqa: E402
 
 FAST = {"repeats": 3, "min_repeat_s": 0.05, "progress": False}
@@ -146,6 +147,18 @@ def test_a_trained_variant_keeps_its_making_cost_and_break_even(digits: DigitsDa
     assert slim.vs_baseline.break_even_inferences == pytest.approx(slim.making.energy_j / saving)
 
 
+def test_the_bootstrap_test_can_replace_welch(digits: DigitsData, trained: nn.Module) -> None:
+    res = compare({"float": trained, "int8": "int8-dynamic"}, (digits.x_test, digits.y_test),
+                  meter=Meter(backends=["cpu-estimate"]), significance="bootstrap", seed=3,
+                  **{**FAST, "repeats": 5})
+    base, int8 = res.variant("float"), res.variant("int8")
+    sig = int8.vs_baseline.energy_significance
+    assert sig.test == "bootstrap" and sig.statistic is None
+    assert sig == bootstrap_test(base.energy_values_j, int8.energy_values_j, seed=3)
+    assert sig.diff_low <= sig.diff_mean <= sig.diff_high
+    assert Comparison.from_json(res.to_json()).variant("int8").vs_baseline.energy_significance == sig
+
+
 def test_a_given_making_measurement_is_used(digits: DigitsData, trained: nn.Module) -> None:
     meter = Meter(backends=["cpu-estimate"])
     with meter.window("train-small") as w:
@@ -169,6 +182,8 @@ def test_bad_input_is_refused_clearly(digits: DigitsData, trained: nn.Module) ->
         compare({"a": "int8-dynamic"}, data, **FAST)
     with pytest.raises(ConfigError, match="repeats"):
         compare({"a": trained}, data, repeats=0, progress=False)
+    with pytest.raises(ConfigError, match="significance must be 'welch' or 'bootstrap'"):
+        compare({"a": trained}, data, significance="t-test", **FAST)
     with pytest.raises(ConfigError, match="not a torch.nn.Module"):
         compare({"a": trained, "b": 42}, data, **FAST)
 
