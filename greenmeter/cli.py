@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_cmd_info)
 
     from greenmeter import cli_commands as cc
+    from greenmeter.cli_report import add_report_commands
 
     store_help = "run store path (default: $GREENMETER_STORE, else $XDG_DATA_HOME/greenmeter/runs.db)"
     run = commands.add_parser(
@@ -141,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--no-store", action="store_true", help="do not store the comparison")
     comp.add_argument("--quiet", action="store_true", help="no progress on standard error")
     comp.set_defaults(handler=cc.cmd_compare)
+
+    add_report_commands(commands, store_help)
 
     carbon = commands.add_parser("carbon", help="grid intensities and energy-to-CO2e conversion, offline")
     carbon.add_argument("--list-countries", action="store_true", help="list country codes with their intensity")

@@ -36,6 +36,7 @@ def test_wheel_installs_in_a_fresh_venv_with_its_subpackages_and_templates(tmp_p
         "assert all(pathlib.Path(f).is_relative_to(pathlib.Path(sys.prefix)) for f in files), files;"
         "text = rt.read_template('base.html.j2');"
         "assert '{% block content %}' in text, text[:80];"
+        "assert all(rt.read_template(n) for n in ('report.html.j2', 'report.md.j2', 'report.css', 'sort.js'));"
         "print(greenmeter.__version__)"
     )
     out = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path)
