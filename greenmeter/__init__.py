@@ -17,6 +17,7 @@ Compare a model with compressed variants of it::
 
     result = greenmeter.compare({"float": model, "int8": "int8-dynamic", "pruned": "prune:0.5"}, (x, y))
     print(result.table())
+    greenmeter.write_report(greenmeter.comparison_report(result), "report.html")
 
 Importing greenmeter touches no hardware and loads none of torch, pandas, pynvml or codecarbon.
 """
@@ -43,6 +44,7 @@ from greenmeter.carbon import CarbonEstimate, CarbonSettings, GridIntensity, est
 from greenmeter.comparison import Comparison, VariantResult
 from greenmeter.evaluate import Variant, compare
 from greenmeter.meter import Meter
+from greenmeter.report import comparison_report, run_report, store_report, write_report
 from greenmeter.records import DomainEnergy, EpochRecord, HostInfo, LatencyStats, Measurement
 from greenmeter.window import Window
 
@@ -74,9 +76,13 @@ __all__ = [
     "Window",
     "__version__",
     "compare",
+    "comparison_report",
     "current_meter",
     "default_meter",
     "estimate_carbon",
     "measure",
+    "run_report",
+    "store_report",
     "track",
+    "write_report",
 ]

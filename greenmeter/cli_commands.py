@@ -188,3 +188,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if failed:
         print(f"failed variants: {', '.join(failed)} (see the table)", file=sys.stderr)
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``greenmeter demo``: train, compress, compare and report on bundled data; print the table and the paths."""
+    from greenmeter.demo import run_demo
+    from greenmeter.report_view import recommend
+
+    result = run_demo(args.out, quick=args.quick, carbon=carbon_settings(args),
+                      progress=None if args.quiet else run_demo.__kwdefaults__["progress"])
+    c = result.comparison
+    print(c.table())
+    notes = dict.fromkeys(f for v in c.variants for f in v.flags)
+    for note in list(notes)[:3]:
+        print(f"note: {note}")
+    rec = recommend(c)
+    print(f"\nbaseline: {result.baseline_accuracy * 100:.2f}% accuracy after training "
+          f"({result.training.energy_j:.4g} J, {result.training.duration_s:.1f} s)")
+    print(f"recommended: {rec.name or 'none'} ({rec.reason})")
+    for label, value in rec.savings:
+        print(f"  {label}: {value}")
+    print(f"\ndemo finished in {result.duration_s:.0f} s; files:")
+    for label, path in result.files.items():
+        print(f"  {label:<16} {path}")
+    print(f"\nopen the report: {result.files['report'].resolve()}")
+    return 0

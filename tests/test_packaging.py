@@ -52,7 +52,7 @@ def test_wheel_installs_in_a_fresh_venv_with_its_subpackages_and_templates(tmp_p
 def test_import_loads_no_heavy_dependency_and_touches_no_hardware() -> None:
     code = (
         "import sys, greenmeter;"
-        "heavy = [m for m in ('torch', 'pandas', 'pynvml', 'codecarbon', 'jinja2', 'psutil') if m in sys.modules];"
+        "heavy = [m for m in ('torch', 'pandas', 'pynvml', 'codecarbon', 'jinja2', 'psutil', 'matplotlib') if m in sys.modules];"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
