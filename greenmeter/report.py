@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError, StoreError
-from greenmeter.report_view import DEFAULT_TOLERANCE, ReportView, comparison_view, run_view
+from greenmeter.report_view import (
+    DEFAULT_TOLERANCE,
+    ReportView,
+    comparison_view,
+    run_view,
+)
 
 if TYPE_CHECKING:
     from greenmeter.comparison import Comparison

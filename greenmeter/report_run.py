@@ -12,7 +12,8 @@ import datetime as _dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from greenmeter.report_view import Cell, ChartView, Column, ReportView, Row, _environment, _num, group_flags
+from greenmeter.report_text import carbon_lines, environment_items, group_flags
+from greenmeter.report_view import Cell, ChartView, Column, ReportView, Row, _num
 
 if TYPE_CHECKING:
     from greenmeter.records import Measurement
@@ -92,7 +93,7 @@ def build_run_view(run: RunRecord, windows: Sequence[Measurement], samples: Sequ
                                                       f"{run.host.hostname if run.host else 'an unknown host'}",
         generated_at=generated_at, summary=None, headline=tuple(headline), charts=chart_views,
         columns=_WINDOW_COLUMNS, rows=rows,
-        environment=_environment(run.host, m.backends if m else tuple(dict.fromkeys(
+        environment=environment_items(run.host, m.backends if m else tuple(dict.fromkeys(
             b for w in windows for b in w.backends))),
         sources=_sources(run, windows), methodology=_methodology(bool(samples)),
         model_card=_model_card(run), flags=tuple(dict.fromkeys(flags)), version=__version__,
@@ -180,13 +181,7 @@ def _sources(run: RunRecord, windows: Sequence[Measurement]) -> tuple[tuple[str,
     lines = dict.fromkeys((d.provenance.kind, f"{d.key}: {d.provenance.describe()}")
                           for m in measurements for d in m.domains)
     out = list(lines)
-    carbon = run.carbon or next((w.carbon for w in windows if w.carbon), None)
-    if carbon is not None:
-        i = carbon.intensity
-        out.append(("assumed" if i.assumed else "grid", f"grid intensity {i.intensity_g_per_kwh:.4g} g CO2e/kWh, "
-                                                        f"{i.region_name}: {i.source}"
-                    + (" (ASSUMED world average: no location was given)" if i.assumed else "")))
-        out.append(("pue", f"PUE {carbon.pue:g}: {carbon.pue_source}"))
+    out += carbon_lines(run.carbon or next((w.carbon for w in windows if w.carbon), None))
     return tuple(out)
 
 

@@ -19,10 +19,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
+from greenmeter.report_text import (
+    comparison_flags,
+    comparison_methodology,
+    comparison_model_card,
+    comparison_sources,
+    environment_items,
+    group_flags,
+    tolerance_text,
+)
 
 if TYPE_CHECKING:
     from greenmeter.comparison import Comparison, VariantResult
-    from greenmeter.records import HostInfo, Measurement
+    from greenmeter.records import Measurement
     from greenmeter.run_record import RunRecord
 
 __all__ = [
@@ -150,7 +159,7 @@ def recommend(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE) -> R
     floor = base.metric - tolerance
     candidates = [v for v in comparison.variants if v.ok and v.on_pareto_front and v.metric is not None
                   and v.energy_per_sample_j is not None and v.metric >= floor - 1e-12]
-    tol_text = _tolerance_text(comparison, tolerance)
+    tol_text = tolerance_text(comparison, tolerance)
     if not candidates:
         return Recommendation(None, f"no variant on the Pareto front keeps the {comparison.metric_name} within "
                                     f"{tol_text} of the baseline")
@@ -161,12 +170,6 @@ def recommend(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE) -> R
     return Recommendation(best.name, f"the least energy per sample on the Pareto front with the "
                                      f"{comparison.metric_name} within {tol_text} of the baseline",
                           _savings(comparison, base, best))
-
-
-def _tolerance_text(comparison: Comparison, tolerance: float) -> str:
-    if comparison.metric_name == "accuracy":
-        return f"{tolerance * 100:g} percentage point{'s' if tolerance != 0.01 else ''}"
-    return f"{tolerance:g}"
 
 
 def _savings(comparison: Comparison, base: VariantResult, best: VariantResult) -> tuple[tuple[str, str], ...]:
@@ -266,9 +269,10 @@ def comparison_view(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE
         subtitle=f"{len(comparison.variants)} variants against {comparison.baseline!s}, "
                  f"measured {comparison.created_at[:19].replace('T', ' ')} UTC",
         generated_at=generated_at or _now(), summary=rec, headline=headline, charts=chart_views,
-        columns=columns, rows=rows, environment=_environment(comparison.host, comparison.backends),
-        sources=_comparison_sources(comparison), methodology=_comparison_methodology(comparison, tolerance),
-        model_card=_comparison_model_card(comparison, rec), flags=_comparison_flags(comparison), version=__version__,
+        columns=columns, rows=rows, environment=environment_items(comparison.host, comparison.backends),
+        sources=comparison_sources(comparison), methodology=comparison_methodology(comparison, tolerance),
+        model_card=comparison_model_card(comparison, rec.name), flags=comparison_flags(comparison),
+        version=__version__,
     )
 
 
@@ -325,7 +329,12 @@ def _raw(v: VariantResult) -> tuple[Any, ...]:
 
 
 def _comparison_charts(c: Comparison, rec: Recommendation, scale: float, metric_label: str) -> tuple[ChartView, ...]:
-    from greenmeter.report_charts import ChartPoint, LatencyBar, latency_svg, metric_energy_svg
+    from greenmeter.report_charts import (
+        ChartPoint,
+        LatencyBar,
+        latency_svg,
+        metric_energy_svg,
+    )
 
     ok = [v for v in c.variants if v.ok and v.metric is not None and v.energy_per_sample_j is not None]
     if not ok:
@@ -343,112 +352,6 @@ def _comparison_charts(c: Comparison, rec: Recommendation, scale: float, metric_
         charts.append(ChartView("latency", "Latency per batch",
                                 "p50, p95 and p99 of every measured batch of every repeat.", latency_svg(bars)))
     return tuple(charts)
-
-
-def provenance_kind(line: str) -> str:
-    """``"measured"`` or ``"estimated"`` from a provenance line ``"<domain key>: <kind>: <source> (<method>)"``."""
-    parts = line.split(": ", 2)
-    kind = parts[1] if len(parts) > 1 else parts[0]
-    return kind if kind in ("measured", "estimated") else "unknown"
-
-
-def _comparison_sources(c: Comparison) -> tuple[tuple[str, str], ...]:
-    lines = dict.fromkeys(line for v in c.variants for line in v.provenance)
-    out = [(provenance_kind(line), line) for line in lines]
-    carbon = next((v.carbon_per_million for v in c.variants if v.carbon_per_million), None)
-    if carbon is not None:
-        i = carbon.intensity
-        out.append(("assumed" if i.assumed else "grid", f"grid intensity {i.intensity_g_per_kwh:.4g} g CO2e/kWh, "
-                                                        f"{i.region_name}: {i.source}"
-                    + (" (ASSUMED world average: no location was given)" if i.assumed else "")))
-        out.append(("pue", f"PUE {carbon.pue:g}: {carbon.pue_source}"))
-    return tuple(out)
-
-
-def _comparison_methodology(c: Comparison, tolerance: float) -> tuple[str, ...]:
-    tol = _tolerance_text(c, tolerance)
-    return (
-        f"Every variant ran on the same {c.samples_per_pass:,} evaluation samples on this machine. After "
-        f"{c.warmup} untimed warm-up pass(es) each, the variants were measured in {c.repeats} interleaved "
-        f"repeats (A B C, A B C, ...), so drift on the machine does not favour one of them; each repeat made "
-        f"{c.passes_per_repeat} pass(es) over the data so the energy source could resolve it, with "
-        f"torch.manual_seed({c.seed}) before every pass.",
-        "Energy per sample is the energy of a repeat's window over the samples it processed; the table gives "
-        "its mean over the repeats with a 95% confidence interval (Student's t). The energy difference to the "
-        "baseline is tested over the repeats (the test is named in each row). Latency percentiles are over "
-        "every measured batch.",
-        "Carbon = energy x PUE x grid intensity. The making energy is the energy measured while building a "
-        "variant (training, fine-tuning, calibration, conversion); break-even = making energy / (baseline "
-        "minus variant energy per sample).",
-        f"The recommended variant lies on the Pareto front of {c.metric_name} against energy per sample, keeps "
-        f"the {c.metric_name} within {tol} of the baseline, and uses the least energy per sample among those.",
-        "Where a figure is estimated rather than read from a hardware counter, the sources section says which "
-        "model and constants produced it; estimates rank variants by compute but carry the model's error "
-        "in absolute joules.",
-    )
-
-
-def _comparison_model_card(c: Comparison, rec: Recommendation) -> str:
-    from greenmeter.export import _yaml_float, _yaml_text
-
-    chosen = c.variant(rec.name) if rec.name else None
-    if chosen is None or chosen.making is None or chosen.making.co2e_g is None:
-        who = rec.name or "no variant"
-        return (f"# greenmeter: the recommended variant ({who}) has no recorded making energy, so there is no "
-                f"co2_eq_emissions block to give for it.\n")
-    carbon = chosen.carbon_per_million
-    location = carbon.intensity.region_name if carbon and not carbon.intensity.assumed else None
-    source = f"greenmeter {c.host.greenmeter}; " + "; ".join(chosen.making.provenance)
-    lines = [
-        f"# greenmeter: making the variant {chosen.name!r} ({chosen.recipe or 'given model'}): "
-        f"{chosen.making.energy_j:.6g} J",
-        "co2_eq_emissions:",
-        f"  emissions: {_yaml_float(chosen.making.co2e_g)}",
-        f"  source: {_yaml_text(source)}",
-        f"  training_type: {_yaml_text('fine-tuning' if chosen.making.trains else 'post-training compression')}",
-    ]
-    lines.append(f"  geographical_location: {_yaml_text(location)}" if location else
-                 "  # geographical_location left out: the grid region was assumed")
-    lines.append(f"  hardware_used: {_yaml_text(f'{c.host.cpu_model} ({c.host.logical_cpus} logical CPUs)')}")
-    return "\n".join(lines) + "\n"
-
-
-def group_flags(pairs: Sequence[tuple[str, str]], everyone: int) -> list[str]:
-    """``(owner, flag)`` pairs as one line per flag naming its owners, or the flag alone when all ``everyone`` share it."""
-    by_flag: dict[str, list[str]] = {}
-    for owner, flag in pairs:
-        by_flag.setdefault(flag, []).append(owner)
-    out = []
-    for flag, owners in by_flag.items():
-        owners = list(dict.fromkeys(owners))
-        if len(owners) >= everyone:
-            out.append(flag)
-        elif len(owners) > 4:
-            out.append(f"{', '.join(owners[:3])} and {len(owners) - 3} more: {flag}")
-        else:
-            out.append(f"{', '.join(owners)}: {flag}")
-    return out
-
-
-def _comparison_flags(c: Comparison) -> tuple[str, ...]:
-    """The comparison's flags, then each variant flag once, naming the variants it applies to."""
-    flags = list(c.flags)
-    flags += group_flags([(v.name, f) for v in c.variants for f in v.flags], sum(v.ok for v in c.variants))
-    flags += [f"{v.name}: failed: {v.error}" for v in c.variants if not v.ok]
-    return tuple(dict.fromkeys(flags))
-
-
-def _environment(host: HostInfo | None, backends: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    if host is None:
-        return (("energy sources", ", ".join(backends) or "–"),)
-    memory = f"{host.memory_total_b / 2**30:.1f} GiB" if host.memory_total_b else "unknown"
-    vm = {True: "yes", False: "no", None: "unknown"}[host.virtual_machine]
-    return (
-        ("CPU", f"{host.cpu_model} ({host.logical_cpus} logical CPUs)"), ("memory", memory),
-        ("virtual machine", vm), ("OS", host.os), ("Python", host.python), ("PyTorch", host.torch or "–"),
-        ("CUDA", host.cuda or "none"), ("greenmeter", host.greenmeter), ("host", host.hostname),
-        ("energy sources", ", ".join(backends) or "–"),
-    )
 
 
 def _now() -> str:

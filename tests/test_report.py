@@ -152,7 +152,7 @@ def test_a_training_run_report_has_power_epochs_and_windows(store_path: Path) ->
     assert len(train.epochs) == 5
     for e in train.epochs:
         assert f"train #{e.index + 1}" in html  # epoch bars are labelled
-    assert f"| train | ok |" in md and f"{train.energy_j:.4g}" in md
+    assert "| train | ok |" in md and f"{train.energy_j:.4g}" in md
 
 
 def test_store_report_finds_by_prefix_and_falls_back_to_the_latest_run(store_path: Path, tmp_path: Path) -> None:
