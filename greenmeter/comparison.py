@@ -201,6 +201,9 @@ class Comparison:
         seed: the seed set before every pass.
         run_id: the stored run holding every measured window, when a store was used.
         flags: warnings about the whole comparison.
+        duration_s: wall-clock time of the whole comparison, in seconds.
+        sources: each energy domain's provenance (``{"key", "kind", "source", "method", "constants"}``),
+            with every constant an estimate used; empty in records written before it was kept.
     """
 
     name: str
@@ -219,6 +222,7 @@ class Comparison:
     run_id: str | None = None
     flags: tuple[str, ...] = ()
     duration_s: float | None = None
+    sources: tuple[Mapping[str, Any], ...] = ()
     schema_version: int = COMPARISON_SCHEMA_VERSION
 
     def variant(self, name: str) -> VariantResult:
@@ -240,6 +244,7 @@ class Comparison:
         out["backends"] = list(self.backends)
         out["flags"] = list(self.flags)
         out["carbon"] = dict(self.carbon)
+        out["sources"] = [dict(x) for x in self.sources]
         return out
 
     @classmethod
@@ -255,7 +260,8 @@ class Comparison:
             variants=tuple(VariantResult.from_dict(v) for v in data["variants"]),
             host=HostInfo.from_dict(data["host"]), backends=tuple(data["backends"]), carbon=dict(data["carbon"]),
             seed=int(data.get("seed", 0)), run_id=data.get("run_id"), flags=tuple(data.get("flags", ())),
-            duration_s=data.get("duration_s"), schema_version=COMPARISON_SCHEMA_VERSION,
+            duration_s=data.get("duration_s"), sources=tuple(dict(x) for x in data.get("sources", ())),
+            schema_version=COMPARISON_SCHEMA_VERSION,
         )
 
     def to_json(self, indent: int | None = 2) -> str:

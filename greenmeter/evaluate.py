@@ -236,6 +236,7 @@ def compare(
             host=meter.host, backends=tuple(b.name for b in meter.backends),
             carbon=(carbon or CarbonSettings()).to_dict(), seed=seed, run_id=meter.run_id, flags=tuple(flags),
             duration_s=time.perf_counter() - started,
+            sources=tuple({"key": d.key, **d.provenance.to_dict()} for d in meter.domains),
         )
         if meter.store is not None:
             meter.store.add_comparison(comparison)

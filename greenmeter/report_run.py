@@ -12,7 +12,7 @@ import datetime as _dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from greenmeter.report_text import carbon_lines, environment_items, group_flags
+from greenmeter.report_text import carbon_lines, environment_items, group_flags, source_constants
 from greenmeter.report_view import Cell, ChartView, Column, ReportView, Row, _num
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def build_run_view(run: RunRecord, windows: Sequence[Measurement], samples: Sequ
         columns=_WINDOW_COLUMNS, rows=rows,
         environment=environment_items(run.host, m.backends if m else tuple(dict.fromkeys(
             b for w in windows for b in w.backends))),
-        sources=_sources(run, windows), methodology=_methodology(bool(samples)),
+        sources=_sources(run, windows), constants=_constants(run, windows), methodology=_methodology(bool(samples)),
         model_card=_model_card(run), flags=tuple(dict.fromkeys(flags)), version=__version__,
     )
 
@@ -183,6 +183,15 @@ def _sources(run: RunRecord, windows: Sequence[Measurement]) -> tuple[tuple[str,
     out = list(lines)
     out += carbon_lines(run.carbon or next((w.carbon for w in windows if w.carbon), None))
     return tuple(out)
+
+
+def _constants(run: RunRecord, windows: Sequence[Measurement]) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    measurements = [run.measurement] if run.measurement is not None else list(windows)
+    seen: dict[str, dict[str, object]] = {}
+    for m in measurements:
+        for d in m.domains:
+            seen.setdefault(d.key, {"key": d.key, **d.provenance.to_dict()})
+    return source_constants(list(seen.values()))
 
 
 def _methodology(sampled: bool) -> tuple[str, ...]:

@@ -5,8 +5,8 @@ Pure functions of stored records, used by :mod:`greenmeter.report_view` and :mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from greenmeter.carbon import CarbonEstimate
@@ -15,8 +15,25 @@ if TYPE_CHECKING:
 
 __all__ = [
     "carbon_lines", "comparison_flags", "comparison_methodology", "comparison_model_card", "comparison_sources",
-    "environment_items", "group_flags", "provenance_kind", "tolerance_text",
+    "environment_items", "group_flags", "provenance_kind", "source_constants", "tolerance_text",
 ]
+
+
+def source_constants(sources: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """Each estimated source's constants (``name = value``), with their ``*_source`` entries, for the page.
+
+    ``sources`` are provenance dicts with a ``key`` (``Comparison.sources``, or a domain's
+    ``provenance.to_dict()`` plus its key). Measured sources have no constants and are left out.
+    """
+    out = []
+    for src in sources:
+        constants = src.get("constants") or {}
+        if not constants:
+            continue
+        items = tuple((str(k), "–" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)))
+                      for k, v in constants.items())
+        out.append((f"{src.get('key', '?')} ({src.get('kind', '?')}: {src.get('source', '?')})", items))
+    return tuple(out)
 
 
 def carbon_lines(carbon: CarbonEstimate | None) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from greenmeter.report_text import (
     comparison_sources,
     environment_items,
     group_flags,
+    source_constants,
     tolerance_text,
 )
 
@@ -106,6 +107,7 @@ class ReportView:
     rows: tuple[Row, ...]
     environment: tuple[tuple[str, str], ...]
     sources: tuple[tuple[str, str], ...]
+    constants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
     methodology: tuple[str, ...]
     model_card: str
     flags: tuple[str, ...]
@@ -270,7 +272,7 @@ def comparison_view(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE
                  f"measured {comparison.created_at[:19].replace('T', ' ')} UTC",
         generated_at=generated_at or _now(), summary=rec, headline=headline, charts=chart_views,
         columns=columns, rows=rows, environment=environment_items(comparison.host, comparison.backends),
-        sources=comparison_sources(comparison), methodology=comparison_methodology(comparison, tolerance),
+        sources=comparison_sources(comparison), constants=source_constants(comparison.sources), methodology=comparison_methodology(comparison, tolerance),
         model_card=comparison_model_card(comparison, rec.name), flags=comparison_flags(comparison),
         version=__version__,
     )

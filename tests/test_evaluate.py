@@ -210,6 +210,8 @@ def test_the_comparison_and_its_windows_are_stored(tmp_path: Path, digits: Digit
     with Store(path) as store:
         again = store.last_comparison()
         assert again is not None and again.to_dict() == Comparison.from_json(res.to_json()).to_dict()
+        cpu = next(s for s in again.sources if s["key"] == "cpu-estimate:cpu")
+        assert cpu["kind"] == "estimated" and cpu["constants"]["p_max_w_per_vcpu"] > 0
         ((cid, name, _, count),) = store.list_comparisons()
         assert name == "stored" and count == 2 and store.get_comparison(cid[:8]).name == "stored"
         windows = store.windows(res.run_id)

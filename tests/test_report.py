@@ -222,3 +222,19 @@ def test_the_committed_schema_2_store_still_renders(tmp_path: Path) -> None:
         for run in store.list_runs():
             kind, html = store_report(store, run.id)
             assert kind == "run" and f"Run: {run.name}" in html
+
+
+def test_the_constants_of_each_estimate_are_on_the_page(comparison: Comparison) -> None:
+    from greenmeter import Meter
+
+    meter = Meter(backends=["cpu-estimate", "ram-estimate"]).start()
+    sources = tuple({"key": d.key, **d.provenance.to_dict()} for d in meter.domains)
+    meter.close()
+    assert comparison.sources == ()  # the schema-2 fixture predates the field: the page renders without it
+    html = comparison_report(dataclasses.replace(comparison, sources=sources))
+    cpu = next(s for s in sources if s["key"] == "cpu-estimate:cpu")["constants"]
+    assert "<h3>Constants of the estimates</h3>" in html
+    assert f"<th scope=\"row\">p_max_w_per_vcpu</th><td>{cpu['p_max_w_per_vcpu']:.6g}</td>" in html
+    assert "w_per_gb_source" in html
+    again = Comparison.from_json(dataclasses.replace(comparison, sources=sources).to_json())
+    assert again.sources[0]["constants"] == sources[0]["constants"]
