@@ -131,6 +131,8 @@ def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str,
         if entry.error is None:
             trains = registered_recipes()[parse_recipe(spec.recipe)[0]].trains
             entry.making = _making_cost(window.measurement, carbon, trains)
+            entry.flags.update(dict.fromkeys(f"making it: {f}" for f in window.measurement.flags
+                                             if "not resolved" in f))  # its making energy is uncertain
         show(f"made {key}" if entry.error is None else f"{key} FAILED: {entry.error}", advance=1)
         entries.append(entry)
     return entries

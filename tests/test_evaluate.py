@@ -219,3 +219,19 @@ def test_the_comparison_and_its_windows_are_stored(tmp_path: Path, digits: Digit
         assert math.isclose(sum(w.energy_j for w in windows if w.name.startswith("int8/")) /
                             sum(w.samples for w in windows if w.name.startswith("int8/")),
                             res.variant("int8").energy_per_sample_j.mean, rel_tol=1e-9)  # same samples per repeat
+
+
+def test_a_making_window_too_short_to_resolve_is_flagged(digits: DigitsData, trained: nn.Module) -> None:
+    from greenmeter.recipes import register_recipe, unregister_recipe
+
+    register_recipe("same", lambda model, arg, ctx: model, trains=False, description="the baseline itself")
+    try:
+        res = compare({"float": trained, "same": "same"}, (digits.x_test, digits.y_test),
+                      meter=Meter(backends=["cpu-estimate"]), **FAST)
+    finally:
+        unregister_recipe("same")
+    same = res.variant("same")
+    # a deep copy takes well under the estimate's 10 ms CPU-time resolution
+    assert same.making.duration_s < 0.01
+    assert any(f.startswith("making it: ") and "not resolved" in f for f in same.flags), same.flags
+    assert not any(f.startswith("making it") for f in res.variant("float").flags)
