@@ -3,14 +3,9 @@
 Plain data in, SVG text out: nothing here knows about greenmeter's records. Each ``*_svg`` function
 validates its input (raising :class:`~greenmeter._errors.ConfigError` with what was wrong), draws with
 matplotlib's object API (no pyplot global state) and returns an ``<svg>`` element ready to inline in an
-HTML5 page:
-
-* deterministic: the same input gives byte-identical text (fixed hash salt, no date);
-* scalable: a ``viewBox`` with ``width="100%"`` and no fixed height;
-* accessible: ``role="img"``, an ``aria-label`` and a ``<title>`` naming the chart;
-* self-contained: no external references, text kept as ``<text>`` elements (searchable in the page);
-* safe: user strings (variant, domain and epoch names) are drawn literally (no mathtext) and escaped;
-* unique ids: every ``id`` is prefixed with a digest of the chart, so several charts fit in one page.
+HTML5 page: deterministic, scalable, titled for screen readers, self-contained, with user strings
+(variant, domain and epoch names) drawn literally and escaped, and ids unique to the chart (see
+:mod:`greenmeter._svg`, which turns a figure into that element).
 
 Colours come from the Okabe-Ito palette (colour-blind safe), on white, with marker shapes, hatches and
 line styles so that a greyscale print still reads. matplotlib is imported inside the functions, so
@@ -19,24 +14,25 @@ line styles so that a greyscale print still reads. matplotlib is imported inside
 
 from __future__ import annotations
 
-import bisect
-import hashlib
-import html
-import io
-import itertools
 import math
-import numbers
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from greenmeter import _svg
 from greenmeter._errors import ConfigError
+from greenmeter.timeline import checked_number as _number
+from greenmeter.timeline import checked_series as _checked_series
+from greenmeter.timeline import cumulative_energy
+from greenmeter.timeline import summed_cumulative as _summed_cumulative
+from greenmeter.timeline import thin as _thin
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.text import Annotation
+    from matplotlib.transforms import Bbox
 
 __all__ = [
     "ChartPoint",
@@ -53,19 +49,16 @@ BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, BLACK = (
     "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 _LINE_COLOURS = (BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, BLACK)
 _LINE_STYLES = ("-", "--", "-.", ":")
-_GRID = "#d9d9d9"
+_GRID, _LEADER = "#d9d9d9", "#808080"
 _FIGSIZE = (7.0, 4.2)  # inches
 
 _RC: dict[str, Any] = {
-    "svg.hashsalt": "greenmeter", "svg.fonttype": "none",  # stable ids; text stays <text>
-    "text.parse_math": False, "text.usetex": False,  # user strings drawn literally, never as mathtext
+    **_svg.RC,
     "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica", "sans-serif"],
     "axes.formatter.useoffset": False, "axes.spines.top": False, "axes.spines.right": False,
     "figure.facecolor": "white", "axes.facecolor": "white", "savefig.facecolor": "white",
     "legend.frameon": False,
 }
-# Metadata keys matplotlib fills by default; None drops them (no date, no URLs, no <metadata> block).
-_NO_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
 
 
 @dataclass(frozen=True)
@@ -105,16 +98,6 @@ class LatencyBar:
 
 # ---------------------------------------------------------------------------------------------- checks
 
-def _number(value: object, what: str) -> float:
-    """``value`` as a finite float, or ConfigError naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{what} must be a number, got {value!r}")
-    out = float(value)
-    if not math.isfinite(out):
-        raise ConfigError(f"{what} must be finite, got {out!r}")
-    return out
-
-
 def _name(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{what} must be a string, got {value!r}")
@@ -148,91 +131,6 @@ def _checked_point(p: object) -> ChartPoint:
     return p
 
 
-def _checked_series(points: Sequence[tuple[float, float]], who: str) -> list[tuple[float, float]]:
-    """The (t_s, power_w) points of ``who`` as floats, sorted by time (stable: equal times keep order)."""
-    if isinstance(points, (str, bytes)) or not isinstance(points, Sequence):
-        raise ConfigError(f"{who} needs a sequence of (t_s, power_w) points, got {type(points).__name__}")
-    if len(points) == 0:
-        raise ConfigError(f"{who} needs at least one (t_s, power_w) point; got none")
-    out = []
-    for pair in points:
-        if not isinstance(pair, Sequence) or len(pair) != 2:
-            raise ConfigError(f"{who}: each point must be a (t_s, power_w) pair, got {pair!r}")
-        t = _number(pair[0], f"a time in {who}")
-        p = _number(pair[1], f"a power in {who}")
-        if p < 0:
-            raise ConfigError(f"{who} has a negative power ({p!r} W at t={t!r} s)")
-        out.append((t, p))
-    out.sort(key=lambda tp: tp[0])
-    return out
-
-
-# ------------------------------------------------------------------------------------------ energy
-
-def cumulative_energy(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Integrate power over time by the trapezoid rule.
-
-    Args:
-        points: ``(t_s, power_w)`` pairs, seconds and watts, in any order (sorted by time here; points at
-            equal times keep their given order, so a step in power can be written as two points).
-
-    Returns:
-        ``(t_s, energy_j)`` pairs, sorted by time: the energy in joules from the first point up to each
-        point. The first is always ``(t_first, 0.0)``.
-
-    Raises:
-        ConfigError: no points, a non-finite value or a negative power.
-    """
-    ordered = _checked_series(points, "cumulative_energy()")
-    out = [(ordered[0][0], 0.0)]
-    total = 0.0
-    for (t0, p0), (t1, p1) in itertools.pairwise(ordered):
-        total += (t1 - t0) * (p0 + p1) / 2
-        out.append((t1, total))
-    return out
-
-
-def _energy_on(ordered: list[tuple[float, float]], grid: list[float]) -> list[float]:
-    """Energy (J) of one time-sorted series from its start to each time of ``grid``: the exact integral of
-    its piecewise-linear power, 0 before the series starts and constant after it ends."""
-    times, cum = [tp[0] for tp in ordered], cumulative_energy(ordered)
-    out = []
-    for t in grid:
-        if t <= times[0] or t >= times[-1]:
-            out.append(0.0 if t <= times[0] else cum[-1][1])
-            continue
-        i = bisect.bisect_right(times, t) - 1  # times[i] <= t < times[i + 1], so times[i + 1] > times[i]
-        (t0, p0), (t1, p1) = ordered[i], ordered[i + 1]
-        p_t = p0 + (p1 - p0) * (t - t0) / (t1 - t0)
-        out.append(cum[i][1] + (t - t0) * (p0 + p_t) / 2)
-    return out
-
-
-def _summed_cumulative(series: Mapping[str, list[tuple[float, float]]]) -> list[tuple[float, float]]:
-    """Cumulative energy (J) of the sum over domains, at every time any domain has a point.
-
-    Each domain is integrated by the trapezoid rule on its own points; between them its power is taken as
-    linear, so at every domain's own points the sum equals the sum of the per-domain trapezoid totals.
-    """
-    grid = sorted({t for v in series.values() for t, _ in v})
-    per_domain = [_energy_on(v, grid) for v in series.values()]
-    return [(t, math.fsum(col)) for t, col in zip(grid, zip(*per_domain), strict=True)]
-
-
-def _thin(line: list[tuple[float, float]], limit: int = 2000) -> list[tuple[float, float]]:
-    """At most ``limit`` points of a time-sorted line, for drawing only: the lowest and highest point of each
-    run of consecutive points (in time order), so peaks survive. Totals are computed from every point."""
-    if len(line) <= limit:
-        return line
-    size = math.ceil(len(line) / (limit // 2 - 1))
-    out = [line[0]]
-    for start in range(1, len(line) - 1, size):
-        run = range(start, min(start + size, len(line) - 1))
-        lo, hi = min(run, key=lambda i: line[i][1]), max(run, key=lambda i: line[i][1])
-        out += [line[i] for i in sorted({lo, hi})]
-    return [*out, line[-1]]
-
-
 # ------------------------------------------------------------------------------------------ charts
 
 def metric_energy_svg(points: Sequence[ChartPoint], metric_label: str = "accuracy (%)",
@@ -242,7 +140,8 @@ def metric_energy_svg(points: Sequence[ChartPoint], metric_label: str = "accurac
     Args:
         points: the variants. Error bars show each interval; Pareto-front points are filled blue and joined
             by a step line; others are hollow vermillion; the baseline is a square; the recommended variant
-            is ringed in black with its name in bold.
+            is ringed in black with its name in bold. Names that would overlap are stacked upwards, each
+            joined to its point by a grey leader line.
         metric_label: the y axis label (drawn literally).
         metric_scale: the metric is multiplied by this for the y axis (100 turns a fraction into %).
 
@@ -276,8 +175,6 @@ def metric_energy_svg(points: Sequence[ChartPoint], metric_label: str = "accurac
             if p.recommended:
                 ax.plot([x], [y], linestyle="none", marker="o", markersize=15, markerfacecolor="none",
                         markeredgecolor=BLACK, markeredgewidth=1.6, zorder=4)
-            ax.annotate(p.name, (x, y), xytext=(8, 5), textcoords="offset points", fontsize=9,
-                        fontweight="bold" if p.recommended else "normal", parse_math=False, zorder=5)
         front = sorted((p.energy_j * 1e3, p.metric * scale) for p in checked if p.on_front)
         if len(front) >= 2:
             ax.step([f[0] for f in front], [f[1] for f in front], where="post", color=BLUE, linewidth=1.2,
@@ -295,7 +192,40 @@ def metric_energy_svg(points: Sequence[ChartPoint], metric_label: str = "accurac
                   [text for shown, text, _ in legend if shown], loc="best", fontsize=9)
         _finish(ax, "energy per sample (mJ)", label, grid="both")
         ax.margins(x=0.15, y=0.12)
-        return _svg(fig, f"Chart: {label} against energy per sample (mJ) for {_count(len(checked), 'variant')}")
+        _label_points(ax, [(p.name, p.energy_j * 1e3, p.metric * scale, p.recommended) for p in checked])
+        return _svg.render(fig, f"Chart: {label} against energy per sample (mJ) for {_count(len(checked), 'variant')}")
+
+
+def _label_points(ax: Axes, labels: list[tuple[str, float, float, bool]]) -> None:
+    """Name each point (name, x, y, bold) 8 pt right of and 5 pt above it, stacking names that would overlap.
+
+    Call once the axes limits are final. Names are placed bottom to top (by their point's y, then x, then
+    given order); one whose box would overlap a name already placed moves up to just above it, until it
+    overlaps none, and is then joined to its point by a thin grey leader line. So names of coincident or
+    close points stack into a readable column while names of separate points stay where they were.
+    """
+    def annotate(name: str, x: float, y: float, bold: bool, lift: float) -> Annotation:
+        leader = {"arrowstyle": "-", "color": _LEADER, "linewidth": 0.6, "relpos": (0, 0), "shrinkB": 4}
+        return ax.annotate(name, (x, y), xytext=(8, 5 + lift), textcoords="offset points", fontsize=9,
+                           fontweight="bold" if bold else "normal", parse_math=False, zorder=5,
+                           arrowprops=leader if lift else None)
+
+    trial = [annotate(*label, lift=0) for label in labels]
+    ax.figure.draw_without_rendering()  # lays the figure out, so text boxes are in display units
+    boxes = [t.get_window_extent() for t in trial]
+    for t in trial:
+        t.remove()
+    per_point = ax.figure.dpi / 72  # display units per point
+    placed: list[Bbox] = []
+    lifts = [0.0] * len(labels)  # points
+    for i in sorted(range(len(labels)), key=lambda i: (boxes[i].y0, boxes[i].x0, i)):
+        box = boxes[i]
+        while hits := [b for b in placed if b.overlaps(box)]:
+            box = box.translated(0, max(b.y1 for b in hits) + per_point - box.y0)  # 1 pt above them
+        placed.append(box)
+        lifts[i] = (box.y0 - boxes[i].y0) / per_point
+    for label, lift in zip(labels, lifts, strict=True):
+        annotate(*label, lift=lift)
 
 
 def latency_svg(bars: Sequence[LatencyBar]) -> str:
@@ -341,7 +271,7 @@ def latency_svg(bars: Sequence[LatencyBar]) -> str:
         ax.invert_yaxis()  # first variant on top, p50 first within each group
         ax.legend(handles, [s[0] for s in styles], loc="best", fontsize=9)
         _finish(ax, "latency per batch (ms)", None, grid="x")
-        return _svg(fig, f"Chart: p50, p95 and p99 latency per batch (ms) for {_count(n, 'variant')}")
+        return _svg.render(fig, f"Chart: p50, p95 and p99 latency per batch (ms) for {_count(n, 'variant')}")
 
 
 def power_timeline_svg(series: Mapping[str, Sequence[tuple[float, float]]]) -> str:
@@ -396,7 +326,7 @@ def power_timeline_svg(series: Mapping[str, Sequence[tuple[float, float]]]) -> s
                         ha="right", fontsize=9, parse_math=False)
         _finish(bottom, "time since start (s)", "cumulative energy (J)", grid="both")
         bottom.set_ylim(bottom=0)
-        return _svg(fig, f"Chart: power over time (W) of {_count(len(checked), 'domain')} and "
+        return _svg.render(fig, f"Chart: power over time (W) of {_count(len(checked), 'domain')} and "
                          f"cumulative energy (J), total {_fmt(e_end)} J")
 
 
@@ -438,7 +368,7 @@ def epoch_energy_svg(epochs: Sequence[tuple[str, float]]) -> str:
                 text.set(rotation=40, ha="right", rotation_mode="anchor")
         _finish(ax, "epoch", "energy (J)", grid="y")
         ax.margins(y=0.1)
-        return _svg(fig, f"Chart: energy per epoch (J) for {_count(n, 'epoch')}, "
+        return _svg.render(fig, f"Chart: energy per epoch (J) for {_count(n, 'epoch')}, "
                          f"total {_fmt(sum(e for _, e in rows))} J")
 
 
@@ -476,27 +406,3 @@ def _figure(size: tuple[float, float]) -> Figure:
 
     return Figure(figsize=size, layout="constrained")
 
-
-_TAG = re.compile(r"<[^<>]+>")  # text content is escaped by matplotlib, so this matches real tags only
-_ID = re.compile(r'(\sid=")([^"]+")')
-_REF = re.compile(r'(href="#|url\(#)')
-
-
-def _svg(fig: Figure, title: str) -> str:
-    """Render ``fig`` as an ``<svg>`` element to inline in HTML5 (see the module docstring)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="svg", metadata=_NO_METADATA, bbox_inches="tight", pad_inches=0.08)
-    text = buf.getvalue().decode("utf-8")
-    text = text[text.index("<svg"):]  # drop the XML declaration and DOCTYPE
-    # matplotlib's `*{stroke-linejoin: round; stroke-linecap: butt}` would style the whole page once
-    # inlined; the same defaults set on the root element reach every element of this chart only.
-    text = re.sub(r'<style type="text/css">[^<]*</style>\s*', "", text, count=1)
-    text = re.sub(r"<defs>\s*</defs>\s*", "", text, count=1)
-    prefix = "gm" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:10] + "-"
-    text = _TAG.sub(lambda m: _REF.sub(r"\1" + prefix, _ID.sub(r"\1" + prefix + r"\2", m.group(0))), text)
-    end = text.index(">")
-    root = re.sub(r'\s(width|height)="[^"]*"', "", text[:end])
-    label = html.escape(title, quote=True)
-    root += (f' width="100%" role="img" aria-label="{label}" stroke-linejoin="round" stroke-linecap="butt"'
-             f">\n <title>{label}</title>")
-    return root + text[end + 1:].rstrip() + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -150,6 +151,55 @@ def test_metric_chart_labels_axes_and_legend(svgs: dict[str, str]) -> None:
         "Chart: accuracy (%) against energy per sample (mJ) for 3 variants")
 
 
+def _label_xy(svg: str, names: list[str]) -> dict[str, tuple[float, float]]:
+    """The (x, y) of each named <text> element: its anchor in SVG units (points), y growing downwards."""
+    root = ET.fromstring(svg)
+    return {"".join(el.itertext()): (float(el.attrib["x"]), float(el.attrib["y"]))
+            for el in root.iter(f"{{{SVG_NS}}}text") if "".join(el.itertext()) in names}
+
+
+def _data_markers(svg: str) -> list[tuple[float, float]]:
+    """The (x, y) of every marker drawn for a data point: <use> elements outside ticks and the legend."""
+    out: list[tuple[float, float]] = []
+
+    def walk(el: ET.Element) -> None:
+        if re.search(r"-(xtick|ytick|legend)_\d+$", el.attrib.get("id", "")):
+            return
+        if el.tag == f"{{{SVG_NS}}}use":
+            out.append((float(el.attrib["x"]), float(el.attrib["y"])))
+        for child in el:
+            walk(child)
+
+    walk(ET.fromstring(svg))
+    return out
+
+
+@pytest.mark.parametrize("energies", [(0.0002382, 0.0002382, 0.0002382), (0.0002382, 0.0002381, 0.0002383)],
+                         ids=["coincident", "nearly-coincident"])
+def test_metric_chart_stacks_the_names_of_coincident_points(energies: tuple[float, ...]) -> None:
+    names = ["prune:0.5", "int8-dynamic", "fp16"]
+    points = [ChartPoint(n, 0.9733, e) for n, e in zip(names, energies, strict=True)]
+    svg = metric_energy_svg([*points, ChartPoint("fp32", 0.99, 0.0009, on_front=True)])
+    where = _label_xy(svg, names)
+    assert sorted(where) == sorted(names)
+    ys = sorted(y for _, y in where.values())
+    assert all(b - a >= 9 for a, b in itertools.pairwise(ys))  # 9 pt text: one line apart at least
+    assert max(x for x, _ in where.values()) - min(x for x, _ in where.values()) < 1  # one column
+    assert "stroke: #808080" in svg  # the moved names have leader lines to their point
+    assert metric_energy_svg([*points, ChartPoint("fp32", 0.99, 0.0009, on_front=True)]) == svg
+
+
+def test_metric_chart_keeps_separate_names_next_to_their_points() -> None:
+    points = [ChartPoint("a", 0.90, 0.001), ChartPoint("b", 0.95, 0.004), ChartPoint("c", 0.92, 0.008)]
+    svg = metric_energy_svg(points)
+    markers = _data_markers(svg)
+    assert len(markers) == len(points)
+    for name, (x, y) in _label_xy(svg, ["a", "b", "c"]).items():
+        mx, my = min(markers, key=lambda m: math.dist(m, (x, y)))
+        assert (x - mx, my - y) == (pytest.approx(8, abs=0.01), pytest.approx(5, abs=0.01)), name
+    assert "stroke: #808080" not in svg  # no leader lines
+
+
 def test_metric_chart_legend_lists_only_present_kinds() -> None:
     svg = metric_energy_svg([ChartPoint("a", 0.5, 0.001), ChartPoint("b", 0.6, 0.002)], "F1 <score>", 1.0)
     texts = _texts(svg)
@@ -194,7 +244,7 @@ def test_cumulative_energy_ramp_unsorted_and_step() -> None:
 
 
 def test_timeline_total_sums_domains_on_a_common_time_grid() -> None:
-    from greenmeter.report_charts import _summed_cumulative
+    from greenmeter.timeline import summed_cumulative as _summed_cumulative
 
     # cpu: ramp 0 W -> 2 W over [0, 1] s then back to 0 W at 2 s; _gpu: 1 W over [1, 3] s.
     # cpu cumulative: 0, 1, 2 J at t = 0, 1, 2 (then flat); _gpu: 0, 0, 1, 2 J at t = 0, 1, 2, 3.
@@ -214,7 +264,7 @@ def test_timeline_writes_the_total_energy(svgs: dict[str, str]) -> None:
 
 
 def test_long_timelines_are_thinned_for_drawing_but_totalled_in_full() -> None:
-    from greenmeter.report_charts import _thin
+    from greenmeter.timeline import thin as _thin
 
     line = [(float(i), 5.0 + (95.0 if i == 12_345 else 0.0) - (5.0 if i == 777 else 0.0)) for i in range(30_000)]
     thin = _thin(line)
