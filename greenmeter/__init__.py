@@ -40,12 +40,24 @@ from greenmeter._errors import (
 )
 from greenmeter._version import __version__
 from greenmeter.backends import Provenance
-from greenmeter.carbon import CarbonEstimate, CarbonSettings, GridIntensity, estimate_carbon
+from greenmeter.carbon import (
+    CarbonEstimate,
+    CarbonSettings,
+    GridIntensity,
+    estimate_carbon,
+)
 from greenmeter.comparison import Comparison, VariantResult
 from greenmeter.evaluate import Variant, compare
 from greenmeter.meter import Meter
+from greenmeter.records import (
+    DomainEnergy,
+    EpochRecord,
+    HostInfo,
+    LatencyStats,
+    Measurement,
+)
 from greenmeter.report import comparison_report, run_report, store_report, write_report
-from greenmeter.records import DomainEnergy, EpochRecord, HostInfo, LatencyStats, Measurement
+from greenmeter.store import Store
 from greenmeter.window import Window
 
 __all__ = [
@@ -69,6 +81,7 @@ __all__ = [
     "MeasurementError",
     "Meter",
     "Provenance",
+    "Store",
     "StoreError",
     "UnsupportedModelError",
     "Variant",

@@ -8,6 +8,7 @@ The tree::
     │   └── CounterReadError        a counter file or call could not be read
     ├── BackendUnavailable          a source that was asked for by name cannot be used here
     ├── MeasurementError            a window was used the wrong way (ended twice, never begun, ...)
+    ├── AggregationError            gathering torch.distributed ranks' results failed (a rank failed or timed out)
     ├── StoreError                  the run store cannot be used (unwritable, newer, unknown run id, ...)
     │   └── CorruptStoreError       the file at the store path is not a readable greenmeter store
     └── CompressionError            a compression method cannot run on this model or machine
@@ -21,6 +22,7 @@ so the original stays attached.
 from __future__ import annotations
 
 __all__ = [
+    "AggregationError",
     "BackendError",
     "BackendUnavailable",
     "CompressionError",
@@ -57,6 +59,11 @@ class BackendUnavailable(GreenmeterError):
 
 class MeasurementError(GreenmeterError):
     """A window or meter was used the wrong way (ended twice, ended without a begin, ...)."""
+
+
+class AggregationError(GreenmeterError):
+    """Gathering the ranks' results of a torch.distributed job failed: a rank failed, or did not answer within
+    the timeout. Each rank's own results were stored before; the message says where."""
 
 
 class CompressionError(GreenmeterError):

@@ -342,10 +342,11 @@ def format_table(comparison: Comparison, metric_scale: float = 100.0) -> str:
                                                              f" [{e.low * 1e3:.3g}, {e.high * 1e3:.3g}]"))
         sig = d.energy_significance if d else None
         p = "-" if sig is None or sig.p_value is None else (f"{sig.p_value:.2g}" + ("*" if sig.significant else ""))
-        change = "-" if d is None or d.metric_change is None else f"{d.metric_change * scale:+.2f}"
+        change = ("-" if d is None or d.metric_change is None
+                  else format(d.metric_change * scale, "+.2f" if percent else "+.4f"))
         be = "-" if d is None or d.break_even_inferences is None else f"{d.break_even_inferences:,.0f}"
         rows.append([
-            v.name, _fmt(None if v.metric is None else v.metric * scale, ".2f"), ci,
+            v.name, _fmt(None if v.metric is None else v.metric * scale, ".2f" if percent else ".4f"), ci,
             _fmt(v.latency_batch.p50_s * 1e3 if v.latency_batch else None, ".3g"),
             _fmt(v.size_b / 1e3 if v.size_b is not None else None, ".1f"),
             _fmt(v.macs_per_sample, ",.0f"), change,

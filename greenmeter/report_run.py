@@ -61,7 +61,10 @@ def build_run_view(run: RunRecord, windows: Sequence[Measurement], samples: Sequ
     """See :func:`greenmeter.report_view.run_view`."""
     from greenmeter import __version__
 
-    start = _parse(run.started_at)
+    # time zero: the run's start, or an earlier window's (greenmeter run opens its window just before it
+    # stores the run, so that a command that cannot start leaves no run behind)
+    starts = [t for t in (_parse(run.started_at), *(_parse(w.started_at) for w in windows)) if t is not None]
+    start = min(starts, default=None) if len({t.tzinfo is None for t in starts}) <= 1 else _parse(run.started_at)
     rows = tuple(_window_row(w, _offset(w.started_at, start)) for w in windows)
     m = run.measurement
     headline: list[tuple[str, str]] = [("status", run.display_status), ("started", run.started_at[:19] + " UTC")]

@@ -193,7 +193,7 @@ def _savings(comparison: Comparison, base: VariantResult, best: VariantResult) -
                     else f"{d.size_ratio:.2f}x larger"))
     if d is not None and d.metric_change is not None:
         scale, unit = (100, " pp") if comparison.metric_name == "accuracy" else (1, "")
-        out.append((f"{comparison.metric_name} change", f"{d.metric_change * scale:+.2f}{unit}"))
+        out.append((f"{comparison.metric_name} change", f"{d.metric_change * scale:{'+.2f' if unit else '+.4f'}}{unit}"))
     sig = d.energy_significance if d else None
     if sig is not None and sig.p_value is not None:
         out.append(("energy difference", f"{'significant' if sig.significant else 'not significant'} "
@@ -294,8 +294,9 @@ def _variant_row(v: VariantResult, c: Comparison, rec: Recommendation, scale: fl
         f"{'yes' if sig.significant else 'no'} ({sig.test})", int(sig.significant))
     cells = (
         Cell(v.name, v.name), Cell(v.recipe or "–", v.recipe or ""),
-        _num(None if v.metric is None else v.metric * scale, ".2f"),
-        _num(None if d is None or d.metric_change is None else d.metric_change * scale, "+.2f"),
+        _num(None if v.metric is None else v.metric * scale, ".2f" if scale == 100.0 else ".4f"),
+        _num(None if d is None or d.metric_change is None else d.metric_change * scale,
+             "+.2f" if scale == 100.0 else "+.4f"),
         _num(None if e is None else e.mean * 1e3, ".4g"), ci,
         _ratio(d.energy_ratio if d else None), p, signif,
         _num(lb.p50_s * 1e3 if lb else None, ".3g"), _num(lb.p95_s * 1e3 if lb else None, ".3g"),
