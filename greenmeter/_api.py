@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from greenmeter._errors import MeasurementError
+from greenmeter._errors import ConfigError, MeasurementError
 from greenmeter.carbon import CarbonSettings
 from greenmeter.meter import Meter
 from greenmeter.window import WindowBlock
@@ -61,9 +61,14 @@ def current_meter() -> Meter:
 
 
 class _Measure(WindowBlock):
-    """A window block that also makes its meter the current one inside the block."""
+    """A window block that also makes its meter the current one inside the block (and closes it when owned)."""
 
-    __slots__ = ("_token",)
+    __slots__ = ("_token", "_owned")
+
+    def __init__(self, meter: Meter, name: str, samples: int | None, carbon: CarbonSettings | None,
+                 owned: bool = False) -> None:
+        super().__init__(meter, name, samples, carbon)
+        self._owned = owned
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         self._token = _current.set(self._meter)
@@ -78,6 +83,17 @@ class _Measure(WindowBlock):
             super().__exit__(*exc)
         finally:
             _current.reset(self._token)
+            if self._owned:  # a meter made for this block's own stored run: finish the run now
+                self._meter.close()
+
+
+def _meter_for(meter: Meter | None, store: Any, name: str, carbon: CarbonSettings | None) -> tuple[Meter, bool]:
+    """The meter a block uses, and whether the block owns it (a new one for ``store``, closed at the end)."""
+    if store is None:
+        return meter or _current.get() or default_meter(), False
+    if meter is not None:
+        raise ConfigError("give store= or meter=, not both (a Meter keeps its own store: Meter(store=...))")
+    return Meter(store=store, name=name, carbon=carbon), True
 
 
 def _carbon(
@@ -91,7 +107,7 @@ def _carbon(
 
 
 def measure(
-    name: str = "measure", *, samples: int | None = None, meter: Meter | None = None,
+    name: str = "measure", *, samples: int | None = None, meter: Meter | None = None, store: Any = None,
     country: str | None = None, cloud: str | None = None, intensity: float | None = None,
     pue: float | str | None = None,
 ) -> WindowBlock:
@@ -104,6 +120,8 @@ def measure(
         name: the window's name.
         samples: samples processed in the block (for joules per sample); can be set later as ``m.samples``.
         meter: the meter to use (default: the current one, else the process-wide meter).
+        store: keep the block as a run of its own in a run store (a path, a ``Store`` or ``True`` for the
+            default store): a new meter is made for the block and the run is finished when it ends.
         country: ISO 3166 country code (``"FRA"`` or ``"FR"``) for the grid intensity.
         cloud: cloud provider and region (``"aws:eu-west-3"``) for the grid intensity.
         intensity: grid intensity in gCO2e/kWh, given by you.
@@ -115,14 +133,15 @@ def measure(
         ConfigError: an unknown country or region, or an out-of-range intensity or PUE.
     """
     carbon = _carbon(country, cloud, intensity, pue)
-    return _Measure(meter or _current.get() or default_meter(), name, samples, carbon)
+    use, owned = _meter_for(meter, store, name, carbon)
+    return _Measure(use, name, samples, carbon, owned)
 
 
 @overload
 def track(func: F, /) -> F: ...
 @overload
 def track(
-    *, name: str | None = None, samples: int | None = None, meter: Meter | None = None,
+    *, name: str | None = None, samples: int | None = None, meter: Meter | None = None, store: Any = None,
     country: str | None = None, cloud: str | None = None, intensity: float | None = None,
     pue: float | str | None = None,
 ) -> Callable[[F], F]: ...
@@ -130,24 +149,28 @@ def track(
 
 def track(
     func: Callable[..., Any] | None = None, /, *, name: str | None = None, samples: int | None = None,
-    meter: Meter | None = None, country: str | None = None, cloud: str | None = None,
+    meter: Meter | None = None, store: Any = None, country: str | None = None, cloud: str | None = None,
     intensity: float | None = None, pue: float | str | None = None,
 ) -> Any:
     """Decorate a function (a training loop) so every call is measured as one window.
 
     Use bare (``@greenmeter.track``) or with options (``@greenmeter.track(name="train", samples=60000)``).
     Inside the call, :func:`current_meter` returns the meter, to mark steps and epochs. The last call's
-    result is kept as ``wrapper.last_measurement``; all are in ``meter.measurements``. The carbon
-    keywords are those of :func:`measure`.
+    result is kept as ``wrapper.last_measurement``; all are in ``meter.measurements``. With ``store``
+    (a path, a ``Store`` or ``True``), each call is a stored run of its own, finished when the call
+    returns or raises. The carbon keywords are those of :func:`measure`.
     """
     carbon = _carbon(country, cloud, intensity, pue)
+    if store is not None and meter is not None:
+        raise ConfigError("give store= or meter=, not both (a Meter keeps its own store: Meter(store=...))")
 
     def decorate(f: F) -> F:
         window_name = name or f.__qualname__
 
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            block = _Measure(meter or _current.get() or default_meter(), window_name, samples, carbon)
+            use, owned = _meter_for(meter, store, window_name, carbon)
+            block = _Measure(use, window_name, samples, carbon, owned)
             try:
                 with block:
                     return f(*args, **kwargs)
