@@ -26,6 +26,7 @@ SECTIONS = (
     ("greenmeter.report", "Reports"),
     ("greenmeter.store", "The run store"),
     ("greenmeter.demo", "The demo"),
+    ("greenmeter.integrations", "Training-framework callbacks"),
 )
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 

@@ -215,6 +215,11 @@ class Meter:
         return tuple(self._backends)
 
     @property
+    def carbon_settings(self) -> CarbonSettings | None:
+        """The carbon settings windows use by default (``None``: the world average, marked assumed)."""
+        return self._carbon_settings
+
+    @property
     def domains(self) -> tuple[Domain, ...]:
         """Every domain measured, with provenance."""
         return tuple(self._domains.values())

@@ -147,7 +147,7 @@ class TrainingRecorder:
         try:
             window = meter.begin(self.window_name, carbon=self._carbon if self._given is not None else None)
             # Meter has no public accessor for its carbon settings; None means the world average.
-            settings = self._carbon if self._carbon is not None else meter._carbon_settings
+            settings = self._carbon if self._carbon is not None else meter.carbon_settings
             self._co2e_g_per_j = estimate_carbon(1.0, settings).co2e_g  # CO2e is linear in energy
         except BaseException:
             if self._given is None:

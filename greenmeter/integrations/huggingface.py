@@ -19,6 +19,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from greenmeter._errors import MeasurementError
 from greenmeter.integrations import TrainingRecorder, import_framework
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class GreenmeterTrainerCallback(_transformers.TrainerCallback):  # type: ignore[
     The Trainer hands callbacks no batches, so steps carry no sample count. When training ends the window's
     measurement is stored in the meter's store and kept as :attr:`measurement`. The Trainer has no hook
     for an exception: a crashed training leaves the window open and, with the meter made here, the run
-    stored as incomplete.
+    stored as incomplete; the next ``train()`` with this callback first ends that window as failed.
 
     At each of the Trainer's log points (``logging_steps``, evaluations, the final summary) the callback adds
     ``greenmeter/power_w``, ``greenmeter/step_energy_j``, ``greenmeter/step_co2e_g``, ``greenmeter/energy_j``
@@ -110,6 +111,9 @@ class GreenmeterTrainerCallback(_transformers.TrainerCallback):  # type: ignore[
             log.warning("greenmeter: the Trainer calls its reporting callbacks (%s) before GreenmeterTrainerCallback, "
                         "so they will not receive its energy figures; add it with callback.attach(trainer) instead",
                         ", ".join(map(str, reporters)))
+        if self.recorder.active:  # the previous train() raised: the Trainer has no hook to say so
+            self.recorder.finish(error=MeasurementError("the training stopped without reaching on_train_end: it "
+                                                        "raised or was interrupted"))
         self._epoch_figures = None
         self.recorder.start()
 
