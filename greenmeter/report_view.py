@@ -64,13 +64,15 @@ class Column:
 
 @dataclass(frozen=True)
 class Row:
-    """A table row; ``marks`` are CSS classes such as ``baseline``, ``recommended``, ``front``, ``failed``."""
+    """A table row; ``marks`` are CSS classes such as ``baseline``, ``recommended``, ``front``, ``failed``; ``note``
+    is a short line shown under the name and ``detail`` its longer text (a tooltip in HTML)."""
 
     name: str
     cells: tuple[Cell, ...]
     raw: tuple[Any, ...]
     marks: tuple[str, ...] = ()
     note: str | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -311,8 +313,8 @@ def _variant_row(v: VariantResult, c: Comparison, rec: Recommendation, scale: fl
         Cell("yes" if v.on_pareto_front else "no", int(v.on_pareto_front)),
     )
     counted = v.macs_method if v.macs_method != "flop-counter" else None  # only say so when it is not the plain count
-    note = "; ".join(x for x in (counted and f"MACs: {counted}", v.macs_note) if x) or None
-    return Row(v.name, cells, _raw(v), marks, note)
+    note = f"MACs: {counted}" if counted else ("MACs: see the note" if v.macs_note else None)
+    return Row(v.name, cells, _raw(v), marks, note, v.macs_note)
 
 
 def _raw(v: VariantResult) -> tuple[Any, ...]:
