@@ -27,6 +27,7 @@ SECTIONS = (
     ("greenmeter.store", "The run store"),
     ("greenmeter.demo", "The demo"),
     ("greenmeter.integrations", "Training-framework callbacks"),
+    ("greenmeter.distributed", "torch.distributed: one meter per rank, results gathered"),
 )
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 

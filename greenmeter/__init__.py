@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from greenmeter._api import current_meter, default_meter, measure, track
 from greenmeter._errors import (
+    AggregationError,
     BackendError,
     BackendUnavailable,
     CompressionError,
@@ -61,6 +62,7 @@ from greenmeter.store import Store
 from greenmeter.window import Window
 
 __all__ = [
+    "AggregationError",
     "BackendError",
     "BackendUnavailable",
     "CarbonEstimate",

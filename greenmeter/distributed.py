@@ -90,8 +90,8 @@ def _rank_gpus(info: RankInfo, gpus: Sequence[int] | None) -> tuple[list[int], l
     if info.local_rank < visible:
         return [info.local_rank], []
     if visible:
-        return [], [f"{visible} GPU(s) visible and this is local rank {info.local_rank}: no GPU is measured for "
-                    "this rank (pass gpus=[...] to name its GPU)"]
+        return [], [(f"{visible} GPU(s) visible and this is local rank {info.local_rank}: no GPU is measured for "
+                     "this rank (pass gpus=[...] to name its GPU)")]
     return [], []
 
 
@@ -115,9 +115,11 @@ def select_rank_backends(
                 backend.close()
                 backends.remove(backend)
         wide = ", ".join(b.name for b in backends if b.name != "nvml") or "none usable"
-        notes = [*auto, f"node-wide sources ({wide}) are read by this rank, local rank 0 of {info.local_world_size} "
-                 f"on node {info.node_id}, for the whole node; estimates in machine mode count every process on "
-                 "the host, not only this job", *notes]
+        for note in auto:
+            log.warning("greenmeter: %s", note)
+        node_note = (f"node-wide sources ({wide}) are read by this rank, local rank 0 of {info.local_world_size} on "
+                     f"node {info.node_id}, for the whole node: every process on the host, not only this job")
+        notes = [*auto, node_note, *notes]
     else:
         backends, probes = [], []
         if gpu_list:
@@ -172,8 +174,6 @@ class RankMeter(Meter):
         self._probes = probes
         self._use(backends)
         self._notes = notes
-        for note in notes:
-            log.info("greenmeter: rank %d: %s", self.rank.rank, note)
 
     def aggregate(self, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedResult | None:
         """Close this meter and gather every rank's results on rank 0; see :func:`aggregate`."""
@@ -240,16 +240,20 @@ def _release(dist: Any, group: Any, own: bool) -> None:
             log.warning("greenmeter: could not destroy the aggregation process group: %s", err)
 
 
-def store_result(result: DistributedResult, store: Store, *, name: str) -> DistributedResult:
+def store_result(
+    result: DistributedResult, store: Store, *, name: str, carbon_settings: CarbonSettings | None = None,
+) -> DistributedResult:
     """Store a combined result as one run and return it with ``run_id`` and ``store_path`` set.
 
     The run (kind ``api``, called ``"<name> [n ranks]"``) holds one window per combined window, whose
     domains are every rank's (keys ``"<key>@<node>/rank<r>"``, see :func:`split_domain_key`); when there
     is one window it is the run's whole-run measurement too. The note says how ranks sit on nodes and
-    names each rank's own run. No schema change: it is an ordinary run.
+    names each rank's own run; ``carbon_settings`` (rank 0's) are the run's. No schema change: it is an
+    ordinary run.
     """
     hosts = [m.host for r in result.ranks for m in r.measurements[:1]]
-    run_id = store.start_run(name=f"{name} [{result.world_size} ranks]", kind="api", host=hosts[0] if hosts else None)
+    run_id = store.start_run(name=f"{name} [{result.world_size} ranks]", kind="api", host=hosts[0] if hosts else None,
+                             carbon_settings=carbon_settings)
     for window in result.windows:
         store.add_window(run_id, window.measurement)
     nodes = {node: [r.info.rank for r in result.ranks if r.info.node_id == node] for node in result.node_ids}
@@ -303,7 +307,7 @@ def aggregate(meter: Meter, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Distribu
 
     with Store(store_path) as store:
         name = meter.base_name if isinstance(meter, RankMeter) else meter.name
-        return store_result(result, store, name=name)
+        return store_result(result, store, name=name, carbon_settings=meter.carbon_settings)
 
 
 def track(
@@ -323,6 +327,7 @@ def track(
     def decorate(f: F) -> F:
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            wrapper.last_result = None  # type: ignore[attr-defined]
             meter = RankMeter(**options)
             measured = _track(meter=meter, name=name or f.__qualname__, samples=samples)(f)
             try:

@@ -347,7 +347,9 @@ def _grouped(flags: Sequence[tuple[int, str]]) -> list[str]:
     return [f"rank{'s' if len(r) > 1 else ''} {', '.join(map(str, sorted(set(r))))}: {t}" for t, r in by_text.items()]
 
 
-def _combine_window(name: str, parts: Sequence[tuple[RankInfo, Measurement]], world: int) -> DistributedWindow:
+def _combine_window(
+    name: str, parts: Sequence[tuple[RankInfo, Measurement]], world: int, job_flags: Sequence[str],
+) -> DistributedWindow:
     domains: list[DomainEnergy] = []
     nodes: dict[str, list[Any]] = {}
     for info, m in parts:
@@ -359,7 +361,8 @@ def _combine_window(name: str, parts: Sequence[tuple[RankInfo, Measurement]], wo
                 total[1 if _is_node_wide(d) else 2] += d.energy_j
         total[3] = None if total[3] is None or m.carbon is None else total[3] + m.carbon.co2e_g
     energy = sum(m.energy_j for _, m in parts)
-    carbon, flags = _combine_carbon([m for _, m in parts], energy)
+    carbon, carbon_flags = _combine_carbon([m for _, m in parts], energy)
+    flags = [*job_flags, *carbon_flags]
     if len(parts) < world:
         flags.append(f"window {name!r} was measured on ranks {', '.join(str(i.rank) for i, _ in parts)} only, "
                      f"of {world}")
@@ -373,7 +376,8 @@ def _combine_window(name: str, parts: Sequence[tuple[RankInfo, Measurement]], wo
         duration_s=max(m.duration_s for _, m in parts), energy_j=energy, domains=tuple(domains),
         host=parts[0][1].host, backends=tuple(dict.fromkeys(b for _, m in parts for b in m.backends)),
         samples=None if None in samples else sum(samples),  # type: ignore[arg-type]
-        steps=max(m.steps for _, m in parts), idle_power_w=None if None in idle else sum(idle),  # type: ignore[arg-type]
+        steps=max(m.steps for _, m in parts),
+        idle_power_w=None if None in idle else sum(idle),  # type: ignore[arg-type]
         flags=tuple(flags), error="; ".join(f"rank {i.rank}: {m.error}" for i, m in failed) or None, carbon=carbon,
     )
     node_totals = tuple(NodeTotal(node_id, tuple(ranks), wide + own, wide, own, co2e)
@@ -420,5 +424,5 @@ def combine(results: Sequence[RankResult]) -> DistributedResult:
         for m in r.measurements:
             index = seen[m.name] = seen.get(m.name, -1) + 1
             keyed.setdefault((m.name, index), []).append((r.info, m))
-    windows = tuple(_combine_window(name, parts, world) for (name, _), parts in keyed.items())
+    windows = tuple(_combine_window(name, parts, world, flags) for (name, _), parts in keyed.items())
     return DistributedResult(world, tuple(ordered), windows, tuple(flags))
