@@ -28,6 +28,7 @@ SECTIONS = (
     ("greenmeter.demo", "The demo"),
     ("greenmeter.integrations", "Training-framework callbacks"),
     ("greenmeter.distributed", "torch.distributed: one meter per rank, results gathered"),
+    ("greenmeter.architectures", "Efficient architectures: architecture search and linear attention"),
 )
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 

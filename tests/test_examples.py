@@ -27,7 +27,7 @@ from greenmeter.store import Store
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 SCRIPTS = ("train_with_decorator.py", "inference_with_context_manager.py", "minilm_compare.py",
-           "unmodified_script.py")
+           "unmodified_script.py", "architecture_search.py", "attention_compare.py")
 TIMEOUT_S = 300
 
 pytestmark = pytest.mark.slow
@@ -245,3 +245,27 @@ def test_greenmeter_run_measures_the_unmodified_script_and_reports_it(tmp_path: 
     assert html.lstrip().lower().startswith("<!doctype html")
     assert "unmodified_script.py" in html and run.id[:12] in html
     assert "Power and cumulative energy" in html and "<svg" in html
+
+
+def test_architecture_search_finds_a_front_compares_it_and_reuses_its_cache(tmp_path: Path) -> None:
+    from greenmeter.architectures import SearchResult
+
+    out, proc = _example("architecture_search.py", tmp_path)
+    result = SearchResult.from_json((out / "search_result.json").read_text())
+    assert len(result.candidates) >= 4 and result.pareto_front
+    accs = [c.accuracy for c in result.pareto_front]
+    energies = [c.energy_per_sample_j for c in result.pareto_front]
+    assert all(a > 0.5 for a in accs) and all(_positive(e) for e in energies)  # trained: far above 10% chance
+    corr = result.correlation
+    assert corr.n == len(result.candidates) and corr.spearman_rho is not None and -1.0 <= corr.spearman_rho <= 1.0
+    comparison = Comparison.from_json((out / "search_comparison.json").read_text())
+    assert comparison.variants[0].name == "baseline" and len(comparison.variants) >= 2
+    html = (out / "search_report.html").read_text()
+    for v in comparison.variants:
+        assert f'data-name="{v.name}"' in html
+    # a second run measures nothing again: every candidate comes from the cache
+    again = SearchResult.from_json(_example("architecture_search.py", tmp_path)[0].joinpath("search_result.json")
+                                   .read_text())
+    assert result.fresh_evaluations > 0 and again.fresh_evaluations == 0
+    assert again.cached_evaluations == result.fresh_evaluations + result.cached_evaluations
+    assert [c.config for c in again.pareto_front] == [c.config for c in result.pareto_front]
