@@ -196,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from greenmeter.report_view import recommend
 
     result = run_demo(args.out, quick=args.quick, carbon=carbon_settings(args),
-                      progress=None if args.quiet else run_demo.__kwdefaults__["progress"])
+                      progress=not args.quiet)
     c = result.comparison
     print(c.table())
     notes = dict.fromkeys(f for v in c.variants for f in v.flags)

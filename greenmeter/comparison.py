@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from greenmeter._errors import ConfigError
 from greenmeter.carbon import CarbonEstimate
-from greenmeter.records import HostInfo, LatencyStats
+from greenmeter.records import HostInfo, LatencyStats, finite_json
 from greenmeter.stats import Interval, Significance
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ class Comparison:
 
     def to_json(self, indent: int | None = 2) -> str:
         """The record as JSON (non-finite numbers written as ``null``)."""
-        return json.dumps(_finite(self.to_dict()), indent=indent)
+        return json.dumps(finite_json(self.to_dict()), indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> Comparison:
@@ -289,14 +289,6 @@ class Comparison:
         return format_table(self)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _row(v: VariantResult) -> dict[str, Any]:

@@ -71,25 +71,24 @@ class DemoResult:
     duration_s: float
 
 
-def _say(progress: Callable[[str], None] | None, text: str) -> None:
-    if progress is not None:
+def _say(progress: bool | Callable[[str], None], text: str) -> None:
+    if callable(progress):
         progress(text)
-
-
-def _stderr(text: str) -> None:
-    sys.stderr.write(f"greenmeter demo: {text}\n")
-    sys.stderr.flush()
+    elif progress:
+        sys.stderr.write(f"greenmeter demo: {text}\n")
+        sys.stderr.flush()
 
 
 def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, carbon: CarbonSettings | None = None,
-             progress: Callable[[str], None] | None = _stderr, recipes: dict[str, str] | None = None) -> DemoResult:
+             progress: bool | Callable[[str], None] = True, recipes: dict[str, str] | None = None) -> DemoResult:
     """Run the demo and write its files to ``out_dir`` (created if missing).
 
     Args:
         out_dir: where the store and the reports go.
         quick: the smaller version (about a minute on 2 cores) instead of the full one.
         carbon: grid intensity and PUE (default: the world average, marked as assumed in the report).
-        progress: called with each progress line (default: standard error); ``None`` for silence.
+        progress: ``True`` for progress on standard error, ``False`` for none, or a callable given each line
+            (as :func:`greenmeter.compare` takes it, and passed on to it).
         recipes: the variants to build (default :data:`DEMO_RECIPES`).
 
     Raises:
@@ -163,7 +162,7 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
         comparison = greenmeter.compare(
             variants, (data.x_test, data.y_test), recipe_context=context, store=store, carbon=carbon,
             repeats=settings.repeats, min_repeat_s=settings.min_repeat_s, name="demo: digits CNN and its variants",
-            progress=progress is not None and (progress if progress is not _stderr else True),
+            progress=progress,
         )
         files = {
             "report": write_report(comparison_report(comparison), out / "report.html"),

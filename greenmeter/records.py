@@ -19,6 +19,7 @@ from greenmeter.carbon import CarbonEstimate
 
 __all__ = [
     "SCHEMA_VERSION",
+    "finite_json",
     "DomainEnergy",
     "EpochRecord",
     "HostInfo",
@@ -28,6 +29,17 @@ __all__ = [
 
 #: 2 added ``Measurement.carbon``; version 1 records read with ``carbon = None``.
 SCHEMA_VERSION = 2
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` (dicts, lists, tuples, scalars) with NaN and infinities replaced by ``None``, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def assemble(cls: type[_R], fields: dict[str, Any]) -> _R:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError, StoreError
+from greenmeter.records import finite_json
 from greenmeter.report_view import (
     DEFAULT_TOLERANCE,
     ReportView,
@@ -116,14 +117,6 @@ def _csv(view: ReportView) -> str:
     return out.getvalue()
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _json(view: ReportView, record: dict[str, Any]) -> str:
@@ -133,7 +126,7 @@ def _json(view: ReportView, record: dict[str, Any]) -> str:
                        "greenmeter": view.version, "recommendation": summary, "flags": list(view.flags),
                        "sources": [{"kind": k, "line": line} for k, line in view.sources]},
             **record}
-    return json.dumps(_finite(data), indent=2) + "\n"
+    return json.dumps(finite_json(data), indent=2) + "\n"
 
 
 def comparison_report(comparison: Comparison, fmt: str = "html", *, tolerance: float = DEFAULT_TOLERANCE,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenmeter._errors import ConfigError
-from greenmeter.records import HostInfo
+from greenmeter.records import HostInfo, finite_json
 
 __all__ = ["SEARCH_SCHEMA_VERSION", "Candidate", "Correlation", "RungResult", "SearchResult", "correlate"]
 
@@ -278,7 +278,7 @@ class SearchResult:
 
     def to_json(self, indent: int | None = 2) -> str:
         """The record as JSON (non-finite numbers written as ``null``)."""
-        return json.dumps(_finite(self.to_dict()), indent=indent)
+        return json.dumps(finite_json(self.to_dict()), indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> SearchResult:
@@ -289,13 +289,3 @@ class SearchResult:
         if not isinstance(data, dict) or "candidates" not in data:
             raise ConfigError("not a greenmeter search result: the JSON has no 'candidates'")
         return cls.from_dict(data)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
