@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="train, compress, compare and report on bundled data (digits), in one command",
         description="Train a CNN on scikit-learn's digits under @greenmeter.track, build every compression variant, "
                     "compare them side by side and write the HTML report. About 90 s on 2 cores "
-                    "(--quick: about 25 s).",
+                    "(--quick: about 35 s).",
     )
     demo.add_argument("--quick", action="store_true", help="a smaller run (fewer epochs and repeats), for CI")
     demo.add_argument("--out", default="greenmeter-demo", help="output folder (default ./greenmeter-demo)")
