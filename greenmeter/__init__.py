@@ -24,6 +24,9 @@ Importing greenmeter touches no hardware and loads none of torch, pandas, pynvml
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from greenmeter._api import current_meter, default_meter, measure, track
 from greenmeter._errors import (
     AggregationError,
@@ -47,8 +50,6 @@ from greenmeter.carbon import (
     GridIntensity,
     estimate_carbon,
 )
-from greenmeter.comparison import Comparison, VariantResult
-from greenmeter.evaluate import Variant, compare
 from greenmeter.meter import Meter
 from greenmeter.records import (
     DomainEnergy,
@@ -57,9 +58,39 @@ from greenmeter.records import (
     LatencyStats,
     Measurement,
 )
-from greenmeter.report import comparison_report, run_report, store_report, write_report
-from greenmeter.store import Store
 from greenmeter.window import Window
+
+if TYPE_CHECKING:
+    from greenmeter.comparison import Comparison, VariantResult
+    from greenmeter.evaluate import Variant, compare
+    from greenmeter.report import comparison_report, run_report, store_report, write_report
+    from greenmeter.store import Store
+
+# Loaded on first use, so that ``import greenmeter`` stays cheap for code that only measures.
+_LAZY = {
+    "Comparison": "greenmeter.comparison",
+    "VariantResult": "greenmeter.comparison",
+    "Variant": "greenmeter.evaluate",
+    "compare": "greenmeter.evaluate",
+    "comparison_report": "greenmeter.report",
+    "run_report": "greenmeter.report",
+    "store_report": "greenmeter.report",
+    "write_report": "greenmeter.report",
+    "Store": "greenmeter.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'greenmeter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "AggregationError",

@@ -15,13 +15,16 @@ Each GPU gets one of two methods, chosen at :meth:`NvmlBackend.probe` and named 
 GPU numbering follows CUDA: when ``CUDA_VISIBLE_DEVICES`` is set (integer indices or ``GPU-`` UUIDs),
 ``devices=[0]`` and the domain ``nvml:gpu0`` mean the first GPU it lists, as ``torch.device("cuda:0")``
 does; the domain's source names the NVML index and UUID. ``pynvml`` is imported by ``probe()``, never at
-import time.
+import time, and on Linux only where an NVIDIA driver is present (``/dev/nvidiactl``, ``/proc/driver/nvidia``
+or WSL's ``/dev/dxg``): importing it costs about 20 ms, which the first window of a CPU-only machine
+should not pay. A ``pynvml`` already imported (or put in ``sys.modules``, as the tests do) is used as is.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -38,6 +41,8 @@ __all__ = ["COUNTER_UPDATE_PERIOD_S", "NvmlBackend"]
 COUNTER_UPDATE_PERIOD_S = 0.1
 
 _COUNTER_METHOD = "total energy counter (nvmlDeviceGetTotalEnergyConsumption)"
+#: Any of these on Linux means an NVIDIA driver may answer NVML (WSL 2 has /dev/dxg instead of /dev/nvidiactl).
+_DRIVER_PATHS: tuple[str, ...] = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg")
 _CONTAINER_FIX = "in a container, run it with the NVIDIA Container Toolkit (`docker run --gpus all ...`)"
 _INIT_FIXES = {  # pynvml error class name -> what is wrong and what to do
     "NVMLError_LibraryNotFound": "libnvidia-ml.so.1 (NVML) is not on this machine. Install the NVIDIA driver; "
@@ -110,6 +115,9 @@ class NvmlBackend(Backend):
         with self._lock:
             if self._result is not None:
                 return self._result
+            no_driver = _no_driver_reason()
+            if no_driver is not None:
+                return _unavailable(no_driver)
             try:
                 import pynvml
             except ImportError as err:
@@ -344,6 +352,16 @@ def _init_failure(nvml: ModuleType, err: Exception) -> str:
         f"check that `nvidia-smi` works here; install or load the NVIDIA driver; {_CONTAINER_FIX}",
     )
     return f"NVML failed to initialise ({type(err).__name__}: {err}): {fix}"
+
+
+def _no_driver_reason() -> str | None:
+    """Why NVML cannot work here, known without importing ``pynvml``; ``None`` when it may work."""
+    if "pynvml" in sys.modules or not sys.platform.startswith("linux"):
+        return None
+    if any(os.path.exists(path) for path in _DRIVER_PATHS):
+        return None
+    return (f"no NVIDIA driver on this machine (none of {', '.join(_DRIVER_PATHS)} exists): on a machine with an "
+            f"NVIDIA GPU install or load the driver (`nvidia-smi` should work); {_CONTAINER_FIX}")
 
 
 def _unavailable(reason: str) -> ProbeResult:
