@@ -59,10 +59,14 @@ class DynamicQuantConfig:
         layer_types: class names of the layers to quantize; any of Linear, LSTM, GRU, LSTMCell, GRUCell,
             RNNCell (int8 weights and kernels) and Embedding, EmbeddingBag (int8 weight-only lookup).
         engine: ``"auto"`` or a quantized engine name (see :data:`QUANT_ENGINES`).
+        per_channel: one weight scale per output row of each Linear, LSTM, GRU or cell layer (more
+            accurate where rows differ in range, same storage to within the scales) rather than one per
+            tensor. Embedding tables always get one scale and offset per row.
     """
 
     layer_types: tuple[str, ...] = ("Linear", "LSTM")
     engine: str = "auto"
+    per_channel: bool = True
 
     def __post_init__(self) -> None:
         types = (self.layer_types,) if isinstance(self.layer_types, str) else tuple(self.layer_types)
@@ -73,6 +77,8 @@ class DynamicQuantConfig:
                 f"dynamic int8 layer_types must name some of {', '.join(_DYNAMIC_TYPES)}; got {types!r}"
             )
         check_engine(self.engine)
+        if not isinstance(self.per_channel, bool):
+            raise ConfigError(f"per_channel must be True or False, not {self.per_channel!r}")
 
 
 @dataclass(frozen=True)
@@ -209,12 +215,10 @@ def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, M
     notices: list[str] = []
     with torch_ao_notices(notices), quantized_engine(engine):
         from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        spec = {
-            t: float_qparams_weight_only_qconfig if t in (nn.Embedding, nn.EmbeddingBag) else default_dynamic_qconfig
-            for t in wanted
-        }
+        weights = per_channel_dynamic_qconfig if config.per_channel else default_dynamic_qconfig
+        spec = {t: float_qparams_weight_only_qconfig if t in (nn.Embedding, nn.EmbeddingBag) else weights for t in wanted}
         holder = nn.Sequential(model)  # quantize_dynamic swaps children only; this lets the root be swapped
         quantize_dynamic(holder, spec, dtype=torch.qint8, inplace=True)
         result = holder[0]
@@ -223,6 +227,7 @@ def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, M
         "api": TORCH_AO_API.format("quantize_dynamic"),
         "engine": engine,
         "weight_dtype": "int8",
+        "weight_scales": "per output channel" if config.per_channel else "per tensor",
         "integer_modules": counts,
         "quantized_layers": sum(counts.values()),
         "notices": notices,

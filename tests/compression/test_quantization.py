@@ -119,6 +119,27 @@ def test_dynamic_int8_quantizes_lstm_and_a_bare_lstm_root() -> None:
     assert q.compression_info.details["integer_modules"] == {"Embedding": 1, "Linear": 1}
 
 
+def test_dynamic_int8_per_channel_scales_rows_of_different_range() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32)
+    with torch.no_grad():  # rows whose ranges span three orders of magnitude
+        layer.weight.mul_(torch.logspace(-3, 0, 32)[:, None])
+    model = nn.Sequential(layer).eval()
+    x = torch.randn(256, 64)
+    errors = {}
+    for per_channel in (True, False):
+        q = compress(model, DynamicQuantConfig(per_channel=per_channel))
+        scheme = q[0].weight().qscheme()
+        assert scheme == (torch.per_channel_affine if per_channel else torch.per_tensor_affine)
+        assert q.compression_info.details["weight_scales"] == ("per output channel" if per_channel else "per tensor")
+        with torch.inference_mode():
+            errors[per_channel] = float(((q(x) - model(x)) / model(x).abs().mean(0)).abs().mean())
+    # the small rows lose almost all precision under one scale per tensor
+    assert errors[True] < errors[False] / 4, errors  # measured: 0.0085 against 0.050
+    with pytest.raises(ConfigError, match="per_channel must be True or False"):
+        DynamicQuantConfig(per_channel="yes")  # type: ignore[arg-type]
+
+
 def test_dynamic_int8_needs_a_layer_it_can_quantize() -> None:
     convnet = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()).eval()
     with pytest.raises(UnsupportedModelError, match="no Linear/LSTM layer in Sequential"):
