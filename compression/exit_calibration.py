@@ -5,6 +5,7 @@ Both work from per-exit logits computed once, so scanning many thresholds costs 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from greenmeter._errors import CompressionError, ConfigError
 from greenmeter.compression.early_exit import MultiExitModel, _check_threshold, confidence
 
-__all__ = ["calibrate_threshold", "exit_report"]
+__all__ = ["ESTIMATES", "calibrate_threshold", "exit_report", "fit_temperature"]
 
 
 def _all_exit_logits(model: Any, x: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
@@ -40,38 +41,82 @@ def _simulate(outs: list[torch.Tensor], threshold: float, criterion: str) -> tup
     return preds.gather(1, exit_index[:, None]).squeeze(1), exit_index
 
 
+#: Ways ``calibrate_threshold`` judges a threshold (see its docstring).
+ESTIMATES = ("confidence", "empirical")
+
+
 def calibrate_threshold(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, max_drop: float = 0.005,
-                        criterion: str | None = None) -> float:
-    """The cheapest threshold whose validation accuracy stays within ``max_drop`` of the final exit's.
+                        criterion: str | None = None, estimate: str = "confidence") -> float:
+    """The cheapest threshold whose accuracy drop from the final exit's stays within ``max_drop``.
 
     Candidate thresholds are the confidences the heads produce on ``x_val`` (every distinct exit
-    behaviour) plus 1.0. Going down from 1.0, thresholds are accepted while the accuracy of early-exit
-    inference stays within ``max_drop`` (a fraction, 0.005 = 0.5 percentage points) of the final exit's
-    accuracy on the same data; the lowest accepted one is returned (the fewest MACs). Stopping at the first
-    violation, rather than taking any lower threshold that happens to pass, avoids lucky thresholds below a
-    failing one. The model is not changed: set ``model.threshold`` to the result.
+    behaviour) plus 1.0. Going down from 1.0, thresholds are accepted while the drop stays within
+    ``max_drop`` (a fraction, 0.005 = 0.5 percentage points) of the final exit's accuracy on the same data;
+    the lowest accepted one is returned (the fewest MACs). Stopping at the first violation, rather than
+    taking any lower threshold that happens to pass, avoids lucky thresholds below a failing one. The model
+    is not changed: set ``model.threshold`` to the result.
+
+    Args:
+        estimate: how the drop at a threshold is judged. ``"empirical"``: the validation accuracy of
+            early-exit inference (0/1 per sample). On a small validation set that is noisy: a few hundred
+            samples cannot show a 0.5 pp drop, so thresholds far too low pass. ``"confidence"`` (default):
+            the empirical check and, as well, the expected accuracy, where each sample that leaves early
+            counts the probability that its exit is right: that exit's max softmax after temperature
+            scaling fitted on ``(x_val, y_val)`` (Guo et al., "On Calibration of Modern Neural Networks",
+            ICML 2017). Every low-confidence exit then costs something, even when it happened to be right.
 
     Raises:
         CompressionError: the model is in training mode.
+        ConfigError: a negative ``max_drop``, an unknown ``criterion`` or ``estimate``.
     """
     criterion = model.criterion if criterion is None else criterion  # type: ignore[union-attr, assignment]
     _check_threshold(1.0, criterion, "calibrate_threshold")
     if not max_drop >= 0:
         raise ConfigError(f"calibrate_threshold: max_drop must be >= 0, got {max_drop}")
+    if estimate not in ESTIMATES:
+        raise ConfigError(f"calibrate_threshold: estimate must be one of {', '.join(ESTIMATES)}, not {estimate!r}")
     outs = _all_exit_logits(model, x_val)
     y = y_val.to(outs[-1].device)
-    target = float((outs[-1].argmax(dim=1) == y).float().mean()) - max_drop
+    final_right = (outs[-1].argmax(dim=1) == y).float()
+    target = float(final_right.mean()) - max_drop
+    # probability that each early exit is right, per sample: temperature-scaled max softmax
+    p_right = [torch.softmax(o / fit_temperature(o, y), dim=1).amax(dim=1) for o in outs[:-1]] + [final_right]
+    p_right_all = torch.stack(p_right, dim=1)
     confs = torch.cat([confidence(o, criterion) for o in outs[:-1]]).unique()
     if len(confs) > 2000:  # large validation sets: an evenly spaced subset of the distinct confidences
         confs = confs[torch.linspace(0, len(confs) - 1, 2000).long()]
     candidates = sorted({1.0, *(c for c in confs.tolist() if c > 0.0)}, reverse=True)
     best = 1.0
     for t in candidates:
-        preds, _ = _simulate(outs, t, criterion)  # type: ignore[arg-type]
+        preds, exits = _simulate(outs, t, criterion)  # type: ignore[arg-type]
         if float((preds == y).float().mean()) < target - 1e-9:
+            break
+        if estimate == "confidence" and float(p_right_all.gather(1, exits[:, None]).mean()) < target - 1e-9:
             break
         best = t
     return float(best)
+
+
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The temperature T that minimises the cross-entropy of ``softmax(logits / T)`` on labels ``y``.
+
+    Fitted by L-BFGS on log T, kept within [0.01, 100]; 1.0 if the fit does not converge to a finite value.
+    """
+    logits = logits.detach().float().clone()  # inference tensors cannot take part in autograd
+    y = y.to(logits.device)
+    with torch.enable_grad():
+        log_t = torch.zeros(1, device=logits.device, requires_grad=True)
+        opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(logits / log_t.clamp(-4.6, 4.6).exp(), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    value = float(log_t.detach().clamp(-4.6, 4.6).exp())
+    return value if math.isfinite(value) else 1.0
 
 
 def exit_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: float | None = None) -> dict[str, Any]:

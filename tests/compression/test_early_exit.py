@@ -13,6 +13,7 @@ from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelEr
 from greenmeter.compression import (  # noqa: E402
     EarlyExitConfig, MultiExitModel, calibrate_threshold, compress, exit_report,
 )
+from greenmeter.compression.exit_calibration import fit_temperature  # noqa: E402
 from greenmeter.digits import DigitsData, accuracy, batches, train_classifier  # noqa: E402
 
 EXITS = [2, 5]  # after the first conv block (conv, BN, ReLU) and after the second
@@ -54,8 +55,8 @@ def test_calibrated_threshold_saves_macs_at_a_bounded_drop(
           f"drop {drop_pp:.2f} pp, MACs {report['avg_macs']:.0f} vs {report['full_macs']} "
           f"({report['mac_saving']:.2f}x), histogram {report['exit_histogram']}")
     assert report["final_exit_accuracy"] == pytest.approx(base_acc)  # frozen backbone: the last exit is the baseline
-    assert drop_pp <= 1.0
-    assert report["mac_saving"] >= 1.3
+    assert drop_pp <= 0.5  # the goal; measured 0.00 pp at 5.47x fewer MACs
+    assert report["mac_saving"] >= 1.5
     assert sum(report["exit_histogram"]) == len(digits.x_test) == report["n"]
     hist = torch.tensor(report["exit_histogram"], dtype=torch.float64)
     assert report["avg_macs"] == pytest.approx(float((hist * torch.tensor(multi.exit_macs)).sum() / hist.sum()))
@@ -65,6 +66,30 @@ def test_calibrated_threshold_saves_macs_at_a_bounded_drop(
         assert accuracy(multi, digits.x_test, digits.y_test) == pytest.approx(report["accuracy"])
     finally:
         multi.threshold = 0.9
+
+
+def test_confidence_estimate_is_stricter_than_the_empirical_one(
+    multi: nn.Module, digits: DigitsData, split: tuple[DigitsData, DigitsData],
+) -> None:
+    _, val = split
+    by_confidence = calibrate_threshold(multi, val.x_test, val.y_test, max_drop=0.005)
+    empirical = calibrate_threshold(multi, val.x_test, val.y_test, max_drop=0.005, estimate="empirical")
+    assert by_confidence >= empirical
+    reports = {t: exit_report(multi, digits.x_test, digits.y_test, t) for t in (by_confidence, empirical)}
+    print({t: (r["accuracy"], r["exit_histogram"]) for t, r in reports.items()})
+    # more samples go on to later exits, and the test accuracy is no lower
+    assert reports[by_confidence]["avg_macs"] >= reports[empirical]["avg_macs"]
+    assert reports[by_confidence]["accuracy"] >= reports[empirical]["accuracy"]
+    with pytest.raises(ConfigError, match="estimate must be one of confidence, empirical"):
+        calibrate_threshold(multi, val.x_test, val.y_test, estimate="bayes")
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 3.0])
+def test_fit_temperature_recovers_the_scale_of_calibrated_logits(scale: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = 2 * torch.randn(4000, 5, generator=gen)
+    y = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=gen).squeeze(1)  # labels drawn from the logits
+    assert fit_temperature(scale * logits, y) == pytest.approx(scale, rel=0.1)
 
 
 def test_backbone_is_frozen_and_the_input_model_untouched(
