@@ -169,11 +169,8 @@ class RankMeter(Meter):
                          idle_baseline_s=idle_baseline_s, sync=sync, carbon=carbon, store=store,
                          name=f"{self.base_name} [rank {info.rank} of {info.world_size}]")
 
-    def _open_backends(self) -> None:
-        backends, probes, notes = select_rank_backends(self.rank, **self._rank_options)  # type: ignore[arg-type]
-        self._probes = probes
-        self._use(backends)
-        self._notes = notes
+    def _select_sources(self) -> tuple[list[Backend], list[ProbeResult], Sequence[str]]:
+        return select_rank_backends(self.rank, **self._rank_options)  # type: ignore[arg-type]
 
     def aggregate(self, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedResult | None:
         """Close this meter and gather every rank's results on rank 0; see :func:`aggregate`."""
@@ -291,8 +288,8 @@ def aggregate(meter: Meter, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Distribu
     """
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < float("inf"):
         raise ConfigError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
-    if meter._open:
-        raise MeasurementError(f"window(s) {[w.name for w in meter._open]} are still open; end them before aggregate()")
+    if meter.open_windows:
+        raise MeasurementError(f"window(s) {list(meter.open_windows)} are still open; end them before aggregate()")
     info = meter.rank if isinstance(meter, RankMeter) else RankInfo.from_env()
     store_path = str(meter.store.path) if meter.store is not None else None
     meter.close()

@@ -172,11 +172,15 @@ class Meter:
                 self._idle_power_w = self._measure_idle(self.idle_baseline_s)
         return self
 
+    def _select_sources(self) -> tuple[list[Backend], list[ProbeResult], Sequence[str]]:
+        """The backends to open, every probe result and the fallback notes. Subclasses choose differently."""
+        return select_backends(self._requested, **self._options)
+
     def _open_backends(self) -> None:
-        backends, probes, notes = select_backends(self._requested, **self._options)
+        backends, probes, notes = self._select_sources()
         self._probes = probes
         self._use(backends)
-        self._notes = notes
+        self._notes = tuple(notes)
         for note in notes:
             log.warning("greenmeter: %s", note)
 
@@ -228,6 +232,12 @@ class Meter:
     def probes(self) -> tuple[ProbeResult, ...]:
         """Every probe made when the meter started, usable or not."""
         return tuple(self._probes)
+
+    @property
+    def open_windows(self) -> tuple[str, ...]:
+        """Names of the windows begun and not yet ended, oldest first."""
+        with self._lock:
+            return tuple(w.name for w in self._open)
 
     @property
     def notes(self) -> tuple[str, ...]:

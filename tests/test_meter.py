@@ -33,8 +33,11 @@ def test_windows_nest_and_overlap() -> None:
     meter = Meter([backend], sync=None)
     outer = meter.begin("outer")  # reads 0
     inner = meter.begin("inner")  # reads 10
+    assert meter.open_windows == ("outer", "inner")
     m_outer = meter.end(outer)  # reads 25 (outer ends first: overlapping, not nested)
+    assert meter.open_windows == ("inner",)
     m_inner = meter.end("inner")  # reads 40
+    assert meter.open_windows == ()
     assert m_outer.energy_j == pytest.approx(25.0)
     assert m_inner.energy_j == pytest.approx(30.0)
     assert inner.measurement is m_inner
