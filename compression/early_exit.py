@@ -199,27 +199,48 @@ class MultiExitModel(nn.Module):
             raise CompressionError("MultiExitModel.infer needs eval mode (batch norm, dropout): call model.eval() first")
         n = x.shape[0]
         last = self.num_exits - 1
+        h = x
+        if threshold >= 1.0:  # nobody can exit early: the backbone alone, heads skipped
+            for block in self.blocks:
+                h = block(h)
+            return h, torch.full((n,), last, dtype=torch.long, device=x.device)
+        if n == 1:  # one sample: no bookkeeping of who is still running
+            for k, block in enumerate(self.blocks):
+                h = block(h)
+                if k == last:
+                    break
+                out = self.heads[k](h)
+                if bool(confidence(out, criterion) > threshold):
+                    return out, torch.full((1,), k, dtype=torch.long, device=x.device)
+            return h, torch.full((1,), last, dtype=torch.long, device=x.device)
         exit_index = torch.full((n,), last, dtype=torch.long, device=x.device)
         logits: torch.Tensor | None = None
         alive = torch.arange(n, device=x.device)
-        h = x
         for k, block in enumerate(self.blocks):
             h = block(h)
             if k == last:
-                out, done = h, torch.ones(len(alive), dtype=torch.bool, device=x.device)
-            elif threshold >= 1.0:  # nobody can exit early: skip the heads
-                continue
+                out, done = h, None
             else:
                 out = self.heads[k](h)
                 done = confidence(out, criterion) > threshold
-            if logits is None:
-                logits = out.new_empty((n, out.shape[1]))
-            logits[alive[done]] = out[done]
-            exit_index[alive[done]] = k
-            keep = (~done).nonzero().squeeze(1)
-            alive, h = alive[keep], h.index_select(0, keep)
-            if len(alive) == 0:
-                break
+                n_done = int(done.sum())
+                if n_done == 0:
+                    continue
+                if n_done < len(alive):
+                    if logits is None:
+                        logits = out.new_empty((n, out.shape[1]))
+                    leaving = alive[done]
+                    logits[leaving] = out[done]
+                    exit_index[leaving] = k
+                    keep = (~done).nonzero().squeeze(1)
+                    alive, h = alive[keep], h.index_select(0, keep)
+                    continue
+            # everyone still running leaves here
+            if logits is None:  # ... and that is every sample
+                return out, exit_index.fill_(k)
+            logits[alive] = out
+            exit_index[alive] = k
+            break
         return logits, exit_index  # type: ignore[return-value]
 
     def sample_macs(self, exit_index: torch.Tensor, threshold: float | None = None) -> torch.Tensor:

@@ -127,6 +127,20 @@ def test_batched_inference_matches_one_sample_at_a_time(multi: nn.Module, digits
         assert torch.allclose(logits[i], every[expected][i], atol=1e-5)
 
 
+@pytest.mark.parametrize(("threshold", "where"), [(1e-6, 0), (1.0 - 1e-7, 2)])
+def test_batches_that_all_leave_at_one_exit(multi: nn.Module, digits: DigitsData, threshold: float, where: int) -> None:
+    x = digits.x_test[:40]
+    with torch.inference_mode():
+        every = multi.forward_all(x)
+        expected = torch.tensor([next((k for k, o in enumerate(every[:-1]) if float(o[i].softmax(0).max()) > threshold),
+                                      2) for i in range(len(x))])
+        assert set(expected.tolist()) == {where}  # the case this test is about
+        for batch in (x, x[:1]):
+            logits, exits = multi.infer(batch, threshold)
+            assert torch.equal(exits, expected[:len(batch)])
+            assert torch.allclose(logits, every[where][:len(batch)], atol=1e-5)
+
+
 def test_threshold_one_sends_everything_to_the_last_exit(multi: nn.Module, baseline: nn.Module, digits: DigitsData) -> None:
     report = exit_report(multi, digits.x_test, digits.y_test, threshold=1.0)
     assert report["exit_histogram"] == [0, 0, len(digits.x_test)]
