@@ -112,6 +112,7 @@ def build_measurement(
         "error": None if error is None else f"{type(error).__name__}: {error}",
         "carbon": carbon.estimate(total),
         "step_durations_s": tuple(durations),
+        "step_samples": tuple(step_samples) if steps else (),
         "schema_version": SCHEMA_VERSION,
     })
 

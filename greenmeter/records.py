@@ -211,6 +211,8 @@ class Measurement:
         flags: warnings a reader must see (an unresolved window, a fallback to an estimate...).
         backends: names of the backends that produced the figures.
         carbon: ``energy_j`` as CO2e with its grid intensity, PUE and their sources.
+        step_durations_s: each step's duration in seconds, in order.
+        step_samples: each step's sample count as marked (``None`` where a step gave none), in order.
     """
 
     name: str
@@ -231,6 +233,7 @@ class Measurement:
     error: str | None = None
     carbon: CarbonEstimate | None = None
     step_durations_s: tuple[float, ...] = field(default=(), repr=False)
+    step_samples: tuple[int | None, ...] = field(default=(), repr=False)
     schema_version: int = SCHEMA_VERSION
 
     # Derived figures -------------------------------------------------------------------------
@@ -284,6 +287,16 @@ class Measurement:
             return ()
         return tuple(self.energy_j * d / total_time for d in self.step_durations_s)
 
+    def step_energies_per_sample_j(self) -> tuple[float | None, ...]:
+        """Per-step joules per sample (:meth:`step_energies_j` over each step's sample count).
+
+        ``None`` for a step marked without a sample count (or with 0); empty when no step was marked, or
+        for records written before per-step counts were kept (greenmeter 0.1.0's first stores).
+        """
+        if len(self.step_samples) != len(self.step_durations_s):
+            return ()
+        return tuple(j / n if n else None for j, n in zip(self.step_energies_j(), self.step_samples))
+
     # Serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -303,6 +316,7 @@ class Measurement:
             "latency": self.latency.to_dict() if self.latency else None,
             "step_energy_method": self.step_energy_method,
             "step_durations_s": list(self.step_durations_s),
+            "step_samples": list(self.step_samples),
             "epochs": [e.to_dict() for e in self.epochs],
             "idle_power_w": self.idle_power_w,
             "flags": list(self.flags),
@@ -333,6 +347,7 @@ class Measurement:
             latency=LatencyStats.from_dict(latency) if latency else None,
             step_energy_method=data.get("step_energy_method"),
             step_durations_s=tuple(data.get("step_durations_s", ())),
+            step_samples=tuple(data.get("step_samples", ())),
             epochs=tuple(EpochRecord.from_dict(e) for e in data.get("epochs", ())),
             idle_power_w=data.get("idle_power_w"),
             flags=tuple(data.get("flags", ())),

@@ -93,6 +93,28 @@ def test_steps_give_latency_and_samples() -> None:
     assert m.step_energy_method == "split-by-step-time"
     assert sum(m.step_energies_j()) == pytest.approx(30.0)
     assert m.energy_per_step_j == pytest.approx(3.0)
+    assert m.step_samples == (8,) * 10
+    per_sample = m.step_energies_per_sample_j()
+    assert per_sample == pytest.approx([j / 8 for j in m.step_energies_j()])
+    assert sum(per_sample) * 8 == pytest.approx(30.0)  # type: ignore[arg-type]
+    assert Measurement.from_json(m.to_json()).step_samples == m.step_samples
+
+
+def test_steps_without_sample_counts_and_older_records() -> None:
+    meter = Meter([ScriptedBackend([0.0, 6.0])], sync=None)
+    with meter.window("mixed") as w:
+        meter.step(samples=4)
+        meter.step()
+        meter.step(samples=2)
+    m = w.measurement
+    assert m is not None and m.step_samples == (4, None, 2)
+    assert m.samples is None  # one step without a count: the window's total is unknown
+    per_sample = m.step_energies_per_sample_j()
+    assert per_sample[1] is None
+    assert per_sample[0] == pytest.approx(m.step_energies_j()[0] / 4)
+    older = m.to_dict()
+    del older["step_samples"]  # records from before per-step counts were kept
+    assert Measurement.from_dict(older).step_energies_per_sample_j() == ()
 
 
 def test_iterate_marks_a_step_per_batch_and_counts_samples() -> None:
