@@ -199,8 +199,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                       progress=not args.quiet)
     c = result.comparison
     print(c.table())
-    notes = dict.fromkeys(f for v in c.variants for f in v.flags)
-    for note in list(notes)[:3]:
+    notes = list(c.flags) + list(dict.fromkeys(f for v in c.variants for f in v.flags))[:3]
+    for note in notes:
         print(f"note: {note}")
     rec = recommend(c)
     print(f"\nbaseline: {result.baseline_accuracy * 100:.2f}% accuracy after training "

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
 from greenmeter.carbon import CarbonSettings
+from greenmeter._load import LoadWatch, busy_flag
 from greenmeter._evaluation import Batch, Progress, build_entries, measure, prepare, summarise
 from greenmeter.comparison import Comparison, MakingCost
 from greenmeter.records import Measurement
@@ -220,6 +221,7 @@ def compare(
         slowest_period = max((d.update_period_s for d in meter.domains), default=0.0)
         target_s = min_repeat_s if min_repeat_s is not None else max(MIN_REPEAT_S, RESOLUTION_FACTOR * slowest_period)
         passes = max(1, math.ceil(target_s / max(fastest, 1e-9)))
+        watch = LoadWatch()
         for r in range(repeats):
             for entry in entries:
                 if entry.error is None:
@@ -230,6 +232,9 @@ def compare(
         flags = []
         if repeats < 3:
             flags.append(f"only {repeats} repeat(s): confidence intervals and significance need more (5 advised)")
+        busy = busy_flag(watch.other_cores(), "the timed passes", torch.get_num_threads())
+        if busy is not None:
+            flags.append(busy)
         comparison = Comparison(
             name=name, created_at=created_at, baseline=baseline, metric_name=metric_name, repeats=repeats,
             warmup=warmup, samples_per_pass=n_samples, passes_per_repeat=passes, variants=results,

@@ -1,0 +1,70 @@
+"""CPU time that other processes used while greenmeter measured.
+
+On a machine that other work keeps busy, a PyTorch model's threads wait for a core (OpenMP threads spin
+while they wait), so latency and the CPU-time based energy estimate both grow with the other load, not
+with the model. ``compare`` watches for this and says so in its flags instead of letting the figures
+pass as a quiet machine's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+__all__ = ["BUSY_LIMIT_CORES", "LoadWatch", "busy_flag", "machine_busy_s", "own_cpu_s"]
+
+#: Other processes' mean load, in cores, above which a comparison is flagged as measured on a busy machine.
+BUSY_LIMIT_CORES = 0.25
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds every process on this machine has used (psutil's ``cpu_times``), or None if unreadable.
+
+    Busy time is user + nice + system + irq + softirq + steal (steal: time the hypervisor gave to other
+    guests while this one wanted to run).
+    """
+    try:
+        import psutil
+
+        t = psutil.cpu_times()
+    except (ImportError, OSError, RuntimeError):
+        return None
+    return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children."""
+    t = os.times()
+    return t[0] + t[1] + t[2] + t[3]
+
+
+class LoadWatch:
+    """Started on creation; :meth:`other_cores` is the mean number of cores other processes kept busy since.
+
+    The clocks are arguments so that tests can script them.
+    """
+
+    def __init__(self, machine: Callable[[], float | None] = machine_busy_s, own: Callable[[], float] = own_cpu_s,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._machine, self._own, self._clock = machine, own, clock
+        self._start = (clock(), machine(), own())
+
+    def other_cores(self) -> float | None:
+        """Other processes' mean load in cores since the start (>= 0), or None where it cannot be known."""
+        t0, busy0, own0 = self._start
+        t1, busy1, own1 = self._clock(), self._machine(), self._own()
+        if busy0 is None or busy1 is None or t1 <= t0:
+            return None
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
+
+
+def busy_flag(other_cores: float | None, what: str, threads: int | None = None) -> str | None:
+    """The warning for a measurement made while other processes used more than :data:`BUSY_LIMIT_CORES`."""
+    if other_cores is None or other_cores <= BUSY_LIMIT_CORES:
+        return None
+    cores = os.cpu_count() or 1
+    torch_threads = f"; torch used {threads} thread(s)" if threads else ""
+    return (f"other processes kept {other_cores:.2f} of this machine's {cores} cores busy during {what}{torch_threads}: "
+            "threads waiting for a core inflate latency and CPU-time energy estimates; measure on a quiet machine, "
+            "or with fewer threads (torch.set_num_threads) than the cores left free")
