@@ -137,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--repeats", type=int, default=None, help="override compare.repeats")
     comp.add_argument("--significance", choices=("welch", "bootstrap"), default=None,
                       help="override compare.significance: the test of each variant's energy against the baseline")
+    comp.add_argument("--threads", type=int, default=None, metavar="N",
+                      help="override compare.threads: PyTorch threads for the comparison (default: torch's setting)")
     comp.add_argument("--json", default=None, metavar="PATH", help="also write the comparison as JSON to PATH")
     comp.add_argument("--store", default=None, help=store_help)
     comp.add_argument("--no-store", action="store_true", help="do not store the comparison")

@@ -168,6 +168,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         kwargs["repeats"] = args.repeats
     if args.significance is not None:
         kwargs["significance"] = args.significance
+    if args.threads is not None:
+        kwargs["threads"] = args.threads
     store = None if args.no_store else _store(args)
     try:
         result = compare(**kwargs, store=store, progress=not args.quiet)

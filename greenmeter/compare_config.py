@@ -55,7 +55,8 @@ _SECTIONS: dict[str, set[str]] = {
     "model": {"factory", "kwargs", "weights", "name"},
     "data": {"eval", "train", "val", "batch_size"},
     "training": {"function"},
-    "compare": {"baseline", "recipes", "variants", "repeats", "warmup", "seed", "min_repeat_s", "significance"},
+    "compare": {"baseline", "recipes", "variants", "repeats", "warmup", "seed", "min_repeat_s", "significance",
+                "threads"},
     "carbon": {"country", "cloud", "intensity", "pue"},
 }
 
@@ -81,6 +82,7 @@ class CompareConfig:
     seed: int = 0
     min_repeat_s: float | None = None
     significance: str = "welch"
+    threads: int | None = None
     carbon: Mapping[str, Any] = field(default_factory=dict)
 
     def carbon_settings(self) -> Any:
@@ -119,7 +121,7 @@ class CompareConfig:
             "variants": variants, "data": _data(self.eval_data, "data.eval", self.path), "baseline": self.baseline,
             "repeats": self.repeats, "warmup": self.warmup, "seed": self.seed, "batch_size": self.batch_size,
             "name": self.name, "carbon": self.carbon_settings(), "min_repeat_s": self.min_repeat_s,
-            "significance": self.significance,
+            "significance": self.significance, "threads": self.threads,
         }
         if self.train_data:
             kwargs["train_data"] = _data(self.train_data, "data.train", self.path)
@@ -240,6 +242,7 @@ def load_compare_config(path: str | Path) -> CompareConfig:
         warmup=_int(compare_t.get("warmup", 1), "compare.warmup", path, 0),
         seed=_int(compare_t.get("seed", 0), "compare.seed", path, 0),
         min_repeat_s=None if min_repeat is None else float(min_repeat), significance=significance,
+        threads=None if compare_t.get("threads") is None else _int(compare_t["threads"], "compare.threads", path, 1),
         carbon=tables["carbon"],
     )
     config.carbon_settings()  # validate the carbon table now, before any work

@@ -204,6 +204,8 @@ class Comparison:
         duration_s: wall-clock time of the whole comparison, in seconds.
         sources: each energy domain's provenance (``{"key", "kind", "source", "method", "constants"}``),
             with every constant an estimate used; empty in records written before it was kept.
+        torch_threads: PyTorch's intra-op threads during the timed passes; ``None`` in records written
+            before it was kept.
     """
 
     name: str
@@ -223,6 +225,7 @@ class Comparison:
     flags: tuple[str, ...] = ()
     duration_s: float | None = None
     sources: tuple[Mapping[str, Any], ...] = ()
+    torch_threads: int | None = None
     schema_version: int = COMPARISON_SCHEMA_VERSION
 
     def variant(self, name: str) -> VariantResult:
@@ -261,7 +264,7 @@ class Comparison:
             host=HostInfo.from_dict(data["host"]), backends=tuple(data["backends"]), carbon=dict(data["carbon"]),
             seed=int(data.get("seed", 0)), run_id=data.get("run_id"), flags=tuple(data.get("flags", ())),
             duration_s=data.get("duration_s"), sources=tuple(dict(x) for x in data.get("sources", ())),
-            schema_version=COMPARISON_SCHEMA_VERSION,
+            torch_threads=data.get("torch_threads"), schema_version=COMPARISON_SCHEMA_VERSION,
         )
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -117,6 +117,7 @@ def compare(
     min_repeat_s: float | None = None,
     seed: int = 0,
     significance: str = "welch",
+    threads: int | None = None,
     name: str = "comparison",
     progress: bool | Callable[[str], None] = True,
 ) -> Comparison:
@@ -145,6 +146,10 @@ def compare(
         significance: the test of each variant's energy against the baseline's over the repeats:
             ``"welch"`` (Welch's t-test, the default) or ``"bootstrap"`` (percentile bootstrap, 10,000
             resamples, seeded with ``seed``; for repeats far from normal, and at least 5 a side).
+        threads: PyTorch's intra-op threads for the whole comparison (``torch.set_num_threads``; restored
+            afterwards); ``None`` keeps the current setting. The number used is kept in
+            ``Comparison.torch_threads``. On a machine that other work keeps busy, fewer threads than the
+            free cores keep latency and CPU-time estimates from growing with the other load.
         name: the comparison's name.
         progress: ``True`` for progress on stderr, ``False`` for none, or a callable given each line.
 
@@ -169,6 +174,8 @@ def compare(
         raise ConfigError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
     if significance not in ("welch", "bootstrap"):
         raise ConfigError(f"significance must be 'welch' or 'bootstrap', not {significance!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a whole number >= 1 (or None for torch's setting), not {threads!r}")
     if min_repeat_s is not None and not (isinstance(min_repeat_s, (int, float)) and min_repeat_s >= 0):
         raise ConfigError(f"min_repeat_s must be a number of seconds >= 0, not {min_repeat_s!r}")
     specs = {str(k): (v if isinstance(v, Variant) else Variant(recipe=v) if isinstance(v, str) else Variant(model=v))
@@ -208,7 +215,10 @@ def compare(
     started = time.perf_counter()
     created_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
     show = Progress(progress, len(recipes) + len(specs) + repeats * len(specs))
+    threads_before = torch.get_num_threads()
     try:
+        if threads is not None:
+            torch.set_num_threads(threads)
         meter.start()
         entries = build_entries(specs, baseline, recipes, recipe_context, meter, carbon, seed, show)
         base = entries[0]
@@ -242,11 +252,14 @@ def compare(
             carbon=(carbon or CarbonSettings()).to_dict(), seed=seed, run_id=meter.run_id, flags=tuple(flags),
             duration_s=time.perf_counter() - started,
             sources=tuple({"key": d.key, **d.provenance.to_dict()} for d in meter.domains),
+            torch_threads=torch.get_num_threads(),
         )
         if meter.store is not None:
             meter.store.add_comparison(comparison)
         return comparison
     finally:
+        if threads is not None:
+            torch.set_num_threads(threads_before)
         if own_meter:
             meter.close()
 

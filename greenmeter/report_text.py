@@ -141,14 +141,16 @@ def comparison_flags(c: Comparison) -> tuple[str, ...]:
     return tuple(dict.fromkeys(flags))
 
 
-def environment_items(host: HostInfo | None, backends: Sequence[str]) -> tuple[tuple[str, str], ...]:
+def environment_items(host: HostInfo | None, backends: Sequence[str],
+                      torch_threads: int | None = None) -> tuple[tuple[str, str], ...]:
+    threads = (("PyTorch threads", str(torch_threads)),) if torch_threads is not None else ()
     if host is None:
-        return (("energy sources", ", ".join(backends) or "–"),)
+        return (("energy sources", ", ".join(backends) or "–"), *threads)
     memory = f"{host.memory_total_b / 2**30:.1f} GiB" if host.memory_total_b else "unknown"
     vm = {True: "yes", False: "no", None: "unknown"}[host.virtual_machine]
     return (
         ("CPU", f"{host.cpu_model} ({host.logical_cpus} logical CPUs)"), ("memory", memory),
         ("virtual machine", vm), ("OS", host.os), ("Python", host.python), ("PyTorch", host.torch or "–"),
-        ("CUDA", host.cuda or "none"), ("greenmeter", host.greenmeter), ("host", host.hostname),
+        *threads, ("CUDA", host.cuda or "none"), ("greenmeter", host.greenmeter), ("host", host.hostname),
         ("energy sources", ", ".join(backends) or "–"),
     )

@@ -273,7 +273,7 @@ def comparison_view(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE
         subtitle=f"{len(comparison.variants)} variants against {comparison.baseline!s}, "
                  f"measured {comparison.created_at[:19].replace('T', ' ')} UTC",
         generated_at=generated_at or _now(), summary=rec, headline=headline, charts=chart_views,
-        columns=columns, rows=rows, environment=environment_items(comparison.host, comparison.backends),
+        columns=columns, rows=rows, environment=environment_items(comparison.host, comparison.backends, comparison.torch_threads),
         sources=comparison_sources(comparison), constants=source_constants(comparison.sources), methodology=comparison_methodology(comparison, tolerance),
         model_card=comparison_model_card(comparison, rec.name), flags=comparison_flags(comparison),
         version=__version__,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from greenmeter.carbon import CarbonSettings  # noqa: E402
 from greenmeter.cli import main  # noqa: E402
@@ -34,6 +34,7 @@ recipes = ["prune:0.5", "int8-dynamic"]
 repeats = 2
 min_repeat_s = 0.05
 significance = "bootstrap"
+threads = 2
 
 [compare.variants]
 static = "int8-static"
@@ -49,7 +50,8 @@ def test_compare_runs_a_toml_config_stores_and_writes_json(tmp_path: Path,
     config = tmp_path / "compare.toml"
     config.write_text(CONFIG)
     store, out_json = tmp_path / "runs.db", tmp_path / "cmp.json"
-    code = main(["compare", str(config), "--store", str(store), "--json", str(out_json)])
+    threads_before = torch.get_num_threads()
+    code = main(["compare", str(config), "--store", str(store), "--json", str(out_json), "--threads", "1"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "making prune:0.5" in captured.err  # progress
@@ -57,6 +59,7 @@ def test_compare_runs_a_toml_config_stores_and_writes_json(tmp_path: Path,
         assert name in captured.out
     data = json.loads(out_json.read_text())
     assert data["name"] == "digits-cli" and data["repeats"] == 2 and data["baseline"] == "float"
+    assert data["torch_threads"] == 1 and torch.get_num_threads() == threads_before  # --threads beat the file's 2
     names = [v["name"] for v in data["variants"]]
     assert names == ["float", "prune:0.5", "int8-dynamic", "static"]
     int8 = data["variants"][2]
@@ -82,6 +85,8 @@ def test_compare_runs_a_toml_config_stores_and_writes_json(tmp_path: Path,
      "[compare]\nrecipes = ['int4']\n[carbon]\ncountry = 'FRA'\nintensity = 50\n", "at most one of"),
     ("[model]\nfactory = 'greenmeter.digits:trained_digits_cnn'\n[data]\neval = 'greenmeter.digits:eval_data'\n"
      "[compare]\nrecipes = ['int4']\nsignificance = 'anova'\n", "compare.significance must be 'welch' or 'bootstrap'"),
+    ("[model]\nfactory = 'greenmeter.digits:trained_digits_cnn'\n[data]\neval = 'greenmeter.digits:eval_data'\n"
+     "[compare]\nrecipes = ['int4']\nthreads = 0\n", "compare.threads must be a whole number >= 1"),
 ])
 def test_bad_configs_are_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
                                                  message: str) -> None:

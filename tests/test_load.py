@@ -77,3 +77,31 @@ def test_compare_flags_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LoadWatch, "other_cores", lambda self: 0.0)
     quiet = compare({"a": model}, (x, y), repeats=2, min_repeat_s=0.02, progress=False)
     assert not any(f.startswith("other processes") for f in quiet.flags)
+
+
+def test_compare_threads_are_set_recorded_and_restored() -> None:
+    torch = pytest.importorskip("torch")
+    from greenmeter import ConfigError
+    from greenmeter.evaluate import compare
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def metric(outputs: object, targets: object) -> float:
+        seen.append(torch.get_num_threads())
+        return 1.0
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 3)).eval()
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    result = compare({"a": model}, (x, y), repeats=2, min_repeat_s=0.02, progress=False, metric=metric, threads=1)
+    assert result.torch_threads == 1 and set(seen) == {1}
+    assert torch.get_num_threads() == before
+    assert type(result).from_json(result.to_json()).torch_threads == 1
+    from greenmeter.report import comparison_report
+
+    assert "- **PyTorch threads**: 1\n" in comparison_report(result, "md")
+    default = compare({"a": model}, (x, y), repeats=2, min_repeat_s=0.02, progress=False)
+    assert default.torch_threads == before
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="threads must be a whole number >= 1"):
+            compare({"a": model}, (x, y), threads=bad)
