@@ -67,4 +67,5 @@ def busy_flag(other_cores: float | None, what: str, threads: int | None = None) 
     torch_threads = f"; torch used {threads} thread(s)" if threads else ""
     return (f"other processes kept {other_cores:.2f} of this machine's {cores} cores busy during {what}{torch_threads}: "
             "threads waiting for a core inflate latency and CPU-time energy estimates; measure on a quiet machine, "
-            "or with fewer threads (torch.set_num_threads) than the cores left free")
+            "or with fewer threads than the cores left free (compare(threads=1), greenmeter compare --threads 1, "
+            "torch.set_num_threads)")
