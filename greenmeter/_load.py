@@ -59,13 +59,16 @@ class LoadWatch:
         return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
 
 
-def busy_flag(other_cores: float | None, what: str, threads: int | None = None) -> str | None:
+_COMPARE_REMEDY = ("measure on a quiet machine, or with fewer threads than the cores left free (compare(threads=1), "
+                   "greenmeter compare --threads 1, torch.set_num_threads)")
+
+
+def busy_flag(other_cores: float | None, what: str, threads: int | None = None,
+              remedy: str = _COMPARE_REMEDY) -> str | None:
     """The warning for a measurement made while other processes used more than :data:`BUSY_LIMIT_CORES`."""
     if other_cores is None or other_cores <= BUSY_LIMIT_CORES:
         return None
     cores = os.cpu_count() or 1
     torch_threads = f"; torch used {threads} thread(s)" if threads else ""
     return (f"other processes kept {other_cores:.2f} of this machine's {cores} cores busy during {what}{torch_threads}: "
-            "threads waiting for a core inflate latency and CPU-time energy estimates; measure on a quiet machine, "
-            "or with fewer threads than the cores left free (compare(threads=1), greenmeter compare --threads 1, "
-            "torch.set_num_threads)")
+            f"threads waiting for a core inflate latency and CPU-time energy estimates; {remedy}")

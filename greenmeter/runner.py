@@ -19,11 +19,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from greenmeter._errors import ConfigError
+from greenmeter._load import LoadWatch, busy_flag
 from greenmeter.meter import Meter
 from greenmeter.records import Measurement
 
@@ -106,6 +107,7 @@ def run_command(
     label = name or " ".join(argv)
     meter.start()
     window = meter.begin(label)
+    watch = LoadWatch()
     try:
         child = subprocess.Popen(argv, **_own_process_group())
     except OSError as err:
@@ -144,6 +146,11 @@ def run_command(
     if exit_code < 0:
         exit_code = 128 - exit_code
     measurement = meter.end(window)
+    busy = busy_flag(watch.other_cores(), "the command", remedy=(
+        "measure on a quiet machine, or let the command use fewer threads than the cores left free "
+        "(e.g. OMP_NUM_THREADS=1); processes the command left running in the background count as other load"))
+    if busy is not None:
+        measurement = replace(measurement, flags=(*measurement.flags, busy))
     interrupted = signal.Signals(received[0]).name if received else None
     if store is not None and run_id is not None:
         store.add_window(run_id, measurement, carbon=measurement.carbon)

@@ -137,3 +137,29 @@ def test_signal_is_forwarded_and_the_run_is_stored_as_interrupted(tmp_path: Path
         assert run.status == "interrupted" and run.exit_code == 7
         assert run.measurement is not None and run.measurement.duration_s >= 0.3
         assert sig.name in (run.note or "")
+
+
+def test_a_busy_machine_is_flagged_in_the_stored_run(tmp_path: Path) -> None:
+    # another process (not part of the command) burns a core for the whole run
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        with Store(tmp_path / "runs.db") as store:
+            result = run_command([sys.executable, "-c", BURN.format(s=0.5)], meter=Meter(["cpu-estimate"], sync=None),
+                                 store=store)
+            stored = store.get_run(result.run_id).measurement
+    finally:
+        hog.kill()
+        hog.wait()
+    busy = [f for f in result.measurement.flags if f.startswith("other processes kept")]
+    assert len(busy) == 1 and "during the command" in busy[0] and "OMP_NUM_THREADS=1" in busy[0]
+    assert float(busy[0].split()[3]) >= 0.5  # "other processes kept X of ...": the hog's core, or most of it
+    assert stored is not None and busy[0] in stored.flags
+
+
+def test_a_quiet_machine_adds_no_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from greenmeter._load import LoadWatch
+
+    monkeypatch.setattr(LoadWatch, "other_cores", lambda self: 0.1)
+    result = run_command([sys.executable, "-c", "pass"], meter=Meter(["cpu-estimate"], sync=None))
+    assert not any(f.startswith("other processes") for f in result.measurement.flags)
