@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from greenmeter._load import BUSY_LIMIT_CORES, LoadWatch
+
 _START = time.perf_counter()
 
 
@@ -132,25 +134,10 @@ class Rounds:
         busy = statistics.median(self.other_share) if self.other_share else 0.0
         text = f"{self.kept} rounds kept of {self.run}"
         if dropped:
-            text += f" ({dropped} dropped: other processes used over {OTHER_SHARE_LIMIT:.2f} core during them)"
+            text += f" ({dropped} dropped: other processes used over {BUSY_LIMIT_CORES:.2f} core during them)"
         if self.kept == 0:
             text += "; NO quiet round: the figures come from all rounds and are inflated by other processes"
         return text + f"; other processes' median load during rounds {busy:.2f} core"
-
-
-OTHER_SHARE_LIMIT = 0.25  # cores; a round during which other processes used more than this is dropped
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _machine_busy_s() -> float | None:
-    """CPU seconds all processes on this machine have used (``/proc/stat``), or None where unavailable."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / _TICK
 
 
 def cycling(fn: Callable[[Any], object], inputs: Sequence[Any]) -> Callable[[], object]:
@@ -164,8 +151,8 @@ def measure_latency(calls: Mapping[str, Callable[[], object]], rounds: int, min_
     """Time every call interleaved: each round runs every variant once, in a fresh random order.
 
     Each sample repeats a call enough times to last about ``min_sample_s``; the sample is the mean time of
-    one call. Rounds during which other processes used more than ``OTHER_SHARE_LIMIT`` of a core (the
-    machine's CPU time from ``/proc/stat`` minus this process's) are dropped and run again, up to
+    one call. Rounds during which other processes used more than ``BUSY_LIMIT_CORES`` of a core (the
+    machine's busy CPU time minus this process's, as ``compare``'s busy-machine watch measures it) are dropped and run again, up to
     ``4 * rounds`` in all; if none was quiet, every round is kept and the result says so. Runs under
     ``torch.inference_mode``.
     """
@@ -184,7 +171,7 @@ def measure_latency(calls: Mapping[str, Callable[[], object]], rounds: int, min_
         every: dict[str, list[float]] = {n: [] for n in names}
         while stats.kept < rounds and stats.run < 4 * rounds:
             rng.shuffle(names)
-            busy0, own0, wall0 = _machine_busy_s(), time.process_time(), time.perf_counter()
+            watch = LoadWatch()
             got = {}
             for name in names:
                 fn, k = calls[name], out[name].calls_per_sample
@@ -192,13 +179,12 @@ def measure_latency(calls: Mapping[str, Callable[[], object]], rounds: int, min_
                 for _ in range(k):
                     fn()
                 got[name] = (time.perf_counter() - t) / k
-            busy1, own1, wall1 = _machine_busy_s(), time.process_time(), time.perf_counter()
+            other = watch.other_cores() or 0.0
             stats.run += 1
-            other = 0.0 if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
             stats.other_share.append(other)
             for name, value in got.items():
                 every[name].append(value)
-            if other <= OTHER_SHARE_LIMIT:
+            if other <= BUSY_LIMIT_CORES:
                 stats.kept += 1
                 for name, value in got.items():
                     out[name].samples.append(value)

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 import torch
 from _bench_common import (
     Goals,
-    _machine_busy_s,
     cpu_flags,
     cpu_name,
     load_line,
@@ -52,6 +51,7 @@ from _bench_common import (
 from torch import nn
 
 import greenmeter
+from greenmeter._load import LoadWatch
 from greenmeter.architectures import LinearAttention
 
 SOFTMAX, LINEAR = "softmax", "linear"
@@ -153,7 +153,7 @@ def run(lengths: list[int], embed: int, heads: int, causal: bool, rounds: int, m
                 calls[kind, n] = max(1, math.ceil(min_sample_s * done / (time.perf_counter() - t0)))
         progress(f"{'causal' if causal else 'global'}: warmed up; {rounds} rounds")
         for r in range(rounds):
-            busy0, own0, wall0 = _machine_busy_s(), time.process_time(), time.perf_counter()
+            watch = LoadWatch()
             for n in rng.sample(lengths, len(lengths)):
                 for kind in rng.sample(list(modules), 2):
                     k = calls[kind, n]
@@ -162,9 +162,9 @@ def run(lengths: list[int], embed: int, heads: int, causal: bool, rounds: int, m
                             call(kind, n)
                     m = w.measurement
                     result.series[kind].add(n, m.duration_s / k, m.energy_j / (k * n))
-            busy1, own1, wall1 = _machine_busy_s(), time.process_time(), time.perf_counter()
-            if busy0 is not None and busy1 is not None:
-                result.other_load.append(max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0))
+            other = watch.other_cores()
+            if other is not None:
+                result.other_load.append(other)
             progress(f"{'causal' if causal else 'global'}: round {r + 1}/{rounds} done")
     return result
 

@@ -3,7 +3,8 @@
 On a machine that other work keeps busy, a PyTorch model's threads wait for a core (OpenMP threads spin
 while they wait), so latency and the CPU-time based energy estimate both grow with the other load, not
 with the model. ``compare`` watches for this and says so in its flags instead of letting the figures
-pass as a quiet machine's.
+pass as a quiet machine's. The counters are the CPU estimate's own (``greenmeter.backends.cpu_estimate``):
+this process's CPU time with its reaped children, and the machine's busy time.
 """
 
 from __future__ import annotations
@@ -12,31 +13,12 @@ import os
 import time
 from collections.abc import Callable
 
-__all__ = ["BUSY_LIMIT_CORES", "LoadWatch", "busy_flag", "machine_busy_s", "own_cpu_s"]
+from greenmeter.backends.cpu_estimate import machine_busy_s, process_cpu_s
+
+__all__ = ["BUSY_LIMIT_CORES", "LoadWatch", "busy_flag", "machine_busy_s", "process_cpu_s"]
 
 #: Other processes' mean load, in cores, above which a comparison is flagged as measured on a busy machine.
 BUSY_LIMIT_CORES = 0.25
-
-
-def machine_busy_s() -> float | None:
-    """CPU seconds every process on this machine has used (psutil's ``cpu_times``), or None if unreadable.
-
-    Busy time is user + nice + system + irq + softirq + steal (steal: time the hypervisor gave to other
-    guests while this one wanted to run).
-    """
-    try:
-        import psutil
-
-        t = psutil.cpu_times()
-    except (ImportError, OSError, RuntimeError):
-        return None
-    return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
-
-
-def own_cpu_s() -> float:
-    """CPU seconds of this process and its waited-for children."""
-    t = os.times()
-    return t[0] + t[1] + t[2] + t[3]
 
 
 class LoadWatch:
@@ -45,7 +27,7 @@ class LoadWatch:
     The clocks are arguments so that tests can script them.
     """
 
-    def __init__(self, machine: Callable[[], float | None] = machine_busy_s, own: Callable[[], float] = own_cpu_s,
+    def __init__(self, machine: Callable[[], float | None] = machine_busy_s, own: Callable[[], float] = process_cpu_s,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._machine, self._own, self._clock = machine, own, clock
         self._start = (clock(), machine(), own())

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from greenmeter import _load
-from greenmeter._load import BUSY_LIMIT_CORES, LoadWatch, busy_flag, machine_busy_s, own_cpu_s
+from greenmeter._load import BUSY_LIMIT_CORES, LoadWatch, busy_flag, machine_busy_s, process_cpu_s
 
 
 def scripted(*values: float | None):  # type: ignore[no-untyped-def]
@@ -41,12 +41,12 @@ def test_flag_only_above_the_limit_and_it_says_what_to_do() -> None:
 
 
 def test_real_counters_see_this_process_burn_cpu() -> None:
-    busy0, own0 = machine_busy_s(), own_cpu_s()
+    busy0, own0 = machine_busy_s(), process_cpu_s()
     assert busy0 is not None
     end = time.process_time() + 0.3
     while time.process_time() < end:
         pass
-    busy1, own1 = machine_busy_s(), own_cpu_s()
+    busy1, own1 = machine_busy_s(), process_cpu_s()
     assert own1 - own0 >= 0.3 - 0.02  # two clock ticks
     assert busy1 - busy0 >= own1 - own0 - 0.05  # the machine counts at least what this process used
 

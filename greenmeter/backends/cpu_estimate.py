@@ -39,6 +39,8 @@ __all__ = [
     "CpuEstimateBackend",
     "PowerModel",
     "build_power_model",
+    "machine_busy_s",
+    "process_cpu_s",
 ]
 
 _CCF_METHODOLOGY = (
@@ -254,6 +256,22 @@ def _busy_s(times: Any) -> float:
     return float(busy)
 
 
+def process_cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (``os.times()``: user + system of both)."""
+    t = os.times()
+    return t[0] + t[1] + t[2] + t[3]
+
+
+def machine_busy_s() -> float | None:
+    """Busy CPU seconds of every process on the machine (psutil's ``cpu_times``), or None if unreadable."""
+    try:
+        import psutil
+
+        return _busy_s(psutil.cpu_times())
+    except (ImportError, OSError, RuntimeError):
+        return None
+
+
 class CpuEstimateBackend(Backend):
     """Estimated CPU energy from CPU time and a linear power model (see the module docstring).
 
@@ -305,8 +323,7 @@ class CpuEstimateBackend(Backend):
         self._cpu_times: Any = None
         self._followed: Any = None
         if mode == "process":
-            t = os.times()
-            self._cpu0 = t[0] + t[1] + t[2] + t[3]
+            self._cpu0 = process_cpu_s()
             self._t0 = time.monotonic()
         else:
             try:
@@ -340,8 +357,7 @@ class CpuEstimateBackend(Backend):
         if self._cpu_times is None:
             if self._unavailable:
                 raise CounterReadError(self._unavailable)
-            t = os.times()
-            cpu = t[0] + t[1] + t[2] + t[3]
+            cpu = process_cpu_s()
             if self._followed is not None:
                 cpu += _tree_cpu_s(self._followed)
             return Reading(time.monotonic(), {_KEY: (cpu - self._cpu0) * self._p_max})
