@@ -242,7 +242,8 @@ def compare(
         flags = []
         if repeats < 3:
             flags.append(f"only {repeats} repeat(s): confidence intervals and significance need more (5 advised)")
-        busy = busy_flag(watch.other_cores(), "the timed passes", torch.get_num_threads())
+        used_threads = torch.get_num_threads()
+        busy = busy_flag(watch.other_cores(), "the timed passes", used_threads)
         if busy is not None:
             flags.append(busy)
         comparison = Comparison(
@@ -252,7 +253,7 @@ def compare(
             carbon=(carbon or CarbonSettings()).to_dict(), seed=seed, run_id=meter.run_id, flags=tuple(flags),
             duration_s=time.perf_counter() - started,
             sources=tuple({"key": d.key, **d.provenance.to_dict()} for d in meter.domains),
-            torch_threads=torch.get_num_threads(),
+            torch_threads=used_threads,
         )
         if meter.store is not None:
             meter.store.add_comparison(comparison)

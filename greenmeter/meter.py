@@ -291,12 +291,14 @@ class Meter:
             self._open.append(window)
         return window
 
-    def end(self, window: Window | str, *, error: BaseException | None = None) -> Measurement:
+    def end(self, window: Window | str, *, error: BaseException | None = None,
+            flags: Sequence[str] = ()) -> Measurement:
         """Close a window (a handle, or the latest open window of that name) and return its measurement.
 
         Args:
             window: the handle from :meth:`begin`, or a window name.
             error: the exception that ended the block, if any: the measurement is then marked failed.
+            flags: warnings of the caller's own to record with this window, after the meter's.
 
         Raises:
             MeasurementError: the window is not open (never begun, or already ended).
@@ -314,7 +316,7 @@ class Meter:
                 self._step_times.clear()
                 self._step_samples.clear()
                 self._epoch_marks.clear()
-        measurement = self._build(handle, t1, energy, steps, samples, epochs, error)
+        measurement = self._build(handle, t1, energy, steps, samples, epochs, error, flags)
         handle.measurement = measurement
         self.measurements.append(measurement)
         for listener in self.listeners:
@@ -369,11 +371,12 @@ class Meter:
     def _build(
         self, w: Window, t1: float, energy: dict[str, float], steps: list[float],
         step_samples: list[int | None], epochs: list[tuple[float, dict[str, float], int]],
-        error: BaseException | None,
+        error: BaseException | None, extra_flags: Sequence[str] = (),
     ) -> Measurement:
         flags = list(self._notes)
         if self._sampler is not None and self._sampler.has_errors:
             flags.extend(self._sampler.errors_since(w.t0))
+        flags.extend(extra_flags)
         return build_measurement(
             w, t1, energy, steps, step_samples, epochs, error, domains=self._domains, idle=self._idle_power_w,
             flags=flags, host=self._host(), backends=self._backend_names,

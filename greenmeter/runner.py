@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -145,12 +145,10 @@ def run_command(
     exit_code = os.waitstatus_to_exitcode(status)
     if exit_code < 0:
         exit_code = 128 - exit_code
-    measurement = meter.end(window)
     busy = busy_flag(watch.other_cores(), "the command", remedy=(
         "measure on a quiet machine, or let the command use fewer threads than the cores left free "
         "(e.g. OMP_NUM_THREADS=1); processes the command left running in the background count as other load"))
-    if busy is not None:
-        measurement = replace(measurement, flags=(*measurement.flags, busy))
+    measurement = meter.end(window, flags=() if busy is None else (busy,))
     interrupted = signal.Signals(received[0]).name if received else None
     if store is not None and run_id is not None:
         store.add_window(run_id, measurement, carbon=measurement.carbon)

@@ -43,6 +43,15 @@ def test_windows_nest_and_overlap() -> None:
     assert inner.measurement is m_inner
 
 
+def test_callers_flags_are_recorded_after_the_meters() -> None:
+    meter = Meter([ScriptedBackend([0.0, 1.0])], sync=None)
+    seen: list[Measurement] = []
+    meter.listeners.append(seen.append)
+    m = meter.end(meter.begin("a"), flags=("measured on a busy machine",))
+    assert m.flags[-1] == "measured on a busy machine" and m.flags[:-1] == meter.notes
+    assert seen == [m]
+
+
 def test_ending_a_window_twice_or_unknown_raises() -> None:
     meter = Meter([ScriptedBackend([0.0, 1.0])], sync=None)
     w = meter.begin("a")

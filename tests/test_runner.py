@@ -145,8 +145,8 @@ def test_a_busy_machine_is_flagged_in_the_stored_run(tmp_path: Path) -> None:
     try:
         time.sleep(0.3)
         with Store(tmp_path / "runs.db") as store:
-            result = run_command([sys.executable, "-c", BURN.format(s=0.5)], meter=Meter(["cpu-estimate"], sync=None),
-                                 store=store)
+            meter = Meter(["cpu-estimate"], sync=None)
+            result = run_command([sys.executable, "-c", BURN.format(s=0.5)], meter=meter, store=store)
             stored = store.get_run(result.run_id).measurement
     finally:
         hog.kill()
@@ -155,6 +155,7 @@ def test_a_busy_machine_is_flagged_in_the_stored_run(tmp_path: Path) -> None:
     assert len(busy) == 1 and "during the command" in busy[0] and "OMP_NUM_THREADS=1" in busy[0]
     assert float(busy[0].split()[3]) >= 0.3  # "other processes kept X of ...": most of the hog's core
     assert stored is not None and busy[0] in stored.flags
+    assert meter.measurements == [result.measurement]  # the meter's record and its listeners saw the flag too
 
 
 def test_a_quiet_machine_adds_no_flag(monkeypatch: pytest.MonkeyPatch) -> None:
