@@ -79,9 +79,10 @@ def calibrate_threshold(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tens
     y = y_val.to(outs[-1].device)
     final_right = (outs[-1].argmax(dim=1) == y).float()
     target = float(final_right.mean()) - max_drop
-    # probability that each early exit is right, per sample: temperature-scaled max softmax
-    p_right = [torch.softmax(o / fit_temperature(o, y), dim=1).amax(dim=1) for o in outs[:-1]] + [final_right]
-    p_right_all = torch.stack(p_right, dim=1)
+    p_right = None  # per sample and exit, the probability that the exit is right: temperature-scaled max softmax
+    if estimate == "confidence":
+        p_right = torch.stack([torch.softmax(o / fit_temperature(o, y), dim=1).amax(dim=1) for o in outs[:-1]]
+                              + [final_right], dim=1)
     confs = torch.cat([confidence(o, criterion) for o in outs[:-1]]).unique()
     if len(confs) > 2000:  # large validation sets: an evenly spaced subset of the distinct confidences
         confs = confs[torch.linspace(0, len(confs) - 1, 2000).long()]
@@ -91,7 +92,7 @@ def calibrate_threshold(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tens
         preds, exits = _simulate(outs, t, criterion)  # type: ignore[arg-type]
         if float((preds == y).float().mean()) < target - 1e-9:
             break
-        if estimate == "confidence" and float(p_right_all.gather(1, exits[:, None]).mean()) < target - 1e-9:
+        if p_right is not None and float(p_right.gather(1, exits[:, None]).mean()) < target - 1e-9:
             break
         best = t
     return float(best)
