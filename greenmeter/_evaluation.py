@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
@@ -55,11 +55,12 @@ class Progress:
 
 def _making_cost(m: Measurement, settings: CarbonSettings | None, trains: bool) -> MakingCost:
     co2 = m.carbon.co2e_g if m.carbon is not None else estimate_carbon(m.energy_j, settings).co2e_g
-    return MakingCost(m.energy_j, m.duration_s, _provenance(m), co2, trains)
+    return MakingCost(m.energy_j, m.duration_s, provenance_lines(m.domains), co2, trains)
 
 
-def _provenance(m: Measurement) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(f"{d.key}: {d.provenance.describe()}" for d in m.domains if d.in_total))
+def provenance_lines(domains: Iterable[Any]) -> tuple[str, ...]:
+    """``"key: provenance"`` once for each domain counted in the total (a meter's or a measurement's domains)."""
+    return tuple(dict.fromkeys(f"{d.key}: {d.provenance.describe()}" for d in domains if d.in_total))
 
 
 class _Entry:
@@ -223,7 +224,7 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
     entry.samples += samples
     entry.time_s += m.duration_s
     entry.flags.update(dict.fromkeys(m.flags))
-    entry.provenance.update(dict.fromkeys(_provenance(m)))
+    entry.provenance.update(dict.fromkeys(provenance_lines(m.domains)))
     show(f"{entry.name} repeat {repeat + 1}: {m.energy_j / max(samples, 1) * 1e3:.3g} mJ/sample", advance=1)
 
 

@@ -45,6 +45,17 @@ RESOLUTION_FACTOR = 50
 MIN_REPEAT_S = 0.2
 
 
+def default_repeat_s(meter: Meter) -> float:
+    """The shortest measured window that the meter's slowest source resolves: 50 of its update periods, >= 0.2 s."""
+    slowest = max((d.update_period_s for d in meter.domains), default=0.0)
+    return max(MIN_REPEAT_S, RESOLUTION_FACTOR * slowest)
+
+
+def passes_for(target_s: float, pass_s: float) -> int:
+    """Passes over the data that make a window last ``target_s`` when one pass takes ``pass_s`` (at least 1)."""
+    return max(1, math.ceil(target_s / max(pass_s, 1e-9)))
+
+
 @dataclass(frozen=True)
 class Variant:
     """A variant to compare: a model, or a recipe applied to the baseline; with its making cost if known.
@@ -228,9 +239,7 @@ def compare(
                 raise ConfigError(f"the baseline {baseline!r} could not be evaluated: {base.error}")
         live = [e for e in entries if e.error is None]
         fastest = min(e.facts["pass_s"] for e in live)
-        slowest_period = max((d.update_period_s for d in meter.domains), default=0.0)
-        target_s = min_repeat_s if min_repeat_s is not None else max(MIN_REPEAT_S, RESOLUTION_FACTOR * slowest_period)
-        passes = max(1, math.ceil(target_s / max(fastest, 1e-9)))
+        passes = passes_for(min_repeat_s if min_repeat_s is not None else default_repeat_s(meter), fastest)
         watch = LoadWatch()
         for r in range(repeats):
             for entry in entries:

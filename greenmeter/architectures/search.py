@@ -238,7 +238,7 @@ def _pareto_levels(points: Mapping[int, tuple[float, float]]) -> dict[int, int]:
     while left:
         on = pareto_front([points[i] for i in left])
         level.update({i: depth for i, f in zip(left, on) if f})
-        left = [i for i, f in zip(left, on) if not f] or []
+        left = [i for i, f in zip(left, on) if not f]
         depth += 1
         if left and not any(on):  # NaNs only: nothing more to peel
             level.update({i: depth for i in left})
@@ -375,6 +375,7 @@ def search_architectures(
 
 def _result(run: _Run, space: SearchSpace, task: SearchTask, strategy: Evolution | SuccessiveHalving, seed: int,
             meter: Meter, stopped: str) -> SearchResult:
+    from greenmeter._evaluation import provenance_lines
     from greenmeter.stats import pareto_front
 
     ids = [i for i, info in enumerate(run.info) if "entry" in info]
@@ -387,9 +388,9 @@ def _result(run: _Run, space: SearchSpace, task: SearchTask, strategy: Evolution
     return SearchResult(
         space=space.to_dict(), strategy=strategy.to_dict(), budget=run.budget.to_dict(),
         objective={**run.objective.to_dict(), "target_energy_j": target}, seed=seed,
-        task=task.to_dict(), hardware=run.ev.hardware, host=meter.host, candidates=candidates, stopped_by=stopped,
+        task=run.ev.task_info, hardware=run.ev.hardware, host=meter.host, candidates=candidates, stopped_by=stopped,
         fresh_evaluations=run.ev.fresh, cached_evaluations=run.ev.cached, search_energy_j=spent,
         correlation=correlate([c.macs_per_sample for c in candidates], [c.energy_per_sample_j for c in candidates]),
-        sources=tuple(f"{d.key}: {d.provenance.describe()}" for d in meter.domains if d.in_total),
+        sources=provenance_lines(meter.domains),
         duration_s=time.perf_counter() - run.started,
     )

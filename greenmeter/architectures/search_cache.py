@@ -94,9 +94,6 @@ class SearchCache:
     def _key(hardware_key: str, setup_key: str, config_key: str) -> str:
         return f"{hardware_key}|{setup_key}|{config_key}"
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get(self, hardware_key: str, setup_key: str, config_key: str) -> dict[str, Any] | None:
         """A copy of the entry for this machine, setup and configuration, or ``None``."""
         entry = self._entries.get(self._key(hardware_key, setup_key, config_key))

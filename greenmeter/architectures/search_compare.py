@@ -86,6 +86,7 @@ def compare_found(
     """
     import torch
 
+    from greenmeter._evaluation import provenance_lines
     from greenmeter.comparison import MakingCost
     from greenmeter.evaluate import Variant, compare
 
@@ -109,7 +110,7 @@ def compare_found(
             task.train(model, epochs, seed)
         model.eval()
         m = w.measurement
-        lines = tuple(dict.fromkeys(f"{d.key}: {d.provenance.describe()}" for d in m.domains if d.in_total))
+        lines = provenance_lines(m.domains)
         if extra_j:
             lines += (f"includes the architecture search: {result.search_energy_j:.4g} J over "
                       + f"{len(result.candidates)} candidates",)

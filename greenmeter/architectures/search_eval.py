@@ -16,7 +16,6 @@ keeps every figure in the :class:`~greenmeter.architectures.search_cache.SearchC
 from __future__ import annotations
 
 import hashlib
-import math
 import statistics
 import sys
 import time
@@ -103,21 +102,25 @@ def _show(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
     return lambda line: None
 
 
+def _complete(entry: Mapping[str, Any] | None, epochs: int) -> bool:
+    """Whether a cache entry already has the energy and a rung of ``epochs``."""
+    return entry is not None and "energy" in entry and str(epochs) in entry["rungs"]
+
+
 class Evaluator:
     """Evaluates candidates for one search through the cache (private to ``search_architectures``)."""
 
     def __init__(self, space: SearchSpace, task: SearchTask, cache: SearchCache, meter: Meter, *, seed: int,
                  min_window_s: float | None, repeats: int, progress: bool | Callable[[str], None]) -> None:
-        from greenmeter.evaluate import MIN_REPEAT_S, RESOLUTION_FACTOR
+        from greenmeter.evaluate import default_repeat_s
 
         self.space, self.task, self.cache, self.meter = space, task, cache, meter
         self.seed, self.repeats = seed, repeats
         self.hardware = hardware_fingerprint(meter)
-        self.setup = {"space": space.name, **task.to_dict(), "seed": seed}
+        self.task_info = task.to_dict()  # hashes the held-out data: once per search
+        self.setup = {"space": space.name, **self.task_info, "seed": seed}
         self.hw_key, self.setup_key = fingerprint_key(self.hardware), fingerprint_key(self.setup)
-        slowest = max((d.update_period_s for d in meter.domains), default=0.0)
-        self.min_window_s = (max(MIN_REPEAT_S, RESOLUTION_FACTOR * slowest) if min_window_s is None
-                             else float(min_window_s))
+        self.min_window_s = default_repeat_s(meter) if min_window_s is None else float(min_window_s)
         self.show = _show(progress)
         self.fresh = 0
         self.cached = 0
@@ -125,9 +128,7 @@ class Evaluator:
     def lookup(self, config: Mapping[str, Any], epochs: int) -> dict[str, Any] | None:
         """The cached entry when it already has this rung and the energy, else ``None``."""
         entry = self.cache.get(self.hw_key, self.setup_key, config_key(config))
-        if entry is None or "energy" not in entry or str(epochs) not in entry["rungs"]:
-            return None
-        return entry
+        return entry if _complete(entry, epochs) else None
 
     def evaluate(self, config: Mapping[str, Any], epochs: int) -> tuple[dict[str, Any], bool]:
         """The cache entry for ``config`` with a rung of ``epochs``, evaluated now if not cached.
@@ -142,11 +143,11 @@ class Evaluator:
         from greenmeter.model_facts import count_macs
 
         key = config_key(config)
-        entry = self.lookup(config, epochs)
-        if entry is not None:
+        entry = self.cache.get(self.hw_key, self.setup_key, key)
+        if _complete(entry, epochs):
             self.cached += 1
-            return entry, True
-        entry = self.cache.get(self.hw_key, self.setup_key, key) or {"config": dict(config), "rungs": {}}
+            return entry, True  # type: ignore[return-value]
+        entry = entry or {"config": dict(config), "rungs": {}}
         torch.manual_seed(self.seed)
         model = self.space.build(config)
         if "macs_per_sample" not in entry:
@@ -169,6 +170,8 @@ class Evaluator:
     def _measure(self, model: nn.Module, key: str) -> dict[str, Any]:
         import torch
 
+        from greenmeter.evaluate import passes_for
+
         x, bs = self.task.x_val, self.task.batch_size
         batches = [x[i:i + bs] for i in range(0, len(x), bs)]
         n = len(x)
@@ -178,7 +181,7 @@ class Evaluator:
             for b in batches:
                 model(b)
             pass_s = time.perf_counter() - start
-            passes = max(1, math.ceil(self.min_window_s / max(pass_s, 1e-9)))
+            passes = passes_for(self.min_window_s, pass_s)
             values, latencies, total, flags = [], [], 0.0, []
             for _ in range(self.repeats):
                 with self.meter.window(f"search-measure:{key}", samples=n * passes) as w:
@@ -190,7 +193,6 @@ class Evaluator:
                 latencies.append(m.duration_s / (n * passes))
                 total += m.energy_j
                 flags.extend(m.flags)
-        provenance = list(dict.fromkeys(f"{d.key}: {d.provenance.describe()}" for d in m.domains if d.in_total))
         return {"per_sample_j": statistics.median(values), "values_j": values,
                 "latency_per_sample_s": statistics.median(latencies), "windows_energy_j": total,
-                "passes": passes, "flags": list(dict.fromkeys(flags)), "provenance": provenance}
+                "flags": list(dict.fromkeys(flags))}

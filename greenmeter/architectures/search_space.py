@@ -139,11 +139,6 @@ class SearchSpace:
         """The name and dimensions (``build`` is code and is not serialised)."""
         return {"name": self.name, "dimensions": {d: list(c) for d, c in self.dimensions.items()}}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], build: Callable[[Config], nn.Module]) -> SearchSpace:
-        """The space described by :meth:`to_dict`, with its ``build`` given again."""
-        return cls(data["name"], {d: tuple(c) for d, c in data["dimensions"].items()}, build)
-
 
 def build_digits_cnn(config: Config) -> nn.Module:
     """A digits CNN (input ``[N, 1, 8, 8]``, 10 logits) from a :func:`digits_cnn_space` configuration.
