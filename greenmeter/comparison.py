@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from greenmeter._errors import ConfigError
 from greenmeter.carbon import CarbonEstimate
-from greenmeter.records import HostInfo, LatencyStats, finite_json
+from greenmeter.records import HostInfo, LatencyStats, check_record_version, finite_json, parse_record_json
 from greenmeter.stats import Interval, Significance
 
 if TYPE_CHECKING:
@@ -252,10 +252,7 @@ class Comparison:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Comparison:
-        version = int(data.get("schema_version", 1))
-        if version > COMPARISON_SCHEMA_VERSION:
-            raise ConfigError(f"this comparison has schema version {version}, newer than this greenmeter reads "
-                              f"({COMPARISON_SCHEMA_VERSION}): upgrade greenmeter")
+        check_record_version(data, COMPARISON_SCHEMA_VERSION, "comparison")
         return cls(
             name=data["name"], created_at=data["created_at"], baseline=data["baseline"],
             metric_name=data["metric_name"], repeats=int(data["repeats"]), warmup=int(data["warmup"]),
@@ -273,13 +270,7 @@ class Comparison:
 
     @classmethod
     def from_json(cls, text: str) -> Comparison:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"not a greenmeter comparison (invalid JSON: {err})") from err
-        if not isinstance(data, dict) or "variants" not in data:
-            raise ConfigError("not a greenmeter comparison: the JSON has no 'variants'")
-        return cls.from_dict(data)
+        return cls.from_dict(parse_record_json(text, "comparison", "variants"))
 
     def to_frame(self) -> pd.DataFrame:
         """One row per variant with the headline figures (a pandas view; the record stays the source)."""

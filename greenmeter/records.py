@@ -19,7 +19,9 @@ from greenmeter.carbon import CarbonEstimate
 
 __all__ = [
     "SCHEMA_VERSION",
+    "check_record_version",
     "finite_json",
+    "parse_record_json",
     "DomainEnergy",
     "EpochRecord",
     "HostInfo",
@@ -40,6 +42,26 @@ def finite_json(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite_json(v) for v in value]
     return value
+
+
+def parse_record_json(text: str, what: str, required_key: str) -> dict[str, Any]:
+    """The JSON object of a stored record (``what``, e.g. "comparison"), or a ConfigError that says it is not one."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"not a greenmeter {what} (invalid JSON: {err})") from err
+    if not isinstance(data, dict) or required_key not in data:
+        raise ConfigError(f"not a greenmeter {what}: the JSON has no {required_key!r}")
+    return data
+
+
+def check_record_version(data: Mapping[str, Any], newest: int, what: str) -> int:
+    """A record's ``schema_version`` (1 when absent); a ConfigError when it is newer than ``newest``."""
+    version = int(data.get("schema_version", 1))
+    if version > newest:
+        raise ConfigError(f"this {what} has schema version {version}, newer than this greenmeter reads ({newest}): "
+                          "upgrade greenmeter")
+    return version
 
 
 def assemble(cls: type[_R], fields: dict[str, Any]) -> _R:

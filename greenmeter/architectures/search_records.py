@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenmeter._errors import ConfigError
-from greenmeter.records import HostInfo, finite_json
+from greenmeter.records import HostInfo, check_record_version, finite_json, parse_record_json
 
 __all__ = ["SEARCH_SCHEMA_VERSION", "Candidate", "Correlation", "RungResult", "SearchResult", "correlate"]
 
@@ -262,10 +262,7 @@ class SearchResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchResult:
-        version = int(data.get("schema_version", 1))
-        if version > SEARCH_SCHEMA_VERSION:
-            raise ConfigError(f"this search result has schema version {version}, newer than this greenmeter "
-                              f"reads ({SEARCH_SCHEMA_VERSION}): upgrade greenmeter")
+        check_record_version(data, SEARCH_SCHEMA_VERSION, "search result")
         return cls(
             space=dict(data["space"]), strategy=dict(data["strategy"]), budget=dict(data["budget"]),
             objective=dict(data["objective"]), seed=int(data["seed"]), task=dict(data["task"]),
@@ -282,10 +279,4 @@ class SearchResult:
 
     @classmethod
     def from_json(cls, text: str) -> SearchResult:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"not a greenmeter search result (invalid JSON: {err})") from err
-        if not isinstance(data, dict) or "candidates" not in data:
-            raise ConfigError("not a greenmeter search result: the JSON has no 'candidates'")
-        return cls.from_dict(data)
+        return cls.from_dict(parse_record_json(text, "search result", "candidates"))
