@@ -51,7 +51,7 @@ def reference(attn: LinearAttention, q: torch.Tensor, k: torch.Tensor, v: torch.
     return attn.out_proj(out)
 
 
-def _pad_mask(batch: int, length: int, lengths: list[int]) -> torch.Tensor:
+def _pad_mask(length: int, lengths: list[int]) -> torch.Tensor:
     return torch.arange(length)[None, :] >= torch.tensor(lengths)[:, None]   # True = padding
 
 
@@ -82,8 +82,7 @@ def test_cross_attention_with_another_key_length() -> None:
 
 
 def test_batch_first_defaults_to_false_as_in_multihead_attention() -> None:
-    assert LinearAttention(E, H).batch_first is False
-    assert nn.MultiheadAttention(E, H).batch_first is False
+    assert LinearAttention(E, H).batch_first is nn.MultiheadAttention(E, H).batch_first is False
 
 
 # -------------------------------------------------------------------------------- agreement with reference
@@ -109,7 +108,7 @@ def test_causal_form_equals_the_quadratic_reference_for_every_chunk_size(chunk_s
 def test_padding_equals_the_quadratic_reference(causal: bool) -> None:
     attn = _attn(chunk_size=4)
     x = _x(3, 10, E)
-    pad = _pad_mask(3, 10, [10, 6, 1])
+    pad = _pad_mask(10, [10, 6, 1])
     got = attn(x, x, x, key_padding_mask=pad, is_causal=causal)[0]
     torch.testing.assert_close(got, reference(attn, x, x, x, pad=pad, causal=causal), rtol=1e-10, atol=1e-12)
 
@@ -128,7 +127,7 @@ def test_float32_agrees_with_the_float64_reference() -> None:
 def test_masked_keys_have_no_effect_whatever_their_values() -> None:
     attn = _attn()
     x = _x(2, 8, E)
-    pad = _pad_mask(2, 8, [8, 5])
+    pad = _pad_mask(8, [8, 5])
     base = attn(x, x, x, key_padding_mask=pad)[0]
     k, v = x.clone(), x.clone()
     k[1, 5:], v[1, 5:] = 1e6, float("nan")            # huge keys and NaN values at the padded positions
@@ -141,7 +140,7 @@ def test_masked_keys_have_no_effect_whatever_their_values() -> None:
 def test_float_padding_mask_as_torch_layers_pass_it_equals_the_bool_mask() -> None:
     attn = _attn()
     x = _x(2, 8, E)
-    pad = _pad_mask(2, 8, [8, 3])
+    pad = _pad_mask(8, [8, 3])
     as_float = torch.zeros(2, 8, dtype=torch.float64).masked_fill(pad, float("-inf"))
     torch.testing.assert_close(attn(x, x, x, key_padding_mask=as_float)[0], attn(x, x, x, key_padding_mask=pad)[0],
                                rtol=0, atol=0)
@@ -184,11 +183,18 @@ def test_causal_attn_masks_in_torch_forms_select_the_causal_form() -> None:
     assert (want - attn(x, x, x)[0]).abs().max() > 1e-3
 
 
-def test_a_mask_is_read_once_while_unchanged_and_not_at_all_with_the_is_causal_hint() -> None:
+def test_a_mask_is_read_once_while_unchanged_and_not_at_all_with_the_is_causal_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     attn = _attn()
+    reads: list[int] = []
+    read = LinearAttention._read_mask
+    monkeypatch.setattr(LinearAttention, "_read_mask", staticmethod(lambda *a: reads.append(1) or read(*a)))
     x = _x(2, 6, E)
     mask = torch.ones(6, 6, dtype=torch.bool).triu(1)
     want = attn(x, x, x, attn_mask=mask)[0]
+    torch.testing.assert_close(attn(x, x, x, attn_mask=mask)[0], want, rtol=0, atol=0)
+    assert len(reads) == 1                                            # the second call used the cached verdict
     mask[0, 3] = False                                                # edited in place: read again, and refused
     with pytest.raises(ConfigError, match="attn_mask"):
         attn(x, x, x, attn_mask=mask)
@@ -233,7 +239,7 @@ def test_other_attn_masks_are_refused(mask: torch.Tensor) -> None:
 def test_gradients_reach_every_parameter_and_the_input() -> None:
     attn = _attn(chunk_size=3)
     x = _x(2, 7, E).requires_grad_()
-    out = attn(x, x, x, key_padding_mask=_pad_mask(2, 7, [7, 4]), is_causal=True)[0]
+    out = attn(x, x, x, key_padding_mask=_pad_mask(7, [7, 4]), is_causal=True)[0]
     out.square().sum().backward()
     for name, p in [*attn.named_parameters(), ("input", x)]:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
@@ -270,7 +276,7 @@ def test_it_drops_into_a_block_written_for_multihead_attention() -> None:
     mha = nn.MultiheadAttention(E, H, batch_first=True).double()
     blocks = {"softmax": TinyEncoderBlock(mha).double(),
               "linear": TinyEncoderBlock(LinearAttention.from_multihead(mha)).double()}
-    x, pad = _x(2, 9, E), _pad_mask(2, 9, [9, 6])
+    x, pad = _x(2, 9, E), _pad_mask(9, [9, 6])
     outs = {name: block(x, pad, causal=True) for name, block in blocks.items()}
     assert outs["linear"].shape == outs["softmax"].shape == (2, 9, E)
     block = blocks["linear"]
@@ -288,7 +294,7 @@ def test_torch_transformer_encoder_layer_calls_it_and_not_its_fused_softmax_path
     stack = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
     stack.train(mode == "train")
     x = _x(3, 10, E).float()
-    pad = _pad_mask(3, 10, [10, 7, 2])
+    pad = _pad_mask(10, [10, 7, 2])
     mask = torch.ones(10, 10, dtype=torch.bool).triu(1) if causal else None
     with torch.set_grad_enabled(mode == "train"):
         got = stack(x, mask=mask, src_key_padding_mask=pad)
@@ -306,7 +312,7 @@ def test_a_nested_tensor_from_an_encoder_built_before_the_swap_is_refused_with_t
     torch.manual_seed(0)
     stack = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, H, batch_first=True), num_layers=1).eval()
     stack.layers[0].self_attn = LinearAttention.from_multihead(stack.layers[0].self_attn)
-    x, pad = torch.randn(2, 5, E), _pad_mask(2, 5, [5, 3])
+    x, pad = torch.randn(2, 5, E), _pad_mask(5, [5, 3])
     with torch.no_grad(), pytest.raises(ConfigError, match="enable_nested_tensor=False"):
         stack(x, src_key_padding_mask=pad)
 
@@ -378,4 +384,3 @@ def test_bad_calls_are_config_errors() -> None:
         attn(x, x, x, key_padding_mask=torch.full((2, 6), -1.0, dtype=torch.float64))
     with pytest.raises(ConfigError, match="as many queries as keys"):
         attn(x, _x(2, 4, E), _x(2, 4, E), is_causal=True)
-    assert isinstance(ConfigError("x"), ValueError)

@@ -306,15 +306,7 @@ class LinearAttention(nn.Module):
         if tuple(mask.shape) != (batch, source):
             raise ConfigError(f"key_padding_mask must have shape {(batch, source)} (batch, key length), "
                               f"not {tuple(mask.shape)}")
-        if mask.dtype == torch.bool:
-            return ~mask
-        if not mask.is_floating_point():
-            raise ConfigError(f"key_padding_mask must be bool or float, not {mask.dtype}")
-        ignore = torch.isneginf(mask)
-        if bool((mask[~ignore] != 0).any()):
-            raise ConfigError("a float key_padding_mask may only hold 0 (keep) and -inf (ignore): kernel attention "
-                              "cannot add arbitrary biases to its scores")
-        return ~ignore
+        return ~_blocked(mask, "key_padding_mask", "0 (keep) and -inf (ignore)")
 
     def _causal(self, attn_mask: Tensor | None, is_causal: bool, length: int, source: int) -> bool:
         """Whether to use the causal form, after checking that ``attn_mask`` is absent, empty or causal.
@@ -346,15 +338,7 @@ class LinearAttention(nn.Module):
     @staticmethod
     def _read_mask(attn_mask: Tensor, length: int, source: int) -> bool:
         """True for the causal mask, False for a mask that blocks nothing; ConfigError for any other."""
-        if attn_mask.dtype == torch.bool:
-            blocked = attn_mask
-        elif attn_mask.is_floating_point():
-            blocked = torch.isneginf(attn_mask)
-            if bool((attn_mask[~blocked] != 0).any()):
-                raise ConfigError("a float attn_mask may only hold 0 and -inf (the causal mask): kernel "
-                                  "attention cannot add arbitrary biases to its scores")
-        else:
-            raise ConfigError(f"attn_mask must be bool or float, not {attn_mask.dtype}")
+        blocked = _blocked(attn_mask, "attn_mask", "0 and -inf (the causal mask)")
         if not bool(blocked.any()):
             return False
         upper = torch.ones(length, source, dtype=torch.bool, device=blocked.device).triu(1)
@@ -363,3 +347,16 @@ class LinearAttention(nn.Module):
                               "diagonal blocked, nothing else): pass is_causal=True, or use "
                               "nn.MultiheadAttention for other masks")
         return True
+
+
+def _blocked(mask: Tensor, name: str, allowed: str) -> Tensor:
+    """Where a bool or float (0 / -inf) mask blocks attention, as a bool tensor; ConfigError for other masks."""
+    if mask.dtype == torch.bool:
+        return mask
+    if not mask.is_floating_point():
+        raise ConfigError(f"{name} must be bool or float, not {mask.dtype}")
+    blocked = torch.isneginf(mask)
+    if bool((mask[~blocked] != 0).any()):
+        raise ConfigError(f"a float {name} may only hold {allowed}: kernel attention cannot add arbitrary biases "
+                          "to its scores")
+    return blocked
