@@ -244,10 +244,8 @@ def test_budgets_are_respected_and_cached_evaluations_cost_no_time(task: SearchT
     replay = run(task, cache=cache, budget=SearchBudget(max_candidates=4, epochs=1, max_time_s=0.01),
                  on_candidate=slow)
     assert replay.stopped_by == "max_candidates" and len(replay.candidates) == 4 and replay.fresh_evaluations == 0
-    tiny = SearchSpace("tiny", {"w": (1, 2)}, lambda c: nn.Identity())
     with pytest.raises(ConfigError, match="single configuration"):
         SearchSpace("one", {"w": (1,)}, lambda c: nn.Identity()).mutate({"w": 1}, random.Random(0))
-    assert tiny.size == 2
 
 
 def test_objective_reward_is_mnasnet_and_checks_itself() -> None:
@@ -332,7 +330,6 @@ def test_the_pareto_front_holds_exactly_the_non_dominated_candidates(task: Searc
             assert c.on_pareto_front is not beaten
         front = result.pareto_front
         assert front and [c.accuracy for c in front] == sorted((c.accuracy for c in front), reverse=True)
-        assert result.objective["kind"] == objective.kind
 
 
 def test_the_macs_energy_correlation_is_scipys(task: SearchTask) -> None:
@@ -397,4 +394,3 @@ def test_compare_found_checks_its_arguments(task: SearchTask) -> None:
         compare_found(result, mlp_space(WorkCounter()), task, nn.Identity(), None, top=0)
     with pytest.raises(ConfigError, match="space"):
         compare_found(result, digits_cnn_space(), task, nn.Identity(), None)
-    assert math.isfinite(result.search_energy_j)
