@@ -75,7 +75,7 @@ def compare_found(
             :class:`~greenmeter.store.Store`, a path, or ``True`` for the default store.
         name: the comparison's name.
         progress: progress lines on stderr.
-        **compare_kwargs: passed to :func:`greenmeter.compare` (``repeats``, ``min_repeat_s``, ``store``...).
+        **compare_kwargs: passed to :func:`greenmeter.compare` (``repeats``, ``min_repeat_s``, ``threads``...).
 
     Returns:
         The :class:`~greenmeter.comparison.Comparison`: ``"baseline"`` first, then ``"found-1"``... in
