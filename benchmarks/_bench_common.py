@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from greenmeter._load import BUSY_LIMIT_CORES, LoadWatch
+from greenmeter._text import text_table
 
 _START = time.perf_counter()
 
@@ -203,12 +204,7 @@ def mean(values: Sequence[float]) -> float:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain-text table: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    return text_table([headers, *rows])
 
 
 def cpu_name() -> str:

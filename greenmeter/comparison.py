@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from greenmeter._errors import ConfigError
+from greenmeter._text import text_table
 from greenmeter.carbon import CarbonEstimate
 from greenmeter.records import HostInfo, LatencyStats, check_record_version, finite_json, parse_record_json
 from greenmeter.stats import Interval, Significance
@@ -339,10 +340,7 @@ def format_table(comparison: Comparison, metric_scale: float = 100.0) -> str:
             "-" if d is None or d.energy_ratio is None else f"x{d.energy_ratio:.2f}", p, be,
             "*" if v.on_pareto_front else "",
         ])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"baseline: {comparison.baseline}; {comparison.repeats} repeats x {comparison.passes_per_repeat} "
              f"pass(es) of {comparison.samples_per_pass} samples; p: Welch's test of energy per sample "
              "against the baseline (* significant at 0.05); front: on the metric-energy Pareto front"]
-    return "\n".join(lines + notes)
+    return "\n".join([text_table(rows), *notes])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenmeter._errors import ConfigError
+from greenmeter._text import text_table
 from greenmeter.records import HostInfo, check_record_version, finite_json, parse_record_json
 
 __all__ = ["SEARCH_SCHEMA_VERSION", "Candidate", "Correlation", "RungResult", "SearchResult", "correlate"]
@@ -246,11 +247,7 @@ class SearchResult:
                          f"{c.energy_per_sample_j * 1e3:.4g}",
                          "-" if c.macs_per_sample is None else f"{c.macs_per_sample:,.0f}",
                          "-" if c.reward is None else f"{c.reward:.4f}", "*" if c.on_pareto_front else ""])
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(v.ljust(w) if i == 1 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-                 for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return text_table(rows, left=1)
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
