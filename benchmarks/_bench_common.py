@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from greenmeter._load import BUSY_LIMIT_CORES, LoadWatch
+from greenmeter.metering.cpu_load import BUSY_LIMIT_CORES, LoadWatch
 from greenmeter._text import text_table
 
 _START = time.perf_counter()

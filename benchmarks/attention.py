@@ -2,7 +2,7 @@
 
 For every length N (powers of 2, 32 to 8192 by default) it times the forward pass of
 ``nn.MultiheadAttention`` (softmax; torch's fused CPU kernel, eval mode, ``need_weights=False``) and of
-``greenmeter.architectures.LinearAttention`` (elu+1 kernel, the same projection weights), batch 1,
+``greenmeter.nn.LinearAttention`` (elu+1 kernel, the same projection weights), batch 1,
 ``--embed`` features, ``--heads`` heads, self-attention, under ``torch.inference_mode``. Each
 measurement is one greenmeter ``Meter`` window over as many calls as make it last ``min_sample_s``:
 latency = window time / calls, energy per token = window energy / (calls x N). The two attentions run
@@ -51,8 +51,8 @@ from _bench_common import (
 from torch import nn
 
 import greenmeter
-from greenmeter._load import LoadWatch
-from greenmeter.architectures import LinearAttention
+from greenmeter.metering.cpu_load import LoadWatch
+from greenmeter.nn import LinearAttention
 
 SOFTMAX, LINEAR = "softmax", "linear"
 EXPONENT_RANGES = {SOFTMAX: (1.6, 2.4), LINEAR: (0.7, 1.3)}

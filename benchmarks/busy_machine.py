@@ -4,7 +4,7 @@ The digits CNN runs ``--batches`` batches of 64 under ``greenmeter.measure`` fou
 run and repeated in ``--rounds`` rounds: torch with 2 threads and with 1, on a quiet machine and while a
 second process burns one core. Each line prints the medians of energy per sample, the window's duration
 and the other processes' load that
-``greenmeter._load.LoadWatch`` (the watch ``compare`` uses) measured over the window. On a machine without
+``greenmeter.metering.cpu_load.LoadWatch`` (the watch ``compare`` uses) measured over the window. On a machine without
 RAPL the energy is the CPU-time estimate, so it rises with the CPU time that threads spend waiting (spinning)
 for a core.
 
@@ -24,8 +24,8 @@ import time
 import torch
 
 import greenmeter
-from greenmeter._load import BUSY_LIMIT_CORES, LoadWatch
-from greenmeter.digits import load_digits_data, make_digits_cnn
+from greenmeter.metering.cpu_load import BUSY_LIMIT_CORES, LoadWatch
+from greenmeter.demo.digits import load_digits_data, make_digits_cnn
 
 
 def run(model: torch.nn.Module, x: torch.Tensor, threads: int, batches: int) -> tuple[float, float, float | None]:

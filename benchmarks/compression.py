@@ -1,6 +1,6 @@
 """Compression benchmark: every method of ``greenmeter.compression`` side by side with the float baseline.
 
-Two models: (1) the digits CNN of ``greenmeter.digits`` (fixed split, accuracy averaged over seeds),
+Two models: (1) the digits CNN of ``greenmeter.demo.digits`` (fixed split, accuracy averaged over seeds),
 (2) the pretrained MiniLM-L6 sentence encoder (mean cosine similarity of its embeddings to the float
 ones on ``benchmarks/data/sentences.txt``). For each variant it prints the saved size
 (``torch.save(state_dict)``), latency at batch 1 and 64 (median of interleaved rounds, torch's default
@@ -39,7 +39,7 @@ from greenmeter.compression import (
     ChannelPruneConfig, DistillConfig, DynamicQuantConfig, EarlyExitConfig, Int4WeightConfig, LotteryTicketConfig,
     PruneConfig, QATConfig, StaticQuantConfig, calibrate_threshold, compress, exit_report, make_student,
 )
-from greenmeter.digits import DigitsData, accuracy, batches, load_digits_data, make_digits_cnn, train_classifier
+from greenmeter.demo.digits import DigitsData, accuracy, batches, load_digits_data, make_digits_cnn, train_classifier
 
 BASE, PRUNE, CHANNEL = "float32 baseline", "unstructured prune 0.5", "channel prune 0.5 + fine-tune"
 DYN, STATIC, INT4, QAT = "int8 dynamic", "int8 static", "int4 weight-only", "int8 QAT"

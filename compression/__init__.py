@@ -14,6 +14,7 @@ from __future__ import annotations
 from greenmeter.compression._core import CompressionInfo, compress, register_method, registered_methods
 from greenmeter.compression.distillation import *  # noqa: F403
 from greenmeter.compression.early_exit import *  # noqa: F403
+from greenmeter.compression.exit_calibration import calibrate_threshold, exit_report
 from greenmeter.compression.int4 import *  # noqa: F403
 from greenmeter.compression.lottery import *  # noqa: F403
 from greenmeter.compression.pruning import *  # noqa: F403
@@ -22,7 +23,7 @@ from greenmeter.compression.quantization import *  # noqa: F403
 from greenmeter.compression import distillation, early_exit, int4, lottery, pruning, qat, quantization
 
 __all__ = sorted(
-    ["CompressionInfo", "compress", "register_method", "registered_methods"]
+    ["CompressionInfo", "calibrate_threshold", "compress", "exit_report", "register_method", "registered_methods"]
     + distillation.__all__ + early_exit.__all__ + int4.__all__ + lottery.__all__
     + pruning.__all__ + qat.__all__ + quantization.__all__
 )

@@ -169,7 +169,7 @@ class DistillConfig:
     Args:
         teacher: the trained teacher module (left unchanged; run in eval mode without gradients).
         train_fn: ``train_fn(student, loss_fn)`` trains the student in place with
-            ``loss_fn(student, x, y) -> Tensor`` (e.g. ``greenmeter.digits.train_classifier(m, data,
+            ``loss_fn(student, x, y) -> Tensor`` (e.g. ``greenmeter.demo.digits.train_classifier(m, data,
             loss_fn=loss_fn)``). Give this or ``data``, not both.
         data: an iterable of ``(x, y)`` batches (re-iterated each epoch) or a callable returning a fresh
             iterable per epoch, for the built-in Adam loop (cosine learning-rate decay).

@@ -36,14 +36,14 @@ from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelEr
 from greenmeter.compression._core import register_method
 from greenmeter.compression.distillation import check_training_source, fit
 
-__all__ = ["EarlyExitConfig", "MultiExitModel", "calibrate_threshold", "exit_report"]
+__all__ = ["EarlyExitConfig", "MultiExitModel"]
 
-# calibrate_threshold and exit_report live in exit_calibration (imported at the end of this module)
+# calibrate_threshold and exit_report live in exit_calibration
 
 CRITERIA = ("max_softmax", "entropy")
 
 
-def _check_threshold(threshold: Any, criterion: Any, owner: str) -> None:
+def check_threshold(threshold: Any, criterion: Any, owner: str) -> None:
     if criterion not in CRITERIA:
         raise ConfigError(f"{owner}: criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
@@ -117,7 +117,7 @@ class MultiExitModel(nn.Module):
         if not isinstance(backbone, nn.Sequential):
             raise UnsupportedModelError(f"early exit needs an nn.Sequential backbone, not {type(backbone).__name__}")
         cuts = _check_exits(exits_after, len(backbone))
-        _check_threshold(threshold, criterion, "MultiExitModel")
+        check_threshold(threshold, criterion, "MultiExitModel")
         bounds = [0, *(i + 1 for i in cuts), len(backbone)]
         self.blocks = nn.ModuleList(backbone[a:b] for a, b in itertools.pairwise(bounds))
         self.exits_after = tuple(cuts)
@@ -155,7 +155,7 @@ class MultiExitModel(nn.Module):
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        _check_threshold(value, self.criterion, "MultiExitModel.threshold")
+        check_threshold(value, self.criterion, "MultiExitModel.threshold")
         self._threshold = float(value)
 
     def freeze_backbone(self) -> None:
@@ -194,7 +194,7 @@ class MultiExitModel(nn.Module):
         """
         threshold = self._threshold if threshold is None else threshold
         criterion = self.criterion if criterion is None else criterion
-        _check_threshold(threshold, criterion, "MultiExitModel.infer")
+        check_threshold(threshold, criterion, "MultiExitModel.infer")
         if self.training:
             raise CompressionError("MultiExitModel.infer needs eval mode (batch norm, dropout): call model.eval() first")
         n = x.shape[0]
@@ -282,7 +282,7 @@ class EarlyExitConfig:
         exits_after: increasing layer indices after which a head is attached.
         example_input: a typical input batch (one sample is enough) to size heads and count MACs.
         train_fn: ``train_fn(model, loss_fn)`` trains the multi-exit model in place with
-            ``loss_fn(model, x, y) -> Tensor`` (e.g. ``greenmeter.digits.train_classifier``). Give this or
+            ``loss_fn(model, x, y) -> Tensor`` (e.g. ``greenmeter.demo.digits.train_classifier``). Give this or
             ``data``, not both.
         data: an iterable of ``(x, y)`` batches (re-iterated per epoch) or a callable returning one, for
             the built-in Adam loop.
@@ -313,7 +313,7 @@ class EarlyExitConfig:
             raise ConfigError("EarlyExitConfig.example_input must be a tensor batch [N, ...] with N >= 1")
         _check_exits(self.exits_after, None)
         check_training_source(self.train_fn, self.data, self.epochs, self.lr, "EarlyExitConfig")
-        _check_threshold(self.threshold, self.criterion, "EarlyExitConfig")
+        check_threshold(self.threshold, self.criterion, "EarlyExitConfig")
         if self.exit_weights is not None:
             weights = list(self.exit_weights)
             if len(weights) != len(self.exits_after) + 1:
@@ -364,4 +364,3 @@ def _early_exit(model: nn.Module, config: EarlyExitConfig) -> tuple[nn.Module, d
     return multi, details
 
 
-from greenmeter.compression.exit_calibration import calibrate_threshold, exit_report  # noqa: E402

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from greenmeter._errors import CompressionError, ConfigError
-from greenmeter.compression.early_exit import MultiExitModel, _check_threshold, confidence
+from greenmeter.compression.early_exit import MultiExitModel, check_threshold, confidence
 
 __all__ = ["ESTIMATES", "calibrate_threshold", "exit_report", "fit_temperature"]
 
@@ -70,7 +70,7 @@ def calibrate_threshold(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tens
         ConfigError: a negative ``max_drop``, an unknown ``criterion`` or ``estimate``.
     """
     criterion = model.criterion if criterion is None else criterion  # type: ignore[union-attr, assignment]
-    _check_threshold(1.0, criterion, "calibrate_threshold")
+    check_threshold(1.0, criterion, "calibrate_threshold")
     if not max_drop >= 0:
         raise ConfigError(f"calibrate_threshold: max_drop must be >= 0, got {max_drop}")
     if estimate not in ESTIMATES:
@@ -134,7 +134,7 @@ def exit_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: f
     if not isinstance(model, MultiExitModel):
         raise ConfigError(f"exit_report needs a MultiExitModel, not {type(model).__name__}")
     threshold = model.threshold if threshold is None else threshold
-    _check_threshold(threshold, model.criterion, "exit_report")
+    check_threshold(threshold, model.criterion, "exit_report")
     if model.training:
         raise CompressionError("exit_report needs the model in eval mode (batch norm, dropout): call model.eval() first")
     preds, exits = [], []

@@ -27,7 +27,7 @@ from torch.nn.utils import prune
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
 from greenmeter.compression._core import register_method
 from greenmeter.compression.pruning import (
-    DEFAULT_LAYER_TYPES, _layer_sparsity, _layer_types, _no_layers_error, _prunable_layers, _scope,
+    DEFAULT_LAYER_TYPES, check_layer_types, check_scope, layer_sparsity, no_layers_error, prunable_layers,
 )
 
 __all__ = ["LotteryTicketConfig"]
@@ -106,8 +106,8 @@ class LotteryTicketConfig:
             raise ConfigError("LotteryTicketConfig.eval_fn must be a callable eval_fn(model) -> accuracy, or None")
         if not isinstance(self.reinit, bool):
             raise ConfigError(f"LotteryTicketConfig.reinit must be True or False, got {self.reinit!r}")
-        object.__setattr__(self, "scope", _scope("LotteryTicketConfig.scope", self.scope))
-        object.__setattr__(self, "layer_types", _layer_types("LotteryTicketConfig.layer_types", self.layer_types))
+        object.__setattr__(self, "scope", check_scope("LotteryTicketConfig.scope", self.scope))
+        object.__setattr__(self, "layer_types", check_layer_types("LotteryTicketConfig.layer_types", self.layer_types))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"LotteryTicketConfig.seed must be an integer, got {self.seed!r}")
 
@@ -174,9 +174,9 @@ def _train(model: nn.Module, layers: list[tuple[str, nn.Module]], config: Lotter
 
 @register_method("lottery_ticket", LotteryTicketConfig)
 def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, dict[str, Any]]:
-    layers = _prunable_layers(model, config.layer_types)
+    layers = prunable_layers(model, config.layer_types)
     if not layers:
-        raise _no_layers_error("lottery_ticket (LotteryTicketConfig)", model, config.layer_types)
+        raise no_layers_error("lottery_ticket (LotteryTicketConfig)", model, config.layer_types)
     already = [name for name, m in layers if prune.is_pruned(m)]
     if already:
         raise UnsupportedModelError(f"lottery_ticket (LotteryTicketConfig): layers {already[:5]} already carry "
@@ -189,7 +189,7 @@ def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, 
     records = []
     for step in range(config.rounds + 1):
         acc = _train(model, layers, config)
-        records.append({"round": step, "sparsity": _layer_sparsity(layers)[0], "accuracy": acc})
+        records.append({"round": step, "sparsity": layer_sparsity(layers)[0], "accuracy": acc})
         if step == config.rounds:
             break
         _prune_step(layers, config)
@@ -199,7 +199,7 @@ def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, 
         prune.remove(module, "weight")
     for module, training in modes.items():  # the result keeps the input model's train/eval modes
         module.train(training)
-    real, zeros, total, per_layer = _layer_sparsity(layers)
+    real, zeros, total, per_layer = layer_sparsity(layers)
     return model, {
         "rounds": records,
         "prune_steps": config.rounds,

@@ -45,7 +45,7 @@ def _fraction(owner: str, value: Any) -> float:
     return float(value)
 
 
-def _scope(owner: str, value: Any) -> str:
+def check_scope(owner: str, value: Any) -> str:
     if value not in ("global", "layer"):
         raise ConfigError(
             f"{owner} must be 'global' (one magnitude threshold across all layers) or 'layer', got {value!r}"
@@ -53,7 +53,7 @@ def _scope(owner: str, value: Any) -> str:
     return str(value)
 
 
-def _layer_types(owner: str, value: Any) -> tuple[str, ...]:
+def check_layer_types(owner: str, value: Any) -> tuple[str, ...]:
     """Normalise layer types (class names or ``nn.Module`` subclasses) to a non-empty tuple of class names."""
     items = (value,) if isinstance(value, (str, type)) else value
     try:
@@ -65,7 +65,7 @@ def _layer_types(owner: str, value: Any) -> tuple[str, ...]:
     return names
 
 
-def _prunable_layers(model: nn.Module, layer_types: Iterable[str]) -> list[tuple[str, nn.Module]]:
+def prunable_layers(model: nn.Module, layer_types: Iterable[str]) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every module whose class (or a base class) is named in ``layer_types`` and has a weight."""
     wanted = set(layer_types)
     found = []
@@ -86,7 +86,7 @@ def _effective_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach()
 
 
-def _no_layers_error(method: str, model: nn.Module, layer_types: Iterable[str]) -> UnsupportedModelError:
+def no_layers_error(method: str, model: nn.Module, layer_types: Iterable[str]) -> UnsupportedModelError:
     present = sorted({type(m).__name__ for m in model.modules() if not list(m.children())}) or ["no layers"]
     return UnsupportedModelError(
         f"{method} found nothing to prune in {type(model).__name__}: it looks for layers of type "
@@ -95,7 +95,7 @@ def _no_layers_error(method: str, model: nn.Module, layer_types: Iterable[str]) 
     )
 
 
-def _layer_sparsity(layers: list[tuple[str, nn.Module]]) -> tuple[float, int, int, dict[str, float]]:
+def layer_sparsity(layers: list[tuple[str, nn.Module]]) -> tuple[float, int, int, dict[str, float]]:
     zeros = total = 0
     per_layer = {}
     for name, module in layers:
@@ -115,11 +115,11 @@ def sparsity(model: nn.Module, layer_types: Iterable[str] = DEFAULT_LAYER_TYPES)
     Raises:
         UnsupportedModelError: the model has no layer of those types.
     """
-    types = _layer_types("layer_types", layer_types)
-    layers = _prunable_layers(model, types)
+    types = check_layer_types("layer_types", layer_types)
+    layers = prunable_layers(model, types)
     if not layers:
-        raise _no_layers_error("sparsity()", model, types)
-    return _layer_sparsity(layers)[0]
+        raise no_layers_error("sparsity()", model, types)
+    return layer_sparsity(layers)[0]
 
 
 @dataclass(frozen=True)
@@ -139,15 +139,15 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", _fraction("PruneConfig.sparsity", self.sparsity))
-        object.__setattr__(self, "scope", _scope("PruneConfig.scope", self.scope))
-        object.__setattr__(self, "layer_types", _layer_types("PruneConfig.layer_types", self.layer_types))
+        object.__setattr__(self, "scope", check_scope("PruneConfig.scope", self.scope))
+        object.__setattr__(self, "layer_types", check_layer_types("PruneConfig.layer_types", self.layer_types))
 
 
 @register_method("prune", PruneConfig)
 def _prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, dict[str, Any]]:
-    layers = _prunable_layers(model, config.layer_types)
+    layers = prunable_layers(model, config.layer_types)
     if not layers:
-        raise _no_layers_error("prune (PruneConfig)", model, config.layer_types)
+        raise no_layers_error("prune (PruneConfig)", model, config.layer_types)
     params = [(module, "weight") for _, module in layers]
     if config.sparsity > 0:
         if config.scope == "global":
@@ -158,7 +158,7 @@ def _prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, dict[str, 
     for module, name in params:
         if prune.is_pruned(module):
             prune.remove(module, name)  # bake the mask into the weight: no hooks, weight_orig or weight_mask left
-    real, zeros, total, per_layer = _layer_sparsity(layers)
+    real, zeros, total, per_layer = layer_sparsity(layers)
     return model, {
         "scope": config.scope,
         "requested_sparsity": config.sparsity,
@@ -305,7 +305,7 @@ def _remove_channels(model: nn.Module, config: ChannelPruneConfig, method: str) 
     executed, heads, before_out = _trace_run(model, inputs)
     _check_layers(method, executed, ignored)
     if not any(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m not in heads for _, m in executed):
-        raise _no_layers_error(method, model, ("Conv1d/2d/3d", "Linear (other than the output layer)"))
+        raise no_layers_error(method, model, ("Conv1d/2d/3d", "Linear (other than the output layer)"))
     try:
         pruner = tp.pruner.BasePruner(
             model, inputs, importance=tp.importance.MagnitudeImportance(p=2 if config.importance == "l2" else 1),

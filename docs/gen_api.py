@@ -21,14 +21,15 @@ TARGET = Path(__file__).with_name("api.md")
 SECTIONS = (
     ("greenmeter", "Measure, compare, report: the top level"),
     ("greenmeter.compression", "Compression methods"),
-    ("greenmeter.recipes", "Recipes: named variants built from a baseline"),
+    ("greenmeter.comparison.recipes", "Recipes: named variants built from a baseline"),
     ("greenmeter.stats", "Statistics"),
-    ("greenmeter.report", "Reports"),
-    ("greenmeter.store", "The run store"),
-    ("greenmeter.demo", "The demo"),
+    ("greenmeter.output.report", "Reports"),
+    ("greenmeter.store.database", "The run store"),
+    ("greenmeter.demo.run", "The demo"),
     ("greenmeter.integrations", "Training-framework callbacks"),
-    ("greenmeter.distributed", "torch.distributed: one meter per rank, results gathered"),
-    ("greenmeter.architectures", "Efficient architectures: architecture search and linear attention"),
+    ("greenmeter.metering.distributed", "torch.distributed: one meter per rank, results gathered"),
+    ("greenmeter.search", "Architecture search"),
+    ("greenmeter.nn", "Efficient architectures: linear attention"),
 )
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 

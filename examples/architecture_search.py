@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import greenmeter
-from greenmeter.architectures import (
+from greenmeter.search import (
     Evolution,
     SearchBudget,
     SuccessiveHalving,
@@ -34,7 +34,7 @@ from greenmeter.architectures import (
     digits_task,
     search_architectures,
 )
-from greenmeter.digits import load_digits_data, make_digits_cnn
+from greenmeter.demo.digits import load_digits_data, make_digits_cnn
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 What it shows:
 
-* ``greenmeter.architectures.LinearAttention`` dropped into ``nn.TransformerEncoderLayer`` in place of its
+* ``greenmeter.nn.LinearAttention`` dropped into ``nn.TransformerEncoderLayer`` in place of its
   ``nn.MultiheadAttention`` (``LinearAttention.from_multihead`` copies the weights, so both models start
   from the same parameters and differ only in the attention function);
 * a task made in code, so nothing is downloaded: **sorting**. Each input is a sequence of ``--seq-len``
@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 import greenmeter
-from greenmeter.architectures import LinearAttention
+from greenmeter.nn import LinearAttention
 
 DEFAULT_OUT = "./greenmeter-example-out"
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 import greenmeter
-from greenmeter.digits import accuracy, load_digits_data, make_digits_cnn, train_classifier
+from greenmeter.demo.digits import accuracy, load_digits_data, make_digits_cnn, train_classifier
 
 DEFAULT_OUT = "./greenmeter-example-out"
 

@@ -34,8 +34,8 @@ import torch
 from torch.nn import functional as F
 
 import greenmeter
-from greenmeter.digits import accuracy, batches, load_digits_data, make_digits_cnn
-from greenmeter.store import Store
+from greenmeter.demo.digits import accuracy, batches, load_digits_data, make_digits_cnn
+from greenmeter.store.database import Store
 
 DEFAULT_OUT = "./greenmeter-example-out"
 

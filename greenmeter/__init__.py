@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from greenmeter._api import current_meter, default_meter, measure, track
+from greenmeter.metering.api import current_meter, default_meter, measure, track
 from greenmeter._errors import (
     AggregationError,
     BackendError,
@@ -43,40 +43,40 @@ from greenmeter._errors import (
     UnsupportedModelError,
 )
 from greenmeter._version import __version__
-from greenmeter.backends import Provenance
-from greenmeter.carbon import (
+from greenmeter.sources.base import Provenance
+from greenmeter.carbon.settings import (
     CarbonEstimate,
     CarbonSettings,
     GridIntensity,
     estimate_carbon,
 )
-from greenmeter.meter import Meter
-from greenmeter.records import (
+from greenmeter.metering.meter import Meter
+from greenmeter.records.measurement import (
     DomainEnergy,
     EpochRecord,
     HostInfo,
     LatencyStats,
     Measurement,
 )
-from greenmeter.window import Window
+from greenmeter.metering.meter import Window
 
 if TYPE_CHECKING:
-    from greenmeter.comparison import Comparison, VariantResult
-    from greenmeter.evaluate import Variant, compare
-    from greenmeter.report import comparison_report, run_report, store_report, write_report
-    from greenmeter.store import Store
+    from greenmeter.records.comparison import Comparison, VariantResult
+    from greenmeter.comparison.compare import Variant, compare
+    from greenmeter.output.report import comparison_report, run_report, store_report, write_report
+    from greenmeter.store.database import Store
 
 # Loaded on first use, so that ``import greenmeter`` stays cheap for code that only measures.
 _LAZY = {
-    "Comparison": "greenmeter.comparison",
-    "VariantResult": "greenmeter.comparison",
-    "Variant": "greenmeter.evaluate",
-    "compare": "greenmeter.evaluate",
-    "comparison_report": "greenmeter.report",
-    "run_report": "greenmeter.report",
-    "store_report": "greenmeter.report",
-    "write_report": "greenmeter.report",
-    "Store": "greenmeter.store",
+    "Comparison": "greenmeter.records.comparison",
+    "VariantResult": "greenmeter.records.comparison",
+    "Variant": "greenmeter.comparison.compare",
+    "compare": "greenmeter.comparison.compare",
+    "comparison_report": "greenmeter.output.report",
+    "run_report": "greenmeter.output.report",
+    "store_report": "greenmeter.output.report",
+    "write_report": "greenmeter.output.report",
+    "Store": "greenmeter.store.database",
 }
 
 

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from greenmeter.cli import main
+from greenmeter.cli.main import main
 
 sys.exit(main())

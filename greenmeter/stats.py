@@ -7,7 +7,7 @@ carries through unchanged) and return frozen records with ``to_dict``/``from_dic
 * :func:`welch_test`: Welch's unequal-variance t-test of a variant against a baseline.
 * :func:`bootstrap_test`: a percentile bootstrap of the same difference, for samples far from normal.
 * :func:`pareto_front`: which (metric, energy) points no other point beats on both.
-* :func:`percentile`: nearest-rank percentile, the rule :class:`greenmeter.records.LatencyStats` uses.
+* :func:`percentile`: nearest-rank percentile, the rule :class:`greenmeter.records.measurement.LatencyStats` uses.
 
 Differences are always **variant minus baseline**: a negative ``diff_mean`` of energies means the variant
 uses less. scipy and numpy are imported inside the functions that need them, so ``import greenmeter``
@@ -326,7 +326,7 @@ def pareto_front(
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile: the ``ceil(q * n)``-th smallest value (the smallest for ``q = 0``).
 
-    The same rule as :meth:`greenmeter.records.LatencyStats.from_durations`, so p95 here equals the p95
+    The same rule as :meth:`greenmeter.records.measurement.LatencyStats.from_durations`, so p95 here equals the p95
     in a measurement. Always returns one of ``values``, no interpolation.
 
     Args:

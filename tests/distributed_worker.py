@@ -6,7 +6,7 @@ Run by ``torchrun`` (or with the torchrun variables set by hand) on every rank::
 
 Each rank writes ``<out>/rank<r>.json``: its own run id, how ``aggregate()`` ended (``"ok"`` or
 ``"AggregationError"``) and how long it took in seconds; rank 0 also writes ``<out>/result.json``, the
-:class:`~greenmeter.distributed.DistributedResult`. ``--init`` initialises a gloo process group first, meets at a barrier
+:class:`~greenmeter.metering.distributed.DistributedResult`. ``--init`` initialises a gloo process group first, meets at a barrier
 before the window and all-reduces a tensor every step, as data-parallel training does; without it ``aggregate()`` initialises
 torch.distributed itself. ``--fail-rank`` makes that rank raise at the end of its window, before it
 aggregates.
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from greenmeter.distributed import AggregationError, rank_meter
+from greenmeter.metering.distributed import AggregationError, rank_meter
 
 
 def _burn(seconds: float) -> int:

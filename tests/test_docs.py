@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from greenmeter.cli import _parser
+from greenmeter.cli.main import _parser
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from greenmeter import Comparison
-from greenmeter.store import Store
+from greenmeter.store.database import Store
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -248,7 +248,7 @@ def test_greenmeter_run_measures_the_unmodified_script_and_reports_it(tmp_path: 
 
 
 def test_architecture_search_finds_a_front_compares_it_and_reuses_its_cache(tmp_path: Path) -> None:
-    from greenmeter.architectures import SearchResult
+    from greenmeter.search import SearchResult
 
     out, proc = _example("architecture_search.py", tmp_path)
     result = SearchResult.from_json((out / "search_result.json").read_text())

@@ -17,8 +17,8 @@ def refuse(event, args):
 sys.addaudithook(refuse)
 
 import greenmeter
-from greenmeter.export import export_runs
-from greenmeter.store import Store
+from greenmeter.output.export import export_runs
+from greenmeter.store.database import Store
 
 store = Store(sys.argv[1])
 run_id = store.start_run(name="offline", kind="api", host=greenmeter.default_meter().host)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from greenmeter._errors import ConfigError
-from greenmeter.records import LatencyStats
+from greenmeter.records.measurement import LatencyStats
 from greenmeter.stats import (
     Interval,
     Significance,

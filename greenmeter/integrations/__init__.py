@@ -24,13 +24,13 @@ from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING
 
 from greenmeter._errors import ConfigError, MeasurementError
-from greenmeter.carbon import CarbonSettings, estimate_carbon
-from greenmeter.meter import Meter
+from greenmeter.carbon.settings import CarbonSettings, estimate_carbon
+from greenmeter.metering.meter import Meter
 
 if TYPE_CHECKING:
-    from greenmeter.records import Measurement
-    from greenmeter.store import Store
-    from greenmeter.window import Window
+    from greenmeter.records.measurement import Measurement
+    from greenmeter.store.database import Store
+    from greenmeter.metering.meter import Window
 
 __all__ = ["METRICS", "TrainingRecorder", "import_framework"]
 

@@ -23,10 +23,10 @@ from greenmeter._errors import MeasurementError
 from greenmeter.integrations import TrainingRecorder, import_framework
 
 if TYPE_CHECKING:
-    from greenmeter.carbon import CarbonSettings
-    from greenmeter.meter import Meter
-    from greenmeter.records import Measurement
-    from greenmeter.store import Store
+    from greenmeter.carbon.settings import CarbonSettings
+    from greenmeter.metering.meter import Meter
+    from greenmeter.records.measurement import Measurement
+    from greenmeter.store.database import Store
 
 _transformers = import_framework(("transformers",), "huggingface")
 

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
 from greenmeter.integrations import TrainingRecorder, import_framework
-from greenmeter.meter import _batch_size
+from greenmeter.metering.meter import batch_size
 
 if TYPE_CHECKING:
-    from greenmeter.carbon import CarbonSettings
-    from greenmeter.meter import Meter
-    from greenmeter.records import Measurement
-    from greenmeter.store import Store
+    from greenmeter.carbon.settings import CarbonSettings
+    from greenmeter.metering.meter import Meter
+    from greenmeter.records.measurement import Measurement
+    from greenmeter.store.database import Store
 
 _pl = import_framework(("lightning.pytorch", "pytorch_lightning"), "lightning")
 
@@ -70,7 +70,7 @@ class GreenmeterCallback(_pl.Callback):  # type: ignore[misc,name-defined]
     def __init__(
         self, meter: Meter | None = None, *, store: Store | str | os.PathLike[str] | bool | None = None,
         carbon: CarbonSettings | None = None, name: str | None = None, log_every_n_steps: int | None = None,
-        prefix: str = "greenmeter/", batch_size_of: Callable[[Any], int | None] = _batch_size,
+        prefix: str = "greenmeter/", batch_size_of: Callable[[Any], int | None] = batch_size,
     ) -> None:
         super().__init__()
         if log_every_n_steps is not None and (

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from greenmeter.digits import DigitsData, accuracy, load_digits_data, make_digits_cnn, train_classifier  # noqa: E402
+from greenmeter.demo.digits import DigitsData, accuracy, load_digits_data, make_digits_cnn, train_classifier  # noqa: E402
 
 
 @pytest.fixture(scope="session")

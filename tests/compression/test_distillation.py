@@ -12,7 +12,7 @@ from torch import nn  # noqa: E402
 
 from greenmeter._errors import ConfigError, UnsupportedModelError  # noqa: E402
 from greenmeter.compression import DistillConfig, compress, hinton_loss, make_student  # noqa: E402
-from greenmeter.digits import DigitsData, accuracy, batches, train_classifier  # noqa: E402
+from greenmeter.demo.digits import DigitsData, accuracy, batches, train_classifier  # noqa: E402
 
 
 def n_params(model: nn.Module) -> int:

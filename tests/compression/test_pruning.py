@@ -17,7 +17,7 @@ from greenmeter._errors import ConfigError, UnsupportedModelError  # noqa: E402
 from greenmeter.compression import compress, registered_methods  # noqa: E402
 from greenmeter.compression.lottery import LotteryTicketConfig  # noqa: E402
 from greenmeter.compression.pruning import ChannelPruneConfig, PruneConfig, sparsity  # noqa: E402
-from greenmeter.digits import DigitsData, accuracy, make_digits_cnn, train_classifier  # noqa: E402
+from greenmeter.demo.digits import DigitsData, accuracy, make_digits_cnn, train_classifier  # noqa: E402
 
 X1 = torch.zeros(1, 1, 8, 8)
 needs_torch_pruning = pytest.mark.skipif(

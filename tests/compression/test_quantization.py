@@ -26,7 +26,7 @@ from greenmeter.compression import compress  # noqa: E402
 from greenmeter.compression.int4 import Int4Linear, Int4WeightConfig, pack_int4, unpack_int4  # noqa: E402
 from greenmeter.compression.qat import QATConfig  # noqa: E402
 from greenmeter.compression.quantization import DynamicQuantConfig, StaticQuantConfig  # noqa: E402
-from greenmeter.digits import accuracy, batches, train_classifier  # noqa: E402
+from greenmeter.demo.digits import accuracy, batches, train_classifier  # noqa: E402
 
 nnq = torch.ao.nn.quantized
 nnqd = torch.ao.nn.quantized.dynamic

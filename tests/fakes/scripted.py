@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from greenmeter.backends import Backend, Domain, ProbeResult, Provenance, Reading
+from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading
 
 PROV = Provenance(kind="measured", source="scripted test counter", method="scripted cumulative values")
 

@@ -1,0 +1,217 @@
+"""The store-backed commands of the command line: ``run``, ``runs``, ``export`` and ``carbon``.
+
+``greenmeter.cli.main`` builds the parser and dispatches here; each function takes the parsed arguments
+and returns the exit code. Summaries go to standard error so a measured command's own standard
+output stays clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from greenmeter._errors import ConfigError
+
+__all__ = ["add_carbon_options", "carbon_settings", "cmd_carbon", "cmd_compare", "cmd_export", "cmd_run", "cmd_runs"]
+
+
+def add_carbon_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--country | --cloud | --intensity`` and ``--pue`` to a subcommand."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--country", help="ISO 3166 country code, alpha-3 or alpha-2 (e.g. FRA or FR)")
+    where.add_argument("--cloud", help="cloud provider and region, e.g. aws:eu-west-3 or gcp:europe-west1")
+    where.add_argument("--intensity", type=float, metavar="G_PER_KWH",
+                       help="grid carbon intensity in gCO2e/kWh, given by you")
+    parser.add_argument("--pue", default="1.0",
+                        help="power usage effectiveness: a number >= 1 or a preset "
+                             "(device, unknown-datacenter, aws, gcp, azure); default 1.0 (device energy)")
+
+
+def carbon_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Build and validate the ``CarbonSettings`` the options describe (raises ``ConfigError``)."""
+    from greenmeter.carbon.settings import CarbonSettings
+
+    pue: float | str = args.pue
+    try:
+        pue = float(args.pue)
+    except ValueError:
+        pass  # a preset name; CarbonSettings checks it
+    return CarbonSettings(country=args.country, cloud=args.cloud, intensity_g_per_kwh=args.intensity, pue=pue)
+
+
+def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from greenmeter.store.database import Store
+
+    return Store(args.store)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from greenmeter.metering.meter import Meter
+    from greenmeter.metering.runner import run_command
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    settings = carbon_settings(args)
+    settings.resolve_intensity()  # an unknown country fails here, before the command runs
+    store = None if args.no_store else _store(args)
+    # Fallbacks are printed with the summary's flags; the start-up warnings would say them twice.
+    logging.getLogger("greenmeter").setLevel(logging.ERROR)
+    meter = Meter(mode=args.mode, sync=None, carbon=settings)
+    try:
+        result = run_command(command, meter=meter, carbon=settings, store=store, name=args.name,
+                             interval_s=args.interval)
+    finally:
+        meter.close()
+        if store is not None:
+            store.close()
+    m = result.measurement
+    if args.json:
+        payload = {"run_id": result.run_id, "exit_code": result.exit_code,
+                   "interrupted_by": result.interrupted_by, "measurement": m.to_dict()}
+        print(json.dumps(payload, indent=2), file=sys.stderr)
+        return result.exit_code
+    err = sys.stderr
+    if result.interrupted_by:
+        print(f"greenmeter: interrupted by {result.interrupted_by}: forwarded it to the command, which ended "
+              f"with exit code {result.exit_code}; what was measured until then is kept", file=err)
+    print(f"greenmeter: {shlex.join(command)} exited with {result.exit_code} after {m.duration_s:.2f} s", file=err)
+    print(f"  energy   {m.energy_j:.3f} J (mean power {m.power_w:.2f} W)", file=err)
+    if m.carbon is not None:
+        print(f"  co2e     {m.carbon.describe()}", file=err)
+    for domain in m.domains:
+        share = "" if domain.in_total else " (inside another domain, not in total)"
+        print(f"  {domain.key:<24} {domain.energy_j:10.3f} J{share}  {domain.provenance.describe()}", file=err)
+    for flag in m.flags:
+        print(f"  ! {flag}", file=err)
+    if result.run_id is not None and store is not None:
+        print(f"  stored as run {result.run_id[:12]} in {store.path}", file=err)
+    return result.exit_code
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        runs = store.list_runs(limit=args.limit)
+        if args.json:
+            print(json.dumps([r.to_dict() for r in runs], indent=2))
+            return 0
+        if not runs:
+            print(f"no runs stored in {store.path}")
+            return 0
+        print(f"{'id':<12}  {'status':<11}  {'started (UTC)':<19}  {'duration':>9}  {'energy':>11}  {'co2e':>10}  name")
+        for r in runs:
+            m = r.measurement
+            duration = f"{m.duration_s:.2f} s" if m else "-"
+            energy = f"{m.energy_j:.2f} J" if m else "-"
+            co2 = f"{r.carbon.co2e_g:.4g} g" if r.carbon else "-"
+            status = r.status if r.complete else "incomplete"
+            print(f"{r.id[:12]:<12}  {status:<11}  {r.started_at[:19].replace('T', ' '):<19}  {duration:>9}  "
+                  f"{energy:>11}  {co2:>10}  {r.name}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from greenmeter.output.export import export_runs
+
+    with _store(args) as store:
+        if args.last:
+            last = store.last_run()
+            if last is None:
+                raise ConfigError(f"no runs stored in {store.path}: nothing to export")
+            runs = [last]
+        elif args.runs:
+            runs = [store.get_run(run_id) for run_id in args.runs]
+        else:
+            raise ConfigError("name the runs to export (ids from `greenmeter runs`) or pass --last")
+        options = {}
+        if args.format == "model-card":
+            options = {"training_type": args.training_type, "geographical_location": args.location}
+        text = export_runs(runs, args.format, **options)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {len(runs)} run(s) as {args.format} to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_carbon(args: argparse.Namespace) -> int:
+    from greenmeter.carbon.settings import estimate_carbon, list_cloud_regions, list_countries
+
+    if args.list_countries:
+        for code, name, intensity, year in list_countries():
+            print(f"{code}  {intensity:8.1f} g/kWh  {year or '':<4}  {name}")
+        return 0
+    if args.list_regions:
+        for key, name, intensity in list_cloud_regions():
+            print(f"{key:<36} {intensity:8.1f} g/kWh  {name}")
+        return 0
+    settings = carbon_settings(args)
+    energy_j = args.kwh * 3.6e6
+    estimate = estimate_carbon(energy_j, settings)
+    print(estimate.describe())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``greenmeter compare CONFIG``: run a comparison from a TOML file, store it, print its table."""
+    from greenmeter.comparison.config import load_compare_config
+    from greenmeter.comparison.compare import compare
+
+    config = load_compare_config(args.config)
+    kwargs = config.build()
+    if args.repeats is not None:
+        kwargs["repeats"] = args.repeats
+    if args.significance is not None:
+        kwargs["significance"] = args.significance
+    if args.threads is not None:
+        kwargs["threads"] = args.threads
+    store = None if args.no_store else _store(args)
+    try:
+        result = compare(**kwargs, store=store, progress=not args.quiet)
+    finally:
+        if store is not None:
+            store.close()
+    print(result.table())
+    for flag in dict.fromkeys(f for v in result.variants for f in v.flags):
+        print(f"note: {flag}")
+    for flag in result.flags:
+        print(f"note: {flag}")
+    if args.json:
+        Path(args.json).write_text(result.to_json() + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    if store is not None:
+        print(f"stored in {store.path} (run {result.run_id[:12] if result.run_id else '-'})")
+    failed = [v.name for v in result.variants if not v.ok]
+    if failed:
+        print(f"failed variants: {', '.join(failed)} (see the table)", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``greenmeter demo``: train, compress, compare and report on bundled data; print the table and the paths."""
+    from greenmeter.demo.run import run_demo
+    from greenmeter.comparison.recommend import recommend
+
+    result = run_demo(args.out, quick=args.quick, carbon=carbon_settings(args),
+                      progress=not args.quiet)
+    c = result.comparison
+    print(c.table())
+    notes = list(c.flags) + list(dict.fromkeys(f for v in c.variants for f in v.flags))[:3]
+    for note in notes:
+        print(f"note: {note}")
+    rec = recommend(c)
+    print(f"\nbaseline: {result.baseline_accuracy * 100:.2f}% accuracy after training "
+          f"({result.training.energy_j:.4g} J, {result.training.duration_s:.1f} s)")
+    print(f"recommended: {rec.name or 'none'} ({rec.reason})")
+    for label, value in rec.savings:
+        print(f"  {label}: {value}")
+    print(f"\ndemo finished in {result.duration_s:.0f} s; files:")
+    for label, path in result.files.items():
+        print(f"  {label:<16} {path}")
+    print(f"\nopen the report: {result.files['report'].resolve()}")
+    return 0

@@ -1,0 +1,95 @@
+"""``greenmeter report`` and ``greenmeter comparisons``: render and list what the run store holds."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from greenmeter._errors import ConfigError
+
+__all__ = ["add_report_commands", "cmd_comparisons", "cmd_report"]
+
+_SUFFIX = {".html": "html", ".htm": "html", ".md": "md", ".csv": "csv", ".json": "json"}
+
+
+def add_report_commands(commands: argparse._SubParsersAction, store_help: str) -> None:  # type: ignore[type-arg]
+    """Register ``report`` and ``comparisons`` on the command line's sub-commands."""
+    report = commands.add_parser(
+        "report", help="render a stored comparison or run as a self-contained HTML page (or md, csv, json)",
+        description="Render what the run store holds (nothing is re-run): a comparison or a run by id or "
+                    "unique prefix, or --last (the latest comparison, else the latest run).",
+    )
+    report.add_argument("ident", nargs="?", metavar="ID",
+                        help="a comparison or run id, or a unique prefix (see `greenmeter comparisons`, "
+                             "`greenmeter runs`)")
+    report.add_argument("--last", action="store_true", help="the latest comparison (else the latest run)")
+    report.add_argument("--last-run", action="store_true", help="the latest run")
+    report.add_argument("-o", "--output", default=None,
+                        help="file to write (default greenmeter-report.<format>; '-' for standard output)")
+    report.add_argument("--format", choices=("html", "md", "csv", "json"), default=None,
+                        help="output format (default: from the --output suffix, else html)")
+    report.add_argument("--tolerance", type=float, default=None,
+                        help="metric tolerance of the recommendation, in the metric's unit "
+                             "(default 0.01 = 1 percentage point of accuracy)")
+    report.add_argument("--store", default=None, help=store_help)
+    report.set_defaults(handler=cmd_report)
+
+    listing = commands.add_parser("comparisons", help="list stored comparisons, newest first")
+    listing.add_argument("--store", default=None, help=store_help)
+    listing.add_argument("--limit", type=int, default=20, help="how many to show (default 20)")
+    listing.set_defaults(handler=cmd_comparisons)
+
+
+def _format(args: argparse.Namespace) -> str:
+    if args.format:
+        return str(args.format)
+    if args.output and args.output != "-":
+        suffix = Path(args.output).suffix.lower()
+        if suffix not in _SUFFIX:
+            raise ConfigError(f"cannot tell the format from {args.output!r}: use a .html, .md, .csv or .json "
+                              f"name, or --format")
+        return _SUFFIX[suffix]
+    return "html"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render the chosen record and write it (or print it with ``-o -``)."""
+    from greenmeter.output.report import store_report, write_report
+    from greenmeter.comparison.recommend import DEFAULT_TOLERANCE
+    from greenmeter.store.database import Store
+
+    chosen = [x for x in (args.ident, args.last or None, args.last_run or None) if x]
+    if len(chosen) != 1:
+        raise ConfigError("name one thing to report: an ID, --last or --last-run")
+    fmt = _format(args)
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    with Store(args.store) as store:
+        if args.last_run:
+            run = store.last_run()
+            if run is None:
+                raise ConfigError(f"the store {store.path} holds no run yet")
+            kind, text = store_report(store, run.id, fmt, tolerance=tolerance)
+        else:
+            kind, text = store_report(store, args.ident, fmt, tolerance=tolerance)
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    path = write_report(text, args.output or f"greenmeter-report.{fmt}")
+    print(f"wrote the {kind} report to {path}")
+    return 0
+
+
+def cmd_comparisons(args: argparse.Namespace) -> int:
+    """List stored comparisons: id, creation time, variant count, name."""
+    from greenmeter.store.database import Store
+
+    with Store(args.store) as store:
+        rows = store.list_comparisons(limit=args.limit)
+        if not rows:
+            print(f"no comparisons stored in {store.path}")
+            return 0
+        print(f"{'id':<12}  {'created (UTC)':<19}  {'variants':>8}  name")
+        for cid, name, created, count in rows:
+            print(f"{cid[:12]:<12}  {created[:19].replace('T', ' '):<19}  {count:>8}  {name}")
+    return 0

@@ -1,0 +1,249 @@
+"""The TOML file behind ``greenmeter compare CONFIG``: what to compare, on which data, how often.
+
+Objects are named by import paths (``package.module:attribute``), files by paths relative to the
+TOML file::
+
+    name = "digits"
+
+    [model]                                   # the baseline
+    factory = "greenmeter.demo.digits:trained_digits_cnn"
+    kwargs = { epochs = 20 }
+    weights = "baseline.pt"                   # optional: a state_dict loaded into the factory's model
+
+    [data]
+    eval = "greenmeter.demo.digits:eval_data"      # -> (inputs, targets) tensors, or an iterable of batches
+    train = "greenmeter.demo.digits:train_data"    # optional, for recipes that train or calibrate
+    val = "mypkg.data:validation"             # optional, (inputs, targets) for early-exit thresholds
+    batch_size = 256
+
+    [training]
+    function = "greenmeter.demo.digits:train_fn"   # optional: train_fn(model, loss_fn=None, epochs=None)
+
+    [compare]
+    baseline = "float"
+    recipes = ["prune:0.5", "int8-dynamic"]   # each becomes a variant named after its spec
+    repeats = 5
+    warmup = 1
+    seed = 0
+
+    [compare.variants]                        # optional: named recipes
+    small = "distill:0.5"
+
+    [carbon]                                  # optional: one of country, cloud, intensity; and pue
+    country = "FRA"
+    pue = 1.1
+
+A value that points to a callable is called (with ``kwargs`` for the model factory; with nothing for
+data). Unknown keys are refused, so a typo is an error rather than a silent default.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from greenmeter._errors import ConfigError
+
+__all__ = ["CompareConfig", "load_compare_config", "resolve_object"]
+
+_SECTIONS: dict[str, set[str]] = {
+    "": {"name", "model", "data", "training", "compare", "carbon"},
+    "model": {"factory", "kwargs", "weights", "name"},
+    "data": {"eval", "train", "val", "batch_size"},
+    "training": {"function"},
+    "compare": {"baseline", "recipes", "variants", "repeats", "warmup", "seed", "min_repeat_s", "significance",
+                "threads"},
+    "carbon": {"country", "cloud", "intensity", "pue"},
+}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A parsed comparison config; ``build()`` imports and calls what it names."""
+
+    path: Path
+    name: str
+    model_factory: str
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    weights: Path | None = None
+    baseline: str = "baseline"
+    recipes: Mapping[str, str] = field(default_factory=dict)
+    eval_data: str = ""
+    train_data: str | None = None
+    val_data: str | None = None
+    batch_size: int = 256
+    train_fn: str | None = None
+    repeats: int = 5
+    warmup: int = 1
+    seed: int = 0
+    min_repeat_s: float | None = None
+    significance: str = "welch"
+    threads: int | None = None
+    carbon: Mapping[str, Any] = field(default_factory=dict)
+
+    def carbon_settings(self) -> Any:
+        """The ``[carbon]`` table as validated :class:`~greenmeter.carbon.settings.CarbonSettings` (or ``None``)."""
+        from greenmeter.carbon.settings import CarbonSettings
+
+        if not self.carbon:
+            return None
+        table = dict(self.carbon)
+        if "intensity" in table:
+            table["intensity_g_per_kwh"] = table.pop("intensity")
+        return CarbonSettings(**table)
+
+    def build(self) -> dict[str, Any]:
+        """Import everything and return keyword arguments for :func:`greenmeter.compare` (``variants``, ``data``...)."""
+        import torch
+
+        factory = resolve_object(self.model_factory, "model.factory", self.path)
+        if not callable(factory):
+            raise ConfigError(f"{self.path}: model.factory {self.model_factory!r} is not callable")
+        model = factory(**dict(self.model_kwargs))
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"{self.path}: model.factory returned a {type(model).__name__}, not a torch.nn.Module")
+        if self.weights is not None:
+            try:
+                state = torch.load(self.weights, map_location="cpu", weights_only=True)
+                model.load_state_dict(state)
+            except (OSError, RuntimeError, ValueError) as err:
+                raise ConfigError(f"{self.path}: cannot load model.weights {self.weights}: {err}") from err
+        variants: dict[str, Any] = {self.baseline: model}
+        for key, spec in self.recipes.items():
+            if key in variants:
+                raise ConfigError(f"{self.path}: two variants are named {key!r}")
+            variants[key] = spec
+        kwargs: dict[str, Any] = {
+            "variants": variants, "data": _data(self.eval_data, "data.eval", self.path), "baseline": self.baseline,
+            "repeats": self.repeats, "warmup": self.warmup, "seed": self.seed, "batch_size": self.batch_size,
+            "name": self.name, "carbon": self.carbon_settings(), "min_repeat_s": self.min_repeat_s,
+            "significance": self.significance, "threads": self.threads,
+        }
+        if self.train_data:
+            kwargs["train_data"] = _data(self.train_data, "data.train", self.path)
+        if self.val_data:
+            kwargs["val_data"] = _data(self.val_data, "data.val", self.path)
+        if self.train_fn:
+            fn = resolve_object(self.train_fn, "training.function", self.path)
+            if not callable(fn):
+                raise ConfigError(f"{self.path}: training.function {self.train_fn!r} is not callable")
+            kwargs["train_fn"] = fn
+        return kwargs
+
+
+def _data(spec: str, key: str, path: Path) -> Any:
+    obj = resolve_object(spec, key, path)
+    return obj() if callable(obj) else obj
+
+
+def resolve_object(spec: str, key: str, path: Path | None = None) -> Any:
+    """Import ``package.module:attribute`` (or ``package.module.attribute``); the TOML file's folder is searched first."""
+    where = f"{path}: " if path is not None else ""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"{where}{key} must be an import path such as 'package.module:name', not {spec!r}")
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"{where}{key} {spec!r} is not an import path such as 'package.module:name'")
+    if path is not None and str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"{where}{key}: cannot import {module_name!r} ({err}); check the path and that the "
+                          "package is installed or next to the TOML file") from err
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{where}{key}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_keys(table: Mapping[str, Any], section: str, path: Path) -> None:
+    unknown = set(table) - _SECTIONS[section]
+    if unknown:
+        label = f"[{section}]" if section else "the top level"
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} in {label}; allowed: "
+                          f"{', '.join(sorted(_SECTIONS[section]))}")
+
+
+def _int(value: Any, key: str, path: Path, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{path}: {key} must be a whole number >= {minimum}, not {value!r}")
+    return value
+
+
+def load_compare_config(path: str | Path) -> CompareConfig:
+    """Read and check a comparison TOML file (nothing is imported until ``build()``).
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or has a missing, unknown or wrong-typed key.
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read the comparison config {path}: {err.strerror or err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from err
+    _check_keys(doc, "", path)
+    tables = {}
+    for section in ("model", "data", "training", "compare", "carbon"):
+        table = doc.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        _check_keys(table, section, path)
+        tables[section] = table
+    model, data, compare_t = tables["model"], tables["data"], tables["compare"]
+    if "factory" not in model:
+        raise ConfigError(f"{path}: [model] needs factory = 'package.module:function' (the baseline model)")
+    if "eval" not in data:
+        raise ConfigError(f"{path}: [data] needs eval = 'package.module:function' (the evaluation data)")
+    recipes: dict[str, str] = {}
+    listed = compare_t.get("recipes", [])
+    if not isinstance(listed, list) or not all(isinstance(r, str) for r in listed):
+        raise ConfigError(f"{path}: compare.recipes must be a list of recipe specs such as ['prune:0.5', 'int4']")
+    recipes.update({r: r for r in listed})
+    named = compare_t.get("variants", {})
+    if not isinstance(named, dict) or not all(isinstance(v, str) for v in named.values()):
+        raise ConfigError(f"{path}: [compare.variants] must map names to recipe specs")
+    recipes.update(named)
+    if not recipes:
+        raise ConfigError(f"{path}: nothing to compare: give compare.recipes or [compare.variants]")
+    kwargs = model.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{path}: model.kwargs must be a table of keyword arguments")
+    weights = model.get("weights")
+    min_repeat = compare_t.get("min_repeat_s")
+    if min_repeat is not None and not (isinstance(min_repeat, (int, float)) and min_repeat >= 0):
+        raise ConfigError(f"{path}: compare.min_repeat_s must be a number of seconds >= 0")
+    significance = compare_t.get("significance", "welch")
+    if significance not in ("welch", "bootstrap"):
+        raise ConfigError(f"{path}: compare.significance must be 'welch' or 'bootstrap', not {significance!r}")
+    config = CompareConfig(
+        path=path, name=str(doc.get("name", path.stem)), model_factory=model["factory"], model_kwargs=kwargs,
+        weights=None if weights is None else (path.parent / str(weights)),
+        baseline=str(compare_t.get("baseline", model.get("name", "baseline"))), recipes=recipes,
+        eval_data=data["eval"], train_data=data.get("train"), val_data=data.get("val"),
+        batch_size=_int(data.get("batch_size", 256), "data.batch_size", path, 1),
+        train_fn=tables["training"].get("function"),
+        repeats=_int(compare_t.get("repeats", 5), "compare.repeats", path, 1),
+        warmup=_int(compare_t.get("warmup", 1), "compare.warmup", path, 0),
+        seed=_int(compare_t.get("seed", 0), "compare.seed", path, 0),
+        min_repeat_s=None if min_repeat is None else float(min_repeat), significance=significance,
+        threads=None if compare_t.get("threads") is None else _int(compare_t["threads"], "compare.threads", path, 1),
+        carbon=tables["carbon"],
+    )
+    config.carbon_settings()  # validate the carbon table now, before any work
+    return config

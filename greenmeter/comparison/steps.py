@@ -1,0 +1,287 @@
+"""The steps of a comparison for one variant: build, check and describe, measure, summarise.
+
+Private to :func:`greenmeter.comparison.compare.compare`, which runs them in its interleaved order.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from greenmeter._errors import ConfigError
+from greenmeter.carbon.settings import CarbonSettings, estimate_carbon
+from greenmeter.records.comparison import BaselineDelta, MakingCost, VariantResult
+from greenmeter.records.measurement import LatencyStats, Measurement
+from greenmeter.stats import Significance, bootstrap_test, mean_ci, pareto_front, welch_test
+
+if TYPE_CHECKING:
+    import torch
+
+    from greenmeter.metering.meter import Meter
+
+Batch = tuple["torch.Tensor", "torch.Tensor"]
+Metric = Callable[["torch.Tensor", "torch.Tensor"], float]
+_QUANTIZED_METHODS = ("dynamic_int8", "static_int8", "int4_weight", "qat_int8")
+
+
+class Progress:
+    """Progress on stderr: a redrawn bar on a terminal, a line per item otherwise; or a user callable."""
+
+    def __init__(self, spec: bool | Callable[[str], None] | None, total: int) -> None:
+        self.total, self.done = max(total, 1), 0
+        self.callback = spec if callable(spec) else None
+        self.enabled = bool(spec)
+        self.tty = self.callback is None and sys.stderr.isatty()
+
+    def __call__(self, text: str, advance: int = 0) -> None:
+        self.done += advance
+        if not self.enabled:
+            return
+        if self.callback is not None:
+            self.callback(text)
+            return
+        if self.tty:
+            filled = int(30 * self.done / self.total)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {text[:60]:<60}")
+            if self.done >= self.total:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(f"[{self.done}/{self.total}] {text}\n")
+        sys.stderr.flush()
+
+
+def _making_cost(m: Measurement, settings: CarbonSettings | None, trains: bool) -> MakingCost:
+    co2 = m.carbon.co2e_g if m.carbon is not None else estimate_carbon(m.energy_j, settings).co2e_g
+    return MakingCost(m.energy_j, m.duration_s, provenance_lines(m.domains), co2, trains)
+
+
+def provenance_lines(domains: Iterable[Any]) -> tuple[str, ...]:
+    """``"key: provenance"`` once for each domain counted in the total (a meter's or a measurement's domains)."""
+    return tuple(dict.fromkeys(f"{d.key}: {d.provenance.describe()}" for d in domains if d.in_total))
+
+
+class _Entry:
+    """A variant while the comparison runs."""
+
+    def __init__(self, name: str, model: Any, recipe: str | None, making: MakingCost | None) -> None:
+        self.name, self.model, self.recipe, self.making = name, model, recipe, making
+        self.error: str | None = None
+        self.facts: dict[str, Any] = {}
+        self.metric_values: list[float] = []
+        self.energy: list[float] = []
+        self.durations: list[float] = []
+        self.sizes: list[int] = []
+        self.samples, self.time_s = 0, 0.0
+        self.flags: dict[str, None] = {}
+        self.provenance: dict[str, None] = {}
+
+    def fail(self, stage: str, err: BaseException) -> None:
+        self.error = f"{stage}: {type(err).__name__}: {err}"
+
+
+def _forward(model: Any, x: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    out = model(x)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"the model returned {type(out).__name__}, not a tensor; wrap it so it returns one")
+    return out
+
+
+def _check_metric(value: Any, name: str, metric_name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"the metric {metric_name!r} returned {value!r} for {name!r}, not a number") from err
+    if not math.isfinite(number):
+        raise ConfigError(f"the metric {metric_name!r} returned {number} for {name!r}: check the model's outputs "
+                          "(NaN or inf logits) and the metric function")
+    return number
+
+
+def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str, str], ctx: Any, meter: Meter,
+           carbon: CarbonSettings | None, seed: int, show: Progress) -> list[_Entry]:
+    import torch
+
+    base_model = specs[baseline].model
+    entries = []
+    for key in [baseline] + [k for k in specs if k != baseline]:
+        spec = specs[key]
+        making = spec.making
+        if isinstance(making, Measurement):
+            making = _making_cost(making, carbon, trains=True)
+        if spec.recipe is None:
+            entries.append(_Entry(key, spec.model, None, making))
+            continue
+        from greenmeter.comparison.recipes import build_variant, parse_recipe, registered_recipes
+
+        entry = _Entry(key, None, spec.recipe, None)
+        show(f"making {key} ({spec.recipe})")
+        torch.manual_seed(seed)
+        try:
+            with meter.window(f"make:{key}") as window:
+                entry.model = build_variant(spec.recipe, base_model, ctx)
+        except Exception as err:  # recorded for this variant; the others go on
+            entry.fail("making it", err)
+        assert window.measurement is not None
+        if entry.error is None:
+            trains = registered_recipes()[parse_recipe(spec.recipe)[0]].trains
+            entry.making = _making_cost(window.measurement, carbon, trains)
+            entry.flags.update(dict.fromkeys(f"making it: {f}" for f in window.measurement.flags
+                                             if "not resolved" in f))  # its making energy is uncertain
+        show(f"made {key}" if entry.error is None else f"{key} FAILED: {entry.error}", advance=1)
+        entries.append(entry)
+    return entries
+
+
+def prepare(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: torch.Tensor, metric_fn: Metric,
+             metric_name: str, warmup: int, seed: int, model_facts: Any, show: Progress) -> None:
+    """Check the outputs, compute the model facts and time untimed warm-up passes."""
+    import torch
+
+    if entry.error is None:
+        try:
+            model = entry.model
+            model.eval()
+            t_pass = math.inf
+            for _ in range(max(1, warmup)):
+                torch.manual_seed(seed)
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    outs = [_forward(model, x) for x, _ in batches]
+                t_pass = min(t_pass, time.perf_counter() - t0)
+            shape = tuple(outs[0].shape[1:])
+            if entry is not base and shape != base.facts["output_shape"]:
+                raise ConfigError(f"its outputs have shape (N, {', '.join(map(str, shape))}) where the baseline's "
+                                  f"are (N, {', '.join(map(str, base.facts['output_shape']))})")
+            entry.facts.update(output_shape=shape, pass_s=t_pass,
+                               metric=_check_metric(metric_fn(torch.cat(outs), targets), entry.name, metric_name))
+            _model_facts(entry, base, batches, targets, model_facts)
+        except Exception as err:  # noqa: BLE001 - recorded in the variant's result
+            entry.fail("evaluating it", err)
+    show(f"checked {entry.name}" if entry.error is None else f"{entry.name} FAILED: {entry.error}", advance=1)
+
+
+def _model_facts(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: torch.Tensor, facts: Any) -> None:
+    import torch
+
+    model = entry.model
+    entry.facts["size_b"] = facts.serialized_size_b(model)
+    counts = facts.parameter_counts(model)
+    entry.facts.update(params_total=counts.total, params_nonzero=counts.nonzero, params_kind=counts.kind)
+    info = getattr(model, "compression_info", None)
+    entry.facts["details"] = {} if info is None else {"method": info.method, **dict(info.details)}
+    example = batches[0][0]
+    if hasattr(model, "sample_macs") and hasattr(model, "infer"):  # an early-exit model: MACs depend on the data
+        from greenmeter.compression import exit_report
+
+        x = torch.cat([b for b, _ in batches])
+        report = exit_report(model, x, targets)
+        entry.facts.update(macs=report["avg_macs"], macs_method="per-exit MAC counts averaged over the exits taken "
+                           "on the evaluation data", macs_note=f"exit histogram {report['exit_histogram']}")
+        return
+    float_eq = base.model if info is not None and info.method in _QUANTIZED_METHODS else None
+    macs = facts.count_macs(model, example, float_equivalent=float_eq)
+    entry.facts.update(macs=macs.macs_per_sample, macs_method=macs.method, macs_note=macs.note)
+
+
+def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torch.Tensor, metric_fn: Metric,
+             metric_name: str, passes: int, repeat: int, seed: int, show: Progress) -> None:
+    import torch
+
+    model = entry.model
+    window = meter.begin(f"{entry.name}/repeat-{repeat + 1}", samples=passes * sum(len(x) for x, _ in batches))
+    outs: list[torch.Tensor] = []
+    try:
+        with torch.inference_mode():
+            for p in range(passes):
+                torch.manual_seed(seed)
+                for x, _ in batches:
+                    out = _forward(model, x)
+                    meter.step(samples=len(x))
+                    if p == 0:
+                        outs.append(out)
+    except Exception as err:  # noqa: BLE001 - the variant is recorded as failed; the others go on
+        meter.end(window, error=err)
+        entry.fail(f"repeat {repeat + 1}", err)
+        show(f"{entry.name} FAILED: {entry.error}", advance=1)
+        return
+    m = meter.end(window)
+    try:
+        merged = torch.cat(outs)
+        entry.metric_values.append(_check_metric(metric_fn(merged, targets), entry.name, metric_name))
+    except Exception as err:  # noqa: BLE001
+        entry.fail(f"metric in repeat {repeat + 1}", err)
+    samples = m.samples or 0
+    entry.energy.append(m.energy_j / samples)
+    entry.durations.extend(m.step_durations_s)
+    entry.sizes.extend(len(x) for _ in range(passes) for x, _ in batches)
+    entry.samples += samples
+    entry.time_s += m.duration_s
+    entry.flags.update(dict.fromkeys(m.flags))
+    entry.provenance.update(dict.fromkeys(provenance_lines(m.domains)))
+    show(f"{entry.name} repeat {repeat + 1}: {m.energy_j / max(samples, 1) * 1e3:.3g} mJ/sample", advance=1)
+
+
+def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings | None,
+              meter: Meter, significance: str = "welch", seed: int = 0) -> tuple[VariantResult, ...]:
+    from greenmeter.compression._core import _plain as _json_safe  # the same rule as CompressionInfo.config
+
+    ok = [e for e in entries if e.error is None and e.energy]
+    front = dict(zip((e.name for e in ok), pareto_front(
+        [(sum(e.metric_values) / len(e.metric_values), sum(e.energy) / len(e.energy)) for e in ok])))
+    base = entries[0]
+    out = []
+    for e in entries:
+        if e.error is not None or not e.energy:
+            out.append(VariantResult(e.name, "failed", error=e.error or "no repeat was measured", recipe=e.recipe,
+                                     making=e.making))
+            continue
+        energy = mean_ci(e.energy)
+        per_sample = [d / n for d, n in zip(e.durations, e.sizes)]
+        delta = None if e is base else _delta(e, base, energy.mean, _test(significance, base.energy, e.energy, seed))
+        out.append(VariantResult(
+            name=e.name, status="ok", recipe=e.recipe, metric=sum(e.metric_values) / len(e.metric_values),
+            metric_values=tuple(e.metric_values), energy_per_sample_j=energy, energy_values_j=tuple(e.energy),
+            latency_batch=LatencyStats.from_durations(e.durations),
+            latency_sample=LatencyStats.from_durations(per_sample),
+            throughput_sps=e.samples / e.time_s if e.time_s > 0 else None,
+            size_b=e.facts["size_b"], params_total=e.facts["params_total"], params_nonzero=e.facts["params_nonzero"],
+            params_kind=e.facts["params_kind"], macs_per_sample=e.facts["macs"], macs_method=e.facts["macs_method"],
+            macs_note=e.facts["macs_note"], carbon_per_million=estimate_carbon(energy.mean * 1e6, carbon),
+            provenance=tuple(e.provenance), making=e.making, vs_baseline=delta,
+            on_pareto_front=front.get(e.name, False), flags=tuple(e.flags), details=_json_safe(e.facts["details"]),
+        ))
+    return tuple(out)
+
+
+def _test(name: str, baseline: Sequence[float], variant: Sequence[float], seed: int) -> Significance:
+    if name == "bootstrap":
+        return bootstrap_test(baseline, variant, seed=seed)
+    return welch_test(baseline, variant)
+
+
+def _delta(e: _Entry, base: _Entry, energy_mean: float, significance: Significance) -> BaselineDelta:
+    base_energy = sum(base.energy) / len(base.energy)
+    saving = base_energy - energy_mean
+    if e.making is None or saving <= 0:
+        break_even = None
+    else:
+        break_even = e.making.energy_j / saving
+    base_metric = sum(base.metric_values) / len(base.metric_values)
+    metric = sum(e.metric_values) / len(e.metric_values)
+    base_p50 = LatencyStats.from_durations(base.durations)
+    p50 = LatencyStats.from_durations(e.durations)
+    return BaselineDelta(
+        metric_change=metric - base_metric,
+        energy_ratio=energy_mean / base_energy if base_energy > 0 else None,
+        latency_ratio=p50.p50_s / base_p50.p50_s if p50 and base_p50 and base_p50.p50_s > 0 else None,
+        size_ratio=e.facts["size_b"] / base.facts["size_b"] if base.facts.get("size_b") else None,
+        energy_significance=significance,
+        break_even_inferences=break_even,
+    )

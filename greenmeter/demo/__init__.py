@@ -1,0 +1,1 @@
+"""``greenmeter demo``: the whole loop on the bundled digits task (``digits``) in one command (``run``)."""

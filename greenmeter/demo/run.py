@@ -1,0 +1,178 @@
+"""``greenmeter demo``: the whole loop on bundled data, in one command.
+
+1. Train the baseline CNN on scikit-learn's digits, the training loop under ``@greenmeter.track`` with
+   steps and epochs marked, stored in a run store.
+2. Build every compression variant from it with the recipes (unstructured, structured and
+   lottery-ticket pruning, dynamic and static int8, packed 4-bit, QAT, distillation, early exit), the
+   energy of making each one measured.
+3. Compare the baseline and the variants side by side: interleaved repeats, confidence intervals,
+   significance, Pareto front, break-even.
+4. Write the HTML report of the comparison (the main output), the training run's report, and the
+   comparison as JSON, CSV and Markdown; print the table and where the files are.
+
+``--quick`` runs a smaller version (fewer epochs and repeats) for CI and a first look.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from greenmeter._errors import ConfigError
+
+if TYPE_CHECKING:
+    from greenmeter.carbon.settings import CarbonSettings
+    from greenmeter.records.comparison import Comparison
+    from greenmeter.records.measurement import Measurement
+
+__all__ = ["DEMO_RECIPES", "DemoResult", "DemoSettings", "run_demo"]
+
+#: The variants the demo builds, by name, each from a recipe (see ``greenmeter.comparison.recipes``).
+DEMO_RECIPES: dict[str, str] = {
+    "prune:0.5": "prune:0.5",          # unstructured global magnitude pruning, half the weights
+    "channels:0.5": "channels:0.5",    # structured: half the channels removed, fine-tuned
+    "ticket:0.2": "ticket:0.2",        # lottery ticket: 20% of the weights kept, rewound and retrained
+    "int8-dynamic": "int8-dynamic",    # dynamic int8 (Linear layers)
+    "int8-static": "int8-static",      # static int8 with calibration (conv and Linear)
+    "int4": "int4",                    # 4-bit weights, per-group scales, packed two a byte
+    "qat": "qat",                      # quantization-aware fine-tuning, converted to real int8
+    "distill:0.5": "distill:0.5",      # a half-width student distilled from the baseline
+    "early-exit:0.9": "early-exit:0.9",  # exit heads; a sample leaves at the first head 90% sure
+}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How much work the demo does: baseline epochs, repeats, recipe training epochs."""
+
+    epochs: int
+    repeats: int
+    fine_tune_epochs: int
+    train_epochs: int
+    min_repeat_s: float | None
+
+
+FULL = DemoSettings(epochs=20, repeats=5, fine_tune_epochs=3, train_epochs=10, min_repeat_s=None)
+QUICK = DemoSettings(epochs=4, repeats=3, fine_tune_epochs=1, train_epochs=2, min_repeat_s=0.1)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo produced: the records and the files written under ``out_dir``."""
+
+    comparison: Comparison
+    training: Measurement
+    baseline_accuracy: float
+    files: dict[str, Path]
+    duration_s: float
+
+
+def _say(progress: bool | Callable[[str], None], text: str) -> None:
+    if callable(progress):
+        progress(text)
+    elif progress:
+        sys.stderr.write(f"greenmeter demo: {text}\n")
+        sys.stderr.flush()
+
+
+def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, carbon: CarbonSettings | None = None,
+             progress: bool | Callable[[str], None] = True, recipes: dict[str, str] | None = None) -> DemoResult:
+    """Run the demo and write its files to ``out_dir`` (created if missing).
+
+    Args:
+        out_dir: where the store and the reports go.
+        quick: the smaller version (about a minute on 2 cores) instead of the full one.
+        carbon: grid intensity and PUE (default: the world average, marked as assumed in the report).
+        progress: ``True`` for progress on standard error, ``False`` for none, or a callable given each line
+            (as :func:`greenmeter.compare` takes it, and passed on to it).
+        recipes: the variants to build (default :data:`DEMO_RECIPES`).
+
+    Raises:
+        ConfigError: ``out_dir`` cannot be created or written.
+    """
+    import torch
+
+    import greenmeter
+    from greenmeter.demo.digits import accuracy, batches, load_digits_data, make_digits_cnn
+    from greenmeter.metering.meter import Meter
+    from greenmeter.comparison.recipes import RecipeContext
+    from greenmeter.output.report import comparison_report, run_report, write_report
+    from greenmeter.store.database import Store
+
+    started = time.perf_counter()
+    settings = QUICK if quick else FULL
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the demo's output folder {out}: {err.strerror or err}") from err
+    store_path = out / "runs.db"
+    if store_path.exists():
+        store_path.unlink()  # each demo starts a fresh store; its reports are rewritten too
+    torch.manual_seed(0)
+    data = load_digits_data()
+    _say(progress, f"digits: {len(data.x_train)} training and {len(data.x_test)} test images; "
+                   f"{'quick' if quick else 'full'} run, output in {out}")
+
+    store = Store(store_path)
+    try:
+        meter = Meter(store=store, name="demo: train the baseline", carbon=carbon)
+        model = make_digits_cnn(seed=0)
+
+        @greenmeter.track(name="train-baseline", meter=meter, samples=len(data.x_train) * settings.epochs)
+        def train() -> None:
+            opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
+            m = greenmeter.current_meter()
+            for epoch in range(settings.epochs):
+                model.train()
+                for xb, yb in batches(data.x_train, data.y_train, 64, shuffle=True, seed=epoch):
+                    opt.zero_grad(set_to_none=True)
+                    loss = torch.nn.functional.cross_entropy(model(xb), yb)
+                    loss.backward()
+                    opt.step()
+                    m.step(len(xb))
+                sched.step()
+                m.epoch()
+                _say(progress, f"train baseline: epoch {epoch + 1}/{settings.epochs}, last loss {loss.item():.3f}")
+            model.eval()
+
+        train()
+        training = train.last_measurement  # type: ignore[attr-defined]
+        training_run = meter.run_id
+        meter.close()
+        base_acc = accuracy(model, data.x_test, data.y_test)
+        _say(progress, f"baseline trained: {base_acc * 100:.2f}% test accuracy, {training.energy_j:.4g} J "
+                       f"({'measured' if training.measured else 'estimated'})")
+
+        def train_fn(m: torch.nn.Module, loss_fn: Any = None, epochs: int | None = None) -> None:
+            from greenmeter.demo.digits import train_classifier
+
+            train_classifier(m, data, epochs=epochs or settings.fine_tune_epochs, loss_fn=loss_fn)
+
+        context = RecipeContext(
+            example_input=data.x_test[:64], train_data=lambda: batches(data.x_train, data.y_train, 64, shuffle=True),
+            train_fn=train_fn, fine_tune_epochs=settings.fine_tune_epochs, train_epochs=settings.train_epochs,
+        )
+        variants: dict[str, Any] = {"float": model, **(DEMO_RECIPES if recipes is None else recipes)}
+        comparison = greenmeter.compare(
+            variants, (data.x_test, data.y_test), recipe_context=context, store=store, carbon=carbon,
+            repeats=settings.repeats, min_repeat_s=settings.min_repeat_s, name="demo: digits CNN and its variants",
+            progress=progress,
+        )
+        files = {
+            "report": write_report(comparison_report(comparison), out / "report.html"),
+            "training report": write_report(
+                run_report(store.get_run(training_run), store.windows(training_run)), out / "training.html"),
+            "markdown": write_report(comparison_report(comparison, "md"), out / "report.md"),
+            "csv": write_report(comparison_report(comparison, "csv"), out / "comparison.csv"),
+            "json": write_report(comparison.to_json() + "\n", out / "comparison.json"),
+            "store": store_path,
+        }
+    finally:
+        store.close()
+    return DemoResult(comparison, training, base_acc, files, time.perf_counter() - started)

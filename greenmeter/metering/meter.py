@@ -1,0 +1,592 @@
+"""The Meter: measurement windows over a set of energy backends.
+
+A window is the difference of two snapshots of every backend's cumulative joules, taken with a
+synchronisation hook at both edges. Windows nest and overlap freely. Steps and epochs marked while a
+window is open give per-step latency and per-epoch energy. The edges are cheap: a backend that needs
+slow reads or must see every counter wrap is polled by a background sampler instead.
+
+Typical use::
+
+    meter = Meter()
+    with meter.window("train", samples=len(dataset)) as w:
+        for batch in meter.iterate(loader):
+            train_step(batch)
+    print(w.measurement.summary())
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from greenmeter._errors import ConfigError, MeasurementError
+from greenmeter.sources.base import Backend, Domain, ProbeResult
+from greenmeter.sources.select import probe_sources, select_backends
+from greenmeter.sources.sampler import Sampler
+from greenmeter.carbon.settings import CarbonEstimate, CarbonSettings
+from greenmeter.metering.host import describe_host
+from greenmeter.records.measurement import (
+    SCHEMA_VERSION,
+    DomainEnergy,
+    EpochRecord,
+    HostInfo,
+    LatencyStats,
+    Measurement,
+    assemble,
+)
+
+if TYPE_CHECKING:
+    from greenmeter.store.database import Store
+
+__all__ = ["Meter", "ResolvedCarbon", "Window", "WindowBlock", "batch_size", "build_measurement", "probe_sources"]
+
+log = logging.getLogger("greenmeter")
+T = TypeVar("T")
+SyncHook = Callable[[], None]
+_MODES = ("process", "machine")
+
+
+def _cuda_sync() -> None:
+    """Synchronise CUDA when torch is imported and CUDA is in use; never imports torch itself."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def batch_size(item: Any) -> int | None:
+    """Best guess of the number of samples in a batch: the leading size of its first tensor."""
+    first = item
+    if isinstance(item, (tuple, list)) and item:
+        first = item[0]
+    elif isinstance(item, dict) and item:
+        first = next(iter(item.values()))
+    shape = getattr(first, "shape", None)
+    if shape is not None and len(shape) > 0:
+        return int(shape[0])
+    return None
+
+
+
+EpochMark = tuple[float, dict[str, float], int]
+
+
+class ResolvedCarbon:
+    """Carbon settings with their table look-ups done once."""
+
+    __slots__ = ("intensity", "pue", "pue_source")
+
+    def __init__(self, settings: CarbonSettings | None) -> None:
+        if settings is None:
+            settings = CarbonSettings()
+        elif not isinstance(settings, CarbonSettings):
+            raise ConfigError(f"carbon must be a greenmeter.CarbonSettings, not {type(settings).__name__}")
+        self.intensity = settings.resolve_intensity()
+        self.pue, self.pue_source = settings.resolve_pue()
+
+    def estimate(self, energy_j: float) -> CarbonEstimate:
+        """CO2e of ``energy_j`` joules: kWh x PUE x g/kWh."""
+        g_per_kwh = self.intensity.intensity_g_per_kwh
+        return assemble(CarbonEstimate, {
+            "energy_j": energy_j, "pue": self.pue, "pue_source": self.pue_source,
+            "intensity_g_per_kwh": g_per_kwh, "co2e_g": energy_j / 3.6e6 * self.pue * g_per_kwh,
+            "intensity": self.intensity,
+        })
+
+
+def build_measurement(
+    w: Window, t1: float, energy: dict[str, float], steps: list[float], step_samples: list[int | None],
+    epochs: list[EpochMark], error: BaseException | None, *, domains: Mapping[str, Domain],
+    idle: Mapping[str, float] | None, flags: list[str], host: HostInfo, backends: tuple[str, ...],
+    carbon: ResolvedCarbon,
+) -> Measurement:
+    """Build the measurement of window ``w`` closed at ``t1`` (perf_counter s) with readings ``energy`` (J).
+
+    ``steps`` are the perf_counter times of step marks inside the window, ``epochs`` the epoch marks;
+    ``flags`` (extended here with unresolved-domain warnings) go into the record.
+    """
+    duration = t1 - w.t0
+    start_energy = w.energy
+    records = []
+    total = 0.0
+    for key, domain in domains.items():
+        resolved = duration >= domain.update_period_s
+        if not resolved:
+            flags.append(
+                f"window {w.name!r} lasted {duration * 1e3:.3f} ms, shorter than the update period of "
+                f"{key} ({domain.update_period_s * 1e3:.3f} ms): its energy is not resolved"
+            )
+        joules = energy[key] - start_energy[key]
+        if domain.in_total:
+            total += joules
+        records.append(assemble(DomainEnergy, {
+            "key": key, "kind": domain.kind, "energy_j": joules, "in_total": domain.in_total,
+            "provenance": domain.provenance, "resolved": resolved,
+            "idle_power_w": None if idle is None else idle[key],
+        }))
+    durations: list[float] = []
+    samples = w.samples
+    if steps:
+        previous = w.t0
+        for t in steps:
+            durations.append(t - previous)
+            previous = t
+        if samples is None and None not in step_samples:
+            samples = sum(step_samples)  # type: ignore[arg-type]
+    return assemble(Measurement, {
+        "name": w.name,
+        "status": "failed" if error is not None else "ok",
+        "started_at": w.started_at,
+        "duration_s": duration,
+        "energy_j": total,
+        "domains": tuple(records),
+        "host": host,
+        "backends": backends,
+        "samples": samples,
+        "steps": len(steps),
+        "latency": LatencyStats.from_durations(durations),
+        "step_energy_method": "split-by-step-time" if steps else None,
+        "epochs": _epochs(w, epochs, step_samples, domains) if epochs else (),
+        "idle_power_w": None if idle is None else sum(idle[k] for k, d in domains.items() if d.in_total),
+        "flags": tuple(flags),
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+        "carbon": carbon.estimate(total),
+        "step_durations_s": tuple(durations),
+        "step_samples": tuple(step_samples) if steps else (),
+        "schema_version": SCHEMA_VERSION,
+    })
+
+
+def _epochs(
+    w: Window, marks: list[EpochMark], step_samples: list[int | None], domains: Mapping[str, Domain],
+) -> tuple[EpochRecord, ...]:
+    records = []
+    previous_t, previous_e, previous_step = w.t0, w.energy, w.step_index
+    for index, (t, energy, step_count) in enumerate(marks):
+        in_epoch = step_samples[previous_step - w.step_index: step_count - w.step_index]
+        samples = sum(s for s in in_epoch if s is not None) if in_epoch and None not in in_epoch else None
+        records.append(EpochRecord(
+            index=index,
+            duration_s=t - previous_t,
+            energy_j=sum(energy[k] - previous_e[k] for k, d in domains.items() if d.in_total),
+            steps=step_count - previous_step,
+            samples=samples,
+        ))
+        previous_t, previous_e, previous_step = t, energy, step_count
+    return tuple(records)
+
+
+class Window:
+    """An open (or ended) measurement window.
+
+    Attributes:
+        name: the window's name.
+        samples: samples processed in the window, if known (set it any time before the end).
+        measurement: the result, ``None`` until the window ends.
+    """
+
+    __slots__ = ("meter", "name", "samples", "started_at", "t0", "energy", "step_index", "epoch_index",
+                 "carbon", "measurement")
+
+    def __init__(
+        self, meter: Meter, name: str, samples: int | None, started_at: str, t0: float,
+        energy: dict[str, float], step_index: int, epoch_index: int, carbon: Any = None,
+    ) -> None:
+        self.meter = meter
+        self.name = name
+        self.samples = samples
+        self.started_at = started_at
+        self.t0 = t0
+        self.energy = energy
+        self.step_index = step_index
+        self.epoch_index = epoch_index
+        self.carbon = carbon  # resolved carbon settings for this window only, or None for the meter's
+        self.measurement: Measurement | None = None
+
+    def end(self) -> Measurement:
+        """End this window; same as ``meter.end(window)``."""
+        return self.meter.end(self)
+
+    def __repr__(self) -> str:
+        state = "ended" if self.measurement is not None else "open"
+        return f"<Window {self.name!r} {state}>"
+
+
+class WindowBlock:
+    """Context manager that opens a window on entry and always closes it on exit.
+
+    An exception in the block is recorded (the measurement is marked failed) and then propagates.
+    """
+
+    __slots__ = ("_meter", "_name", "_samples", "_carbon", "window")
+
+    def __init__(self, meter: Meter, name: str, samples: int | None, carbon: CarbonSettings | None = None) -> None:
+        self._meter = meter
+        self._name = name
+        self._samples = samples
+        self._carbon = carbon
+        self.window: Window | None = None
+
+    def __enter__(self) -> Window:
+        self.window = self._meter.begin(self._name, samples=self._samples, carbon=self._carbon)
+        return self.window
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
+    ) -> None:
+        assert self.window is not None
+        self._meter.end(self.window, error=exc)
+
+
+class Meter:
+    """Measures energy, power and latency over named windows.
+
+    Args:
+        backends: backend names (``"rapl"``, ``"nvml"``, ``"cpu-estimate"``, ``"ram-estimate"``) or
+            ready :class:`~greenmeter.sources.registry.Backend` objects. ``None`` picks automatically: RAPL and
+            NVML where usable, the CPU estimate where RAPL is not (said in every measurement's flags),
+            and the RAM estimate where RAPL has no DRAM domain.
+        mode: ``"process"`` (estimates cover this process and its children; default) or ``"machine"``.
+            Hardware counters always cover their whole device.
+        sysfs_root: root of sysfs for RAPL (default ``$GREENMETER_SYSFS_ROOT`` or ``/sys``).
+        use_psys: count RAPL's psys (whole SoC) domain alone as the CPU total.
+        gpus: NVML device indices to measure (default: all visible).
+        idle_baseline_s: when > 0, measure idle power for this many seconds when the meter starts;
+            measurements then report idle and attributable energy apart.
+        sync: ``"auto"`` (``torch.cuda.synchronize`` when CUDA is in use), ``None``, or a callable run at
+            both edges of every window.
+        carbon: grid intensity and PUE for the CO2e of every measurement (default: the world average
+            intensity, marked as assumed, and PUE 1.0).
+        store: keep every window in a run store: a :class:`~greenmeter.store.database.Store`, a path, or ``True``
+            for the default store (``$GREENMETER_STORE``, else ``$XDG_DATA_HOME/greenmeter/runs.db``).
+            The meter opens one run (kind ``api``) when it starts, stores each window as it ends, and
+            finishes the run when it closes; a crashed process leaves the run marked incomplete with
+            every window stored before the crash. ``None`` (default) stores nothing.
+        name: the run's name in the store (default: the script's file name).
+
+    The meter starts (probes hardware, starts the sampler) on its first window. It is thread-safe.
+    """
+
+    def __init__(
+        self,
+        backends: Sequence[str | Backend] | None = None,
+        *,
+        mode: str = "process",
+        sysfs_root: str | None = None,
+        use_psys: bool = False,
+        gpus: Sequence[int] | None = None,
+        idle_baseline_s: float = 0.0,
+        sync: str | SyncHook | None = "auto",
+        carbon: CarbonSettings | None = None,
+        store: Store | str | os.PathLike[str] | bool | None = None,
+        name: str | None = None,
+    ) -> None:
+        if mode not in _MODES:
+            raise ConfigError(f"mode must be one of {_MODES}, not {mode!r}")
+        if idle_baseline_s < 0:
+            raise ConfigError(f"idle_baseline_s must be >= 0 seconds, not {idle_baseline_s!r}")
+        if sync == "auto":
+            self._sync: SyncHook | None = _cuda_sync
+        elif sync is None or callable(sync):
+            self._sync = sync
+        else:
+            raise ConfigError(f"sync must be 'auto', None or a callable, not {sync!r}")
+        if carbon is not None and not isinstance(carbon, CarbonSettings):
+            raise ConfigError(f"carbon must be a greenmeter.CarbonSettings, not {type(carbon).__name__}")
+        self._carbon_settings = carbon
+        self._carbon: ResolvedCarbon | None = None  # resolved when the meter starts
+        self._store_spec = None if store is False else store
+        self.store: Store | None = None
+        self.run_id: str | None = None
+        self.name = name or (os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python")
+        self._requested = list(backends) if backends is not None else None
+        self._options = {"mode": mode, "sysfs_root": sysfs_root, "use_psys": use_psys, "gpus": gpus}
+        self.mode = mode
+        self.idle_baseline_s = float(idle_baseline_s)
+        self._lock = threading.RLock()
+        self._started = False
+        self._closed = False
+        self._backends: list[Backend] = []
+        self._domains: dict[str, Domain] = {}
+        self._probes: list[ProbeResult] = []
+        self._notes: tuple[str, ...] = ()
+        self._idle_power_w: dict[str, float] | None = None
+        self._sampler: Sampler | None = None
+        self._open: list[Window] = []
+        self._step_times: list[float] = []
+        self._step_samples: list[int | None] = []
+        self._epoch_marks: list[tuple[float, dict[str, float], int]] = []
+        self._backend_names: tuple[str, ...] = ()
+        self._host_info: HostInfo | None = None
+        self._host_torch = False
+        self.measurements: list[Measurement] = []
+        self.listeners: list[Callable[[Measurement], None]] = []
+
+    # Start-up ------------------------------------------------------------------------------
+    def start(self) -> Meter:
+        """Probe and open the backends, start the sampler and take the idle baseline. Idempotent."""
+        with self._lock:
+            if self._closed:
+                raise MeasurementError("this meter is closed; create a new Meter")
+            if self._started:
+                return self
+            self._carbon = ResolvedCarbon(self._carbon_settings)
+            self._open_backends()
+            polled = [b for b in self._backends if b.poll_interval_s]
+            if polled:
+                interval = min(b.poll_interval_s for b in polled if b.poll_interval_s)
+                self._sampler = Sampler(polled, interval)
+                self._sampler.start()
+            self._started = True
+            if self._store_spec is not None:
+                self._open_store()
+            if self.idle_baseline_s > 0:
+                self._idle_power_w = self._measure_idle(self.idle_baseline_s)
+        return self
+
+    def _select_sources(self) -> tuple[list[Backend], list[ProbeResult], Sequence[str]]:
+        """The backends to open, every probe result and the fallback notes. Subclasses choose differently."""
+        return select_backends(self._requested, **self._options)
+
+    def _open_backends(self) -> None:
+        backends, probes, notes = self._select_sources()
+        self._probes = probes
+        self._use(backends)
+        self._notes = tuple(notes)
+        for note in notes:
+            log.warning("greenmeter: %s", note)
+
+    def _open_store(self) -> None:
+        from greenmeter.store.database import Store
+
+        spec = self._store_spec
+        store = spec if isinstance(spec, Store) else Store(None if spec is True else spec)
+        settings = self._carbon_settings
+        self.run_id = store.start_run(name=self.name, kind="api", host=self._host(),
+                                      carbon_settings=settings.to_dict() if settings is not None else None)
+        self.store = store
+        self.listeners.append(lambda m: store.add_window(self.run_id, m, carbon=m.carbon))  # type: ignore[arg-type]
+
+    def _use(self, backends: list[Backend]) -> None:
+        probes = {p.backend: p for p in self._probes}
+        for backend in backends:
+            for domain in probes[backend.name].domains:
+                if domain.key in self._domains:
+                    raise ConfigError(f"two backends report the domain {domain.key!r}; use only one")
+                self._domains[domain.key] = domain
+        self._backends = backends
+        self._backend_names = tuple(b.name for b in backends)
+
+    def _measure_idle(self, seconds: float) -> dict[str, float]:
+        start = self._snapshot()
+        time.sleep(seconds)
+        end = self._snapshot()
+        elapsed = end[0] - start[0]
+        return {key: (end[1][key] - start[1][key]) / elapsed for key in self._domains}
+
+    # Introspection -------------------------------------------------------------------------
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        """The backends in use (empty before the meter starts)."""
+        return tuple(self._backends)
+
+    @property
+    def carbon_settings(self) -> CarbonSettings | None:
+        """The carbon settings windows use by default (``None``: the world average, marked assumed)."""
+        return self._carbon_settings
+
+    @property
+    def domains(self) -> tuple[Domain, ...]:
+        """Every domain measured, with provenance."""
+        return tuple(self._domains.values())
+
+    @property
+    def probes(self) -> tuple[ProbeResult, ...]:
+        """Every probe made when the meter started, usable or not."""
+        return tuple(self._probes)
+
+    @property
+    def open_windows(self) -> tuple[str, ...]:
+        """Names of the windows begun and not yet ended, oldest first."""
+        with self._lock:
+            return tuple(w.name for w in self._open)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Fallbacks the meter made, in words (also in every measurement's flags)."""
+        return self._notes
+
+    @property
+    def host(self) -> HostInfo:
+        """Facts about this machine (cached)."""
+        return self._host()
+
+    @property
+    def idle_power_w(self) -> dict[str, float] | None:
+        """Idle power per domain in watts, when a baseline was taken."""
+        return None if self._idle_power_w is None else dict(self._idle_power_w)
+
+    # Reading -------------------------------------------------------------------------------
+    def read(self) -> tuple[float, dict[str, float]]:
+        """Cumulative joules per domain now, with the ``time.perf_counter()`` of the read (starts the meter).
+
+        Two reads give any interval's energy; ``greenmeter run`` uses this for its power timeline.
+        """
+        if not self._started:
+            self.start()
+        return self._snapshot()
+
+    def _snapshot(self) -> tuple[float, dict[str, float]]:
+        energy: dict[str, float] = {}
+        for backend in self._backends:
+            energy.update(backend.read().energy_j)
+        return time.perf_counter(), energy
+
+    # Windows -------------------------------------------------------------------------------
+    def begin(self, name: str, *, samples: int | None = None, carbon: CarbonSettings | None = None) -> Window:
+        """Open a window and return its handle; close it with :meth:`end` or ``window.end()``.
+
+        Args:
+            name: the window's name.
+            samples: samples processed in the window, if known (or set ``window.samples`` later).
+            carbon: carbon settings for this window only (default: the meter's).
+        """
+        if not self._started or self._closed:
+            self.start()
+        if self._sync is not None:
+            self._sync()
+        started_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        t0, energy = self._snapshot()
+        window = Window(self, name, samples, started_at, t0, energy, len(self._step_times), len(self._epoch_marks),
+                        None if carbon is None else ResolvedCarbon(carbon))
+        with self._lock:
+            self._open.append(window)
+        return window
+
+    def end(self, window: Window | str, *, error: BaseException | None = None,
+            flags: Sequence[str] = ()) -> Measurement:
+        """Close a window (a handle, or the latest open window of that name) and return its measurement.
+
+        Args:
+            window: the handle from :meth:`begin`, or a window name.
+            error: the exception that ended the block, if any: the measurement is then marked failed.
+            flags: warnings of the caller's own to record with this window, after the meter's.
+
+        Raises:
+            MeasurementError: the window is not open (never begun, or already ended).
+        """
+        if self._sync is not None:
+            self._sync()
+        t1, energy = self._snapshot()
+        with self._lock:
+            handle = self._find_open(window)
+            self._open.remove(handle)
+            steps = self._step_times[handle.step_index:]
+            samples = self._step_samples[handle.step_index:]
+            epochs = self._epoch_marks[handle.epoch_index:]
+            if not self._open:
+                self._step_times.clear()
+                self._step_samples.clear()
+                self._epoch_marks.clear()
+        measurement = self._build(handle, t1, energy, steps, samples, epochs, error, flags)
+        handle.measurement = measurement
+        self.measurements.append(measurement)
+        for listener in self.listeners:
+            listener(measurement)
+        return measurement
+
+    def _find_open(self, window: Window | str) -> Window:
+        if isinstance(window, Window):
+            if window in self._open:
+                return window
+            raise MeasurementError(f"window {window.name!r} is not open (already ended, or from another meter)")
+        for handle in reversed(self._open):
+            if handle.name == window:
+                return handle
+        raise MeasurementError(f"no open window named {window!r}; open windows: {[w.name for w in self._open]}")
+
+    def window(self, name: str, *, samples: int | None = None, carbon: CarbonSettings | None = None) -> WindowBlock:
+        """A window for a ``with`` block: ``with meter.window("eval", samples=n) as w: ...``.
+
+        The block's exception, if any, still closes the window and records a failed measurement before
+        it propagates. After the block, ``w.measurement`` holds the result.
+        """
+        return WindowBlock(self, name, samples, carbon)
+
+    # Steps and epochs -----------------------------------------------------------------------
+    def step(self, samples: int | None = None) -> None:
+        """Mark the end of one step (a batch), optionally with its number of samples. Costs ~1 us."""
+        self._step_times.append(time.perf_counter())
+        self._step_samples.append(samples)
+
+    def epoch(self) -> None:
+        """Mark the end of an epoch: reads the backends, so per-epoch energy is exact to the counters."""
+        t, energy = self._snapshot()
+        self._epoch_marks.append((t, energy, len(self._step_times)))
+
+    def iterate(self, iterable: Iterable[T], *, samples_of: Callable[[T], int | None] = batch_size) -> Iterator[T]:
+        """Yield from ``iterable``, marking a step each time the consumer asks for the next item.
+
+        ``samples_of(item)`` gives each batch's sample count (default: the leading size of its first tensor).
+        """
+        pending: int | None = None
+        started = False
+        for item in iterable:
+            if started:
+                self.step(pending)
+            pending, started = samples_of(item), True
+            yield item
+        if started:
+            self.step(pending)
+
+    # Building the record ---------------------------------------------------------------------
+    def _build(
+        self, w: Window, t1: float, energy: dict[str, float], steps: list[float],
+        step_samples: list[int | None], epochs: list[tuple[float, dict[str, float], int]],
+        error: BaseException | None, extra_flags: Sequence[str] = (),
+    ) -> Measurement:
+        flags = list(self._notes)
+        if self._sampler is not None and self._sampler.has_errors:
+            flags.extend(self._sampler.errors_since(w.t0))
+        flags.extend(extra_flags)
+        return build_measurement(
+            w, t1, energy, steps, step_samples, epochs, error, domains=self._domains, idle=self._idle_power_w,
+            flags=flags, host=self._host(), backends=self._backend_names,
+            carbon=w.carbon or self._carbon,  # type: ignore[arg-type]
+        )
+
+    def _host(self) -> HostInfo:
+        """Host facts, cached; refreshed when torch gets imported (its version is one of them)."""
+        torch_loaded = "torch" in sys.modules
+        if self._host_info is None or self._host_torch != torch_loaded:
+            self._host_info, self._host_torch = describe_host(), torch_loaded
+        return self._host_info
+
+    # Shutdown ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the sampler and close the backends. Open windows are left unrecorded. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._sampler is not None:
+                self._sampler.stop()
+            for backend in self._backends:
+                backend.close()
+            if self.store is not None and self.run_id is not None:
+                failed = any(m.status == "failed" for m in self.measurements)
+                self.store.finish_run(self.run_id, status="failed" if failed else "ok")
+                if not isinstance(self._store_spec, type(self.store)):
+                    self.store.close()  # opened here from a path: closed here
+
+    def __enter__(self) -> Meter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Output (stage 5): reports (HTML, Markdown, CSV, JSON) and exports, their view models, prose and charts."""

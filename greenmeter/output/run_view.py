@@ -1,0 +1,230 @@
+"""The view model of a stored run (a training loop under ``@greenmeter.track``, ``greenmeter run``...).
+
+Built from what the store holds and nothing else: the run record, its windows and its power samples.
+The power timeline comes from the stored samples when the run has them (``greenmeter run`` records
+them); otherwise it is drawn from the windows themselves, each window's mean power over its span, and
+the caption says so.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from greenmeter._version import __version__
+from greenmeter.output.prose import carbon_lines, environment_items, group_flags, source_constants
+from greenmeter.output.view import Cell, ChartView, Column, ReportView, Row, now, num
+
+if TYPE_CHECKING:
+    from greenmeter.records.measurement import Measurement
+    from greenmeter.records.run import RunRecord
+
+__all__ = ["run_view"]
+
+_WINDOW_COLUMNS = (
+    Column("window", "window", "the measured window's name", numeric=False),
+    Column("status", "status", "ok, or failed when the measured block raised", numeric=False),
+    Column("start_s", "start s", "seconds from the run's start"),
+    Column("duration_s", "duration s", "wall-clock duration, seconds"),
+    Column("energy_j", "energy J", "total energy over the window, joules"),
+    Column("power_w", "power W", "mean power, watts"),
+    Column("samples", "samples", "samples processed, when given"),
+    Column("j_per_sample", "J / sample", "energy per sample, joules"),
+    Column("steps", "steps", "steps marked inside the window"),
+    Column("step_p50_s", "step p50 ms", "median step latency, milliseconds"),
+    Column("epochs", "epochs", "epochs marked inside the window"),
+    Column("co2e_g", "g CO2e", "the window's energy as grams of CO2e"),
+    Column("source", "source", "measured (a counter) or estimated (a model)", numeric=False),
+)
+
+
+def _parse(ts: str | None) -> _dt.datetime | None:
+    if not ts:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(ts)
+    except ValueError:
+        return None
+
+
+def _offset(ts: str | None, start: _dt.datetime | None) -> float | None:
+    t = _parse(ts)
+    if t is None or start is None:
+        return None
+    if (t.tzinfo is None) != (start.tzinfo is None):
+        return None
+    return (t - start).total_seconds()
+
+
+def run_view(run: RunRecord, windows: Sequence[Measurement], samples: Sequence[tuple[float, str, float]] = (),
+             charts: bool = True, generated_at: str | None = None) -> ReportView:
+    """The view of a stored run (a training loop, ``greenmeter run``...) with its windows and power samples.
+
+    Args:
+        run: the stored run.
+        windows: its measured windows, in order.
+        samples: its power samples ``(seconds since start, domain key, watts)``, if any.
+        charts: draw the charts (matplotlib); ``False`` for the text formats.
+        generated_at: the report's timestamp (default: now, UTC).
+    """
+    generated_at = generated_at or now()
+
+    # time zero: the run's start, or an earlier window's (greenmeter run opens its window just before it
+    # stores the run, so that a command that cannot start leaves no run behind)
+    starts = [t for t in (_parse(run.started_at), *(_parse(w.started_at) for w in windows)) if t is not None]
+    start = min(starts, default=None) if len({t.tzinfo is None for t in starts}) <= 1 else _parse(run.started_at)
+    rows = tuple(_window_row(w, _offset(w.started_at, start)) for w in windows)
+    m = run.measurement
+    headline: list[tuple[str, str]] = [("status", run.display_status), ("started", run.started_at[:19] + " UTC")]
+    if run.command:
+        headline.append(("command", " ".join(run.command)))
+    if m is not None:
+        headline += [("duration", f"{m.duration_s:.4g} s"), ("energy", f"{m.energy_j:.4g} J "
+                                                                      f"({m.energy_j / 3.6e6:.3g} kWh)"),
+                     ("mean power", f"{m.power_w:.3g} W")]
+    elif windows:
+        outer = _outermost(windows, start)
+        total = sum(w.energy_j for w in outer)
+        headline.append(("energy in windows", f"{total:.4g} J over {len(outer)} window(s) that no other window "
+                                              f"contains ({sum(w.duration_s for w in outer):.4g} s)"))
+    if run.carbon is not None:
+        headline.append(("carbon", run.carbon.describe()))
+    headline.append(("windows", str(len(windows))))
+    epochs = [(f"{w.name} #{e.index + 1}", e.energy_j) for w in windows for e in w.epochs]
+    if epochs:
+        headline.append(("epochs", f"{len(epochs)}, {sum(e for _, e in epochs):.4g} J in all"))
+    chart_views = _charts(run, windows, samples, start, epochs) if charts else ()
+    flags = list(m.flags) if m is not None else []
+    if not run.complete:
+        flags.insert(0, "this run never finished (still running, or its process was killed): its whole-run "
+                        "figures are missing and only the stored windows are shown")
+    flags += group_flags([(w.name, f) for w in windows for f in w.flags], len(windows))
+    return ReportView(
+        kind="run", title=f"Run: {run.name}", subtitle=f"run {run.id[:12]} ({run.kind}) on "
+                                                      f"{run.host.hostname if run.host else 'an unknown host'}",
+        generated_at=generated_at, summary=None, headline=tuple(headline), charts=chart_views,
+        columns=_WINDOW_COLUMNS, rows=rows,
+        environment=environment_items(run.host, m.backends if m else tuple(dict.fromkeys(
+            b for w in windows for b in w.backends))),
+        sources=_sources(run, windows), constants=_constants(run, windows), methodology=_methodology(bool(samples)),
+        model_card=_model_card(run), flags=tuple(dict.fromkeys(flags)), version=__version__,
+    )
+
+
+def _window_row(w: Measurement, start_s: float | None) -> Row:
+    kinds = sorted({d.provenance.kind for d in w.domains if d.in_total})
+    per_sample = w.energy_j / w.samples if w.samples else None
+    p50 = w.latency.p50_s * 1e3 if w.latency is not None else None
+    cells = (
+        Cell(w.name, w.name), Cell(w.status, w.status), num(start_s, ".3g"), num(w.duration_s, ".4g"),
+        num(w.energy_j, ".4g"), num(w.power_w if w.duration_s > 0 else None, ".3g"),
+        num(w.samples, ",d" if w.samples is not None else ""), num(per_sample, ".3g"),
+        num(w.steps, "d"), num(p50, ".3g"), num(len(w.epochs), "d"),
+        num(w.carbon.co2e_g if w.carbon else None, ".3g"), Cell(", ".join(kinds) or "–", ", ".join(kinds)),
+    )
+    raw = (w.name, w.status, start_s, w.duration_s, w.energy_j, w.power_w if w.duration_s > 0 else None, w.samples,
+           per_sample, w.steps, None if w.latency is None else w.latency.p50_s, len(w.epochs),
+           w.carbon.co2e_g if w.carbon else None, ", ".join(kinds))
+    return Row(w.name, cells, raw, ("failed",) if w.status != "ok" else (), w.error)
+
+
+def _outermost(windows: Sequence[Measurement], start: _dt.datetime | None) -> list[Measurement]:
+    """Windows not inside an earlier one (by start offset and duration), in time order."""
+    timed = sorted(((_offset(w.started_at, start), w) for w in windows), key=lambda p: (p[0] is None, p[0] or 0.0))
+    out: list[Measurement] = []
+    end = float("-inf")
+    for t0, w in timed:
+        if t0 is None:
+            out.append(w)
+            continue
+        if t0 < end - 1e-9:
+            continue
+        out.append(w)
+        end = t0 + w.duration_s
+    return out
+
+
+def _timeline_from_windows(windows: Sequence[Measurement], start: _dt.datetime | None,
+                           ) -> dict[str, list[tuple[float, float]]]:
+    """Each top-level window as its mean power held over its span (a step line), in seconds from the start."""
+    points: list[tuple[float, float]] = []
+    for w in _outermost(windows, start):
+        t0 = _offset(w.started_at, start)
+        if t0 is None or w.duration_s <= 0:
+            continue
+        if w.epochs:  # finer: each epoch's mean power over its own span (epoch marks read the counters)
+            t = t0
+            for e in w.epochs:
+                if e.duration_s > 0:
+                    power = e.energy_j / e.duration_s
+                    points += [(t, power), (t + e.duration_s, power)]
+                t += e.duration_s
+        else:
+            points += [(t0, w.power_w), (t0 + w.duration_s, w.power_w)]
+    return {"all domains (epoch or window means)": points} if len(points) >= 2 else {}
+
+
+def _charts(run: RunRecord, windows: Sequence[Measurement], samples: Sequence[tuple[float, str, float]],
+            start: _dt.datetime | None, epochs: list[tuple[str, float]]) -> tuple[ChartView, ...]:
+    from greenmeter.output.charts import epoch_energy_svg, power_timeline_svg
+
+    out = []
+    series: dict[str, list[tuple[float, float]]] = {}
+    for t, domain, watts in samples:
+        series.setdefault(domain, []).append((t, watts))
+    series = {k: v for k, v in series.items() if len(v) >= 2}
+    caption = "Power of each energy domain, sampled during the run, and the cumulative energy (trapezoid rule)."
+    if not series:
+        series = _timeline_from_windows(windows, start)
+        caption = ("No power samples were stored for this run, so each epoch's (or, without epochs, each "
+                   "window's) mean power is drawn over its span (nested windows are covered by their outer "
+                   "window), with the cumulative energy.")
+    if series:
+        out.append(ChartView("power", "Power and cumulative energy over time", caption, power_timeline_svg(series)))
+    if epochs:
+        out.append(ChartView("epochs", "Energy per epoch", "Energy of each epoch marked with meter.epoch().",
+                             epoch_energy_svg(epochs)))
+    return tuple(out)
+
+
+def _sources(run: RunRecord, windows: Sequence[Measurement]) -> tuple[tuple[str, str], ...]:
+    measurements = [run.measurement] if run.measurement is not None else list(windows)
+    lines = dict.fromkeys((d.provenance.kind, f"{d.key}: {d.provenance.describe()}")
+                          for m in measurements for d in m.domains)
+    out = list(lines)
+    out += carbon_lines(run.carbon or next((w.carbon for w in windows if w.carbon), None))
+    return tuple(out)
+
+
+def _constants(run: RunRecord, windows: Sequence[Measurement]) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    measurements = [run.measurement] if run.measurement is not None else list(windows)
+    seen: dict[str, dict[str, object]] = {}
+    for m in measurements:
+        for d in m.domains:
+            seen.setdefault(d.key, {"key": d.key, **d.provenance.to_dict()})
+    return source_constants(list(seen.values()))
+
+
+def _methodology(sampled: bool) -> tuple[str, ...]:
+    timeline = ("The power timeline is the stored power samples of each domain." if sampled else
+                "This run stored no power samples; the timeline shows each window's mean power.")
+    return (
+        "A window's energy is the difference of two readings of each energy source, taken at the window's "
+        "edges (after synchronising the accelerator, when one is used); the total counts each domain once "
+        "(nested domains such as RAPL core are shown but not added).",
+        "Per-step energy, where shown, is the window's energy shared out in proportion to step durations, "
+        "because no counter is read per step. Epoch energy is measured between epoch marks.",
+        timeline,
+        "Carbon = energy x PUE x grid intensity; the sources section names the intensity table and the PUE.",
+    )
+
+
+def _model_card(run: RunRecord) -> str:
+    from greenmeter._errors import ConfigError
+    from greenmeter.output.export import export_runs
+
+    try:
+        return export_runs([run], "model-card")
+    except ConfigError as err:
+        return f"# greenmeter: no co2_eq_emissions block for this run: {err}\n"

@@ -1,0 +1,100 @@
+"""View models of a report: plain frozen records that templates render, and the cell formatting they share.
+
+Builders fill them from stored results: :mod:`greenmeter.output.comparison_view` from a comparison,
+:mod:`greenmeter.output.run_view` from a stored run. Every figure shown is formatted once, in a builder, so
+the HTML, Markdown and CSV outputs say the same thing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from greenmeter.comparison.recommend import Recommendation
+
+__all__ = ["Cell", "ChartView", "Column", "ReportView", "Row", "now", "num", "ratio"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: the text shown and the raw value the table sorts by (``None`` sorts last)."""
+
+    text: str
+    sort: float | str | None = None
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its key (also the CSV header), its label and a tooltip saying what it holds."""
+
+    key: str
+    label: str
+    title: str
+    numeric: bool = True
+
+
+@dataclass(frozen=True)
+class Row:
+    """A table row; ``marks`` are CSS classes such as ``baseline``, ``recommended``, ``front``, ``failed``; ``note``
+    is a short line shown under the name and ``detail`` its longer text (a tooltip in HTML)."""
+
+    name: str
+    cells: tuple[Cell, ...]
+    raw: tuple[Any, ...]
+    marks: tuple[str, ...] = ()
+    note: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class ChartView:
+    """A chart: title, a caption saying what is drawn, and the inline SVG (already escaped by matplotlib)."""
+
+    key: str
+    title: str
+    caption: str
+    svg: str
+
+
+@dataclass(frozen=True)
+class ReportView:
+    """Everything a report shows, formatted. ``kind`` is ``"comparison"`` or ``"run"``."""
+
+    kind: str
+    title: str
+    subtitle: str
+    generated_at: str
+    summary: Recommendation | None
+    headline: tuple[tuple[str, str], ...]
+    charts: tuple[ChartView, ...]
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+    environment: tuple[tuple[str, str], ...]
+    sources: tuple[tuple[str, str], ...]
+    constants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+    methodology: tuple[str, ...]
+    model_card: str
+    flags: tuple[str, ...]
+    version: str
+
+
+# ---- formatting -----------------------------------------------------------------------------------
+
+def num(value: float | None, spec: str, suffix: str = "") -> Cell:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return Cell("–", None)
+    return Cell(format(value, spec) + suffix, float(value))
+
+
+def ratio(value: float | None) -> Cell:
+    """A variant/baseline ratio as a signed percentage change: 0.48 -> '−52%'."""
+    if value is None or not math.isfinite(value):
+        return Cell("–", None)
+    change = (value - 1.0) * 100
+    return Cell(f"{change:+.1f}%".replace("-", "−"), float(value))
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

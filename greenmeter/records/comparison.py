@@ -1,0 +1,346 @@
+"""The records a comparison produces: one :class:`VariantResult` per variant inside a :class:`Comparison`.
+
+Both are frozen, carry a schema version, and round-trip through JSON (``to_json``/``from_json``). pandas
+is a view (``Comparison.to_frame()``), not the storage. Units live in the field names: joules
+(``_j``), seconds (``_s``), bytes (``_b``), grams of CO2e (``_g``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from greenmeter._errors import ConfigError
+from greenmeter._text import text_table
+from greenmeter.carbon.settings import CarbonEstimate
+from greenmeter.records.measurement import HostInfo, LatencyStats, check_record_version, finite_json, parse_record_json
+from greenmeter.stats import Interval, Significance
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["COMPARISON_SCHEMA_VERSION", "BaselineDelta", "Comparison", "MakingCost", "VariantResult"]
+
+#: Version of the comparison record layout; ``from_dict`` refuses newer versions.
+COMPARISON_SCHEMA_VERSION = 1
+
+VariantStatus = Literal["ok", "failed"]
+
+
+def _opt(cls: Any, data: Any) -> Any:
+    return None if data is None else cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class MakingCost:
+    """The energy spent producing a variant (training, fine-tuning, calibration, conversion).
+
+    Attributes:
+        energy_j: energy of the making window, in joules.
+        duration_s: its wall-clock duration, in seconds.
+        provenance: how the energy was obtained, one line per source (``measured: ...`` or ``estimated: ...``).
+        co2e_g: the energy as grams of CO2e with the comparison's carbon settings.
+        trains: whether the recipe trained (fine-tuning, distillation, QAT...), rather than only converting.
+    """
+
+    energy_j: float
+    duration_s: float
+    provenance: tuple[str, ...]
+    co2e_g: float | None = None
+    trains: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "provenance": list(self.provenance)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MakingCost:
+        return cls(float(data["energy_j"]), float(data["duration_s"]), tuple(data["provenance"]),
+                   data.get("co2e_g"), bool(data.get("trains", False)))
+
+
+@dataclass(frozen=True)
+class BaselineDelta:
+    """A variant against the baseline. Ratios are variant / baseline; changes are variant minus baseline.
+
+    Attributes:
+        metric_change: change in the metric (for accuracy, a fraction: -0.004 is -0.4 percentage points).
+        energy_ratio: energy per sample, variant / baseline (0.5 = half the energy).
+        latency_ratio: p50 latency per batch, variant / baseline.
+        size_ratio: serialized size, variant / baseline.
+        energy_significance: the test of the difference in energy per sample over the repeats.
+        break_even_inferences: inferences after which the energy saved per inference pays back the
+            variant's making energy; ``None`` when the variant saves no energy or its making cost is
+            unknown, ``0`` when making it cost nothing measurable.
+    """
+
+    metric_change: float | None
+    energy_ratio: float | None
+    latency_ratio: float | None
+    size_ratio: float | None
+    energy_significance: Significance | None
+    break_even_inferences: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        sig = self.energy_significance
+        return {**self.__dict__, "energy_significance": None if sig is None else sig.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BaselineDelta:
+        return cls(data.get("metric_change"), data.get("energy_ratio"), data.get("latency_ratio"),
+                   data.get("size_ratio"), _opt(Significance, data.get("energy_significance")),
+                   data.get("break_even_inferences"))
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """Everything measured for one variant.
+
+    Attributes:
+        name: the variant's name.
+        status: ``"ok"``, or ``"failed"`` with ``error`` saying what went wrong (the other variants still ran).
+        recipe: the recipe that built it (``"prune:0.5"``), or ``None`` for a model given as is.
+        metric: the metric on the evaluation data (the mean over repeats).
+        metric_values: the metric of each repeat.
+        energy_per_sample_j: mean and confidence interval of joules per sample over the repeats.
+        energy_values_j: joules per sample of each repeat (for the significance test).
+        latency_batch: per-batch latency over every measured batch, in seconds.
+        latency_sample: per-sample latency (each batch's duration over its size), in seconds.
+        throughput_sps: samples per second over the measured repeats.
+        size_b: serialized size of the state dict, in bytes.
+        params_total, params_nonzero: parameter counts (``params_kind`` says whether they are
+            parameters or, for quantized and packed models, stored weight elements).
+        macs_per_sample: multiply-accumulates per sample; ``macs_method`` says how they were counted and
+            ``macs_note`` why not or with what caveat.
+        carbon_per_million: the CO2e of a million inferences at the mean energy per sample.
+        provenance: the energy figures' sources, one line each.
+        making: the energy spent producing the variant, when known.
+        vs_baseline: the comparison with the baseline (``None`` for the baseline itself).
+        on_pareto_front: whether no other variant has both a better metric and lower energy per sample.
+        flags: warnings a reader must see (unresolved windows, estimates, a counted float equivalent...).
+        details: what the compression method reported (``compression_info.details``) and other facts.
+    """
+
+    name: str
+    status: VariantStatus
+    error: str | None = None
+    recipe: str | None = None
+    metric: float | None = None
+    metric_values: tuple[float, ...] = ()
+    energy_per_sample_j: Interval | None = None
+    energy_values_j: tuple[float, ...] = ()
+    latency_batch: LatencyStats | None = None
+    latency_sample: LatencyStats | None = None
+    throughput_sps: float | None = None
+    size_b: int | None = None
+    params_total: int | None = None
+    params_nonzero: int | None = None
+    params_kind: str | None = None
+    macs_per_sample: float | None = None
+    macs_method: str | None = None
+    macs_note: str | None = None
+    carbon_per_million: CarbonEstimate | None = None
+    provenance: tuple[str, ...] = ()
+    making: MakingCost | None = None
+    vs_baseline: BaselineDelta | None = None
+    on_pareto_front: bool = False
+    flags: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if hasattr(value, "to_dict"):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[key] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
+        objects = {"energy_per_sample_j": Interval, "latency_batch": LatencyStats, "latency_sample": LatencyStats,
+                   "carbon_per_million": CarbonEstimate, "making": MakingCost, "vs_baseline": BaselineDelta}
+        kwargs: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            if name not in data:
+                continue
+            value = data[name]
+            if name in objects:
+                value = _opt(objects[name], value)
+            elif name in ("metric_values", "energy_values_j", "provenance", "flags"):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A baseline and its variants measured side by side on the same data and machine.
+
+    Attributes:
+        name: the comparison's name.
+        created_at: wall-clock start, ISO 8601 with time zone.
+        baseline: the name of the reference variant.
+        metric_name: what ``VariantResult.metric`` measures (``"accuracy"`` by default; higher is better).
+        repeats: measured repeats per variant, interleaved (A B C A B C ...) after ``warmup`` passes each.
+        samples_per_pass: evaluation samples in one pass over the data.
+        passes_per_repeat: passes over the data in each repeat, so every repeat lasts long enough for the
+            energy source to resolve it.
+        variants: the results, baseline first.
+        host: the machine.
+        backends: the energy backends used.
+        carbon: the carbon settings used (intensity and PUE, with sources), as a dict.
+        seed: the seed set before every pass.
+        run_id: the stored run holding every measured window, when a store was used.
+        flags: warnings about the whole comparison.
+        duration_s: wall-clock time of the whole comparison, in seconds.
+        sources: each energy domain's provenance (``{"key", "kind", "source", "method", "constants"}``),
+            with every constant an estimate used; empty in records written before it was kept.
+        torch_threads: PyTorch's intra-op threads during the timed passes; ``None`` in records written
+            before it was kept.
+    """
+
+    name: str
+    created_at: str
+    baseline: str
+    metric_name: str
+    repeats: int
+    warmup: int
+    samples_per_pass: int
+    passes_per_repeat: int
+    variants: tuple[VariantResult, ...]
+    host: HostInfo
+    backends: tuple[str, ...]
+    carbon: Mapping[str, Any]
+    seed: int = 0
+    run_id: str | None = None
+    flags: tuple[str, ...] = ()
+    duration_s: float | None = None
+    sources: tuple[Mapping[str, Any], ...] = ()
+    torch_threads: int | None = None
+    schema_version: int = COMPARISON_SCHEMA_VERSION
+
+    def variant(self, name: str) -> VariantResult:
+        """The result of the variant called ``name``."""
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise ConfigError(f"no variant named {name!r}; variants: {[v.name for v in self.variants]}")
+
+    @property
+    def pareto_front(self) -> tuple[str, ...]:
+        """Names of the variants on the metric-versus-energy Pareto front."""
+        return tuple(v.name for v in self.variants if v.on_pareto_front)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items()}
+        out["variants"] = [v.to_dict() for v in self.variants]
+        out["host"] = self.host.to_dict()
+        out["backends"] = list(self.backends)
+        out["flags"] = list(self.flags)
+        out["carbon"] = dict(self.carbon)
+        out["sources"] = [dict(x) for x in self.sources]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Comparison:
+        check_record_version(data, COMPARISON_SCHEMA_VERSION, "comparison")
+        return cls(
+            name=data["name"], created_at=data["created_at"], baseline=data["baseline"],
+            metric_name=data["metric_name"], repeats=int(data["repeats"]), warmup=int(data["warmup"]),
+            samples_per_pass=int(data["samples_per_pass"]), passes_per_repeat=int(data["passes_per_repeat"]),
+            variants=tuple(VariantResult.from_dict(v) for v in data["variants"]),
+            host=HostInfo.from_dict(data["host"]), backends=tuple(data["backends"]), carbon=dict(data["carbon"]),
+            seed=int(data.get("seed", 0)), run_id=data.get("run_id"), flags=tuple(data.get("flags", ())),
+            duration_s=data.get("duration_s"), sources=tuple(dict(x) for x in data.get("sources", ())),
+            torch_threads=data.get("torch_threads"), schema_version=COMPARISON_SCHEMA_VERSION,
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The record as JSON (non-finite numbers written as ``null``)."""
+        return json.dumps(finite_json(self.to_dict()), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> Comparison:
+        return cls.from_dict(parse_record_json(text, "comparison", "variants"))
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per variant with the headline figures (a pandas view; the record stays the source)."""
+        import pandas as pd
+
+        return pd.DataFrame([_row(v) for v in self.variants]).set_index("variant")
+
+    def table(self) -> str:
+        """A plain-text table of the headline figures, for terminals."""
+        return format_table(self)
+
+
+
+
+def _row(v: VariantResult) -> dict[str, Any]:
+    e, d = v.energy_per_sample_j, v.vs_baseline
+    sig = d.energy_significance if d is not None else None
+    return {
+        "variant": v.name, "status": v.status, "recipe": v.recipe, "metric": v.metric,
+        "energy_per_sample_j": e.mean if e else None, "energy_ci_low_j": e.low if e else None,
+        "energy_ci_high_j": e.high if e else None,
+        "latency_batch_p50_s": v.latency_batch.p50_s if v.latency_batch else None,
+        "latency_batch_p95_s": v.latency_batch.p95_s if v.latency_batch else None,
+        "latency_batch_p99_s": v.latency_batch.p99_s if v.latency_batch else None,
+        "latency_sample_p50_s": v.latency_sample.p50_s if v.latency_sample else None,
+        "throughput_sps": v.throughput_sps, "size_b": v.size_b,
+        "params_total": v.params_total, "params_nonzero": v.params_nonzero, "macs_per_sample": v.macs_per_sample,
+        "co2e_g_per_million": v.carbon_per_million.co2e_g if v.carbon_per_million else None,
+        "making_energy_j": v.making.energy_j if v.making else None,
+        "metric_change": d.metric_change if d else None, "energy_ratio": d.energy_ratio if d else None,
+        "size_ratio": d.size_ratio if d else None, "p_value": sig.p_value if sig else None,
+        "significant": sig.significant if sig else None,
+        "break_even_inferences": d.break_even_inferences if d else None,
+        "pareto": v.on_pareto_front, "error": v.error,
+    }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def format_table(comparison: Comparison, metric_scale: float = 100.0) -> str:
+    """The headline figures as aligned text: metric, energy per sample with its CI, latency, size, deltas."""
+    percent = comparison.metric_name == "accuracy" and metric_scale == 100.0
+    header = ["variant", comparison.metric_name + (" %" if percent else ""), "mJ/sample (95% CI)", "p50 ms/batch",
+              "size kB", "MACs/sample", "vs base: metric", "energy", "p", "break-even", "front"]
+    rows: list[Sequence[str]] = [header]
+    for v in comparison.variants:
+        if not v.ok:
+            rows.append([v.name, "FAILED: " + (v.error or "")[:70]] + [""] * (len(header) - 2))
+            continue
+        e, d = v.energy_per_sample_j, v.vs_baseline
+        scale = metric_scale if percent else 1.0
+        ci = "-" if e is None else (f"{e.mean * 1e3:.3g}" + ("" if e.low is None else
+                                                             f" [{e.low * 1e3:.3g}, {e.high * 1e3:.3g}]"))
+        sig = d.energy_significance if d else None
+        p = "-" if sig is None or sig.p_value is None else (f"{sig.p_value:.2g}" + ("*" if sig.significant else ""))
+        change = ("-" if d is None or d.metric_change is None
+                  else format(d.metric_change * scale, "+.2f" if percent else "+.4f"))
+        be = "-" if d is None or d.break_even_inferences is None else f"{d.break_even_inferences:,.0f}"
+        rows.append([
+            v.name, _fmt(None if v.metric is None else v.metric * scale, ".2f" if percent else ".4f"), ci,
+            _fmt(v.latency_batch.p50_s * 1e3 if v.latency_batch else None, ".3g"),
+            _fmt(v.size_b / 1e3 if v.size_b is not None else None, ".1f"),
+            _fmt(v.macs_per_sample, ",.0f"), change,
+            "-" if d is None or d.energy_ratio is None else f"x{d.energy_ratio:.2f}", p, be,
+            "*" if v.on_pareto_front else "",
+        ])
+    notes = [f"baseline: {comparison.baseline}; {comparison.repeats} repeats x {comparison.passes_per_repeat} "
+             f"pass(es) of {comparison.samples_per_pass} samples; p: Welch's test of energy per sample "
+             "against the baseline (* significant at 0.05); front: on the metric-energy Pareto front"]
+    return "\n".join([text_table(rows), *notes])

@@ -1,0 +1,228 @@
+"""An estimate of memory (DRAM) energy from memory size and a power-per-gigabyte constant.
+
+- ``mode="process"`` (default): the resident set size (RSS) of *this process only* (children, such as
+  DataLoader workers, are not included), sampled by :meth:`RamEstimateBackend.poll` every
+  ``sample_interval_s``. Energy is integrated sample-and-hold: each sample's RSS is taken to hold until
+  the next one, ``E = sum(rss_i * W_per_GB * (t_{i+1} - t_i))``, and a read between samples extends the
+  last sample to the read's time. So a read is cheap (no system call but the clock) and cumulative energy
+  never goes back when the next sample arrives.
+- ``mode="machine"``: the machine's memory (``psutil.virtual_memory().total``) at a constant
+  ``total_GB * W_per_GB``, so ``E = P * dt``.
+
+GB here means 2**30 bytes, the unit DIMM capacities are stated in (CodeCarbon divides by 1024**3 too).
+The default of 0.392 W/GB is Cloud Carbon Footprint's memory coefficient; see ``WATTS_PER_GB_SOURCE``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from typing import Any
+
+from greenmeter._errors import ConfigError, CounterReadError
+from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading
+
+__all__ = ["BYTES_PER_GB", "WATTS_PER_GB", "WATTS_PER_GB_SOURCE", "RamEstimateBackend"]
+
+#: Bytes in a GB as used here: 2**30 (DIMM capacities are binary).
+BYTES_PER_GB = 1 << 30
+#: Cloud Carbon Footprint's memory coefficient, in watts per GB.
+WATTS_PER_GB = 0.392
+WATTS_PER_GB_SOURCE = (
+    "Cloud Carbon Footprint methodology, Memory "
+    "(https://www.cloudcarbonfootprint.org/docs/methodology/, Thoughtworks, read 2026): 0.392 W/GB "
+    "(0.000392 kWh per GB-hour), the mean of Crucial's '3 W per 8 GB of DDR3 or DDR4' (0.375 W/GB) and "
+    "Micron TN-40-07 DDR4 power calculation (~0.4083 W/GB)"
+)
+
+_KEY = "ram-estimate:ram"
+_SOURCE = "RAM power model (ram-estimate)"
+_STATM = "/proc/self/statm"
+
+
+def _page_size() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 4096
+
+
+class RamEstimateBackend(Backend):
+    """Estimated memory energy: a watts-per-GB constant times this process's RSS, or the machine's memory.
+
+    Args:
+        mode: ``"process"`` (RSS of this process, sampled) or ``"machine"`` (all memory, constant power).
+        watts_per_gb: power per GB (2**30 bytes), in watts; Cloud Carbon Footprint's 0.392 W/GB by default.
+        sample_interval_s: how often the background sampler must sample RSS, in seconds (process mode).
+
+    Raises:
+        ConfigError: an unknown mode, or a negative or non-finite constant.
+    """
+
+    name = "ram-estimate"
+
+    def __init__(
+        self, mode: str = "process", *, watts_per_gb: float | None = None, sample_interval_s: float = 0.5
+    ) -> None:
+        if mode not in ("process", "machine"):
+            raise ConfigError(f"ram-estimate mode must be 'process' or 'machine', not {mode!r}")
+        if not _is_number(sample_interval_s) or not sample_interval_s > 0:
+            raise ConfigError(
+                f"sample_interval_s must be a finite number of seconds > 0, not {sample_interval_s!r}"
+            )
+        if watts_per_gb is not None and (not _is_number(watts_per_gb) or watts_per_gb < 0):
+            raise ConfigError(f"watts_per_gb must be a finite number of watts >= 0, not {watts_per_gb!r}")
+        self.mode = mode
+        self.sample_interval_s = float(sample_interval_s)
+        self.watts_per_gb = WATTS_PER_GB if watts_per_gb is None else float(watts_per_gb)
+        self._w_per_byte = self.watts_per_gb / BYTES_PER_GB
+        self._lock = threading.Lock()
+        self._unavailable = ""
+        self._page = _page_size()
+        self._energy_j = 0.0
+        constants: dict[str, Any] = {
+            "mode": mode,
+            "w_per_gb": self.watts_per_gb,
+            "w_per_gb_source": WATTS_PER_GB_SOURCE if watts_per_gb is None else "user override watts_per_gb",
+            "bytes_per_gb": BYTES_PER_GB,
+        }
+        if mode == "process":
+            self.poll_interval_s: float | None = self.sample_interval_s
+            self._rss_reader = self._statm_rss if os.path.exists(_STATM) else self._psutil_rss
+            try:
+                rss = self._rss_reader()
+            except (OSError, ImportError) as err:
+                self._unavailable = f"cannot read this process's resident set size: {err}"
+                rss = 0
+            self._last = (time.monotonic(), rss)
+            constants["sample_interval_s"] = self.sample_interval_s
+            method = (
+                "resident set size of this process (plus the process tree it follows, if any; other children "
+                "excluded) sampled every "
+                f"{self.sample_interval_s:g} s, integrated sample-and-hold, times a power per GB"
+            )
+            # The energy grows with the clock between samples (last RSS held), so a short window is
+            # resolved in time; what the sample interval limits is how fast RSS changes are seen.
+            update_period_s = time.get_clock_info("monotonic").resolution
+        else:
+            self.poll_interval_s = None
+            try:
+                import psutil
+
+                total = int(psutil.virtual_memory().total)
+            except (ImportError, OSError) as err:
+                self._unavailable = f"cannot read the machine's memory size with psutil: {err}"
+                total = 0
+            self.memory_bytes = total
+            self.power_w = total * self._w_per_byte
+            self._t0 = time.monotonic()
+            constants.update(memory_gb=total / BYTES_PER_GB, power_w=self.power_w)
+            method = "installed memory (psutil.virtual_memory().total) times a power per GB, constant power"
+            # Constant power: any window is resolved down to the clock's resolution.
+            update_period_s = time.get_clock_info("monotonic").resolution
+        provenance = Provenance("estimated", _SOURCE, method, constants)
+        self.domain = Domain(_KEY, "ram", True, provenance, update_period_s)
+
+    def _statm_rss(self) -> int:
+        with open(_STATM, "rb") as handle:
+            return int(handle.read().split()[1]) * self._page
+
+    def follow(self, pid: int) -> None:
+        """Add the resident memory of the live process tree rooted at ``pid`` to this process's (process mode).
+
+        Raises:
+            ConfigError: in machine mode, or for a missing pid.
+        """
+        if self.mode != "process":
+            raise ConfigError("follow() applies to process mode; machine mode counts all installed memory")
+        import psutil
+
+        try:
+            root = psutil.Process(pid)
+        except psutil.NoSuchProcess as err:
+            raise ConfigError(f"cannot follow process {pid}: it does not exist") from err
+        own = self._rss_reader
+
+        def tree_rss() -> int:
+            total = own()
+            try:
+                processes = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return total
+            for process in processes:
+                try:
+                    total += int(process.memory_info().rss)
+                except psutil.Error:
+                    continue
+            return total
+
+        self._rss_reader = tree_rss
+
+    @staticmethod
+    def _psutil_rss() -> int:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+    @property
+    def last_sample(self) -> tuple[float, int]:
+        """The latest RSS sample as ``(time.monotonic() seconds, bytes)`` (process mode)."""
+        with self._lock:
+            return self._last
+
+    def probe(self) -> ProbeResult:
+        """Available when the RSS (process mode) or the memory size (machine mode) can be read."""
+        if self._unavailable:
+            return ProbeResult(self.name, False, reason=self._unavailable + "; is psutil installed?")
+        notes = ()
+        if self.mode == "process":
+            notes = (
+                "process mode counts this process's resident memory only (plus a followed process tree, as "
+                "`greenmeter run` does), not other child processes; "
+                "DRAM draws power for all installed memory, so this is an attribution, not a measurement",
+            )
+        return ProbeResult(self.name, True, domains=(self.domain,), notes=notes)
+
+    def poll(self) -> None:
+        """Take an RSS sample and fold the previous one into the integral (process mode; no-op otherwise).
+
+        Raises:
+            CounterReadError: the RSS could not be read.
+        """
+        if self.mode != "process" or self._unavailable:
+            return
+        try:
+            rss = self._rss_reader()
+        except OSError as err:
+            raise CounterReadError(f"cannot read this process's resident set size: {err}") from err
+        with self._lock:
+            now = time.monotonic()
+            last_t, last_rss = self._last
+            self._energy_j += last_rss * self._w_per_byte * (now - last_t)
+            self._last = (now, rss)
+
+    def read(self) -> Reading:
+        """Cumulative estimated joules since the backend was made; makes no system call but the clock.
+
+        Raises:
+            CounterReadError: the backend could not start (see :meth:`probe`).
+        """
+        if self._unavailable:
+            raise CounterReadError(self._unavailable)
+        if self.mode == "machine":
+            now = time.monotonic()
+            return Reading(now, {_KEY: self.power_w * (now - self._t0)})
+        with self._lock:
+            now = time.monotonic()
+            last_t, last_rss = self._last
+            energy = self._energy_j + last_rss * self._w_per_byte * (now - last_t)
+        return Reading(now, {_KEY: energy})
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,478 @@
+"""The run store: every run and window greenmeter measured, in one SQLite file.
+
+Path: ``Store(path)``, else ``$GREENMETER_STORE``, else :func:`default_store_path`. The file is marked as
+greenmeter's (``PRAGMA application_id``) with its schema version in ``PRAGMA user_version``; :data:`MIGRATIONS`
+upgrade it in one transaction. WAL mode, a 30 s busy timeout and ``BEGIN IMMEDIATE`` for every write let
+several processes write at once. A file greenmeter does not recognise raises :class:`~greenmeter.CorruptStoreError`
+and is never written. Runs are inserted as ``running`` and every window is committed as it is added, so a
+killed process leaves a readable, incomplete run with the windows it stored.
+
+Tables: ``runs`` (status, times, command, host, carbon settings, whole-run measurement and CO2e as JSON),
+``windows`` (each window's ``Measurement.to_json()``), ``steps`` (per-step durations in s) and
+``power_samples`` (the power timeline: s since the run started, domain key, W).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sqlite3
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from greenmeter._errors import ConfigError, CorruptStoreError, StoreError
+from greenmeter.carbon.settings import CarbonEstimate, CarbonSettings
+from greenmeter.records.comparison import Comparison
+from greenmeter.records.measurement import HostInfo, Measurement
+from greenmeter.records.run import RunRecord
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "RunRecord", "Store", "default_store_path", "migrate"]
+
+#: ``PRAGMA application_id`` of every greenmeter store: the bytes ``b"GrMt"`` read as a big-endian integer.
+APPLICATION_ID = 0x47724D74
+#: Schema migration 1 -> 2: the comparisons table.
+COMPARISONS_MIGRATION = (
+    """CREATE TABLE comparisons (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL, run_id TEXT,
+        variants INTEGER NOT NULL, data TEXT NOT NULL)""",
+    "CREATE INDEX comparisons_by_time ON comparisons (created_at)",
+)
+#: ``MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1`` (statements run in one transaction).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('run', 'api')),
+            status TEXT NOT NULL CHECK (status IN ('running', 'ok', 'failed', 'interrupted')),
+            started_at TEXT NOT NULL, ended_at TEXT, command TEXT, exit_code INTEGER, host TEXT,
+            carbon_settings TEXT, measurement TEXT, carbon TEXT, note TEXT)""",
+        "CREATE INDEX runs_by_start ON runs (started_at)",
+        """CREATE TABLE windows (
+            id INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            name TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL, duration_s REAL NOT NULL,
+            energy_j REAL NOT NULL, samples INTEGER, steps INTEGER NOT NULL, measurement TEXT NOT NULL,
+            carbon TEXT)""",
+        "CREATE INDEX windows_by_run ON windows (run_id, id)",
+        """CREATE TABLE steps (
+            window_id INTEGER NOT NULL REFERENCES windows (id) ON DELETE CASCADE, idx INTEGER NOT NULL,
+            duration_s REAL NOT NULL, PRIMARY KEY (window_id, idx)) WITHOUT ROWID""",
+        """CREATE TABLE power_samples (
+            run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE, t_s REAL NOT NULL,
+            domain TEXT NOT NULL, power_w REAL NOT NULL)""",
+        "CREATE INDEX power_samples_by_run ON power_samples (run_id, t_s)",
+    ),
+    COMPARISONS_MIGRATION,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+BUSY_TIMEOUT_S = 30.0
+_TABLES = frozenset({"runs", "windows", "steps", "power_samples", "comparisons"})
+_KINDS = ("run", "api")
+_FINAL = ("ok", "failed", "interrupted")
+_MAGIC = b"SQLite format 3\x00"
+_HINT = "set GREENMETER_STORE or pass --store to use another path"
+_RUN_COLUMNS = ("id, name, kind, status, started_at, ended_at, command, exit_code, host, carbon_settings, "
+                "measurement, carbon, note, (SELECT count(*) FROM windows w WHERE w.run_id = runs.id)")
+
+
+def default_store_path() -> Path:
+    """``$XDG_DATA_HOME/greenmeter/runs.db`` (``~/.local/share/greenmeter/runs.db`` when it is unset)."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data_home) / "greenmeter" / "runs.db"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+class Store:
+    """A greenmeter run store (one SQLite file); thread-safe, and safe to share between processes.
+
+    Args:
+        path: the store file; default ``$GREENMETER_STORE``, else :func:`default_store_path`. Missing
+            parent folders are created.
+
+    Raises:
+        StoreError: the path cannot be created or written, or the store comes from a newer greenmeter.
+        CorruptStoreError: the file is not a greenmeter store (it is left untouched).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        if path is None:
+            path = os.environ.get("GREENMETER_STORE") or default_store_path()
+        self.path = Path(path).expanduser()
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the folder of the run store {self.path}: {err.strerror or err}; "
+                             f"{_HINT}") from err
+        self._check_file()
+        try:
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open the run store {self.path}: {err}; {_HINT}") from err
+        try:
+            self._open()
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    # Opening ---------------------------------------------------------------------------------
+    def _corrupt(self, what: str) -> CorruptStoreError:
+        return CorruptStoreError(f"{self.path} {what}, so greenmeter will not use it and has not changed it; "
+                                 "move the file away, or set GREENMETER_STORE (or pass --store) to use another path")
+
+    def _check_file(self) -> None:
+        """Read the header of an existing file, before SQLite writes anything to it."""
+        try:
+            info = self.path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise self._corrupt("is not a regular file")
+            if info.st_size == 0:
+                return  # an empty file is an empty SQLite database
+            with open(self.path, "rb") as handle:
+                header = handle.read(100)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise StoreError(f"cannot read the run store {self.path}: {err.strerror or err}; {_HINT}") from err
+        if len(header) < 100 or not header.startswith(_MAGIC):
+            raise self._corrupt("is not an SQLite database (wrong header)")
+        app_id = int.from_bytes(header[68:72], "big")
+        if app_id not in (0, APPLICATION_ID):
+            raise self._corrupt(f"is another program's SQLite database (application_id {app_id:#x})")
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        try:  # with a WAL in use, the file's header may lag behind the database
+            wal_in_use = self.path.with_name(self.path.name + "-wal").stat().st_size > 0
+        except OSError:
+            wal_in_use = False
+        if header[92:96] == header[24:28] and not wal_in_use and info.st_size < pages * page_size:
+            raise self._corrupt(f"is truncated ({info.st_size} bytes where its header says {pages * page_size})")
+
+    def _open(self) -> None:
+        conn = self._connection()
+        with self._sqlite_errors("open"):
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable when a process is killed
+            version = self._check_identity()
+            self._use_wal(conn)
+            if version < SCHEMA_VERSION:
+                with self._write():
+                    migrate(conn)
+
+    @staticmethod
+    def _use_wal(conn: sqlite3.Connection) -> None:
+        """Switch to WAL (persistent in the file). The switch skips the busy handler, so retry it here."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _check_identity(self) -> int:
+        """The store's schema version, after checking the file is greenmeter's (or an empty database)."""
+        conn = self._connection()
+        conn.execute("BEGIN")  # one snapshot: another process may be creating the store right now
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.execute("COMMIT")
+        if app_id == 0 and not tables and version == 0:
+            return 0
+        if app_id != APPLICATION_ID:
+            raise self._corrupt(f"is an SQLite database of another program (tables: {', '.join(sorted(tables))})")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the run store {self.path} has schema version {version}, written by a newer "
+                             f"greenmeter (this one reads up to {SCHEMA_VERSION}): upgrade greenmeter, or {_HINT}")
+        if version == SCHEMA_VERSION and not _TABLES <= tables:
+            raise self._corrupt(f"is a greenmeter store without the tables {', '.join(sorted(_TABLES - tables))}")
+        return int(version)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"the run store {self.path} is closed; open a new Store")
+        return self._conn
+
+    @contextmanager
+    def _sqlite_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as err:
+            text = str(err)
+            if "malformed" in text or "not a database" in text:
+                raise self._corrupt(f"is damaged ({text})") from err
+            if "locked" in text or "busy" in text:
+                raise StoreError(f"the run store {self.path} is locked by another process (waited up to "
+                                 f"{BUSY_TIMEOUT_S:.0f} s); try again, or {_HINT}") from err
+            if "readonly" in text or "unable to open" in text:
+                raise StoreError(f"cannot write to the run store {self.path} ({text}); {_HINT}") from err
+            raise StoreError(f"run store {self.path}: cannot {action}: {text}") from err
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), committed at the end of the block."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # Writing ---------------------------------------------------------------------------------
+    def start_run(
+        self, *, name: str, kind: str, command: Iterable[str] | None = None, host: HostInfo | None = None,
+        carbon_settings: CarbonSettings | Mapping[str, Any] | None = None,
+    ) -> str:
+        """Store a new run with status ``running`` (committed at once) and return its id (32 hex digits)."""
+        if kind not in _KINDS:
+            raise ConfigError(f"run kind must be one of {_KINDS}, not {kind!r}")
+        if isinstance(carbon_settings, CarbonSettings):
+            carbon_settings = carbon_settings.to_dict()
+        run_id = uuid.uuid4().hex
+        row = (run_id, str(name), kind, _now(), _dumps(None if command is None else [str(c) for c in command]),
+               _dumps(host.to_dict() if host is not None else None),
+               _dumps(dict(carbon_settings) if carbon_settings is not None else None))
+        with self._lock, self._sqlite_errors("store a run"), self._write() as conn:
+            conn.execute("INSERT INTO runs (id, name, kind, status, started_at, command, host, carbon_settings) "
+                         "VALUES (?, ?, ?, 'running', ?, ?, ?, ?)", row)
+        return run_id
+
+    def add_window(self, run_id: str, measurement: Measurement, carbon: CarbonEstimate | None = None) -> int:
+        """Store one window and its steps in one transaction; returns the window's id.
+
+        ``carbon`` (default ``measurement.carbon``), when given, replaces the measurement's own in the store.
+        """
+        if not isinstance(measurement, Measurement):
+            raise ConfigError(f"add_window takes a greenmeter Measurement, not {type(measurement).__name__}")
+        m = measurement if carbon is None or carbon == measurement.carbon else replace(measurement, carbon=carbon)
+        carbon = m.carbon
+        with self._lock, self._sqlite_errors("store a window"), self._write() as conn:
+            self._require_run(conn, run_id)
+            cursor = conn.execute(
+                "INSERT INTO windows (run_id, name, status, started_at, duration_s, energy_j, samples, steps, "
+                "measurement, carbon) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, m.name, m.status, m.started_at, m.duration_s, m.energy_j, m.samples, m.steps,
+                 m.to_json(), _dumps(carbon.to_dict() if carbon is not None else None)))
+            window_id = int(cursor.lastrowid or 0)
+            conn.executemany("INSERT INTO steps (window_id, idx, duration_s) VALUES (?, ?, ?)",
+                             ((window_id, i, d) for i, d in enumerate(m.step_durations_s)))
+        return window_id
+
+    def add_power_samples(self, run_id: str, rows: Iterable[tuple[float, str, float]]) -> None:
+        """Store power-timeline samples: ``(seconds since the run started, domain key, watts)``."""
+        data = [(run_id, float(t), str(domain), float(watts)) for t, domain, watts in rows]
+        with self._lock, self._sqlite_errors("store power samples"), self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.executemany("INSERT INTO power_samples (run_id, t_s, domain, power_w) VALUES (?, ?, ?, ?)", data)
+
+    def finish_run(
+        self, run_id: str, *, status: str, exit_code: int | None = None, measurement: Measurement | None = None,
+        carbon: CarbonEstimate | None = None, note: str | None = None,
+    ) -> None:
+        """Mark a running run as finished (``ok``, ``failed`` or ``interrupted``).
+
+        ``carbon`` defaults to ``measurement.carbon``. Raises :class:`StoreError` for an unknown run or one
+        already finished.
+        """
+        if status not in _FINAL:
+            raise ConfigError(f"a finished run's status must be one of {_FINAL}, not {status!r}")
+        if carbon is None and measurement is not None:
+            carbon = measurement.carbon
+        with self._lock, self._sqlite_errors("finish a run"), self._write() as conn:
+            current = self._require_run(conn, run_id)
+            if current != "running":
+                raise StoreError(f"run {run_id} in {self.path} is already finished ({current})")
+            conn.execute(
+                "UPDATE runs SET status = ?, ended_at = ?, exit_code = ?, measurement = ?, carbon = ?, note = ? "
+                "WHERE id = ?",
+                (status, _now(), exit_code, measurement.to_json() if measurement is not None else None,
+                 _dumps(carbon.to_dict() if carbon is not None else None), note, run_id))
+
+    def _query(self, action: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock, self._sqlite_errors(action):
+            return self._connection().execute(sql, params).fetchall()
+
+    def _require_run(self, conn: sqlite3.Connection, run_id: str) -> str:
+        row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no run with id {run_id!r} in {self.path}; writes need the full id from start_run")
+        return str(row[0])
+
+    # Reading ---------------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run with this id or unique id prefix.
+
+        Raises:
+            StoreError: no run, or several runs, match (the message says how to list the ids).
+        """
+        full = self._resolve(run_id)
+        return self._record(self._query("read a run", f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (full,))[0])
+
+    def last_run(self) -> RunRecord | None:
+        """The most recently started run, or ``None`` for an empty store."""
+        runs = self.list_runs(limit=1)
+        return runs[0] if runs else None
+
+    def list_runs(self, limit: int | None = None) -> list[RunRecord]:
+        """Stored runs, newest first (``limit`` of them, or all)."""
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ConfigError(f"limit must be a whole number >= 0 or None, not {limit!r}")
+        rows = self._query("list runs", f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC "
+                           "LIMIT ?", (-1 if limit is None else limit,))
+        return [self._record(row) for row in rows]
+
+    def windows(self, run_id: str) -> list[Measurement]:
+        """The windows stored for a run (id or unique prefix), in the order they were stored."""
+        full = self._resolve(run_id)
+        rows = self._query("read windows", "SELECT measurement FROM windows WHERE run_id = ? ORDER BY id", (full,))
+        try:
+            return [Measurement.from_json(text) for (text,) in rows]
+        except json.JSONDecodeError as err:
+            raise self._corrupt(f"holds unreadable JSON in a window of run {full} ({err})") from err
+
+    def power_samples(self, run_id: str) -> list[tuple[float, str, float]]:
+        """A run's power timeline: ``(seconds since the run started, domain key, watts)``, in time order."""
+        full = self._resolve(run_id)
+        rows = self._query("read power samples", "SELECT t_s, domain, power_w FROM power_samples WHERE run_id = ? "
+                           "ORDER BY t_s, rowid", (full,))
+        return [(float(t), str(d), float(p)) for t, d, p in rows]
+
+    def _resolve(self, run_id: str) -> str:
+        prefix = str(run_id).strip().lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            raise StoreError(f"{run_id!r} is not a run id (ids are hex digits); run `greenmeter runs` to see them")
+        found = [row[0] for row in self._query(
+            "find a run", "SELECT id FROM runs WHERE id LIKE ? ORDER BY started_at DESC LIMIT 6", (prefix + "%",))]
+        if not found:
+            raise StoreError(f"no run with an id starting with {prefix!r} in {self.path}; "
+                             "run `greenmeter runs` to see the stored ids")
+        if len(found) > 1:
+            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise StoreError(f"run id prefix {prefix!r} is ambiguous in {self.path}: it matches {shown}; give "
+                             "more characters (run `greenmeter runs` to see the ids)")
+        return str(found[0])
+
+    def _record(self, row: tuple[Any, ...]) -> RunRecord:
+        data = dict(zip(("id", "name", "kind", "status", "started_at", "ended_at", "command", "exit_code", "host",
+                         "carbon_settings", "measurement", "carbon", "note", "windows_count"), row))
+        for key in ("command", "host", "carbon_settings", "measurement", "carbon"):
+            try:
+                data[key] = None if data[key] is None else json.loads(data[key])
+            except json.JSONDecodeError as err:
+                raise self._corrupt(f"holds unreadable JSON in the {key} of run {data['id']} ({err})") from err
+        return RunRecord.from_dict(data)
+
+    # Closing ---------------------------------------------------------------------------------
+    def add_comparison(self, comparison: Comparison) -> str:
+        """Store a comparison in one transaction; returns its id (32 hex digits)."""
+        if not isinstance(comparison, Comparison):
+            raise ConfigError(f"add_comparison takes a greenmeter Comparison, not {type(comparison).__name__}")
+        comparison_id = uuid.uuid4().hex
+        row = (comparison_id, comparison.name, comparison.created_at, comparison.run_id, len(comparison.variants),
+               comparison.to_json(indent=None))
+        with self._lock, self._sqlite_errors("store a comparison"), self._write() as conn:
+            conn.execute("INSERT INTO comparisons (id, name, created_at, run_id, variants, data) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", row)
+        return comparison_id
+
+    def get_comparison(self, comparison_id: str) -> Comparison:
+        """The comparison with this id or unique id prefix.
+
+        Raises:
+            StoreError: none or several match (the message says how to list them).
+            CorruptStoreError: its stored JSON cannot be read.
+        """
+        prefix = str(comparison_id).strip().lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            raise StoreError(f"{comparison_id!r} is not a comparison id (ids are hex digits); "
+                             "run `greenmeter runs --comparisons` to see them")
+        rows = self._query("find a comparison", "SELECT id, data FROM comparisons WHERE id LIKE ? "
+                           "ORDER BY created_at DESC LIMIT 2", (prefix + "%",))
+        if not rows:
+            raise StoreError(f"no comparison with an id starting with {prefix!r} in {self.path}; "
+                             "run `greenmeter runs --comparisons` to see the stored ids")
+        if len(rows) > 1:
+            raise StoreError(f"comparison id prefix {prefix!r} is ambiguous in {self.path}; give more characters")
+        return self._comparison(rows[0][0], rows[0][1])
+
+    def last_comparison(self) -> Comparison | None:
+        """The most recent comparison, or ``None`` when none is stored."""
+        rows = self._query("read a comparison", "SELECT id, data FROM comparisons "
+                           "ORDER BY created_at DESC, rowid DESC LIMIT 1")
+        return self._comparison(rows[0][0], rows[0][1]) if rows else None
+
+    def list_comparisons(self, limit: int | None = None) -> list[tuple[str, str, str, int]]:
+        """Stored comparisons, newest first: ``(id, name, created_at, number of variants)``."""
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ConfigError(f"limit must be a whole number >= 0 or None, not {limit!r}")
+        rows = self._query("list comparisons", "SELECT id, name, created_at, variants FROM comparisons "
+                           "ORDER BY created_at DESC, rowid DESC LIMIT ?", (-1 if limit is None else limit,))
+        return [(str(i), str(n), str(c), int(v)) for i, n, c, v in rows]
+
+    def _comparison(self, comparison_id: str, text: str) -> Comparison:
+        try:
+            return Comparison.from_dict(json.loads(text))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise self._corrupt(f"holds an unreadable comparison {comparison_id} ({err})") from err
+
+    def close(self) -> None:
+        """Close the connection (the last one to close checkpoints the WAL into the file). Idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[tuple[str, ...], ...] = MIGRATIONS) -> int:
+    """Bring a store up to ``len(migrations)`` inside the caller's write transaction; returns the old version.
+
+    The version is read again here, under the write lock, so two processes opening a new store at once
+    migrate it once. Statements run one by one (``executescript`` would commit the transaction).
+    """
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if app_id != APPLICATION_ID and (app_id != 0 or conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]):
+        raise CorruptStoreError(f"not a greenmeter store (application_id {app_id:#x}, not {APPLICATION_ID:#x})")
+    if version > len(migrations):
+        raise StoreError(f"store schema version {version} is newer than this greenmeter's "
+                         f"({len(migrations)}): upgrade greenmeter")
+    for script in migrations[version:]:
+        for statement in script:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {len(migrations)}")
+    return version

@@ -1,0 +1,279 @@
+"""The Meter: windows, nesting, steps, epochs, failures, flags, baseline and records."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import greenmeter
+from greenmeter import ConfigError, Measurement, MeasurementError, Meter
+from greenmeter.records.measurement import SCHEMA_VERSION
+from tests.fakes.scripted import ConstantPowerBackend, ScriptedBackend, UnavailableBackend
+
+
+def test_window_energy_is_the_difference_of_two_snapshots() -> None:
+    backend = ScriptedBackend([100.0, 112.5])
+    meter = Meter([backend], sync=None)
+    with meter.window("infer", samples=50) as w:
+        pass
+    m = w.measurement
+    assert m is not None and m.status == "ok"
+    assert m.energy_j == pytest.approx(12.5)
+    assert m.energy_per_sample_j == pytest.approx(0.25)
+    assert [d.key for d in m.domains] == ["scripted:dev"]
+    assert m.domains[0].provenance.kind == "measured"
+    assert m.backends == ("scripted",)
+    assert meter.measurements == [m]
+
+
+def test_windows_nest_and_overlap() -> None:
+    backend = ScriptedBackend([0.0, 10.0, 25.0, 40.0])
+    meter = Meter([backend], sync=None)
+    outer = meter.begin("outer")  # reads 0
+    inner = meter.begin("inner")  # reads 10
+    assert meter.open_windows == ("outer", "inner")
+    m_outer = meter.end(outer)  # reads 25 (outer ends first: overlapping, not nested)
+    assert meter.open_windows == ("inner",)
+    m_inner = meter.end("inner")  # reads 40
+    assert meter.open_windows == ()
+    assert m_outer.energy_j == pytest.approx(25.0)
+    assert m_inner.energy_j == pytest.approx(30.0)
+    assert inner.measurement is m_inner
+
+
+def test_callers_flags_are_recorded_after_the_meters() -> None:
+    meter = Meter([ScriptedBackend([0.0, 1.0])], sync=None)
+    seen: list[Measurement] = []
+    meter.listeners.append(seen.append)
+    m = meter.end(meter.begin("a"), flags=("measured on a busy machine",))
+    assert m.flags[-1] == "measured on a busy machine" and m.flags[:-1] == meter.notes
+    assert seen == [m]
+
+
+def test_ending_a_window_twice_or_unknown_raises() -> None:
+    meter = Meter([ScriptedBackend([0.0, 1.0])], sync=None)
+    w = meter.begin("a")
+    meter.end(w)
+    with pytest.raises(MeasurementError, match="not open"):
+        meter.end(w)
+    with pytest.raises(MeasurementError, match="no open window named 'b'"):
+        meter.end("b")
+
+
+def test_exception_in_block_records_failed_measurement_and_reraises() -> None:
+    meter = Meter([ScriptedBackend([5.0, 9.0])], sync=None)
+    seen: list[Measurement] = []
+    meter.listeners.append(seen.append)
+    with pytest.raises(ZeroDivisionError):
+        with meter.window("boom") as w:
+            1 / 0  # noqa: B018
+    m = w.measurement
+    assert m is not None and m.status == "failed"
+    assert m.error is not None and m.error.startswith("ZeroDivisionError")
+    assert m.energy_j == pytest.approx(4.0)
+    assert seen == [m] and meter.measurements == [m]
+
+
+def test_window_shorter_than_update_period_is_flagged_not_silent() -> None:
+    meter = Meter([ScriptedBackend([3.0, 3.0], update_period_s=60.0)], sync=None)
+    with meter.window("tiny") as w:
+        pass
+    m = w.measurement
+    assert m is not None
+    assert m.domains[0].resolved is False
+    assert any("shorter than the update period of scripted:dev" in f for f in m.flags)
+
+
+def test_steps_give_latency_and_samples() -> None:
+    meter = Meter([ScriptedBackend([0.0, 30.0])], sync=None)
+    with meter.window("train") as w:
+        for _ in range(10):
+            time.sleep(0.002)
+            meter.step(samples=8)
+    m = w.measurement
+    assert m is not None
+    assert m.steps == 10 and m.samples == 80
+    assert m.latency is not None and m.latency.count == 10
+    assert sorted(m.step_durations_s)[4] == m.latency.p50_s
+    assert m.latency.min_s >= 0.002
+    assert sum(m.step_durations_s) <= m.duration_s
+    assert m.step_energy_method == "split-by-step-time"
+    assert sum(m.step_energies_j()) == pytest.approx(30.0)
+    assert m.energy_per_step_j == pytest.approx(3.0)
+    assert m.step_samples == (8,) * 10
+    per_sample = m.step_energies_per_sample_j()
+    assert per_sample == pytest.approx([j / 8 for j in m.step_energies_j()])
+    assert sum(per_sample) * 8 == pytest.approx(30.0)  # type: ignore[arg-type]
+    assert Measurement.from_json(m.to_json()).step_samples == m.step_samples
+
+
+def test_steps_without_sample_counts_and_older_records() -> None:
+    meter = Meter([ScriptedBackend([0.0, 6.0])], sync=None)
+    with meter.window("mixed") as w:
+        meter.step(samples=4)
+        meter.step()
+        meter.step(samples=2)
+    m = w.measurement
+    assert m is not None and m.step_samples == (4, None, 2)
+    assert m.samples is None  # one step without a count: the window's total is unknown
+    per_sample = m.step_energies_per_sample_j()
+    assert per_sample[1] is None
+    assert per_sample[0] == pytest.approx(m.step_energies_j()[0] / 4)
+    older = m.to_dict()
+    del older["step_samples"]  # records from before per-step counts were kept
+    assert Measurement.from_dict(older).step_energies_per_sample_j() == ()
+
+
+def test_iterate_marks_a_step_per_batch_and_counts_samples() -> None:
+    torch = pytest.importorskip("torch")
+    batches = [(torch.zeros(4, 3), torch.zeros(4)) for _ in range(3)] + [(torch.zeros(2, 3), torch.zeros(2))]
+    meter = Meter([ScriptedBackend([0.0, 1.0])], sync=None)
+    with meter.window("epoch") as w:
+        consumed = list(meter.iterate(batches))
+    assert len(consumed) == 4
+    assert w.measurement is not None
+    assert w.measurement.steps == 4 and w.measurement.samples == 14
+
+
+def test_epochs_get_their_own_energy() -> None:
+    # reads: begin 0, epoch mark 10, epoch mark 25, end 26
+    meter = Meter([ScriptedBackend([0.0, 10.0, 25.0, 26.0])], sync=None)
+    with meter.window("fit") as w:
+        meter.step(4)
+        meter.epoch()
+        meter.step(4)
+        meter.step(4)
+        meter.epoch()
+    m = w.measurement
+    assert m is not None
+    assert [e.energy_j for e in m.epochs] == [10.0, 15.0]
+    assert [e.steps for e in m.epochs] == [1, 2]
+    assert [e.samples for e in m.epochs] == [4, 8]
+    assert m.energy_j == 26.0
+
+
+def test_idle_baseline_separates_idle_from_attributable_energy() -> None:
+    meter = Meter([ConstantPowerBackend(20.0)], sync=None, idle_baseline_s=0.05)
+    with meter.window("work") as w:
+        time.sleep(0.05)
+    m = w.measurement
+    assert m is not None
+    assert m.idle_power_w == pytest.approx(20.0, rel=0.02)
+    assert m.idle_energy_j == pytest.approx(m.energy_j, rel=0.02)
+    assert m.attributable_energy_j == pytest.approx(m.energy_j - m.idle_energy_j)
+    assert abs(m.attributable_energy_j) < 0.02 * m.energy_j
+
+
+def test_sync_hook_runs_at_both_edges() -> None:
+    calls: list[int] = []
+    meter = Meter([ScriptedBackend([0.0, 1.0])], sync=lambda: calls.append(1))
+    with meter.window("x"):
+        assert len(calls) == 1
+    assert len(calls) == 2
+
+
+def test_sampler_polls_and_reports_failures_in_flags() -> None:
+    backend = ConstantPowerBackend(1.0, poll_interval_s=0.01, fail_polls=True)
+    meter = Meter([backend], sync=None)
+    with meter.window("polled") as w:
+        time.sleep(0.1)
+    meter.close()
+    assert backend.polls >= 3
+    assert w.measurement is not None
+    assert any("polling constant failed: OSError: counter vanished" in f for f in w.measurement.flags)
+
+
+def test_requested_unavailable_backend_says_why() -> None:
+    meter = Meter([UnavailableBackend()], sync=None)
+    with pytest.raises(greenmeter.BackendUnavailable, match="plug one in"):
+        meter.start()
+
+
+def test_bad_config_values_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="mode"):
+        Meter(mode="galaxy")
+    with pytest.raises(ConfigError, match="idle_baseline_s"):
+        Meter(idle_baseline_s=-1)
+    with pytest.raises(ConfigError, match="unknown energy backend 'tpu'"):
+        Meter(["tpu"]).start()
+
+
+def test_close_closes_backends_once_and_refuses_new_windows() -> None:
+    backend = ScriptedBackend([0.0])
+    meter = Meter([backend], sync=None)
+    meter.start()
+    meter.close()
+    meter.close()
+    assert backend.closed == 1
+    with pytest.raises(MeasurementError, match="closed"):
+        meter.begin("late")
+
+
+def test_measurement_json_round_trip_and_schema_guard() -> None:
+    meter = Meter([ScriptedBackend([1.0, 4.0, 6.0])], sync=None)
+    with meter.window("rt", samples=3) as w:
+        meter.step(3)
+        meter.epoch()
+    m = w.measurement
+    assert m is not None
+    again = Measurement.from_json(m.to_json())
+    assert again == m
+    data = json.loads(m.to_json())
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["energy_j"] == pytest.approx(5.0) and data["power_w"] == pytest.approx(m.power_w)
+    data["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ConfigError, match="upgrade greenmeter"):
+        Measurement.from_dict(data)
+
+
+def test_track_decorator_exposes_current_meter_and_last_measurement() -> None:
+    meter = Meter([ScriptedBackend([0.0, 2.0, 7.0, 9.0])], sync=None)
+
+    @greenmeter.track(meter=meter, samples=6)
+    def train(n: int) -> str:
+        m = greenmeter.current_meter()
+        assert m is meter
+        with greenmeter.measure("inner") as inner:  # uses the tracked meter
+            m.step(3)
+        assert inner.measurement is not None and inner.measurement.energy_j == pytest.approx(5.0)
+        m.step(3)
+        return "done" * n
+
+    assert train(1) == "done"
+    last = train.last_measurement
+    assert last.name.endswith("train") and last.energy_j == pytest.approx(9.0)
+    assert last.samples == 6 and last.steps == 2
+    with pytest.raises(MeasurementError, match="outside a @greenmeter.track"):
+        greenmeter.current_meter()
+
+
+def test_bare_track_records_failure_and_reraises() -> None:
+    @greenmeter.track
+    def broken() -> None:
+        raise RuntimeError("diverged")
+
+    with pytest.raises(RuntimeError, match="diverged"):
+        broken()
+    assert broken.last_measurement.status == "failed"
+    assert "RuntimeError: diverged" in broken.last_measurement.error
+
+
+def test_meter_stores_each_window_in_a_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from greenmeter.store.database import Store
+
+    path = tmp_path / "runs.db"
+    meter = Meter([ScriptedBackend([0.0, 2.0, 2.0, 7.0])], sync=None, store=path, name="api-test")
+    with meter.window("a", samples=2):
+        pass
+    with pytest.raises(KeyError):
+        with meter.window("b"):
+            raise KeyError("x")
+    run_id = meter.run_id
+    meter.close()
+    with Store(path) as store:
+        run = store.get_run(run_id)
+        windows = store.windows(run_id)
+    assert run.name == "api-test" and run.kind == "api" and run.status == "failed" and run.complete
+    assert [(w.name, w.status, w.energy_j) for w in windows] == [("a", "ok", 2.0), ("b", "failed", 5.0)]
