@@ -6,15 +6,17 @@ One config object per method and one verb::
     small = compress(model, PruneConfig(sparsity=0.5))   # model itself is left intact
     print(small.compression_info.details)
 
-Importing this package imports torch (``import greenmeter`` alone does not).
+Importing this package imports torch (``import greenmeter`` alone does not). Each method registers
+itself, with its recipe and facts hooks, in :mod:`greenmeter.compression.registry`.
 """
 
 from __future__ import annotations
 
-from greenmeter.compression._core import CompressionInfo, compress, register_method, registered_methods
+from greenmeter.compression._core import CompressionInfo, compress
+from greenmeter.compression.registry import register_method, registered_methods
 from greenmeter.compression.distillation import *  # noqa: F403
 from greenmeter.compression.early_exit import *  # noqa: F403
-from greenmeter.compression.exit_calibration import calibrate_threshold, exit_report
+from greenmeter.compression.early_exit import calibrate_threshold, exit_report
 from greenmeter.compression.int4 import *  # noqa: F403
 from greenmeter.compression.lottery import *  # noqa: F403
 from greenmeter.compression.pruning import *  # noqa: F403

@@ -1,30 +1,26 @@
-"""One verb and a registry: ``compress(model, config) -> model``.
+"""One verb: ``compress(model, config) -> model``.
 
 Each method has a frozen config dataclass (it validates itself in ``__post_init__``) and a handler
-registered for that config type. ``compress`` deep-copies the model first, so the caller's baseline is
-never changed, runs the handler on the copy, and attaches a :class:`CompressionInfo` to the result
-(``model.compression_info``): the method, its config, and what the method reports (real sparsity,
-per-round accuracy, packed size...).
+registered for that config type (see :mod:`greenmeter.compression.registry`). ``compress`` deep-copies the
+model first, so the caller's baseline is never changed, runs the handler on the copy, and attaches a
+:class:`CompressionInfo` to the result (``model.compression_info``): the method, its config, and what the
+method reports (real sparsity, per-round accuracy, packed size...).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
+from greenmeter.compression.registry import method_for_config, registered_methods
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["CompressionInfo", "compress", "register_method", "registered_methods"]
-
-C = TypeVar("C")
-Handler = Callable[[Any, Any], "tuple[nn.Module, Mapping[str, Any]]"]
-
-_HANDLERS: dict[type, tuple[str, Handler]] = {}
+__all__ = ["CompressionInfo", "compress", "plain_value"]
 
 
 @dataclass(frozen=True)
@@ -39,35 +35,14 @@ class CompressionInfo:
         return {"method": self.method, "config": dict(self.config), "details": dict(self.details)}
 
 
-def register_method(name: str, config_type: type[C]) -> Callable[[Handler], Handler]:
-    """Register ``handler(model_copy, config) -> (model, details)`` for ``config_type`` under ``name``.
-
-    The handler receives a private deep copy of the user's model and may change it in place or return
-    a new module. ``details`` is a mapping of plain values reported in ``CompressionInfo.details``.
-    """
-
-    def decorate(handler: Handler) -> Handler:
-        if config_type in _HANDLERS:
-            raise ConfigError(f"a compression method is already registered for {config_type.__name__}")
-        _HANDLERS[config_type] = (name, handler)
-        return handler
-
-    return decorate
-
-
-def registered_methods() -> dict[str, type]:
-    """Method names and their config types."""
-    return {name: cfg for cfg, (name, _) in _HANDLERS.items()}
-
-
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A config value as something JSON can hold: plain values as they are, tensors by shape, else repr."""
     if isinstance(value, (int, float, str, bool, type(None))):
         return value
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
     if shape is not None and dtype is not None:
         return f"Tensor(shape={tuple(shape)}, dtype={dtype})"
@@ -81,7 +56,7 @@ def _config_dict(config: Any) -> dict[str, Any]:
     # modules and callables that cannot (or must not) be copied
     if not is_dataclass(config):
         return {}
-    return {f.name: _plain(getattr(config, f.name)) for f in fields(config)}
+    return {f.name: plain_value(getattr(config, f.name)) for f in fields(config)}
 
 
 def compress(model: nn.Module, config: Any) -> nn.Module:
@@ -102,12 +77,11 @@ def compress(model: nn.Module, config: Any) -> nn.Module:
 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"compress() needs a torch.nn.Module, not {type(model).__name__}")
-    entry = next((_HANDLERS[t] for t in type(config).__mro__ if t in _HANDLERS), None)
-    if entry is None:
+    method = method_for_config(config)
+    if method is None:
         known = ", ".join(sorted(f"{n} ({c.__name__})" for n, c in registered_methods().items()))
         raise ConfigError(f"{type(config).__name__} is not a compression config; known methods: {known}")
-    name, handler = entry
     work = copy.deepcopy(model)
-    result, details = handler(work, config)
-    result.compression_info = CompressionInfo(name, _config_dict(config), dict(details))
+    result, details = method.handler(work, config)
+    result.compression_info = CompressionInfo(method.name, _config_dict(config), dict(details))
     return result

@@ -17,12 +17,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from greenmeter._checks import number, whole_number
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
-from greenmeter.compression._core import register_method
+from greenmeter.compression._core import compress
+from greenmeter.compression.registry import RecipeSpec, recipe_number, register_method
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from greenmeter.comparison.recipes import RecipeContext
 
 __all__ = ["DistillConfig", "hinton_loss", "make_student"]
 
@@ -90,8 +94,7 @@ def make_student(model: nn.Module, width: float, seed: int | None = 0) -> nn.Mod
     import torch
     from torch import nn
 
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise ConfigError(f"make_student: width must be > 0, got {width!r}")
+    number("make_student: width", width, low=0, low_open=True)
     if not isinstance(model, nn.Sequential):
         raise UnsupportedModelError(f"make_student needs an nn.Sequential model, not {type(model).__name__}")
     layers = list(model.named_children())
@@ -222,10 +225,8 @@ def check_training_source(train_fn: Any, data: Any, epochs: Any, lr: Any, owner:
         raise ConfigError(f"{owner} needs exactly one of train_fn (your training loop) or data (batches for the built-in loop)")
     if train_fn is not None and not callable(train_fn):
         raise ConfigError(f"{owner}.train_fn must be callable as train_fn(model, loss_fn)")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError(f"{owner}.epochs must be an integer >= 1, got {epochs!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ConfigError(f"{owner}.lr must be > 0, got {lr!r}")
+    whole_number(f"{owner}.epochs", epochs, minimum=1)
+    number(f"{owner}.lr", lr, low=0, low_open=True)
     if data is not None and not callable(data):
         if not isinstance(data, Iterable):
             raise ConfigError(f"{owner}.data must be an iterable of (x, y) batches or a callable returning one")
@@ -372,7 +373,20 @@ def _window_mean(values: list[float], window: int, last: bool) -> float | None:
     return sum(part) / len(part)
 
 
-@register_method("distillation", DistillConfig)
+_DISTILL_HELP = "W, the student's width relative to the baseline, a number in (0, 1] (default 0.5)"
+
+
+def _distill_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    w = recipe_number("distill", arg, 0.5, _DISTILL_HELP, lambda v: 0 < v <= 1)
+    student = make_student(model, w, seed=ctx.seed)  # model is build_variant's copy: the teacher stays unchanged
+    train = ctx.trainer("distill", ctx.train_epochs)
+    config = DistillConfig(teacher=model, train_fn=lambda m, loss: train(m, loss), seed=ctx.seed)
+    return compress(student, config), {"width": w, **ctx.trainer_details(ctx.train_epochs)}
+
+
+@register_method("distillation", DistillConfig, recipe=RecipeSpec(
+    "distill", _distill_recipe, trains=True, arg_help=_DISTILL_HELP,
+    description="knowledge distillation into a thinner student of the same architecture"))
 def _distill(student: nn.Module, config: DistillConfig) -> tuple[nn.Module, dict[str, Any]]:
     teacher = config.teacher
     teacher_was_training = teacher.training

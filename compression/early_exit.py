@@ -14,6 +14,10 @@ Confidence is the largest softmax probability (``criterion="max_softmax"``) or o
 normalised by ``ln(classes)`` (``criterion="entropy"``); both lie in [0, 1]. A sample exits when its
 confidence is strictly greater than the threshold, so ``threshold=1.0`` switches early exits off.
 
+:func:`calibrate_threshold` and :func:`exit_report` work from per-exit logits computed once, so scanning
+many thresholds costs one forward pass. The ``early-exit`` recipe places the exits with
+:func:`exit_positions`.
+
 Cost is counted in multiply-accumulates (MACs) of Conv and Linear layers only (batch norm, activations
 and pooling are not counted), measured once per block and per head with forward hooks on a single
 example sample. A sample that leaves at exit ``k`` costs blocks ``0..k`` plus heads ``0..k``; one that
@@ -26,19 +30,21 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
-from greenmeter.compression._core import register_method
+from greenmeter.compression._core import compress
 from greenmeter.compression.distillation import check_training_source, fit
+from greenmeter.compression.registry import DataMacs, FactsHooks, RecipeSpec, recipe_number, register_method
 
-__all__ = ["EarlyExitConfig", "MultiExitModel"]
+if TYPE_CHECKING:
+    from greenmeter.comparison.recipes import RecipeContext
 
-# calibrate_threshold and exit_report live in exit_calibration
+__all__ = ["EarlyExitConfig", "MultiExitModel"]  # calibrate_threshold and exit_report: see the package's __all__
 
 CRITERIA = ("max_softmax", "entropy")
 
@@ -332,7 +338,253 @@ def _joint_loss(weights: Sequence[float]) -> Callable[..., torch.Tensor]:
     return loss_fn
 
 
-@register_method("early_exit", EarlyExitConfig)
+# ------------------------------------------------------------------------------------------ calibration and reports
+
+def _all_exit_logits(model: Any, x: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
+    if not isinstance(model, MultiExitModel):
+        raise ConfigError(f"expected a MultiExitModel (from compress(..., EarlyExitConfig(...))), not {type(model).__name__}")
+    if model.training:
+        raise CompressionError("this needs the model in eval mode (batch norm, dropout): call model.eval() first")
+    parts: list[list[torch.Tensor]] = [[] for _ in range(model.num_exits)]
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            for k, out in enumerate(model.forward_all(x[start:start + batch_size])):
+                parts[k].append(out)
+    return [torch.cat(p) for p in parts]
+
+
+def _simulate(outs: list[torch.Tensor], threshold: float, criterion: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and exits that ``infer`` would give, from precomputed per-exit logits."""
+    last = len(outs) - 1
+    exit_index = torch.full((len(outs[0]),), last, dtype=torch.long)
+    if threshold < 1.0:
+        for k in range(last - 1, -1, -1):  # backwards, so the earliest confident exit wins
+            exit_index[confidence(outs[k], criterion) > threshold] = k
+    preds = torch.stack([o.argmax(dim=1) for o in outs], dim=1)
+    return preds.gather(1, exit_index[:, None]).squeeze(1), exit_index
+
+
+#: Ways ``calibrate_threshold`` judges a threshold (see its docstring).
+ESTIMATES = ("confidence", "empirical")
+
+
+def calibrate_threshold(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, max_drop: float = 0.005,
+                        criterion: str | None = None, estimate: str = "confidence") -> float:
+    """The cheapest threshold whose accuracy drop from the final exit's stays within ``max_drop``.
+
+    Candidate thresholds are the confidences the heads produce on ``x_val`` (every distinct exit
+    behaviour) plus 1.0. Going down from 1.0, thresholds are accepted while the drop stays within
+    ``max_drop`` (a fraction, 0.005 = 0.5 percentage points) of the final exit's accuracy on the same data;
+    the lowest accepted one is returned (the fewest MACs). Stopping at the first violation, rather than
+    taking any lower threshold that happens to pass, avoids lucky thresholds below a failing one. The model
+    is not changed: set ``model.threshold`` to the result.
+
+    Args:
+        estimate: how the drop at a threshold is judged. ``"empirical"``: the validation accuracy of
+            early-exit inference (0/1 per sample). On a small validation set that is noisy: a few hundred
+            samples cannot show a 0.5 pp drop, so thresholds far too low pass. ``"confidence"`` (default):
+            the empirical check and, as well, the expected accuracy, where each sample that leaves early
+            counts the probability that its exit is right: that exit's max softmax after temperature
+            scaling fitted on ``(x_val, y_val)`` (Guo et al., "On Calibration of Modern Neural Networks",
+            ICML 2017). Every low-confidence exit then costs something, even when it happened to be right.
+
+    Raises:
+        CompressionError: the model is in training mode.
+        ConfigError: a negative ``max_drop``, an unknown ``criterion`` or ``estimate``.
+    """
+    criterion = model.criterion if criterion is None else criterion  # type: ignore[union-attr, assignment]
+    check_threshold(1.0, criterion, "calibrate_threshold")
+    if not max_drop >= 0:
+        raise ConfigError(f"calibrate_threshold: max_drop must be >= 0, got {max_drop}")
+    if estimate not in ESTIMATES:
+        raise ConfigError(f"calibrate_threshold: estimate must be one of {', '.join(ESTIMATES)}, not {estimate!r}")
+    outs = _all_exit_logits(model, x_val)
+    y = y_val.to(outs[-1].device)
+    final_right = (outs[-1].argmax(dim=1) == y).float()
+    target = float(final_right.mean()) - max_drop
+    p_right = None  # per sample and exit, the probability that the exit is right: temperature-scaled max softmax
+    if estimate == "confidence":
+        p_right = torch.stack([torch.softmax(o / fit_temperature(o, y), dim=1).amax(dim=1) for o in outs[:-1]]
+                              + [final_right], dim=1)
+    confs = torch.cat([confidence(o, criterion) for o in outs[:-1]]).unique()
+    if len(confs) > 2000:  # large validation sets: an evenly spaced subset of the distinct confidences
+        confs = confs[torch.linspace(0, len(confs) - 1, 2000).long()]
+    candidates = sorted({1.0, *(c for c in confs.tolist() if c > 0.0)}, reverse=True)
+    best = 1.0
+    for t in candidates:
+        preds, exits = _simulate(outs, t, criterion)  # type: ignore[arg-type]
+        if float((preds == y).float().mean()) < target - 1e-9:
+            break
+        if p_right is not None and float(p_right.gather(1, exits[:, None]).mean()) < target - 1e-9:
+            break
+        best = t
+    return float(best)
+
+
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The temperature T that minimises the cross-entropy of ``softmax(logits / T)`` on labels ``y``.
+
+    Fitted by L-BFGS on log T, kept within [0.01, 100]; 1.0 if the fit does not converge to a finite value.
+    """
+    logits = logits.detach().float().clone()  # inference tensors cannot take part in autograd
+    y = y.to(logits.device)
+    with torch.enable_grad():
+        log_t = torch.zeros(1, device=logits.device, requires_grad=True)
+        opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(logits / log_t.clamp(-4.6, 4.6).exp(), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    value = float(log_t.detach().clamp(-4.6, 4.6).exp())
+    return value if math.isfinite(value) else 1.0
+
+
+def exit_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: float | None = None) -> dict[str, Any]:
+    """Accuracy and cost of early-exit inference on ``(x, y)`` at ``threshold`` (default: the model's).
+
+    Returns:
+        A dict: ``accuracy`` (in [0, 1]), ``final_exit_accuracy``, ``exit_histogram`` (samples per exit,
+        summing to N), ``avg_macs`` (executed MACs per sample), ``full_macs`` (the backbone alone),
+        ``mac_saving`` (``full_macs / avg_macs``), ``threshold``, ``criterion``, ``n``.
+
+    Raises:
+        CompressionError: the model is in training mode.
+    """
+    if not isinstance(model, MultiExitModel):
+        raise ConfigError(f"exit_report needs a MultiExitModel, not {type(model).__name__}")
+    threshold = model.threshold if threshold is None else threshold
+    check_threshold(threshold, model.criterion, "exit_report")
+    if model.training:
+        raise CompressionError("exit_report needs the model in eval mode (batch norm, dropout): call model.eval() first")
+    preds, exits = [], []
+    with torch.inference_mode():
+        for start in range(0, len(x), 256):
+            logits, ex = model.infer(x[start:start + 256], threshold)
+            preds.append(logits.argmax(dim=1))
+            exits.append(ex)
+        final = [model.forward_all(x[s:s + 256])[-1].argmax(dim=1) for s in range(0, len(x), 256)]
+    pred, exit_index = torch.cat(preds), torch.cat(exits)
+    y = y.to(pred.device)
+    avg_macs = float(model.sample_macs(exit_index, threshold).double().mean())
+    return {
+        "n": len(x),
+        "threshold": float(threshold),
+        "criterion": model.criterion,
+        "accuracy": float((pred == y).float().mean()),
+        "final_exit_accuracy": float((torch.cat(final) == y).float().mean()),
+        "exit_histogram": torch.bincount(exit_index.cpu(), minlength=model.num_exits).tolist(),
+        "avg_macs": avg_macs,
+        "full_macs": model.full_macs,
+        "mac_saving": model.full_macs / avg_macs,
+    }
+
+
+# ------------------------------------------------------------------------------------------ recipe and facts
+
+_EXIT_HELP = ("T, the exit confidence threshold in (0, 1] (default 0.9), or 'auto' to calibrate it on val_data "
+              "(accuracy within 0.5 points of the final exit)")
+
+
+def _is_follower(module: nn.Module) -> bool:
+    """A layer that belongs with the one before it (norm, activation, dropout): no exit goes in between."""
+    kind = type(module).__name__
+    return type(module).__module__ == "torch.nn.modules.activation" or kind.startswith(
+        ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout", "LocalResponseNorm"))
+
+
+def exit_positions(model: nn.Module, example_input: torch.Tensor) -> list[int]:
+    """Layer indices after which ``early-exit`` attaches heads: two cuts nearest 1/3 and 2/3 of the backbone's MACs.
+
+    A cut may follow any layer of the ``nn.Sequential`` except the last, where the next layer is not a norm,
+    activation or dropout layer (they belong to the layer before) and the features are ``[C, H, W]`` or
+    ``[F]``. Of the possible pairs, the one whose cumulative MAC shares are closest (summed distance) to 1/3
+    and 2/3 wins; MACs (Conv and Linear layers) are counted on one example sample, and a model without any
+    uses the layer count. A model with a single possible cut gets one. Does not change ``model``.
+
+    Raises:
+        UnsupportedModelError: the model is not an ``nn.Sequential`` of at least two layers, or has no such cut.
+    """
+    if not isinstance(model, nn.Sequential) or len(model) < 2:
+        what = f"a {len(model)}-layer nn.Sequential" if isinstance(model, nn.Sequential) else type(model).__name__
+        raise UnsupportedModelError(f"recipe 'early-exit' cuts an nn.Sequential backbone of at least two layers "
+                                    f"into blocks, and the model is {what}; build exits with EarlyExitConfig instead")
+    macs = 0
+    cumulative, dims = [], []
+
+    def count(m: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        conv = isinstance(m, nn.modules.conv._ConvNd)
+        per_out = m.weight[0].numel() if conv else m.in_features  # type: ignore[union-attr, index]
+        macs += int(out.numel() // out.shape[0]) * int(per_out)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        h = example_input[:1]
+        with torch.no_grad():
+            for layer in model:
+                h = layer(h)
+                cumulative.append(macs)
+                dims.append(h.dim() if isinstance(h, torch.Tensor) else 0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.train(training)
+    n = len(model)
+    cuts = [i for i in range(n - 1) if dims[i] in (2, 4) and not _is_follower(model[i + 1])]
+    if not cuts:
+        raise UnsupportedModelError(
+            f"recipe 'early-exit' found no place for an exit in this {n}-layer nn.Sequential: an exit needs [C, H, W] "
+            "or [F] features after a layer that is not followed by its norm, activation or dropout layer")
+    total = cumulative[-1]
+
+    def share(i: int) -> float:
+        return cumulative[i] / total if total else (i + 1) / n
+
+    if len(cuts) == 1:
+        return cuts
+    pairs = itertools.combinations(cuts, 2)
+    return list(min(pairs, key=lambda p: (abs(share(p[0]) - 1 / 3) + abs(share(p[1]) - 2 / 3), p)))
+
+
+def _early_exit_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    auto = arg is not None and arg.lower() == "auto"
+    if auto and ctx.val_data is None:
+        raise ConfigError("recipe 'early-exit:auto' calibrates the threshold on held-out data: give val_data "
+                          "in the RecipeContext, or a threshold such as 'early-exit:0.9'")
+    threshold = 0.9 if auto else recipe_number("early-exit", arg, 0.9, _EXIT_HELP, lambda v: 0 < v <= 1)
+    exits = exit_positions(model, ctx.example_input)
+    train = ctx.trainer("early-exit")
+    config = EarlyExitConfig(exits_after=exits, example_input=ctx.example_input[:1], threshold=threshold,
+                             train_fn=lambda m, loss: train(m, loss), seed=ctx.seed)
+    variant = compress(model, config)
+    if auto:
+        variant.eval()
+        variant.threshold = calibrate_threshold(variant, *ctx.val_data)  # type: ignore[misc]
+    return variant, {"exits_after": exits, "threshold": variant.threshold, "calibrated": auto,
+                     **ctx.trainer_details()}
+
+
+def _data_macs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> DataMacs:
+    """MACs per sample of early-exit inference on the evaluation data: they depend on where samples leave."""
+    report = exit_report(model, x, y)
+    return DataMacs(report["avg_macs"], "per-exit MAC counts averaged over the exits taken on the evaluation data",
+                    f"exit histogram {report['exit_histogram']}")
+
+
+# ------------------------------------------------------------------------------------------ method
+
+@register_method("early_exit", EarlyExitConfig, facts=FactsHooks(data_macs=_data_macs, model_types=(MultiExitModel,)),
+                 recipe=RecipeSpec(
+    "early-exit", _early_exit_recipe, trains=True, arg_help=_EXIT_HELP,
+    description="early exits after about 1/3 and 2/3 of the compute (heads trained, backbone frozen)"))
 def _early_exit(model: nn.Module, config: EarlyExitConfig) -> tuple[nn.Module, dict[str, Any]]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -362,5 +614,3 @@ def _early_exit(model: nn.Module, config: EarlyExitConfig) -> tuple[nn.Module, d
         "criterion": multi.criterion,
     }
     return multi, details
-
-

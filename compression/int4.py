@@ -23,12 +23,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from greenmeter._checks import whole_number
 from greenmeter._errors import ConfigError, UnsupportedModelError
-from greenmeter.compression._core import register_method
+from greenmeter.compression._core import compress
 from greenmeter.compression.quantization import require_eval
+from greenmeter.compression.registry import FactsHooks, RecipeSpec, WeightCount, recipe_number, register_method
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+    from greenmeter.comparison.recipes import RecipeContext
 
 __all__ = ["Int4Linear", "Int4WeightConfig", "pack_int4", "unpack_int4"]
 
@@ -49,8 +53,7 @@ class Int4WeightConfig:
     symmetric: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 2:
-            raise ConfigError(f"group_size must be an integer >= 2, not {self.group_size!r}")
+        whole_number("group_size", self.group_size, minimum=2)
         types = (self.layer_types,) if isinstance(self.layer_types, str) else tuple(self.layer_types)
         object.__setattr__(self, "layer_types", types)
         if types != ("Linear",):
@@ -151,7 +154,29 @@ def _nbytes(t: Tensor | None) -> int:
     return 0 if t is None else t.numel() * t.element_size()
 
 
-@register_method("int4_weight", Int4WeightConfig)
+def _int4_weights(module: Int4Linear) -> WeightCount:
+    """``out_features * in_features`` weights (the codes standing for real weights: the zero padding of a row
+    and a spare nibble are stored but not counted), non-zero where dequantized ``!= 0``, and the bias."""
+    nonzero = int(torch.count_nonzero(module.dequantize_weight()))
+    bias = () if module.bias is None else (module.bias,)
+    return WeightCount(module.out_features * module.in_features, nonzero, bias)
+
+
+_INT4_HELP = "G, the group size (input weights sharing one scale), an integer >= 2 (default 32)"
+
+
+def _int4_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    g = int(recipe_number("int4", arg, 32, _INT4_HELP, lambda v: v >= 2 and v == int(v)))
+    return compress(model, Int4WeightConfig(group_size=g)), {"group_size": g}
+
+
+# quantized: the MACs of a model with int4 layers are still counted directly (they run a float matmul);
+# the baseline is passed as the float equivalent in case other layers run uncountable kernels
+@register_method("int4_weight", Int4WeightConfig,
+                 facts=FactsHooks(quantized=True, count_weights={Int4Linear: _int4_weights}),
+                 recipe=RecipeSpec("int4", _int4_recipe, trains=False, arg_help=_INT4_HELP,
+                                   description="4-bit weight-only quantization of Linear layers "
+                                               "(packed, per-group scales)"))
 def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mapping[str, Any]]:
     require_eval(model, "int4 weight-only quantization")
     holder = nn.Sequential(model)  # so that a bare Linear root is replaced too

@@ -18,17 +18,22 @@ import copy
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from greenmeter._checks import fraction, whole_number
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
-from greenmeter.compression._core import register_method
+from greenmeter.compression._core import compress
 from greenmeter.compression.pruning import (
     DEFAULT_LAYER_TYPES, check_layer_types, check_scope, layer_sparsity, no_layers_error, prunable_layers,
 )
+from greenmeter.compression.registry import RecipeSpec, recipe_fraction, register_method
+
+if TYPE_CHECKING:
+    from greenmeter.comparison.recipes import RecipeContext
 
 __all__ = ["LotteryTicketConfig"]
 
@@ -86,14 +91,10 @@ class LotteryTicketConfig:
     def __post_init__(self) -> None:
         if not callable(self.train_fn):
             raise ConfigError("LotteryTicketConfig.train_fn must be a callable train_fn(model) that trains in place")
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ConfigError(f"LotteryTicketConfig.rounds must be an integer >= 1, got {self.rounds!r}")
-        rate = self.rate
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or not 0 < rate < 1:
-            raise ConfigError(
-                f"LotteryTicketConfig.rate must be in (0, 1) (fraction of alive weights pruned per round), got {rate!r}"
-            )
-        object.__setattr__(self, "rate", float(rate))
+        whole_number("LotteryTicketConfig.rounds", self.rounds, minimum=1)
+        rate = fraction("LotteryTicketConfig.rate", self.rate, low_open=True, high_open=True,
+                        note="the share of alive weights pruned per round")
+        object.__setattr__(self, "rate", rate)
         if self.rewind_state is not None:
             state = self.rewind_state
             if not isinstance(state, Mapping) or not all(
@@ -108,8 +109,7 @@ class LotteryTicketConfig:
             raise ConfigError(f"LotteryTicketConfig.reinit must be True or False, got {self.reinit!r}")
         object.__setattr__(self, "scope", check_scope("LotteryTicketConfig.scope", self.scope))
         object.__setattr__(self, "layer_types", check_layer_types("LotteryTicketConfig.layer_types", self.layer_types))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"LotteryTicketConfig.seed must be an integer, got {self.seed!r}")
+        whole_number("LotteryTicketConfig.seed", self.seed, minimum=None)
 
 
 def _rewind_point(model: nn.Module, given: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -172,7 +172,24 @@ def _train(model: nn.Module, layers: list[tuple[str, nn.Module]], config: Lotter
         raise ConfigError(f"LotteryTicketConfig.eval_fn must return a number (accuracy), got {result!r}") from err
 
 
-@register_method("lottery_ticket", LotteryTicketConfig)
+_TICKET_HELP = "F, the fraction of Linear/Conv weights kept, a number in (0, 1) (default 0.2)"
+
+
+def _ticket_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    keep = recipe_fraction("ticket", arg, 0.2, _TICKET_HELP, zero_ok=False)
+    # at most half the alive weights per round; the rounds share the pruning equally so the density ends at F
+    rounds = max(1, math.ceil(math.log(keep) / math.log(0.5) - 1e-9))
+    rate = 1 - keep ** (1 / rounds)
+    train = ctx.trainer("ticket")
+    config = LotteryTicketConfig(train_fn=lambda m: train(m, None), rounds=rounds, rate=rate, seed=ctx.seed)
+    # rewinds to the baseline's trained weights: iterative magnitude pruning with fine-tuning
+    return compress(model, config), {"keep": keep, "rounds": rounds, "rate": rate, "rewind": "baseline weights",
+                                     **ctx.trainer_details()}
+
+
+@register_method("lottery_ticket", LotteryTicketConfig, recipe=RecipeSpec(
+    "ticket", _ticket_recipe, trains=True, arg_help=_TICKET_HELP,
+    description="lottery ticket: iterative magnitude pruning with rewinding and retraining"))
 def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, dict[str, Any]]:
     layers = prunable_layers(model, config.layer_types)
     if not layers:

@@ -18,14 +18,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
-from greenmeter.compression._core import register_method
+from greenmeter.compression._core import compress
+from greenmeter.compression.registry import RecipeSpec, recipe_fraction, register_method
+
+if TYPE_CHECKING:
+    from greenmeter.comparison.recipes import RecipeContext
 
 __all__ = ["ChannelPruneConfig", "PruneConfig", "sparsity"]
 
@@ -143,7 +147,17 @@ class PruneConfig:
         object.__setattr__(self, "layer_types", check_layer_types("PruneConfig.layer_types", self.layer_types))
 
 
-@register_method("prune", PruneConfig)
+_PRUNE_HELP = "S, the fraction of Linear/Conv weights set to zero, a number in [0, 1) (default 0.5)"
+
+
+def _prune_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    s = recipe_fraction("prune", arg, 0.5, _PRUNE_HELP)
+    return compress(model, PruneConfig(sparsity=s)), {"sparsity": s}
+
+
+@register_method("prune", PruneConfig, recipe=RecipeSpec(
+    "prune", _prune_recipe, trains=False, arg_help=_PRUNE_HELP,
+    description="unstructured global magnitude pruning (weights zeroed, shapes kept)"))
 def _prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, dict[str, Any]]:
     layers = prunable_layers(model, config.layer_types)
     if not layers:
@@ -331,7 +345,19 @@ def _restore(modes: dict[nn.Module, bool]) -> None:
         module.train(training)
 
 
-@register_method("channel_prune", ChannelPruneConfig)
+_CHANNELS_HELP = "R, the fraction of channels and hidden neurons removed, a number in [0, 1) (default 0.5)"
+
+
+def _channels_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    r = recipe_fraction("channels", arg, 0.5, _CHANNELS_HELP)
+    train = ctx.trainer("channels")
+    config = ChannelPruneConfig(ratio=r, example_input=ctx.example_input[:1], fine_tune=lambda m: train(m, None))
+    return compress(model, config), {"ratio": r, **ctx.trainer_details()}
+
+
+@register_method("channel_prune", ChannelPruneConfig, recipe=RecipeSpec(
+    "channels", _channels_recipe, trains=True, arg_help=_CHANNELS_HELP,
+    description="structured pruning: channels and neurons removed, then fine-tuned"))
 def _channel_prune(model: nn.Module, config: ChannelPruneConfig) -> tuple[nn.Module, dict[str, Any]]:
     modes = {m: m.training for m in model.modules()}
     params_before, widths_before = sum(p.numel() for p in model.parameters()), _widths(model)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
-from greenmeter.compression._core import register_method
+from greenmeter.compression._core import compress
 from greenmeter.compression.quantization import (
+    INT8_FACTS,
     TORCH_AO_API,
     check_engine,
     integer_modules,
@@ -24,9 +25,12 @@ from greenmeter.compression.quantization import (
     resolve_engine,
     torch_ao_notices,
 )
+from greenmeter.compression.registry import RecipeSpec, register_method
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from greenmeter.comparison.recipes import RecipeContext
 
 __all__ = ["QATConfig"]
 
@@ -50,7 +54,13 @@ class QATConfig:
         check_engine(self.engine)
 
 
-@register_method("qat_int8", QATConfig)
+def _qat_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    train = ctx.trainer("qat")
+    return compress(model, QATConfig(train_fn=lambda m: train(m, None))), ctx.trainer_details()
+
+
+@register_method("qat_int8", QATConfig, facts=INT8_FACTS, recipe=RecipeSpec(
+    "qat", _qat_recipe, trains=True, description="quantization-aware fine-tuning, converted to int8"))
 def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, Any]]:
     engine = resolve_engine(config.engine)
     notices: list[str] = []

@@ -25,10 +25,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import CompressionError, ConfigError, EngineUnavailableError, UnsupportedModelError
-from greenmeter.compression._core import register_method
+from greenmeter.compression._core import compress
+from greenmeter.compression.registry import FactsHooks, RecipeSpec, register_method
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
+
+    from greenmeter.comparison.recipes import RecipeContext
 
 __all__ = ["QUANT_ENGINES", "DynamicQuantConfig", "StaticQuantConfig"]
 
@@ -199,7 +202,17 @@ def integer_modules(model: nn.Module) -> dict[str, int]:
 # handlers
 
 
-@register_method("dynamic_int8", DynamicQuantConfig)
+#: Int8 models run ``quantized::`` kernels the flop counter cannot see: MACs are counted on the float model.
+INT8_FACTS = FactsHooks(quantized=True)
+
+
+def _int8_dynamic_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> nn.Module:
+    return compress(model, DynamicQuantConfig())
+
+
+@register_method("dynamic_int8", DynamicQuantConfig, facts=INT8_FACTS, recipe=RecipeSpec(
+    "int8-dynamic", _int8_dynamic_recipe, trains=False,
+    description="dynamic int8 quantization of Linear/LSTM layers (int8 kernels)"))
 def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, Mapping[str, Any]]:
     import torch
     from torch import nn
@@ -269,7 +282,16 @@ def static_qconfig_mapping(engine: str, per_channel: bool) -> Any:
     return get_default_qconfig_mapping(engine).set_global(qconfig)
 
 
-@register_method("static_int8", StaticQuantConfig)
+def _int8_static_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    inputs = ctx.calibration_inputs()
+    source = "example_input" if ctx.train_data is None else "train_data"
+    return compress(model, StaticQuantConfig(calibration=inputs)), {
+        "calibration": source, "calibration_batches": len(inputs), "calibration_samples": sum(len(x) for x in inputs)}
+
+
+@register_method("static_int8", StaticQuantConfig, facts=INT8_FACTS, recipe=RecipeSpec(
+    "int8-static", _int8_static_recipe, trains=False,
+    description="static int8 quantization, calibrated on the first training batches"))
 def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Mapping[str, Any]]:
     import torch
 

@@ -6,7 +6,7 @@ A package adds entries to greenmeter's registries by declaring entry points in o
     my-meter = "my_package.meter:MyMeterBackend"        # a Backend subclass (see greenmeter.sources.base)
 
     [project.entry-points."greenmeter.methods"]
-    my-method = "my_package.method:METHOD"              # a greenmeter.compression.Method
+    my-method = "my_package.method"                     # a module whose import calls register_method
 
     [project.entry-points."greenmeter.formats"]
     my-format = "my_package.fmt:FORMAT"                 # a greenmeter.output.formats.Format
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 from greenmeter._errors import ConfigError
@@ -35,7 +34,7 @@ _loaded: dict[str, ConfigError | None] = {}  # group -> None when loaded, or the
 _lock = threading.RLock()
 
 
-def _distribution(ep: metadata.EntryPoint) -> str:
+def _distribution(ep: Any) -> str:
     dist = getattr(ep, "dist", None)
     name = getattr(dist, "name", None) if dist is not None else None
     return str(name) if name else f"the package providing {ep.value.split(':')[0]!r}"
@@ -70,6 +69,8 @@ def load_plugins(group: str, register: Callable[[str, Any], None]) -> None:
 
 
 def _load_group(group: str, register: Callable[[str, Any], None]) -> None:
+    from importlib import metadata  # here, not at module level: it costs ~15 ms of every `import greenmeter`
+
     for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
         package = _distribution(ep)
         try:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from greenmeter._checks import fraction, number, whole_number
 from greenmeter._errors import ConfigError
 
 __all__ = ["Interval", "Significance", "bootstrap_test", "mean_ci", "pareto_front", "percentile", "welch_test"]
@@ -140,9 +141,7 @@ def _finite(values: Sequence[float], what: str) -> list[float]:
 
 
 def _level(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise ConfigError(f"{name} must be a number strictly between 0 and 1, not {value!r}")
-    return float(value)
+    return number(name, value, low=0, high=1, low_open=True, high_open=True)
 
 
 def _mean_var(values: list[float]) -> tuple[float, float]:
@@ -256,8 +255,7 @@ def bootstrap_test(
     a = _finite(baseline, "bootstrap_test baseline")
     b = _finite(variant, "bootstrap_test variant")
     alpha = _level(alpha, "alpha")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 100:
-        raise ConfigError(f"n_resamples must be an integer >= 100, not {n_resamples!r}")
+    n_resamples = whole_number("n_resamples", n_resamples, minimum=100)
     diff = math.fsum(b) / len(b) - math.fsum(a) / len(a)
     if len(a) < 2 or len(b) < 2:
         return Significance("bootstrap", None, None, diff, None, None, None, alpha)
@@ -337,6 +335,5 @@ def percentile(values: Sequence[float], q: float) -> float:
         ConfigError: ``values`` is empty or holds NaN or infinity; ``q`` is outside [0, 1].
     """
     data = sorted(_finite(values, "percentile values"))
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= q <= 1.0:
-        raise ConfigError(f"percentile q must be a fraction in [0, 1] (0.95 for p95), not {q!r}")
+    q = fraction("percentile q", q, note="0.95 for p95")
     return data[max(0, math.ceil(q * len(data)) - 1)]

@@ -127,10 +127,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             runs = [store.get_run(run_id) for run_id in args.runs]
         else:
             raise ConfigError("name the runs to export (ids from `greenmeter runs`) or pass --last")
-        options = {}
-        if args.format == "model-card":
-            options = {"training_type": args.training_type, "geographical_location": args.location}
-        text = export_runs(runs, args.format, **options)
+        text = export_runs(runs, args.format, training_type=args.training_type,
+                           geographical_location=args.location)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {len(runs)} run(s) as {args.format} to {args.output}", file=sys.stderr)

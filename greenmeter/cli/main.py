@@ -25,7 +25,7 @@ __all__ = ["main"]
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from greenmeter.metering.host import describe_host
-    from greenmeter.sources.select import probe_sources
+    from greenmeter.sources.select import describe_choice, probe_sources
 
     host = describe_host()
     results = probe_sources(mode=args.mode, sysfs_root=args.sysfs_root, use_psys=args.psys)
@@ -64,14 +64,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for note in probe.notes:
             print(f"    note: {note}")
         backend.close()
-    usable = {probe.backend for _, probe in results if probe.available}
     print()
-    if "rapl" in usable:
-        print("CPU energy will be measured by RAPL.")
-    else:
-        print("CPU energy will be ESTIMATED (cpu-estimate): no usable RAPL counter; see 'why' above for the fix.")
-    if "nvml" in usable:
-        print("GPU energy will be measured by NVML.")
+    for line in describe_choice(results):
+        print(line)
     return 0
 
 
@@ -91,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_cmd_info)
 
     from greenmeter.cli import commands as cc
-    from greenmeter.cli.report import add_report_commands
+    from greenmeter.cli.report import FormatChoices, add_report_commands
 
     store_help = "run store path (default: $GREENMETER_STORE, else $XDG_DATA_HOME/greenmeter/runs.db)"
     run = commands.add_parser(
@@ -119,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export stored runs")
     export.add_argument("runs", nargs="*", metavar="RUN", help="run ids or unique prefixes (see `greenmeter runs`)")
     export.add_argument("--last", action="store_true", help="export the most recent run")
-    export.add_argument("--format", choices=("csv", "json", "codecarbon", "model-card"), default="json")
+    export.add_argument("--format", choices=FormatChoices("runs"), metavar="FORMAT", default="json",
+                        help="%(choices)s (default json)")
     export.add_argument("-o", "--output", default=None, help="write to this file (default: standard output)")
     export.add_argument("--store", default=None, help=store_help)
     export.add_argument("--training-type", default="pre-training",

@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from collections.abc import Iterator
 
 from greenmeter._errors import ConfigError
+from greenmeter.output.formats import format_for_path, format_names, get_format
 
-__all__ = ["add_report_commands", "cmd_comparisons", "cmd_report"]
+__all__ = ["FormatChoices", "add_report_commands", "cmd_comparisons", "cmd_report"]
 
-_SUFFIX = {".html": "html", ".htm": "html", ".md": "md", ".csv": "csv", ".json": "json"}
+#: What ``greenmeter report`` renders: a comparison or a run (a set of runs is ``greenmeter export``'s).
+_REPORT_SUBJECTS = ("comparison", "run")
+
+
+class FormatChoices:
+    """The ``--format`` choices of a command: the registered formats for its subjects, read from the
+    format registry only when argparse first checks a value or prints the help, so that building the
+    parser (``greenmeter --help``, ``greenmeter info``) loads no format plug-in."""
+
+    def __init__(self, *subjects: str) -> None:
+        self.subjects = subjects
+
+    def _names(self) -> tuple[str, ...]:
+        try:
+            return format_names(self.subjects)
+        except ConfigError as err:  # a broken plug-in: argparse reports it as a usage error, not a traceback
+            raise argparse.ArgumentError(None, str(err)) from err
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
 
 
 def add_report_commands(commands: argparse._SubParsersAction, store_help: str) -> None:  # type: ignore[type-arg]
@@ -26,9 +49,10 @@ def add_report_commands(commands: argparse._SubParsersAction, store_help: str) -
     report.add_argument("--last", action="store_true", help="the latest comparison (else the latest run)")
     report.add_argument("--last-run", action="store_true", help="the latest run")
     report.add_argument("-o", "--output", default=None,
-                        help="file to write (default greenmeter-report.<format>; '-' for standard output)")
-    report.add_argument("--format", choices=("html", "md", "csv", "json"), default=None,
-                        help="output format (default: from the --output suffix, else html)")
+                        help="file to write (default greenmeter-report with the format's extension; '-' for "
+                             "standard output)")
+    report.add_argument("--format", choices=FormatChoices(*_REPORT_SUBJECTS), metavar="FORMAT", default=None,
+                        help="output format: %(choices)s (default: from the --output suffix, else html)")
     report.add_argument("--tolerance", type=float, default=None,
                         help="metric tolerance of the recommendation, in the metric's unit "
                              "(default 0.01 = 1 percentage point of accuracy)")
@@ -45,11 +69,12 @@ def _format(args: argparse.Namespace) -> str:
     if args.format:
         return str(args.format)
     if args.output and args.output != "-":
-        suffix = Path(args.output).suffix.lower()
-        if suffix not in _SUFFIX:
-            raise ConfigError(f"cannot tell the format from {args.output!r}: use a .html, .md, .csv or .json "
-                              f"name, or --format")
-        return _SUFFIX[suffix]
+        found = format_for_path(args.output, _REPORT_SUBJECTS)
+        if found is None:
+            extensions = list(dict.fromkeys(get_format(name).extension for name in format_names(_REPORT_SUBJECTS)))
+            listed = ", ".join(extensions[:-1]) + f" or {extensions[-1]}" if len(extensions) > 1 else extensions[0]
+            raise ConfigError(f"cannot tell the format from {args.output!r}: use a {listed} name, or --format")
+        return found.name
     return "html"
 
 
@@ -75,7 +100,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(text)
         return 0
-    path = write_report(text, args.output or f"greenmeter-report.{fmt}")
+    path = write_report(text, args.output or f"greenmeter-report{get_format(fmt).extension}", fmt=fmt)
     print(f"wrote the {kind} report to {path}")
     return 0
 

@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from greenmeter._checks import choice, number, whole_number
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonSettings
 from greenmeter.metering.cpu_load import LoadWatch, busy_flag
-from greenmeter.comparison.steps import Batch, Progress, build_entries, measure, prepare, summarise
+from greenmeter.comparison.progress import Progress, progress_printer
+from greenmeter.comparison.steps import Batch, build_entries, measure, prepare, summarise
 from greenmeter.records.comparison import Comparison, MakingCost
 from greenmeter.records.measurement import Measurement
 
@@ -177,18 +179,13 @@ def compare(
 
     if not isinstance(variants, Mapping) or not variants:
         raise ConfigError("variants must be a non-empty mapping of names to models, recipe specs or Variants")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ConfigError(f"repeats must be a whole number >= 1, not {repeats!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError(f"warmup must be a whole number >= 0, not {warmup!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
-    if significance not in ("welch", "bootstrap"):
-        raise ConfigError(f"significance must be 'welch' or 'bootstrap', not {significance!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be a whole number >= 1 (or None for torch's setting), not {threads!r}")
-    if min_repeat_s is not None and not (isinstance(min_repeat_s, (int, float)) and min_repeat_s >= 0):
-        raise ConfigError(f"min_repeat_s must be a number of seconds >= 0, not {min_repeat_s!r}")
+    repeats = whole_number("repeats", repeats, minimum=1)
+    warmup = whole_number("warmup", warmup, minimum=0)
+    batch_size = whole_number("batch_size", batch_size, minimum=1)
+    choice("significance", significance, ("welch", "bootstrap"))
+    threads = whole_number("threads", threads, minimum=1, optional=True, note="None keeps torch's setting")
+    min_repeat_s = number("min_repeat_s", min_repeat_s, low=0, unit="seconds", optional=True)
+    progress_printer(progress)  # a bad progress fails here, before any work
     specs = {str(k): (v if isinstance(v, Variant) else Variant(recipe=v) if isinstance(v, str) else Variant(model=v))
              for k, v in variants.items()}
     baseline = next(iter(specs)) if baseline is None else baseline

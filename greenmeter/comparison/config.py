@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from greenmeter._checks import choice, number, whole_number
 from greenmeter._errors import ConfigError
 
 __all__ = ["CompareConfig", "load_compare_config", "resolve_object"]
@@ -174,9 +175,7 @@ def _check_keys(table: Mapping[str, Any], section: str, path: Path) -> None:
 
 
 def _int(value: Any, key: str, path: Path, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{path}: {key} must be a whole number >= {minimum}, not {value!r}")
-    return value
+    return whole_number(f"{path}: {key}", value, minimum=minimum)
 
 
 def load_compare_config(path: str | Path) -> CompareConfig:
@@ -226,11 +225,10 @@ def load_compare_config(path: str | Path) -> CompareConfig:
         raise ConfigError(f"{path}: model.kwargs must be a table of keyword arguments")
     weights = model.get("weights")
     min_repeat = compare_t.get("min_repeat_s")
-    if min_repeat is not None and not (isinstance(min_repeat, (int, float)) and min_repeat >= 0):
-        raise ConfigError(f"{path}: compare.min_repeat_s must be a number of seconds >= 0")
-    significance = compare_t.get("significance", "welch")
-    if significance not in ("welch", "bootstrap"):
-        raise ConfigError(f"{path}: compare.significance must be 'welch' or 'bootstrap', not {significance!r}")
+    if min_repeat is not None:
+        number(f"{path}: compare.min_repeat_s", min_repeat, low=0, unit="seconds")
+    significance = choice(f"{path}: compare.significance", compare_t.get("significance", "welch"),
+                          ("welch", "bootstrap"))
     config = CompareConfig(
         path=path, name=str(doc.get("name", path.stem)), model_factory=model["factory"], model_kwargs=kwargs,
         weights=None if weights is None else (path.parent / str(weights)),

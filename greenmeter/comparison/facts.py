@@ -2,8 +2,9 @@
 
 * :func:`serialized_size_b`: bytes of ``torch.save(model.state_dict())``, the size on disk.
 * :func:`parameter_counts`: how many weights the model holds and how many are non-zero, also for int8
-  quantized models and the packed 4-bit :class:`~greenmeter.compression.Int4Linear`, whose weights
-  ``model.parameters()`` does not see.
+  quantized models and modules that keep packed weights ``model.parameters()`` does not see (the 4-bit
+  :class:`~greenmeter.compression.Int4Linear`): their compression method counts them, through the
+  ``count_weights`` facts hook it registered (:class:`greenmeter.compression.registry.FactsHooks`).
 * :func:`count_macs`: multiply-accumulates per sample, counted by ``torch.utils.flop_counter``.
 
 None of them changes the model. torch is imported inside the functions, so ``import greenmeter`` stays
@@ -106,8 +107,9 @@ def serialized_size_b(model: nn.Module) -> int:
 def parameter_counts(model: nn.Module) -> ParamCounts:
     """Count a model's weights and its non-zero weights. Does not change the model.
 
-    A float model (no quantized tensor, no packed params, no ``Int4Linear``) counts its unique
-    ``nn.Parameter`` elements (a parameter shared between layers once): ``kind="parameters"``.
+    A float model (no quantized tensor, no packed params, no module a compression method counts itself)
+    counts its unique ``nn.Parameter`` elements (a parameter shared between layers once):
+    ``kind="parameters"``.
 
     A quantized or packed model keeps its weights where ``model.parameters()`` does not see them, so its
     own state (what ``state_dict`` saves) is walked, module by module (a shared module once), and these
@@ -118,9 +120,11 @@ def parameter_counts(model: nn.Module) -> ParamCounts:
     * packed params (the ``(weight, bias)`` tuple of a quantized Linear, the TorchScript objects of a
       dynamic LSTM/GRU): unpacked, every tensor inside, weights and biases;
     * ``nn.Parameter`` objects (float layers left unquantized) and float entries named ``bias``;
-    * ``Int4Linear``: ``out_features * in_features`` weights (the codes standing for real weights: the
-      zero padding of a row up to ``group_size`` and a spare nibble are stored but not counted; so
-      ``2 * qweight bytes`` is at least this) plus its bias.
+    * modules of a type a registered compression method counts itself (its ``FactsHooks.count_weights``):
+      what that count says, plus the tensors it hands back (a bias) counted as above. ``Int4Linear``:
+      ``out_features * in_features`` weights (the codes standing for real weights: the zero padding of a
+      row up to ``group_size`` and a spare nibble are stored but not counted; so ``2 * qweight bytes`` is
+      at least this) plus its bias.
 
     Not counted: scales and zero points (``scale``, ``zero_point``, ``Int4Linear.scales``/``zeros``, FX
     input qparams), batch-norm running statistics and other float buffers. A tensor reached twice (the
@@ -137,9 +141,12 @@ def parameter_counts(model: nn.Module) -> ParamCounts:
     """
     import torch
 
-    int4_type = _int4_linear_type()
+    from greenmeter.compression.registry import weight_counters
+
+    counters = weight_counters()
+    counted = tuple(counters)
     modules = list(model.modules())
-    stored = any(isinstance(m, int4_type) for m in modules) or any(
+    stored = any(isinstance(m, counted) for m in modules) or any(
         _is_packed(value) for m in modules for value in _own_state(m).values()
     )
     if not stored:
@@ -162,12 +169,12 @@ def parameter_counts(model: nn.Module) -> ParamCounts:
         nonzero += _nonzero(t)
 
     for m in modules:
-        if isinstance(m, int4_type):
-            weight = m.dequantize_weight()
-            total += m.out_features * m.in_features
-            nonzero += int(torch.count_nonzero(weight))
-            if m.bias is not None:
-                add(m.bias)
+        if isinstance(m, counted):
+            count = next(fn for t, fn in counters.items() if isinstance(m, t))(m)
+            total += count.total
+            nonzero += count.nonzero
+            for t in count.tensors:
+                add(t)
             continue
         for name, value in _own_state(m).items():
             if isinstance(value, torch.Tensor):
@@ -179,12 +186,6 @@ def parameter_counts(model: nn.Module) -> ParamCounts:
                 for t in _tensors_in(value, f"{type(m).__name__}.{name}"):
                     add(t)
     return ParamCounts(total, nonzero, "stored weight elements")
-
-
-def _int4_linear_type() -> type:
-    from greenmeter.compression.int4 import Int4Linear
-
-    return Int4Linear
 
 
 def _own_state(module: nn.Module) -> dict[str, Any]:

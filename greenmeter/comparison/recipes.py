@@ -7,19 +7,13 @@ a compression method keep their ``compression_info`` too. Building does not meas
 harness wraps it in a meter window. Compression code never owns a dataset, so what recipes may use (an example
 batch, training data or the user's trainer, validation data) comes in a :class:`RecipeContext`.
 
-Built-in recipes (``registered_recipes()`` lists them with their argument help)::
+Each compression method registers its own recipe with it (``register_method(..., recipe=RecipeSpec(...))``
+in :mod:`greenmeter.compression.registry`), so the recipes are read from the method registry, plug-ins of the
+``greenmeter.methods`` entry-point group included. :func:`registered_recipes` returns them with their argument
+help; :func:`format_recipes` renders that as text (``python -m greenmeter.comparison.recipes`` prints it).
 
-    prune:S          unstructured global magnitude pruning to sparsity S (default 0.5)     PruneConfig
-    channels:R       remove a fraction R of channels/neurons, fine-tune (default 0.5)      ChannelPruneConfig
-    ticket:F         lottery ticket keeping a fraction F of the weights (default 0.2)      LotteryTicketConfig
-    int8-dynamic     dynamic int8 of Linear/LSTM layers                                    DynamicQuantConfig
-    int8-static      static int8, calibrated on the first training batches                 StaticQuantConfig
-    int4:G           4-bit weight-only Linear layers, group size G (default 32)            Int4WeightConfig
-    qat              quantization-aware fine-tuning, converted to int8                     QATConfig
-    distill:W        a student of width W (default 0.5) distilled from the baseline        DistillConfig
-    early-exit:T     exits near 1/3 and 2/3 of the compute, threshold T (0.9) or "auto"    EarlyExitConfig
-
-Add your own with :func:`register_recipe` (also a decorator)::
+A recipe that is not a compression method of its own is added with :func:`register_recipe` (also a
+decorator)::
 
     @register_recipe("prune-layer", trains=False, description="magnitude pruning, each layer on its own",
                      arg_help="S, the sparsity of every layer (default 0.3)")
@@ -31,26 +25,25 @@ from __future__ import annotations
 
 import copy
 import inspect
-import itertools
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
-from greenmeter._errors import ConfigError, UnsupportedModelError
+from greenmeter._checks import number, whole_number
+from greenmeter._errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from greenmeter.compression.registry import BuildFn, RecipeSpec
+
 __all__ = [
-    "Recipe", "RecipeContext", "RecipeInfo", "build_variant", "exit_positions", "parse_recipe", "register_recipe",
+    "Recipe", "RecipeContext", "build_variant", "format_recipes", "parse_recipe", "register_recipe",
     "registered_recipes", "unregister_recipe",
 ]
 
 LossFn = Callable[..., "torch.Tensor"]
-#: ``build(baseline_copy, arg, ctx)`` returns the variant, or ``(variant, details)``.
-BuildFn = Callable[["nn.Module", Union[str, None], "RecipeContext"], Any]
 
 
 # ------------------------------------------------------------------------------------------ context
@@ -110,12 +103,8 @@ class RecipeContext:
                 raise ConfigError("RecipeContext.val_data must be an (x, y) pair of tensors of equal, non-zero length")
             object.__setattr__(self, "val_data", tuple(val))
         for name, low in (("calibration_batches", 1), ("fine_tune_epochs", 1), ("train_epochs", 1), ("seed", None)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-                raise ConfigError(f"RecipeContext.{name} must be an integer{'' if low is None else ' >= 1'}, "
-                                  f"got {value!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ConfigError(f"RecipeContext.lr must be a number > 0, got {self.lr!r}")
+            whole_number(f"RecipeContext.{name}", getattr(self, name), minimum=low)
+        number("RecipeContext.lr", self.lr, low=0, low_open=True)
 
     @property
     def can_train(self) -> bool:
@@ -142,6 +131,12 @@ class RecipeContext:
             fit(model, loss_fn or _cross_entropy, params, self.train_data, n, self.lr, self.seed)
 
         return train
+
+    def trainer_details(self, epochs: int | None = None) -> dict[str, Any]:
+        """What a recipe that trains reports about its training: ``{"trainer": "train_fn" or "built-in",
+        "epochs": epochs}``, ``epochs`` defaulting to ``fine_tune_epochs``."""
+        return {"trainer": "train_fn" if self.train_fn is not None else "built-in",
+                "epochs": self.fine_tune_epochs if epochs is None else epochs}
 
     def calibration_inputs(self) -> list[torch.Tensor]:
         """The inputs of the first ``calibration_batches`` batches of ``train_data`` (or ``[example_input]``)."""
@@ -194,23 +189,6 @@ class Recipe:
                 "details": dict(self.details)}
 
 
-@dataclass(frozen=True)
-class RecipeInfo:
-    """A registered recipe: ``build(baseline_copy, arg, ctx)``, whether it trains, and what its argument means.
-
-    ``arg_help`` is ``None`` for a recipe that takes no argument (``"name:arg"`` is then refused).
-    """
-
-    name: str
-    build: BuildFn
-    trains: bool
-    description: str
-    arg_help: str | None = None
-
-
-_RECIPES: dict[str, RecipeInfo] = {}
-
-
 def parse_recipe(spec: str) -> tuple[str, str | None]:
     """Split a spec: ``"prune:0.5"`` -> ``("prune", "0.5")``, ``"int8-dynamic"`` -> ``("int8-dynamic", None)``.
 
@@ -234,10 +212,11 @@ def register_recipe(name: str, build: BuildFn | None = None, *, trains: bool, de
                     arg_help: str | None = None) -> Any:
     """Register ``build(baseline, arg, ctx) -> nn.Module`` under ``name``; usable as a decorator without ``build``.
 
-    ``build`` gets a private deep copy of the baseline in eval mode (change it freely), the argument string (or
-    ``None``) and the :class:`RecipeContext`; it returns the variant, or ``(variant, details)`` with a mapping
-    of plain values for :attr:`Recipe.details`. A recipe with ``trains=True`` is refused before ``build`` runs
-    when the context has neither train_fn nor train_data.
+    For a recipe that is not a compression method of its own (a method registers its recipe with
+    ``register_method(..., recipe=RecipeSpec(...))``). ``build`` gets a private deep copy of the baseline in eval
+    mode (change it freely), the argument string (or ``None``) and the :class:`RecipeContext`; it returns the
+    variant, or ``(variant, details)`` with a mapping of plain values for :attr:`Recipe.details`. A recipe with
+    ``trains=True`` is refused before ``build`` runs when the context has neither train_fn nor train_data.
 
     Args:
         name: the spec name: non-empty, without ``:`` or whitespace.
@@ -248,40 +227,62 @@ def register_recipe(name: str, build: BuildFn | None = None, *, trains: bool, de
     Returns ``build``, or without it a decorator that registers and returns the function. Raises ConfigError for
     a bad name, a name already registered (see :func:`unregister_recipe`) or a build that is not callable.
     """
+    from greenmeter.compression.registry import RecipeSpec, register_recipe_spec
+
     if not isinstance(name, str) or not name or ":" in name or any(c.isspace() for c in name):
         raise ConfigError(f"a recipe name must be a non-empty string without ':' or spaces, got {name!r}")
     if not isinstance(trains, bool):
         raise ConfigError(f"register_recipe: trains must be True or False, got {trains!r}")
 
     def add(fn: BuildFn) -> BuildFn:
-        if not callable(fn):
-            raise ConfigError(f"register_recipe: build for {name!r} must be callable as build(baseline, arg, ctx)")
-        if name in _RECIPES:
-            raise ConfigError(f"a recipe named {name!r} is already registered; unregister_recipe({name!r}) first "
-                              "to replace it")
-        _RECIPES[name] = RecipeInfo(name, fn, trains, str(description), arg_help)
+        register_recipe_spec(RecipeSpec(name, fn, trains, str(description), arg_help))
         return fn
 
     return add if build is None else add(build)
 
 
-def unregister_recipe(name: str) -> RecipeInfo:
-    """Remove a recipe from the registry and return it (ConfigError if it is not registered)."""
-    if name not in _RECIPES:
-        raise ConfigError(f"no recipe named {name!r} is registered; registered recipes: {', '.join(sorted(_RECIPES))}")
-    return _RECIPES.pop(name)
+def unregister_recipe(name: str) -> RecipeSpec:
+    """Remove a recipe from the registry and return it (ConfigError if it is not registered).
+
+    A method's recipe can be removed too (to register another under its name); the method stays.
+    """
+    from greenmeter.compression.registry import unregister_recipe_spec
+
+    return unregister_recipe_spec(name)
 
 
-def registered_recipes() -> dict[str, RecipeInfo]:
-    """The registered recipes by name, sorted (a copy: changing it does not change the registry)."""
-    return {name: _RECIPES[name] for name in sorted(_RECIPES)}
+def registered_recipes() -> dict[str, RecipeSpec]:
+    """The registered recipes by name, sorted (a copy: changing it does not change the registry).
+
+    Methods' recipes (built-in and plug-ins of the ``greenmeter.methods`` entry-point group) and those added
+    with :func:`register_recipe`; each a :class:`~greenmeter.compression.registry.RecipeSpec` (``name``,
+    ``build``, ``trains``, ``description``, ``arg_help``, ``method``).
+    """
+    from greenmeter.compression.registry import recipe_specs
+
+    return recipe_specs()
+
+
+def format_recipes() -> str:
+    """The registered recipes as text: one line each (spec, whether it trains, method, description), then
+    what each argument means."""
+    specs = list(registered_recipes().values())
+    rows = [("recipe", "trains", "method", "description")] + [
+        (r.usage, "yes" if r.trains else "no", r.method or "-", r.description) for r in specs]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3] for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len("description"))
+    takes = [r for r in specs if r.arg_help is not None]
+    width = max((len(r.name) for r in takes), default=0)
+    lines += ["", "arguments:"] + [f"  {r.name.ljust(width)}  {r.arg_help}" for r in takes]
+    return "\n".join(lines)
 
 
 def build_variant(spec: str, baseline: nn.Module, ctx: RecipeContext) -> nn.Module:
     """Build the variant ``spec`` names from ``baseline``; ``baseline`` is never changed (weights or modes).
 
     Args:
-        spec: ``name`` or ``name:arg`` (see the module docstring for the built-ins).
+        spec: ``name`` or ``name:arg`` (:func:`format_recipes` lists the registered ones).
         baseline: the trained model to start from.
         ctx: what the recipe may use (example batch, training data or trainer, validation data).
 
@@ -297,9 +298,10 @@ def build_variant(spec: str, baseline: nn.Module, ctx: RecipeContext) -> nn.Modu
     from torch import nn
 
     name, arg = parse_recipe(spec)
-    info = _RECIPES.get(name)
+    known = registered_recipes()
+    info = known.get(name)
     if info is None:
-        raise ConfigError(f"unknown recipe {name!r}; registered recipes: {', '.join(sorted(_RECIPES))}")
+        raise ConfigError(f"unknown recipe {name!r}; registered recipes: {', '.join(known)}")
     if arg is not None and info.arg_help is None:
         raise ConfigError(f"recipe {name!r} takes no argument, got {arg!r}; write {name!r}")
     if not isinstance(baseline, nn.Module):
@@ -318,214 +320,5 @@ def build_variant(spec: str, baseline: nn.Module, ctx: RecipeContext) -> nn.Modu
     return variant
 
 
-# the built-in recipes register themselves on import (kept in their own module)
-
-# ------------------------------------------------------------------------------------------ arguments
-
-def _number(recipe: str, arg: str | None, default: float, expected: str, ok: Callable[[float], bool]) -> float:
-    """``arg`` as a number accepted by ``ok``, ``default`` when absent; else ConfigError naming the recipe."""
-    if arg is None:
-        return default
-    try:
-        value = float(arg)
-    except ValueError:
-        value = math.nan
-    if math.isnan(value) or not ok(value):
-        raise ConfigError(f"recipe {recipe!r}: bad argument {arg!r}; expected {expected}")
-    return value
-
-
-def _fraction_arg(recipe: str, arg: str | None, default: float, expected: str, zero_ok: bool = True) -> float:
-    return _number(recipe, arg, default, expected, lambda v: (0 <= v if zero_ok else 0 < v) and v < 1)
-
-
-# ------------------------------------------------------------------------------------------ built-ins
-
-_PRUNE_HELP = "S, the fraction of Linear/Conv weights set to zero, a number in [0, 1) (default 0.5)"
-_CHANNELS_HELP = "R, the fraction of channels and hidden neurons removed, a number in [0, 1) (default 0.5)"
-_TICKET_HELP = "F, the fraction of Linear/Conv weights kept, a number in (0, 1) (default 0.2)"
-_INT4_HELP = "G, the group size (input weights sharing one scale), an integer >= 2 (default 32)"
-_DISTILL_HELP = "W, the student's width relative to the baseline, a number in (0, 1] (default 0.5)"
-_EXIT_HELP = ("T, the exit confidence threshold in (0, 1] (default 0.9), or 'auto' to calibrate it on val_data "
-              "(accuracy within 0.5 points of the final exit)")
-
-
-def _prune(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    from greenmeter.compression import PruneConfig, compress
-
-    s = _fraction_arg("prune", arg, 0.5, _PRUNE_HELP)
-    return compress(model, PruneConfig(sparsity=s)), {"sparsity": s}
-
-
-def _channels(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    from greenmeter.compression import ChannelPruneConfig, compress
-
-    r = _fraction_arg("channels", arg, 0.5, _CHANNELS_HELP)
-    train = ctx.trainer("channels")
-    config = ChannelPruneConfig(ratio=r, example_input=ctx.example_input[:1], fine_tune=lambda m: train(m, None))
-    return compress(model, config), {"ratio": r, **_trainer_details(ctx)}
-
-
-def _ticket(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    from greenmeter.compression import LotteryTicketConfig, compress
-
-    keep = _fraction_arg("ticket", arg, 0.2, _TICKET_HELP, zero_ok=False)
-    # at most half the alive weights per round; the rounds share the pruning equally so the density ends at F
-    rounds = max(1, math.ceil(math.log(keep) / math.log(0.5) - 1e-9))
-    rate = 1 - keep ** (1 / rounds)
-    train = ctx.trainer("ticket")
-    config = LotteryTicketConfig(train_fn=lambda m: train(m, None), rounds=rounds, rate=rate, seed=ctx.seed)
-    # rewinds to the baseline's trained weights: iterative magnitude pruning with fine-tuning
-    return compress(model, config), {"keep": keep, "rounds": rounds, "rate": rate, "rewind": "baseline weights",
-                                     **_trainer_details(ctx)}
-
-
-def _int8_dynamic(model: nn.Module, arg: str | None, ctx: RecipeContext) -> nn.Module:
-    from greenmeter.compression import DynamicQuantConfig, compress
-
-    return compress(model, DynamicQuantConfig())
-
-
-def _int8_static(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    from greenmeter.compression import StaticQuantConfig, compress
-
-    inputs = ctx.calibration_inputs()
-    source = "example_input" if ctx.train_data is None else "train_data"
-    return compress(model, StaticQuantConfig(calibration=inputs)), {
-        "calibration": source, "calibration_batches": len(inputs), "calibration_samples": sum(len(x) for x in inputs)}
-
-
-def _int4(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    from greenmeter.compression import Int4WeightConfig, compress
-
-    g = _number("int4", arg, 32, _INT4_HELP, lambda v: v >= 2 and v == int(v))
-    return compress(model, Int4WeightConfig(group_size=int(g))), {"group_size": int(g)}
-
-
-def _qat(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    from greenmeter.compression import QATConfig, compress
-
-    train = ctx.trainer("qat")
-    return compress(model, QATConfig(train_fn=lambda m: train(m, None))), _trainer_details(ctx)
-
-
-def _distill(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    from greenmeter.compression import DistillConfig, compress, make_student
-
-    w = _number("distill", arg, 0.5, _DISTILL_HELP, lambda v: 0 < v <= 1)
-    student = make_student(model, w, seed=ctx.seed)  # model is build_variant's copy: the teacher stays unchanged
-    train = ctx.trainer("distill", ctx.train_epochs)
-    config = DistillConfig(teacher=model, train_fn=lambda m, loss: train(m, loss), seed=ctx.seed)
-    return compress(student, config), {"width": w, **_trainer_details(ctx, ctx.train_epochs)}
-
-
-def _early_exit(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    from greenmeter.compression import EarlyExitConfig, calibrate_threshold, compress
-
-    auto = arg is not None and arg.lower() == "auto"
-    if auto and ctx.val_data is None:
-        raise ConfigError("recipe 'early-exit:auto' calibrates the threshold on held-out data: give val_data "
-                          "in the RecipeContext, or a threshold such as 'early-exit:0.9'")
-    threshold = 0.9 if auto else _number("early-exit", arg, 0.9, _EXIT_HELP, lambda v: 0 < v <= 1)
-    exits = exit_positions(model, ctx.example_input)
-    train = ctx.trainer("early-exit")
-    config = EarlyExitConfig(exits_after=exits, example_input=ctx.example_input[:1], threshold=threshold,
-                             train_fn=lambda m, loss: train(m, loss), seed=ctx.seed)
-    variant = compress(model, config)
-    if auto:
-        variant.eval()
-        variant.threshold = calibrate_threshold(variant, *ctx.val_data)  # type: ignore[misc]
-    return variant, {"exits_after": exits, "threshold": variant.threshold, "calibrated": auto,
-                     **_trainer_details(ctx)}
-
-
-def _trainer_details(ctx: RecipeContext, epochs: int | None = None) -> dict[str, Any]:
-    return {"trainer": "train_fn" if ctx.train_fn is not None else "built-in",
-            "epochs": ctx.fine_tune_epochs if epochs is None else epochs}
-
-
-def _is_follower(module: nn.Module) -> bool:
-    """A layer that belongs with the one before it (norm, activation, dropout): no exit goes in between."""
-    kind = type(module).__name__
-    return type(module).__module__ == "torch.nn.modules.activation" or kind.startswith(
-        ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout", "LocalResponseNorm"))
-
-
-def exit_positions(model: nn.Module, example_input: torch.Tensor) -> list[int]:
-    """Layer indices after which ``early-exit`` attaches heads: two cuts nearest 1/3 and 2/3 of the backbone's MACs.
-
-    A cut may follow any layer of the ``nn.Sequential`` except the last, where the next layer is not a norm,
-    activation or dropout layer (they belong to the layer before) and the features are ``[C, H, W]`` or
-    ``[F]``. Of the possible pairs, the one whose cumulative MAC shares are closest (summed distance) to 1/3
-    and 2/3 wins; MACs (Conv and Linear layers) are counted on one example sample, and a model without any
-    uses the layer count. A model with a single possible cut gets one. Does not change ``model``.
-
-    Raises:
-        UnsupportedModelError: the model is not an ``nn.Sequential`` of at least two layers, or has no such cut.
-    """
-    import torch
-    from torch import nn
-
-    if not isinstance(model, nn.Sequential) or len(model) < 2:
-        what = f"a {len(model)}-layer nn.Sequential" if isinstance(model, nn.Sequential) else type(model).__name__
-        raise UnsupportedModelError(f"recipe 'early-exit' cuts an nn.Sequential backbone of at least two layers "
-                                    f"into blocks, and the model is {what}; build exits with EarlyExitConfig instead")
-    macs = 0
-    cumulative, dims = [], []
-
-    def count(m: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
-        nonlocal macs
-        conv = isinstance(m, nn.modules.conv._ConvNd)
-        per_out = m.weight[0].numel() if conv else m.in_features  # type: ignore[union-attr, index]
-        macs += int(out.numel() // out.shape[0]) * int(per_out)
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        h = example_input[:1]
-        with torch.no_grad():
-            for layer in model:
-                h = layer(h)
-                cumulative.append(macs)
-                dims.append(h.dim() if isinstance(h, torch.Tensor) else 0)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for module, training in modes.items():
-            module.train(training)
-    n = len(model)
-    cuts = [i for i in range(n - 1) if dims[i] in (2, 4) and not _is_follower(model[i + 1])]
-    if not cuts:
-        raise UnsupportedModelError(
-            f"recipe 'early-exit' found no place for an exit in this {n}-layer nn.Sequential: an exit needs [C, H, W] "
-            "or [F] features after a layer that is not followed by its norm, activation or dropout layer")
-    total = cumulative[-1]
-
-    def share(i: int) -> float:
-        return cumulative[i] / total if total else (i + 1) / n
-
-    if len(cuts) == 1:
-        return cuts
-    pairs = itertools.combinations(cuts, 2)
-    return list(min(pairs, key=lambda p: (abs(share(p[0]) - 1 / 3) + abs(share(p[1]) - 2 / 3), p)))
-
-
-register_recipe("prune", _prune, trains=False, arg_help=_PRUNE_HELP,
-                description="unstructured global magnitude pruning (weights zeroed, shapes kept)")
-register_recipe("channels", _channels, trains=True, arg_help=_CHANNELS_HELP,
-                description="structured pruning: channels and neurons removed, then fine-tuned")
-register_recipe("ticket", _ticket, trains=True, arg_help=_TICKET_HELP,
-                description="lottery ticket: iterative magnitude pruning with rewinding and retraining")
-register_recipe("int8-dynamic", _int8_dynamic, trains=False,
-                description="dynamic int8 quantization of Linear/LSTM layers (int8 kernels)")
-register_recipe("int8-static", _int8_static, trains=False,
-                description="static int8 quantization, calibrated on the first training batches")
-register_recipe("int4", _int4, trains=False, arg_help=_INT4_HELP,
-                description="4-bit weight-only quantization of Linear layers (packed, per-group scales)")
-register_recipe("qat", _qat, trains=True, description="quantization-aware fine-tuning, converted to int8")
-register_recipe("distill", _distill, trains=True, arg_help=_DISTILL_HELP,
-                description="knowledge distillation into a thinner student of the same architecture")
-register_recipe("early-exit", _early_exit, trains=True, arg_help=_EXIT_HELP,
-                description="early exits after about 1/3 and 2/3 of the compute (heads trained, backbone frozen)")
+if __name__ == "__main__":
+    print(format_recipes())

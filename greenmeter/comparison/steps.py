@@ -6,7 +6,6 @@ Private to :func:`greenmeter.comparison.compare.compare`, which runs them in its
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,37 +19,11 @@ from greenmeter.stats import Significance, bootstrap_test, mean_ci, pareto_front
 if TYPE_CHECKING:
     import torch
 
+    from greenmeter.comparison.progress import Progress
     from greenmeter.metering.meter import Meter
 
 Batch = tuple["torch.Tensor", "torch.Tensor"]
 Metric = Callable[["torch.Tensor", "torch.Tensor"], float]
-_QUANTIZED_METHODS = ("dynamic_int8", "static_int8", "int4_weight", "qat_int8")
-
-
-class Progress:
-    """Progress on stderr: a redrawn bar on a terminal, a line per item otherwise; or a user callable."""
-
-    def __init__(self, spec: bool | Callable[[str], None] | None, total: int) -> None:
-        self.total, self.done = max(total, 1), 0
-        self.callback = spec if callable(spec) else None
-        self.enabled = bool(spec)
-        self.tty = self.callback is None and sys.stderr.isatty()
-
-    def __call__(self, text: str, advance: int = 0) -> None:
-        self.done += advance
-        if not self.enabled:
-            return
-        if self.callback is not None:
-            self.callback(text)
-            return
-        if self.tty:
-            filled = int(30 * self.done / self.total)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {text[:60]:<60}")
-            if self.done >= self.total:
-                sys.stderr.write("\n")
-        else:
-            sys.stderr.write(f"[{self.done}/{self.total}] {text}\n")
-        sys.stderr.flush()
 
 
 def _making_cost(m: Measurement, settings: CarbonSettings | None, trains: bool) -> MakingCost:
@@ -118,7 +91,7 @@ def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str,
         if spec.recipe is None:
             entries.append(_Entry(key, spec.model, None, making))
             continue
-        from greenmeter.comparison.recipes import build_variant, parse_recipe, registered_recipes
+        from greenmeter.comparison.recipes import build_variant
 
         entry = _Entry(key, None, spec.recipe, None)
         show(f"making {key} ({spec.recipe})")
@@ -130,7 +103,7 @@ def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str,
             entry.fail("making it", err)
         assert window.measurement is not None
         if entry.error is None:
-            trains = registered_recipes()[parse_recipe(spec.recipe)[0]].trains
+            trains = entry.model.recipe.trains
             entry.making = _making_cost(window.measurement, carbon, trains)
             entry.flags.update(dict.fromkeys(f"making it: {f}" for f in window.measurement.flags
                                              if "not resolved" in f))  # its making energy is uncertain
@@ -170,6 +143,8 @@ def prepare(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: torc
 def _model_facts(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: torch.Tensor, facts: Any) -> None:
     import torch
 
+    from greenmeter.compression.registry import facts_hooks_for
+
     model = entry.model
     entry.facts["size_b"] = facts.serialized_size_b(model)
     counts = facts.parameter_counts(model)
@@ -177,15 +152,12 @@ def _model_facts(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets:
     info = getattr(model, "compression_info", None)
     entry.facts["details"] = {} if info is None else {"method": info.method, **dict(info.details)}
     example = batches[0][0]
-    if hasattr(model, "sample_macs") and hasattr(model, "infer"):  # an early-exit model: MACs depend on the data
-        from greenmeter.compression import exit_report
-
-        x = torch.cat([b for b, _ in batches])
-        report = exit_report(model, x, targets)
-        entry.facts.update(macs=report["avg_macs"], macs_method="per-exit MAC counts averaged over the exits taken "
-                           "on the evaluation data", macs_note=f"exit histogram {report['exit_histogram']}")
+    hooks = facts_hooks_for(model)  # the method that made it (or whose model class it is) says how it is counted
+    if hooks.data_macs is not None:  # MACs that depend on the data (early exits)
+        data = hooks.data_macs(model, torch.cat([b for b, _ in batches]), targets)
+        entry.facts.update(macs=data.macs_per_sample, macs_method=data.method, macs_note=data.note)
         return
-    float_eq = base.model if info is not None and info.method in _QUANTIZED_METHODS else None
+    float_eq = base.model if hooks.quantized else None
     macs = facts.count_macs(model, example, float_equivalent=float_eq)
     entry.facts.update(macs=macs.macs_per_sample, macs_method=macs.method, macs_note=macs.note)
 
@@ -230,7 +202,7 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
 
 def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings | None,
               meter: Meter, significance: str = "welch", seed: int = 0) -> tuple[VariantResult, ...]:
-    from greenmeter.compression._core import _plain as _json_safe  # the same rule as CompressionInfo.config
+    from greenmeter.compression._core import plain_value as _json_safe  # the same rule as CompressionInfo.config
 
     ok = [e for e in entries if e.error is None and e.energy]
     front = dict(zip((e.name for e in ok), pareto_front(

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
+from greenmeter.comparison.progress import progress_printer
 
 if TYPE_CHECKING:
     from greenmeter.carbon.settings import CarbonSettings
@@ -71,14 +71,6 @@ class DemoResult:
     duration_s: float
 
 
-def _say(progress: bool | Callable[[str], None], text: str) -> None:
-    if callable(progress):
-        progress(text)
-    elif progress:
-        sys.stderr.write(f"greenmeter demo: {text}\n")
-        sys.stderr.flush()
-
-
 def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, carbon: CarbonSettings | None = None,
              progress: bool | Callable[[str], None] = True, recipes: dict[str, str] | None = None) -> DemoResult:
     """Run the demo and write its files to ``out_dir`` (created if missing).
@@ -92,8 +84,9 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
         recipes: the variants to build (default :data:`DEMO_RECIPES`).
 
     Raises:
-        ConfigError: ``out_dir`` cannot be created or written.
+        ConfigError: ``out_dir`` cannot be created or written; a bad ``progress``.
     """
+    say = progress_printer(progress, prefix="greenmeter demo: ")
     import torch
 
     import greenmeter
@@ -115,8 +108,8 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
         store_path.unlink()  # each demo starts a fresh store; its reports are rewritten too
     torch.manual_seed(0)
     data = load_digits_data()
-    _say(progress, f"digits: {len(data.x_train)} training and {len(data.x_test)} test images; "
-                   f"{'quick' if quick else 'full'} run, output in {out}")
+    say(f"digits: {len(data.x_train)} training and {len(data.x_test)} test images; "
+        f"{'quick' if quick else 'full'} run, output in {out}")
 
     store = Store(store_path)
     try:
@@ -138,7 +131,7 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
                     m.step(len(xb))
                 sched.step()
                 m.epoch()
-                _say(progress, f"train baseline: epoch {epoch + 1}/{settings.epochs}, last loss {loss.item():.3f}")
+                say(f"train baseline: epoch {epoch + 1}/{settings.epochs}, last loss {loss.item():.3f}")
             model.eval()
 
         train()
@@ -146,8 +139,8 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
         training_run = meter.run_id
         meter.close()
         base_acc = accuracy(model, data.x_test, data.y_test)
-        _say(progress, f"baseline trained: {base_acc * 100:.2f}% test accuracy, {training.energy_j:.4g} J "
-                       f"({'measured' if training.measured else 'estimated'})")
+        say(f"baseline trained: {base_acc * 100:.2f}% test accuracy, {training.energy_j:.4g} J "
+            f"({'measured' if training.measured else 'estimated'})")
 
         def train_fn(m: torch.nn.Module, loss_fn: Any = None, epochs: int | None = None) -> None:
             from greenmeter.demo.digits import train_classifier

@@ -93,7 +93,8 @@ class TrainingRecorder:
 
     Raises:
         ConfigError: a meter that is not a :class:`~greenmeter.Meter`, ``store`` or ``name`` given with a
-            meter, or ``carbon`` that is not a :class:`~greenmeter.CarbonSettings`.
+            meter, a ``store`` that is not a Store, a path, ``True`` or ``None``, or ``carbon`` that is not a
+            :class:`~greenmeter.CarbonSettings`.
     """
 
     def __init__(
@@ -108,6 +109,10 @@ class TrainingRecorder:
                               "pass them to it: Meter(store=..., name=...)")
         if carbon is not None and not isinstance(carbon, CarbonSettings):
             raise ConfigError(f"carbon must be a greenmeter.CarbonSettings, not {type(carbon).__name__}")
+        if store is not None:
+            from greenmeter.store.recorder import check_store
+
+            check_store(store)  # refused now, not when the training starts
         self._given = meter
         self._store = store
         self._carbon = carbon

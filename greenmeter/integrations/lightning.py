@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from greenmeter._errors import ConfigError
+from greenmeter._checks import whole_number
 from greenmeter.integrations import TrainingRecorder, import_framework
 from greenmeter.metering.meter import batch_size
 
@@ -73,9 +73,7 @@ class GreenmeterCallback(_pl.Callback):  # type: ignore[misc,name-defined]
         prefix: str = "greenmeter/", batch_size_of: Callable[[Any], int | None] = batch_size,
     ) -> None:
         super().__init__()
-        if log_every_n_steps is not None and (
-                isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
-            raise ConfigError(f"log_every_n_steps must be a whole number >= 1 or None, not {log_every_n_steps!r}")
+        whole_number("log_every_n_steps", log_every_n_steps, minimum=1, optional=True)
         self.recorder = TrainingRecorder(meter, store=store, carbon=carbon, name=name, window="fit", prefix=prefix)
         self.log_every_n_steps = log_every_n_steps
         self._batch_size_of = batch_size_of

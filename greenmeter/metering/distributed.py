@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from greenmeter.metering.api import track as _track
 from greenmeter._errors import AggregationError, ConfigError, MeasurementError
 from greenmeter.sources.base import Backend, ProbeResult
+from greenmeter.sources.registry import source_info, source_names
 from greenmeter.sources.select import create_configured, select_backends
 from greenmeter.records.distributed import (
     DistributedResult,
@@ -79,14 +80,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_TIMEOUT_S = 60.0
 
 
+def _per_device_sources() -> list[str]:
+    """The sources of the automatic choice that measure one device per rank (NVML), from their metadata."""
+    infos = [source_info(name) for name in source_names()]
+    return [info.name for info in infos if info.per_device and info.selection == "usable"]
+
+
 def _rank_gpus(info: RankInfo, gpus: Sequence[int] | None) -> tuple[list[int], list[str]]:
     """The GPUs this rank measures: ``gpus`` when given, else the one numbered ``LOCAL_RANK`` if it exists."""
     if gpus is not None:
         return list(gpus), []
-    counter = create_configured("nvml")
-    probe = counter.probe()
-    counter.close()
-    visible = len(probe.domains) if probe.available else 0
+    visible = 0
+    for name in _per_device_sources():
+        counter = create_configured(name)
+        probe = counter.probe()
+        counter.close()
+        visible = max(visible, len(probe.domains) if probe.available else 0)
     if info.local_rank < visible:
         return [info.local_rank], []
     if visible:
@@ -110,11 +119,12 @@ def select_rank_backends(
     if info.reads_node:
         backends, probes, auto = select_backends(None, mode="machine", sysfs_root=sysfs_root, use_psys=use_psys,
                                                  gpus=gpu_list or None)
-        if not gpu_list:  # NVML measured every GPU: those belong to other ranks
-            for backend in [b for b in backends if b.name == "nvml"]:
+        per_device = set(_per_device_sources())
+        if not gpu_list:  # the per-device sources (NVML) measured every GPU: those belong to other ranks
+            for backend in [b for b in backends if b.name in per_device]:
                 backend.close()
                 backends.remove(backend)
-        wide = ", ".join(b.name for b in backends if b.name != "nvml") or "none usable"
+        wide = ", ".join(b.name for b in backends if b.name not in per_device) or "none usable"
         for note in auto:
             log.warning("greenmeter: %s", note)
         node_note = (f"node-wide sources ({wide}) are read by this rank, local rank 0 of {info.local_world_size} on "
@@ -122,14 +132,13 @@ def select_rank_backends(
         notes = [*auto, node_note, *notes]
     else:
         backends, probes = [], []
-        if gpu_list:
-            nvml = create_configured("nvml", gpus=gpu_list)
-            probe = nvml.probe()
-            probes.append(probe)
-            if probe.available:
-                backends.append(nvml)
-            else:
-                notes.append(f"this rank's GPU cannot be measured: {probe.reason}")
+        for name in _per_device_sources() if gpu_list else ():
+            counter = create_configured(name, gpus=gpu_list)
+            probes.append(counter.probe())
+            if probes[-1].available:
+                backends.append(counter)
+        if gpu_list and not backends:
+            notes.extend(f"this rank's GPU cannot be measured: {probe.reason}" for probe in probes)
         if not backends:
             notes.append(
                 f"no energy source of its own: {info.describe()} measures no GPU, and the node-wide sources (RAPL, "
@@ -248,20 +257,21 @@ def store_result(
     names each rank's own run; ``carbon_settings`` (rank 0's) are the run's. No schema change: it is an
     ordinary run.
     """
+    from greenmeter.store.recorder import RunRecorder
+
     hosts = [m.host for r in result.ranks for m in r.measurements[:1]]
-    run_id = store.start_run(name=f"{name} [{result.world_size} ranks]", kind="api", host=hosts[0] if hosts else None,
-                             carbon_settings=carbon_settings)
+    run = RunRecorder(store, name=f"{name} [{result.world_size} ranks]", kind="api",
+                      host=hosts[0] if hosts else None, carbon_settings=carbon_settings)
     for window in result.windows:
-        store.add_window(run_id, window.measurement)
+        run.add_window(window.measurement)
     nodes = {node: [r.info.rank for r in result.ranks if r.info.node_id == node] for node in result.node_ids}
     layout = "; ".join(f"{node}: ranks {', '.join(map(str, ranks))}" for node, ranks in nodes.items())
     runs = ", ".join(f"{r.info.rank}={r.run_id or 'not stored'}" for r in result.ranks)
     note = (f"torch.distributed aggregate of {result.world_size} ranks on {len(nodes)} nodes ({layout}); domain keys "
             f"are '<key>@<node>/rank<r>'; each rank's own run: {runs}")
-    failed = any(w.measurement.status == "failed" for w in result.windows)
     whole = result.windows[0].measurement if len(result.windows) == 1 else None
-    store.finish_run(run_id, status="failed" if failed else "ok", measurement=whole, note=note)
-    return replace(result, run_id=run_id, store_path=str(store.path))
+    run.finish(measurement=whole, note=note)  # failed when a combined window failed, else ok
+    return replace(result, run_id=run.run_id, store_path=str(store.path))
 
 
 def aggregate(meter: Meter, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedResult | None:

@@ -26,12 +26,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from greenmeter._checks import text, whole_number
 from greenmeter._errors import ConfigError, MeasurementError
 from greenmeter.sources.base import Backend, Domain, ProbeResult
 from greenmeter.sources.select import probe_sources, select_backends
 from greenmeter.sources.sampler import Sampler
 from greenmeter.carbon.settings import CarbonEstimate, CarbonSettings
 from greenmeter.metering.host import describe_host
+from greenmeter.records.encoding import assemble
 from greenmeter.records.measurement import (
     SCHEMA_VERSION,
     DomainEnergy,
@@ -39,11 +41,11 @@ from greenmeter.records.measurement import (
     HostInfo,
     LatencyStats,
     Measurement,
-    assemble,
 )
 
 if TYPE_CHECKING:
     from greenmeter.store.database import Store
+    from greenmeter.store.recorder import RunRecorder
 
 __all__ = ["Meter", "ResolvedCarbon", "Window", "WindowBlock", "batch_size", "build_measurement", "probe_sources"]
 
@@ -228,8 +230,8 @@ class WindowBlock:
 
     def __init__(self, meter: Meter, name: str, samples: int | None, carbon: CarbonSettings | None = None) -> None:
         self._meter = meter
-        self._name = name
-        self._samples = samples
+        self._name = text("name", name)
+        self._samples = whole_number("samples", samples, minimum=0, optional=True)
         self._carbon = carbon
         self.window: Window | None = None
 
@@ -248,15 +250,16 @@ class Meter:
     """Measures energy, power and latency over named windows.
 
     Args:
-        backends: backend names (``"rapl"``, ``"nvml"``, ``"cpu-estimate"``, ``"ram-estimate"``) or
-            ready :class:`~greenmeter.sources.registry.Backend` objects. ``None`` picks automatically: RAPL and
+        backends: names of registered sources (``"rapl"``, ``"nvml"``, ``"cpu-estimate"``, ``"ram-estimate"``,
+            and any from plug-ins: :func:`~greenmeter.sources.registry.source_names`) or
+            ready :class:`~greenmeter.sources.base.Backend` objects. ``None`` picks automatically: RAPL and
             NVML where usable, the CPU estimate where RAPL is not (said in every measurement's flags),
             and the RAM estimate where RAPL has no DRAM domain.
         mode: ``"process"`` (estimates cover this process and its children; default) or ``"machine"``.
             Hardware counters always cover their whole device.
         sysfs_root: root of sysfs for RAPL (default ``$GREENMETER_SYSFS_ROOT`` or ``/sys``).
         use_psys: count RAPL's psys (whole SoC) domain alone as the CPU total.
-        gpus: NVML device indices to measure (default: all visible).
+        gpus: device indices for the per-device sources, NVML's GPUs (default: all visible).
         idle_baseline_s: when > 0, measure idle power for this many seconds when the meter starts;
             measurements then report idle and attributable energy apart.
         sync: ``"auto"`` (``torch.cuda.synchronize`` when CUDA is in use), ``None``, or a callable run at
@@ -302,8 +305,13 @@ class Meter:
         self._carbon_settings = carbon
         self._carbon: ResolvedCarbon | None = None  # resolved when the meter starts
         self._store_spec = None if store is False else store
+        if self._store_spec is not None:  # asked to record: the store stage is loaded, the store opened at start
+            from greenmeter.store.recorder import check_store
+
+            check_store(self._store_spec)
         self.store: Store | None = None
         self.run_id: str | None = None
+        self._recorder: RunRecorder | None = None
         self.name = name or (os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python")
         self._requested = list(backends) if backends is not None else None
         self._options = {"mode": mode, "sysfs_root": sysfs_root, "use_psys": use_psys, "gpus": gpus}
@@ -363,15 +371,14 @@ class Meter:
             log.warning("greenmeter: %s", note)
 
     def _open_store(self) -> None:
-        from greenmeter.store.database import Store
+        from greenmeter.store.recorder import RunRecorder
 
-        spec = self._store_spec
-        store = spec if isinstance(spec, Store) else Store(None if spec is True else spec)
-        settings = self._carbon_settings
-        self.run_id = store.start_run(name=self.name, kind="api", host=self._host(),
-                                      carbon_settings=settings.to_dict() if settings is not None else None)
-        self.store = store
-        self.listeners.append(lambda m: store.add_window(self.run_id, m, carbon=m.carbon))  # type: ignore[arg-type]
+        recorder = RunRecorder.open(self._store_spec, name=self.name, kind="api", host=self._host(),
+                                    carbon_settings=self._carbon_settings)
+        if recorder is None:
+            return
+        self._recorder, self.store, self.run_id = recorder, recorder.store, recorder.run_id
+        self.listeners.append(recorder.add_window)
 
     def _use(self, backends: list[Backend]) -> None:
         probes = {p.backend: p for p in self._probes}
@@ -453,10 +460,16 @@ class Meter:
         """Open a window and return its handle; close it with :meth:`end` or ``window.end()``.
 
         Args:
-            name: the window's name.
-            samples: samples processed in the window, if known (or set ``window.samples`` later).
+            name: the window's name (a non-empty string).
+            samples: samples processed in the window, a whole number >= 0, if known (or set
+                ``window.samples`` later).
             carbon: carbon settings for this window only (default: the meter's).
+
+        Raises:
+            ConfigError: a bad ``name`` or ``samples`` (checked before the meter starts).
         """
+        text("name", name)
+        samples = whole_number("samples", samples, minimum=0, optional=True)
         if not self._started or self._closed:
             self.start()
         if self._sync is not None:
@@ -516,6 +529,10 @@ class Meter:
 
         The block's exception, if any, still closes the window and records a failed measurement before
         it propagates. After the block, ``w.measurement`` holds the result.
+
+        Raises:
+            ConfigError: ``name`` is not a non-empty string, or ``samples`` is not ``None`` or a whole
+                number >= 0 (checked here, before the block runs).
         """
         return WindowBlock(self, name, samples, carbon)
 
@@ -579,11 +596,11 @@ class Meter:
                 self._sampler.stop()
             for backend in self._backends:
                 backend.close()
-            if self.store is not None and self.run_id is not None:
-                failed = any(m.status == "failed" for m in self.measurements)
-                self.store.finish_run(self.run_id, status="failed" if failed else "ok")
-                if not isinstance(self._store_spec, type(self.store)):
-                    self.store.close()  # opened here from a path: closed here
+            if self._recorder is not None:
+                try:
+                    self._recorder.finish()  # failed when a window failed, else ok
+                finally:
+                    self._recorder.close()  # a store opened here from a path or True: closed here
 
     def __enter__(self) -> Meter:
         return self.start()

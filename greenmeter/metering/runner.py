@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from greenmeter._checks import number
 from greenmeter._errors import ConfigError
 from greenmeter.metering.cpu_load import LoadWatch, busy_flag
 from greenmeter.metering.meter import Meter
@@ -31,6 +32,7 @@ from greenmeter.records.measurement import Measurement
 if TYPE_CHECKING:
     from greenmeter.carbon.settings import CarbonSettings
     from greenmeter.store.database import Store
+    from greenmeter.store.recorder import RunRecorder
 
 __all__ = ["CommandResult", "run_command"]
 
@@ -80,7 +82,7 @@ def run_command(
     *,
     meter: Meter | None = None,
     carbon: CarbonSettings | None = None,
-    store: Store | None = None,
+    store: Store | str | os.PathLike[str] | bool | None = None,
     name: str | None = None,
     interval_s: float = 1.0,
     on_started: Callable[[int], None] | None = None,
@@ -91,18 +93,34 @@ def run_command(
         argv: the command and its arguments (no shell is involved; pass ``["sh", "-c", "..."]`` for one).
         meter: the meter to use (default: ``Meter(mode="process", sync=None)``, following the command's tree).
         carbon: grid intensity and PUE settings (default: the world average, marked as assumed).
-        store: where to store the run; ``None`` stores nothing.
+        store: where to store the run: a :class:`~greenmeter.store.database.Store` (left open), a path or ``True``
+            for the default store (opened and closed here); ``None`` stores nothing. The run is started as
+            ``running`` once the command runs and finished ``ok``, ``failed`` (a non-zero exit code) or
+            ``interrupted`` (a forwarded signal), with the window and the power timeline.
         name: the run's name (default: the command line).
         interval_s: seconds between power-timeline samples.
         on_started: called with the command's pid once it runs (tests use it).
 
     Raises:
-        ConfigError: no command, a command that does not exist or cannot run, a bad interval. Nothing
-            is stored in that case.
+        ConfigError: no command, a command that does not exist or cannot run, a bad interval or ``store``.
+            Nothing is stored in that case.
+        StoreError: the store cannot be opened (before the command runs).
     """
-    if not interval_s > 0:
-        raise ConfigError(f"the timeline interval must be > 0 seconds, not {interval_s!r}")
+    number("the timeline interval", interval_s, low=0, low_open=True, unit="seconds")
     argv = _resolve(argv)
+    if store is None:
+        return _run(argv, meter, carbon, None, name, interval_s, on_started)
+    from greenmeter.store.recorder import opened_store
+
+    with opened_store(store) as target:
+        return _run(argv, meter, carbon, target, name, interval_s, on_started)
+
+
+def _run(
+    argv: list[str], meter: Meter | None, carbon: CarbonSettings | None, store: Store | None, name: str | None,
+    interval_s: float, on_started: Callable[[int], None] | None,
+) -> CommandResult:
+    """:func:`run_command` once its arguments are checked and its store (if any) is open."""
     meter = meter or Meter(mode="process", sync=None, carbon=carbon)
     label = name or " ".join(argv)
     meter.start()
@@ -117,12 +135,11 @@ def run_command(
         follow = getattr(backend, "follow", None)
         if follow is not None and getattr(backend, "mode", None) == "process":
             follow(child.pid)
-    run_id = None
+    recorder: RunRecorder | None = None
     if store is not None:
-        run_id = store.start_run(
-            name=label, kind="run", command=argv, host=meter.host,
-            carbon_settings=carbon.to_dict() if carbon is not None else None,
-        )
+        from greenmeter.store.recorder import RunRecorder
+
+        recorder = RunRecorder(store, name=label, kind="run", command=argv, host=meter.host, carbon_settings=carbon)
     if on_started is not None:
         on_started(child.pid)
 
@@ -150,17 +167,16 @@ def run_command(
         "(e.g. OMP_NUM_THREADS=1); processes the command left running in the background count as other load"))
     measurement = meter.end(window, flags=() if busy is None else (busy,))
     interrupted = signal.Signals(received[0]).name if received else None
-    if store is not None and run_id is not None:
-        store.add_window(run_id, measurement, carbon=measurement.carbon)
-        store.add_power_samples(run_id, timeline)
-        store.finish_run(
-            run_id,
-            status="interrupted" if interrupted else ("ok" if exit_code == 0 else "failed"),
-            exit_code=exit_code, measurement=measurement, carbon=measurement.carbon,
+    if recorder is not None:
+        recorder.add_window(measurement)
+        recorder.add_power_samples(timeline)
+        recorder.finish(  # interrupted by a forwarded signal, else failed for a non-zero exit code, else ok
+            exit_code=exit_code, interrupted_by=interrupted, measurement=measurement,
             note=f"interrupted by {interrupted}; stored what was measured until the command ended"
             if interrupted else None,
         )
-    return CommandResult(exit_code, measurement, interrupted, run_id, tuple(timeline))
+    return CommandResult(exit_code, measurement, interrupted, recorder.run_id if recorder else None,
+                         tuple(timeline))
 
 
 def _wait(

@@ -25,7 +25,6 @@ Typical use, in place of ``nn.MultiheadAttention(64, 4, batch_first=True)``::
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable
 
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from greenmeter._checks import fraction, number, whole_number
 from greenmeter._errors import ConfigError
 
 __all__ = ["FEATURE_MAPS", "LinearAttention"]
@@ -98,14 +98,11 @@ class LinearAttention(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads), ("chunk_size", chunk_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}")
+            whole_number(name, value, minimum=1)
         if embed_dim % num_heads:
             raise ConfigError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
-            raise ConfigError(f"dropout must be a probability in [0, 1), not {dropout!r}")
-        if not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
-            raise ConfigError(f"eps must be a finite number > 0, not {eps!r}")
+        fraction("dropout", dropout, high_open=True)
+        number("eps", eps, low=0, low_open=True)
         if add_bias_kv or add_zero_attn:
             raise ConfigError("LinearAttention does not support add_bias_kv or add_zero_attn")
         if kdim not in (None, embed_dim) or vdim not in (None, embed_dim):

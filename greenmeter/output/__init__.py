@@ -1,1 +1,2 @@
-"""Output (stage 5): reports (HTML, Markdown, CSV, JSON) and exports, their view models, prose and charts."""
+"""Output (stage 5): the format registry (built-in and plug-in formats), reports and exports, their view
+models, prose and charts."""

@@ -5,7 +5,8 @@ Nothing here measures or re-runs anything; the recommendation comes from :mod:`g
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from greenmeter._version import __version__
 from greenmeter.comparison.recommend import DEFAULT_TOLERANCE, Recommendation, recommend
@@ -20,35 +21,136 @@ from greenmeter.output.prose import (
 from greenmeter.output.view import Cell, ChartView, Column, ReportView, Row, now, num, ratio
 
 if TYPE_CHECKING:
-    from greenmeter.records.comparison import Comparison, VariantResult
+    from greenmeter.records.comparison import BaselineDelta, Comparison, VariantResult
+    from greenmeter.records.measurement import LatencyStats
+    from greenmeter.stats import Interval, Significance
 
 __all__ = ["comparison_view"]
 
 
-_COMPARISON_COLUMNS = (
-    Column("variant", "variant", "the variant's name", numeric=False),
-    Column("recipe", "recipe", "the recipe that built it from the baseline", numeric=False),
-    Column("metric", "{metric}", "the metric on the evaluation data, mean over repeats"),
-    Column("metric_change", "Δ {metric}", "variant minus baseline"),
-    Column("energy_per_sample_j", "mJ / sample", "mean energy per sample over the repeats, millijoules"),
-    Column("energy_ci_j", "95% CI", "95% confidence interval of the mean energy per sample (t distribution)"),
-    Column("energy_ratio", "Δ energy", "energy per sample against the baseline"),
-    Column("p_value", "p", "p-value of the energy difference over the repeats (the test is named in the tooltip)"),
-    Column("significant", "signif.", "whether the energy difference is significant at 5%", numeric=False),
-    Column("batch_p50_s", "p50 ms", "median latency per batch, milliseconds"),
-    Column("batch_p95_s", "p95 ms", "95th percentile latency per batch, milliseconds"),
-    Column("batch_p99_s", "p99 ms", "99th percentile latency per batch, milliseconds"),
-    Column("sample_p50_s", "ms / sample", "median latency per sample (batch time over batch size), milliseconds"),
-    Column("throughput_sps", "samples / s", "throughput over the measured repeats"),
-    Column("size_b", "size kB", "serialized state dict, kilobytes (1000 bytes)"),
-    Column("size_ratio", "Δ size", "serialized size against the baseline"),
-    Column("params_total", "params", "parameters (or stored weight elements for quantized models)"),
-    Column("params_nonzero", "non-zero", "non-zero parameters or stored weight elements"),
-    Column("macs_per_sample", "MACs / sample", "multiply-accumulates per sample (see the method in the tooltip)"),
-    Column("co2e_g_per_million", "g CO2e / 1M", "grams of CO2e per million inferences"),
-    Column("making_energy_j", "making J", "energy spent making the variant (training, calibration, conversion), joules"),
-    Column("break_even_inferences", "break-even", "inferences for the energy saved to repay the making energy"),
-    Column("pareto_front", "front", "on the metric-versus-energy Pareto front", numeric=False),
+@dataclass(frozen=True)
+class _Line:
+    """A variant as its table row reads it: the variant and the metric's display scale (100 for accuracy,
+    shown in percent; 1 otherwise)."""
+
+    v: VariantResult
+    scale: float
+
+    @property
+    def d(self) -> BaselineDelta | None:
+        return self.v.vs_baseline
+
+    @property
+    def sig(self) -> Significance | None:
+        return self.d.energy_significance if self.d else None
+
+    @property
+    def e(self) -> Interval | None:
+        return self.v.energy_per_sample_j
+
+    @property
+    def lb(self) -> LatencyStats | None:
+        return self.v.latency_batch
+
+
+def _measured(column: Column[_Line]) -> Column[_Line]:
+    """A column of a measured figure: its cell is ``–`` in the row of a variant that failed (the CSV keeps
+    whatever the record holds)."""
+    cell = column.cell
+    return replace(column, cell=lambda x: cell(x) if x.v.ok else Cell("–"))
+
+
+def _metric_cell(x: _Line) -> Cell:
+    return num(None if x.v.metric is None else x.v.metric * x.scale, ".2f" if x.scale == 100.0 else ".4f")
+
+
+def _metric_change_cell(x: _Line) -> Cell:
+    change = x.d.metric_change if x.d else None
+    return num(None if change is None else change * x.scale, "+.2f" if x.scale == 100.0 else "+.4f")
+
+
+def _ci_cell(x: _Line) -> Cell:
+    e = x.e
+    if e is None or e.low is None or e.high is None:
+        return Cell("–")
+    return Cell(f"{e.low * 1e3:.3g} – {e.high * 1e3:.3g}", e.high - e.low)
+
+
+def _p_cell(x: _Line) -> Cell:
+    sig = x.sig
+    return Cell("–") if sig is None or sig.p_value is None else Cell(f"{sig.p_value:.2g}", sig.p_value)
+
+
+def _significant_cell(x: _Line) -> Cell:
+    sig = x.sig
+    if sig is None or sig.significant is None:
+        return Cell("–")
+    return Cell(f"{'yes' if sig.significant else 'no'} ({sig.test})", int(sig.significant))
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1e3
+
+
+#: The comparison table, one column per entry: heading, tooltip, the cell shown and the SI value of the CSV.
+#: ``{metric}`` in a label is the metric's name.
+_COMPARISON_COLUMNS: tuple[Column[_Line], ...] = (
+    Column("variant", "variant", "the variant's name", lambda x: Cell(x.v.name, x.v.name), lambda x: x.v.name,
+           numeric=False),
+    Column("recipe", "recipe", "the recipe that built it from the baseline",
+           lambda x: Cell(x.v.recipe or "–", x.v.recipe or ""), lambda x: x.v.recipe, numeric=False),
+    _measured(Column("metric", "{metric}", "the metric on the evaluation data, mean over repeats",
+                     _metric_cell, lambda x: x.v.metric)),
+    _measured(Column("metric_change", "Δ {metric}", "variant minus baseline",
+                     _metric_change_cell, lambda x: x.d.metric_change if x.d else None)),
+    _measured(Column.quantity("energy_per_sample_j", "mJ / sample",
+                              "mean energy per sample over the repeats, millijoules",
+                              lambda x: x.e.mean if x.e else None, ".4g", _ms)),
+    _measured(Column("energy_ci_j", "95% CI",
+                     "95% confidence interval of the mean energy per sample (t distribution)",
+                     _ci_cell, lambda x: None if x.e is None else (x.e.low, x.e.high))),
+    _measured(Column("energy_ratio", "Δ energy", "energy per sample against the baseline",
+                     lambda x: ratio(x.d.energy_ratio if x.d else None),
+                     lambda x: x.d.energy_ratio if x.d else None)),
+    _measured(Column("p_value", "p",
+                     "p-value of the energy difference over the repeats (the test is named in the tooltip)",
+                     _p_cell, lambda x: x.sig.p_value if x.sig else None)),
+    _measured(Column("significant", "signif.", "whether the energy difference is significant at 5%",
+                     _significant_cell, lambda x: x.sig.significant if x.sig else None, numeric=False)),
+    _measured(Column.quantity("batch_p50_s", "p50 ms", "median latency per batch, milliseconds",
+                              lambda x: x.lb.p50_s if x.lb else None, ".3g", _ms)),
+    _measured(Column.quantity("batch_p95_s", "p95 ms", "95th percentile latency per batch, milliseconds",
+                              lambda x: x.lb.p95_s if x.lb else None, ".3g", _ms)),
+    _measured(Column.quantity("batch_p99_s", "p99 ms", "99th percentile latency per batch, milliseconds",
+                              lambda x: x.lb.p99_s if x.lb else None, ".3g", _ms)),
+    _measured(Column.quantity("sample_p50_s", "ms / sample",
+                              "median latency per sample (batch time over batch size), milliseconds",
+                              lambda x: x.v.latency_sample.p50_s if x.v.latency_sample else None, ".3g", _ms)),
+    _measured(Column.quantity("throughput_sps", "samples / s", "throughput over the measured repeats",
+                              lambda x: x.v.throughput_sps, ",.0f")),
+    _measured(Column.quantity("size_b", "size kB", "serialized state dict, kilobytes (1000 bytes)",
+                              lambda x: x.v.size_b, ",.1f", lambda b: b / 1e3)),
+    _measured(Column("size_ratio", "Δ size", "serialized size against the baseline",
+                     lambda x: ratio(x.d.size_ratio if x.d else None), lambda x: x.d.size_ratio if x.d else None)),
+    _measured(Column.quantity("params_total", "params",
+                              "parameters (or stored weight elements for quantized models)",
+                              lambda x: x.v.params_total, ",d")),
+    _measured(Column.quantity("params_nonzero", "non-zero", "non-zero parameters or stored weight elements",
+                              lambda x: x.v.params_nonzero, ",d")),
+    _measured(Column.quantity("macs_per_sample", "MACs / sample",
+                              "multiply-accumulates per sample (see the method in the tooltip)",
+                              lambda x: x.v.macs_per_sample, ",.0f")),
+    _measured(Column.quantity("co2e_g_per_million", "g CO2e / 1M", "grams of CO2e per million inferences",
+                              lambda x: x.v.carbon_per_million.co2e_g if x.v.carbon_per_million else None, ".3g")),
+    _measured(Column.quantity("making_energy_j", "making J",
+                              "energy spent making the variant (training, calibration, conversion), joules",
+                              lambda x: x.v.making.energy_j if x.v.making else None, ".4g")),
+    _measured(Column.quantity("break_even_inferences", "break-even",
+                              "inferences for the energy saved to repay the making energy",
+                              lambda x: x.d.break_even_inferences if x.d else None, ",.0f")),
+    _measured(Column("pareto_front", "front", "on the metric-versus-energy Pareto front",
+                     lambda x: Cell("yes" if x.v.on_pareto_front else "no", int(x.v.on_pareto_front)),
+                     lambda x: x.v.on_pareto_front, numeric=False)),
 )
 
 
@@ -66,12 +168,11 @@ def comparison_view(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE
     accuracy = comparison.metric_name == "accuracy"
     scale = 100.0 if accuracy else 1.0
     metric_label = comparison.metric_name + (" %" if accuracy else "")
-    columns = tuple(Column(c.key, c.label.format(metric=metric_label), c.title, c.numeric)
-                    for c in _COMPARISON_COLUMNS)
+    columns = tuple(replace(c, label=c.label.format(metric=metric_label)) for c in _COMPARISON_COLUMNS)
     if accuracy:  # a change of a percentage is in percentage points
-        columns = tuple(Column(c.key, "Δ pp", "accuracy change, variant minus baseline, percentage points")
+        columns = tuple(replace(c, label="Δ pp", title="accuracy change, variant minus baseline, percentage points")
                         if c.key == "metric_change" else c for c in columns)
-    rows = tuple(_variant_row(v, comparison, rec, scale) for v in comparison.variants)
+    rows = tuple(_variant_row(v, comparison, rec, scale, columns) for v in comparison.variants)
     ok = [v for v in comparison.variants if v.ok]
     total_making = sum(v.making.energy_j for v in comparison.variants if v.making)
     headline = (
@@ -96,57 +197,18 @@ def comparison_view(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE
     )
 
 
-def _variant_row(v: VariantResult, c: Comparison, rec: Recommendation, scale: float) -> Row:
+def _variant_row(v: VariantResult, c: Comparison, rec: Recommendation, scale: float,
+                 columns: tuple[Column[_Line], ...]) -> Row:
     marks = tuple(m for m, on in (("baseline", v.name == c.baseline), ("recommended", v.name == rec.name),
                                   ("front", v.on_pareto_front), ("failed", not v.ok)) if on)
+    line = _Line(v, scale)
+    cells = tuple(col.cell(line) for col in columns)
+    raw = tuple(col.raw(line) for col in columns)
     if not v.ok:
-        cells = (Cell(v.name, v.name), Cell(v.recipe or "–", v.recipe or "")) + tuple(
-            Cell("–") for _ in _COMPARISON_COLUMNS[2:])
-        return Row(v.name, cells, _raw(v), marks, note=f"failed: {v.error}")
-    e, d = v.energy_per_sample_j, v.vs_baseline
-    sig = d.energy_significance if d else None
-    lb = v.latency_batch
-    ci = Cell("–") if e is None or e.low is None else Cell(f"{e.low * 1e3:.3g} – {e.high * 1e3:.3g}", e.high - e.low)
-    p = Cell("–") if sig is None or sig.p_value is None else Cell(f"{sig.p_value:.2g}", sig.p_value)
-    signif = Cell("–") if sig is None or sig.significant is None else Cell(
-        f"{'yes' if sig.significant else 'no'} ({sig.test})", int(sig.significant))
-    cells = (
-        Cell(v.name, v.name), Cell(v.recipe or "–", v.recipe or ""),
-        num(None if v.metric is None else v.metric * scale, ".2f" if scale == 100.0 else ".4f"),
-        num(None if d is None or d.metric_change is None else d.metric_change * scale,
-             "+.2f" if scale == 100.0 else "+.4f"),
-        num(None if e is None else e.mean * 1e3, ".4g"), ci,
-        ratio(d.energy_ratio if d else None), p, signif,
-        num(lb.p50_s * 1e3 if lb else None, ".3g"), num(lb.p95_s * 1e3 if lb else None, ".3g"),
-        num(lb.p99_s * 1e3 if lb else None, ".3g"),
-        num(v.latency_sample.p50_s * 1e3 if v.latency_sample else None, ".3g"),
-        num(v.throughput_sps, ",.0f"), num(None if v.size_b is None else v.size_b / 1e3, ",.1f"),
-        ratio(d.size_ratio if d else None), num(v.params_total, ",d" if v.params_total is not None else ""),
-        num(v.params_nonzero, ",d" if v.params_nonzero is not None else ""), num(v.macs_per_sample, ",.0f"),
-        num(v.carbon_per_million.co2e_g if v.carbon_per_million else None, ".3g"),
-        num(v.making.energy_j if v.making else None, ".4g"),
-        num(d.break_even_inferences if d else None, ",.0f"),
-        Cell("yes" if v.on_pareto_front else "no", int(v.on_pareto_front)),
-    )
+        return Row(v.name, cells, raw, marks, note=f"failed: {v.error}")
     counted = v.macs_method if v.macs_method != "flop-counter" else None  # only say so when it is not the plain count
     note = f"MACs: {counted}" if counted else ("MACs: see the note" if v.macs_note else None)
-    return Row(v.name, cells, _raw(v), marks, note, v.macs_note)
-
-
-def _raw(v: VariantResult) -> tuple[Any, ...]:
-    """The row's values in SI units, for the CSV (same order as the columns)."""
-    e, d = v.energy_per_sample_j, v.vs_baseline
-    sig = d.energy_significance if d else None
-    lb = v.latency_batch
-    return (
-        v.name, v.recipe, v.metric, d.metric_change if d else None, e.mean if e else None,
-        None if e is None else (e.low, e.high), d.energy_ratio if d else None, sig.p_value if sig else None,
-        sig.significant if sig else None, lb.p50_s if lb else None, lb.p95_s if lb else None,
-        lb.p99_s if lb else None, v.latency_sample.p50_s if v.latency_sample else None, v.throughput_sps,
-        v.size_b, d.size_ratio if d else None, v.params_total, v.params_nonzero, v.macs_per_sample,
-        v.carbon_per_million.co2e_g if v.carbon_per_million else None, v.making.energy_j if v.making else None,
-        d.break_even_inferences if d else None, v.on_pareto_front,
-    )
+    return Row(v.name, cells, raw, marks, note, v.macs_note)
 
 
 def _comparison_charts(c: Comparison, rec: Recommendation, scale: float, metric_label: str) -> tuple[ChartView, ...]:

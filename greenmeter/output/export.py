@@ -24,18 +24,22 @@ import json
 import re
 import shlex
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from greenmeter._errors import ConfigError
 from greenmeter._version import __version__
 from greenmeter.carbon.settings import J_PER_KWH, CarbonEstimate
+from greenmeter.output.formats import ExportOptions, get_format
+from greenmeter.output.model_card import yaml_float, yaml_text
 from greenmeter.records.measurement import DomainEnergy, Measurement
+from greenmeter.sources.registry import find_source
 from greenmeter.store.database import RunRecord
 
-__all__ = ["CODECARBON_COLUMNS", "CSV_COLUMNS", "FORMATS", "export_runs", "yaml_float", "yaml_text"]
-
-FORMATS = ("csv", "json", "codecarbon", "model-card")
+__all__ = [
+    "CODECARBON_COLUMNS", "CSV_COLUMNS", "export_runs", "render_codecarbon", "render_model_card", "render_runs_csv",
+    "render_runs_json",
+]
 
 CSV_COLUMNS = (
     "id", "name", "kind", "status", "started_at", "ended_at", "exit_code", "command", "windows",
@@ -57,8 +61,6 @@ CODECARBON_COLUMNS = (
 
 #: greenmeter domain kind -> CodeCarbon hardware column.
 _CODECARBON_KIND = {"package": "cpu", "psys": "cpu", "cpu": "cpu", "gpu": "gpu", "dram": "ram", "ram": "ram"}
-_MEASURED_LABEL = {"rapl": "RAPL", "nvml": "NVML"}
-_NVML_SOURCE = re.compile(r"^NVML GPU \S+ (?P<model>.+) \([^()]*\)$")
 _COUNTRY = re.compile(r"^[A-Z]{3}$")
 _B_PER_GB = 1024**3  # CodeCarbon's B_TO_GB
 
@@ -71,7 +73,8 @@ def export_runs(
 
     Args:
         runs: the runs, in the order wanted.
-        fmt: ``"csv"``, ``"json"``, ``"codecarbon"`` or ``"model-card"``.
+        fmt: ``"csv"``, ``"json"``, ``"codecarbon"``, ``"model-card"`` or a plug-in's format for sets of
+            runs (see :func:`~greenmeter.output.formats.format_names` ``("runs")``).
         training_type: model-card only: ``"pre-training"``, ``"fine-tuning"``...
         geographical_location: model-card only: where it ran (default: the runs' grid region names).
 
@@ -79,13 +82,8 @@ def export_runs(
         ConfigError: an unknown format; for ``codecarbon`` and ``model-card``, a run without a whole-run
             measurement (still running, or killed before it finished) or without a carbon figure.
     """
-    renderers: dict[str, Callable[[Sequence[RunRecord]], str]] = {
-        "csv": _csv, "json": _json, "codecarbon": _codecarbon,
-        "model-card": lambda rs: _model_card(rs, training_type, geographical_location),
-    }
-    if fmt not in renderers:
-        raise ConfigError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    return renderers[fmt](list(runs))
+    renderer = get_format(fmt, "runs").renderer("runs")
+    return renderer(list(runs), ExportOptions(training_type, geographical_location))
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -129,22 +127,31 @@ def _rows_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _gpus(m: Measurement) -> list[str]:
-    """The model of each GPU domain in the total (from NVML's provenance), ``"GPU"`` when unnamed."""
+    """The model of each GPU domain in the total (as its source names it), ``"GPU"`` when unnamed."""
     names = []
     for d in _in_total(m):
         if d.kind == "gpu":
-            match = _NVML_SOURCE.match(d.provenance.source)
-            names.append(match["model"] if match else "GPU")
+            source = find_source(d.key.partition(":")[0])
+            names.append((source.device_name(d.provenance) if source is not None else None) or "GPU")
     return names
+
+
+def _source_label(key: str) -> str:
+    """How people name the source of a domain key (``"rapl:package-0"`` -> ``"RAPL"``), from its metadata."""
+    name = key.partition(":")[0]
+    source = find_source(name)
+    return source.info.label if source is not None else name
 
 
 # ---- json and csv ----------------------------------------------------------------------------------
 
-def _json(runs: Sequence[RunRecord]) -> str:
+def render_runs_json(runs: Sequence[RunRecord], options: ExportOptions) -> str:
+    """The runs as a JSON list of ``RunRecord.to_dict()`` (SI units in the field names)."""
     return json.dumps([run.to_dict() for run in runs], indent=2) + "\n"
 
 
-def _csv(runs: Sequence[RunRecord]) -> str:
+def render_runs_csv(runs: Sequence[RunRecord], options: ExportOptions) -> str:
+    """One row per run with the columns of :data:`CSV_COLUMNS`, SI units in their names."""
     return _rows_text(CSV_COLUMNS, (_csv_row(run) for run in runs))
 
 
@@ -178,7 +185,8 @@ def _csv_row(run: RunRecord) -> list[Any]:
 
 # ---- codecarbon ------------------------------------------------------------------------------------
 
-def _codecarbon(runs: Sequence[RunRecord]) -> str:
+def render_codecarbon(runs: Sequence[RunRecord], options: ExportOptions) -> str:
+    """CodeCarbon's ``emissions.csv`` (:data:`CODECARBON_COLUMNS`) in its units; finished runs only."""
     return _rows_text(CODECARBON_COLUMNS, (_codecarbon_row(*item) for item in _finished(runs, "codecarbon")))
 
 
@@ -221,25 +229,13 @@ def _codecarbon_row(run: RunRecord, m: Measurement, carbon: CarbonEstimate) -> l
 
 # ---- model card ------------------------------------------------------------------------------------
 
-def yaml_text(text: str) -> str:
-    """A YAML double-quoted scalar (JSON strings are valid YAML ones)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
-def yaml_float(value: float) -> str:
-    """A float YAML 1.1 and 1.2 both read as a float (``1e-05`` would be a string to YAML 1.1)."""
-    text = repr(float(value))
-    mantissa, e, exponent = text.partition("e")
-    if e and "." not in mantissa:
-        text = f"{mantissa}.0e{exponent}"
-    return text
-
-
 def _unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))
 
 
-def _model_card(runs: Sequence[RunRecord], training_type: str, location: str | None) -> str:
+def render_model_card(runs: Sequence[RunRecord], options: ExportOptions) -> str:
+    """The Hugging Face model-card ``co2_eq_emissions`` block of the runs (emissions in grams, summed)."""
+    training_type, location = options.training_type, options.geographical_location
     done = _finished(runs, "model-card")
     if not done:
         raise ConfigError("no runs to export as a model card: name at least one finished run")
@@ -251,8 +247,7 @@ def _model_card(runs: Sequence[RunRecord], training_type: str, location: str | N
     for _, m, _ in done:
         for d in _in_total(m):
             if d.provenance.kind == "measured":
-                prefix = d.key.partition(":")[0]
-                measured.append(_MEASURED_LABEL.get(prefix, prefix))
+                measured.append(_source_label(d.key))
             else:
                 estimated.append(d.provenance.source)
     versions = _unique(run.host.greenmeter if run.host else __version__ for run, _, _ in done)

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from greenmeter.comparison.recommend import tolerance_text
+from greenmeter.output.model_card import yaml_float, yaml_text
 
 if TYPE_CHECKING:
     from greenmeter.carbon.settings import CarbonEstimate
@@ -88,8 +89,6 @@ def comparison_methodology(c: Comparison, tolerance: float) -> tuple[str, ...]:
 
 def comparison_model_card(c: Comparison, recommended: str | None) -> str:
     """The Hugging Face ``co2_eq_emissions`` block for making the recommended variant (or a comment why not)."""
-    from greenmeter.output.export import yaml_float, yaml_text  # noqa: PLC0415
-
     chosen = c.variant(recommended) if recommended else None
     if chosen is None or chosen.making is None or chosen.making.co2e_g is None:
         who = recommended or "no variant"

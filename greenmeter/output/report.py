@@ -1,29 +1,26 @@
-"""Render stored results as a report: one self-contained HTML page, or Markdown, CSV or JSON.
+"""Render stored results as a report in any registered format: HTML, Markdown, CSV, JSON or a plug-in's.
 
 Renderers read what the store holds and never re-run anything (like pyinstrument's renderers of a
 saved session): :func:`comparison_report` renders a :class:`~greenmeter.records.comparison.Comparison`,
 :func:`run_report` a stored run with its windows and power samples, :func:`store_report` whatever a
-store holds under an id (or the latest). The HTML comes from Jinja2 templates in
-``greenmeter.reports_templates`` with autoescaping and strict undefined; its charts are matplotlib SVG
-inlined in the page, its CSS and its only script (table sorting) are inlined too, so the file opens
-offline and prints.
+store holds under an id (or the latest). Each builds the view model
+(:mod:`greenmeter.output.comparison_view`, :mod:`greenmeter.output.run_view`) and hands it to the format's
+renderer from the registry in :mod:`greenmeter.output.formats`; the built-in HTML page is one
+self-contained file (charts, CSS and its one script inlined) that opens offline and prints.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError, StoreError
-from greenmeter.records.measurement import finite_json
 from greenmeter.comparison.recommend import DEFAULT_TOLERANCE
 from greenmeter.output.comparison_view import comparison_view
+from greenmeter.output.formats import format_for_path, get_format
 from greenmeter.output.run_view import run_view
 from greenmeter.output.view import ReportView
 
@@ -33,117 +30,58 @@ if TYPE_CHECKING:
     from greenmeter.records.run import RunRecord
     from greenmeter.store.database import Store
 
-__all__ = ["FORMATS", "comparison_report", "render", "run_report", "store_report", "write_report"]
+__all__ = ["comparison_report", "render", "run_report", "store_report", "write_report"]
 
-#: Report formats: a self-contained HTML page, Markdown, CSV of the table, JSON of the stored record.
-FORMATS = ("html", "md", "csv", "json")
-
-
-def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown report format {fmt!r}: use one of {', '.join(FORMATS)}")
-
-
-def _md(value: Any) -> str:
-    """Text safe inside a Markdown table cell or list item: no raw HTML, no column breaks, one line."""
-    text = str(value)
-    for a, b in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("|", "\\|"), ("\n", " ")):
-        text = text.replace(a, b)
-    return text
-
-
-def _jinja_env() -> Any:
-    import jinja2
-
-    from greenmeter.reports_templates import read_template
-
-    def load(name: str) -> str:
-        try:
-            return read_template(name)
-        except FileNotFoundError as err:
-            raise jinja2.TemplateNotFound(name) from err
-
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(load), undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=True),
-        keep_trailing_newline=True,
-    )
-    env.filters["md"] = _md
-    return env
+#: The subjects of a report (a set of runs is exported, see :mod:`greenmeter.output.export`).
+_REPORT_SUBJECTS = ("comparison", "run")
+_HTML_PAGE = re.compile(r"\A\s*<!doctype html", re.IGNORECASE)
 
 
 def render(view: ReportView, fmt: str = "html", record: dict[str, Any] | None = None) -> str:
-    """Render a view model.
+    """Render a view model in a registered format.
 
     Args:
-        view: from :func:`~greenmeter.output.comparison_view.comparison_view` or :func:`~greenmeter.output.comparison_view.run_view`.
-        fmt: ``"html"``, ``"md"``, ``"csv"`` or ``"json"``.
-        record: for JSON, the stored record to include under its kind (``"comparison"`` or ``"run"``).
+        view: from :func:`~greenmeter.output.comparison_view.comparison_view` or
+            :func:`~greenmeter.output.run_view.run_view`.
+        fmt: a format that applies to the view's kind: ``"html"``, ``"md"``, ``"csv"``, ``"json"`` or a
+            plug-in's (see :func:`~greenmeter.output.formats.format_names`).
+        record: the stored record under its kind (``{"comparison": ...}`` or ``{"run": ...}``), for
+            formats that carry it (JSON).
+
+    Raises:
+        ConfigError: an unknown format, or one that does not apply to the view's kind.
     """
-    _check_format(fmt)
-    if fmt == "csv":
-        return _csv(view)
-    if fmt == "json":
-        return _json(view, record or {})
-    from greenmeter.reports_templates import read_template
-
-    env = _jinja_env()
-    if fmt == "md":
-        return env.get_template("report.md.j2").render(view=view)
-    return env.get_template("report.html.j2").render(
-        view=view, title=view.title, version=view.version, css=read_template("report.css"),
-        script=read_template("sort.js"))
-
-
-def _csv(view: ReportView) -> str:
-    """The table in SI units (joules, seconds, bytes, ratios); an interval becomes ``_low``/``_high`` columns."""
-    pairs = [any(isinstance(r.raw[i], tuple) for r in view.rows) for i in range(len(view.columns))]
-    header: list[str] = []
-    for col, pair in zip(view.columns, pairs):
-        header += [f"{col.key}_low", f"{col.key}_high"] if pair else [col.key]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    for row in view.rows:
-        values: list[Any] = []
-        for i, value in enumerate(row.raw):
-            if pairs[i]:
-                values += list(value) if isinstance(value, tuple) else [None, None]
-            else:
-                values.append(value)
-        writer.writerow(["" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in values])
-    return out.getvalue()
-
-
-
-
-def _json(view: ReportView, record: dict[str, Any]) -> str:
-    summary = None if view.summary is None else {
-        "recommended": view.summary.name, "reason": view.summary.reason, "savings": dict(view.summary.savings)}
-    data = {"report": {"kind": view.kind, "title": view.title, "generated_at": view.generated_at,
-                       "greenmeter": view.version, "recommendation": summary, "flags": list(view.flags),
-                       "sources": [{"kind": k, "line": line} for k, line in view.sources]},
-            **record}
-    return json.dumps(finite_json(data), indent=2) + "\n"
+    return get_format(fmt, view.kind).renderer(view.kind)(view, record or {})
 
 
 def comparison_report(comparison: Comparison, fmt: str = "html", *, tolerance: float = DEFAULT_TOLERANCE,
                       generated_at: str | None = None) -> str:
-    """A comparison as a report in ``fmt`` (see :data:`FORMATS`); ``tolerance`` is the recommendation's
-    metric tolerance in the metric's unit (0.01 = 1 percentage point of accuracy)."""
-    _check_format(fmt)
-    view = comparison_view(comparison, tolerance, charts=fmt == "html", generated_at=generated_at)
-    return render(view, fmt, {"comparison": comparison.to_dict()})
+    """A comparison as a report in ``fmt`` (a format of :func:`~greenmeter.output.formats.format_names`
+    ``("comparison")``); ``tolerance`` is the recommendation's metric tolerance in the metric's unit
+    (0.01 = 1 percentage point of accuracy).
+
+    Raises:
+        ConfigError: an unknown format, or one that does not render a comparison (the message lists those
+            that do).
+    """
+    form = get_format(fmt, "comparison")
+    view = comparison_view(comparison, tolerance, charts=form.charts, generated_at=generated_at)
+    return form.renderer("comparison")(view, {"comparison": comparison.to_dict()})
 
 
 def run_report(run: RunRecord, windows: Sequence[Measurement], samples: Sequence[tuple[float, str, float]] = (),
                fmt: str = "html", *, generated_at: str | None = None) -> str:
-    """A stored run (with its windows and power samples) as a report in ``fmt``."""
-    _check_format(fmt)
-    view = run_view(run, windows, samples, charts=fmt == "html", generated_at=generated_at)
+    """A stored run (with its windows and power samples ``(seconds since start, domain key, watts)``) as a
+    report in ``fmt``.
+
+    Raises:
+        ConfigError: an unknown format, or one that does not render a run.
+    """
+    form = get_format(fmt, "run")
+    view = run_view(run, windows, samples, charts=form.charts, generated_at=generated_at)
     record = {"run": run.to_dict(), "windows": [w.to_dict() for w in windows],
               "power_samples": [list(s) for s in samples]}
-    return render(view, fmt, record)
+    return form.renderer("run")(view, record)
 
 
 def store_report(store: Store, ident: str | None = None, fmt: str = "html", *,
@@ -154,9 +92,11 @@ def store_report(store: Store, ident: str | None = None, fmt: str = "html", *,
     comparison. Returns ``(kind, text)`` with kind ``"comparison"`` or ``"run"``.
 
     Raises:
+        ConfigError: an unknown format, or one that renders neither a comparison nor a run, or not the
+            kind found.
         StoreError: nothing matches, or the store is empty.
     """
-    _check_format(fmt)
+    get_format(fmt, _REPORT_SUBJECTS)  # refuse an unknown format before reading the store
     if ident is None:
         comparison = store.last_comparison()
         if comparison is not None:
@@ -181,13 +121,39 @@ def _stored_run(store: Store, ident: str, fmt: str, generated_at: str | None) ->
     return run_report(run, store.windows(run.id), store.power_samples(run.id), fmt, generated_at=generated_at)
 
 
-def write_report(text: str, path: str | os.PathLike[str]) -> Path:
+def write_report(text: str, path: str | os.PathLike[str], *, fmt: str | None = None) -> Path:
     """Write a rendered report (creating missing parent folders); returns the path written.
 
+    The format is ``fmt``, else the one the path's extension names (see
+    :func:`~greenmeter.output.formats.format_for_path`); an extension no format claims is written as
+    given. The text is checked against it, so an HTML page is not written under a ``.md`` name: render
+    it in the format the name asks for (``comparison_report(result, "md")``) or change the name.
+
+    Args:
+        text: the rendered report, e.g. from :func:`comparison_report`.
+        path: the file to write; it is replaced atomically.
+        fmt: the format ``text`` is in, when the extension does not say it or says it differently
+            (``codecarbon`` text under a ``.csv`` name is fine; ``md`` under ``.html`` is refused).
+
     Raises:
-        ConfigError: the path cannot be written, with the operating system's reason.
+        ConfigError: ``fmt`` is unknown, or the path's extension names another format; the text is an
+            HTML page and the format does not write ``.html`` files, or the format is ``html`` and the text
+            is not a page; or the path cannot be written, with the operating system's reason.
     """
     target = Path(path)
+    form = get_format(fmt) if fmt is not None else format_for_path(target)
+    if form is not None:
+        named = format_for_path(target)
+        if named is not None and not any(target.name.lower().endswith(ext) for ext in form.extensions):
+            raise ConfigError(f"cannot write {form.name} text to {target}: the name asks for {named.name}; name "
+                              f"the file {target.stem}{form.extension}, or render the report as {named.name}")
+        page = bool(_HTML_PAGE.match(text))
+        if page and not {".html", ".htm"} & set(form.extensions) or form.name == "html" and not page:
+            found = "an HTML page" if page else "not an HTML page"
+            asked = f"fmt={form.name!r}" if fmt is not None else f"its name asks for {form.name}"
+            raise ConfigError(f"the text to write to {target} is {found}, but {asked}: render the report as "
+                              f"{form.name} (comparison_report(result, {form.name!r})), or write it to a "
+                              f"{'.html' if page else form.extension} name")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")

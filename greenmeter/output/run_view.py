@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from greenmeter._errors import ConfigError
 from greenmeter._version import __version__
+from greenmeter.output.export import render_model_card
+from greenmeter.output.formats import ExportOptions
 from greenmeter.output.prose import carbon_lines, environment_items, group_flags, source_constants
 from greenmeter.output.view import Cell, ChartView, Column, ReportView, Row, now, num
 
@@ -22,20 +26,41 @@ if TYPE_CHECKING:
 
 __all__ = ["run_view"]
 
-_WINDOW_COLUMNS = (
-    Column("window", "window", "the measured window's name", numeric=False),
-    Column("status", "status", "ok, or failed when the measured block raised", numeric=False),
-    Column("start_s", "start s", "seconds from the run's start"),
-    Column("duration_s", "duration s", "wall-clock duration, seconds"),
-    Column("energy_j", "energy J", "total energy over the window, joules"),
-    Column("power_w", "power W", "mean power, watts"),
-    Column("samples", "samples", "samples processed, when given"),
-    Column("j_per_sample", "J / sample", "energy per sample, joules"),
-    Column("steps", "steps", "steps marked inside the window"),
-    Column("step_p50_s", "step p50 ms", "median step latency, milliseconds"),
-    Column("epochs", "epochs", "epochs marked inside the window"),
-    Column("co2e_g", "g CO2e", "the window's energy as grams of CO2e"),
-    Column("source", "source", "measured (a counter) or estimated (a model)", numeric=False),
+@dataclass(frozen=True)
+class _WindowLine:
+    """A window as its table row reads it: the window and its start, in seconds from the run's start."""
+
+    w: Measurement
+    start_s: float | None
+
+    @property
+    def kinds(self) -> str:
+        """The provenance kinds of the domains in its total: ``"measured"``, ``"estimated"`` or both."""
+        return ", ".join(sorted({d.provenance.kind for d in self.w.domains if d.in_total}))
+
+
+#: The window table, one column per entry: heading, tooltip, the cell shown and the SI value of the CSV.
+_WINDOW_COLUMNS: tuple[Column[_WindowLine], ...] = (
+    Column("window", "window", "the measured window's name", lambda x: Cell(x.w.name, x.w.name),
+           lambda x: x.w.name, numeric=False),
+    Column("status", "status", "ok, or failed when the measured block raised", lambda x: Cell(x.w.status, x.w.status),
+           lambda x: x.w.status, numeric=False),
+    Column.quantity("start_s", "start s", "seconds from the run's start", lambda x: x.start_s, ".3g"),
+    Column.quantity("duration_s", "duration s", "wall-clock duration, seconds", lambda x: x.w.duration_s, ".4g"),
+    Column.quantity("energy_j", "energy J", "total energy over the window, joules", lambda x: x.w.energy_j, ".4g"),
+    Column.quantity("power_w", "power W", "mean power, watts",
+                    lambda x: x.w.power_w if x.w.duration_s > 0 else None, ".3g"),
+    Column.quantity("samples", "samples", "samples processed, when given", lambda x: x.w.samples, ",d"),
+    Column.quantity("j_per_sample", "J / sample", "energy per sample, joules",
+                    lambda x: x.w.energy_j / x.w.samples if x.w.samples else None, ".3g"),
+    Column.quantity("steps", "steps", "steps marked inside the window", lambda x: x.w.steps, "d"),
+    Column.quantity("step_p50_s", "step p50 ms", "median step latency, milliseconds",
+                    lambda x: None if x.w.latency is None else x.w.latency.p50_s, ".3g", lambda s: s * 1e3),
+    Column.quantity("epochs", "epochs", "epochs marked inside the window", lambda x: len(x.w.epochs), "d"),
+    Column.quantity("co2e_g", "g CO2e", "the window's energy as grams of CO2e",
+                    lambda x: x.w.carbon.co2e_g if x.w.carbon else None, ".3g"),
+    Column("source", "source", "measured (a counter) or estimated (a model)", lambda x: Cell(x.kinds or "–", x.kinds),
+           lambda x: x.kinds, numeric=False),
 )
 
 
@@ -113,19 +138,9 @@ def run_view(run: RunRecord, windows: Sequence[Measurement], samples: Sequence[t
 
 
 def _window_row(w: Measurement, start_s: float | None) -> Row:
-    kinds = sorted({d.provenance.kind for d in w.domains if d.in_total})
-    per_sample = w.energy_j / w.samples if w.samples else None
-    p50 = w.latency.p50_s * 1e3 if w.latency is not None else None
-    cells = (
-        Cell(w.name, w.name), Cell(w.status, w.status), num(start_s, ".3g"), num(w.duration_s, ".4g"),
-        num(w.energy_j, ".4g"), num(w.power_w if w.duration_s > 0 else None, ".3g"),
-        num(w.samples, ",d" if w.samples is not None else ""), num(per_sample, ".3g"),
-        num(w.steps, "d"), num(p50, ".3g"), num(len(w.epochs), "d"),
-        num(w.carbon.co2e_g if w.carbon else None, ".3g"), Cell(", ".join(kinds) or "–", ", ".join(kinds)),
-    )
-    raw = (w.name, w.status, start_s, w.duration_s, w.energy_j, w.power_w if w.duration_s > 0 else None, w.samples,
-           per_sample, w.steps, None if w.latency is None else w.latency.p50_s, len(w.epochs),
-           w.carbon.co2e_g if w.carbon else None, ", ".join(kinds))
+    line = _WindowLine(w, start_s)
+    cells = tuple(col.cell(line) for col in _WINDOW_COLUMNS)
+    raw = tuple(col.raw(line) for col in _WINDOW_COLUMNS)
     return Row(w.name, cells, raw, ("failed",) if w.status != "ok" else (), w.error)
 
 
@@ -221,10 +236,7 @@ def _methodology(sampled: bool) -> tuple[str, ...]:
 
 
 def _model_card(run: RunRecord) -> str:
-    from greenmeter._errors import ConfigError
-    from greenmeter.output.export import export_runs
-
     try:
-        return export_runs([run], "model-card")
+        return render_model_card([run], ExportOptions())
     except ConfigError as err:
         return f"# greenmeter: no co2_eq_emissions block for this run: {err}\n"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from greenmeter.comparison.recommend import Recommendation
 
@@ -25,14 +26,41 @@ class Cell:
     sort: float | str | None = None
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Column:
-    """A table column: its key (also the CSV header), its label and a tooltip saying what it holds."""
+class Column(Generic[T]):
+    """A table column, defined once: what the header shows and how a row's item fills the column.
+
+    Attributes:
+        key: the column's key, also its CSV header.
+        label: the heading shown.
+        title: a tooltip saying what the column holds, with its unit.
+        cell: the item's cell: the text shown and the value the table sorts by.
+        raw: the item's value in SI units (joules, seconds, bytes, ratios), as the CSV gives it; an
+            interval is a ``(low, high)`` pair.
+        numeric: whether the column holds numbers (right-aligned, sorted as numbers).
+    """
 
     key: str
     label: str
     title: str
+    cell: Callable[[T], Cell]
+    raw: Callable[[T], Any]
     numeric: bool = True
+
+    @classmethod
+    def quantity(cls, key: str, label: str, title: str, raw: Callable[[T], float | None], spec: str,
+                 shown: Callable[[float], float] | None = None) -> Column[T]:
+        """A numeric column whose cell is its SI value, converted by ``shown`` (e.g. seconds to
+        milliseconds), formatted with the format spec ``spec``; ``–`` where the value is missing."""
+
+        def cell(item: T) -> Cell:
+            value = raw(item)
+            return num(value if value is None or shown is None else shown(value), spec)
+
+        return cls(key, label, title, cell, raw)
 
 
 @dataclass(frozen=True)
@@ -69,7 +97,7 @@ class ReportView:
     summary: Recommendation | None
     headline: tuple[tuple[str, str], ...]
     charts: tuple[ChartView, ...]
-    columns: tuple[Column, ...]
+    columns: tuple[Column[Any], ...]
     rows: tuple[Row, ...]
     environment: tuple[tuple[str, str], ...]
     sources: tuple[tuple[str, str], ...]

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from greenmeter._errors import ConfigError
 from greenmeter._text import text_table
 from greenmeter.carbon.settings import CarbonEstimate
-from greenmeter.records.measurement import HostInfo, LatencyStats, check_record_version, finite_json, parse_record_json
+from greenmeter.records.encoding import check_record_version, finite_json, parse_record_json
+from greenmeter.records.measurement import HostInfo, LatencyStats
 from greenmeter.stats import Interval, Significance
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from greenmeter._checks import whole_number
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonEstimate
 from greenmeter.records.measurement import DomainEnergy, Measurement
@@ -73,9 +74,7 @@ class RankInfo:
 
     def __post_init__(self) -> None:
         for name in ("rank", "world_size", "local_rank", "local_world_size", "node_rank"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a whole number >= 0, not {value!r}")
+            whole_number(name, getattr(self, name), minimum=0)
         if not self.rank < self.world_size:
             raise ConfigError(f"rank {self.rank} is not below world_size {self.world_size}")
         if not self.local_rank < self.local_world_size:

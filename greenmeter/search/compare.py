@@ -9,10 +9,12 @@ cost, and then runs :func:`greenmeter.compare` on data the search never saw, so 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from greenmeter._checks import whole_number
 from greenmeter._errors import ConfigError
+from greenmeter.comparison.progress import progress_printer
 from greenmeter.search.evaluate import SearchTask
 from greenmeter.search.records import Candidate, SearchResult
 from greenmeter.search.space import SearchSpace, config_key
@@ -52,7 +54,7 @@ def compare_found(
     meter: Meter | None = None,
     store: Any = None,
     name: str = "architecture search",
-    progress: bool = True,
+    progress: bool | Callable[[str], None] = True,
     **compare_kwargs: Any,
 ) -> Comparison:
     """Compare a hand-designed baseline with the architectures a search found, side by side.
@@ -74,7 +76,7 @@ def compare_found(
         store: keep the returned comparison (with its notes and details) in a run store: a
             :class:`~greenmeter.store.database.Store`, a path, or ``True`` for the default store.
         name: the comparison's name.
-        progress: progress lines on stderr.
+        progress: ``True`` for progress lines on stderr, ``False`` for none, or a callable given each line.
         **compare_kwargs: passed to :func:`greenmeter.compare` (``repeats``, ``min_repeat_s``, ``threads``...).
 
     Returns:
@@ -84,14 +86,14 @@ def compare_found(
     Raises:
         ConfigError: an empty front, ``top`` below 1, or a baseline that is neither a model nor a config.
     """
+    top = whole_number("top", top, minimum=1)
+    progress_printer(progress)  # a bad progress fails here, before any training
     import torch
 
     from greenmeter.comparison.steps import provenance_lines
     from greenmeter.records.comparison import MakingCost
     from greenmeter.comparison.compare import Variant, compare
 
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ConfigError(f"top must be a whole number >= 1, not {top!r}")
     picked = _pick(result, top)
     if not picked:
         raise ConfigError("the search has no Pareto front to compare (it evaluated no candidate)")
@@ -149,12 +151,9 @@ def compare_found(
                     if v.name in found else v for v in comparison.variants)
     final = dataclasses.replace(comparison, variants=results, flags=tuple(notes) + tuple(comparison.flags))
     if store is not None and store is not False:
-        from greenmeter.store.database import Store
+        from greenmeter.store.recorder import opened_store
 
-        target = store if isinstance(store, Store) else Store(None if store is True else store)
-        try:
-            target.add_comparison(final)
-        finally:
-            if target is not store:
-                target.close()
+        with opened_store(store) as target:
+            if target is not None:
+                target.add_comparison(final)
     return final

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from greenmeter._checks import whole_number
 from greenmeter._errors import ConfigError
+from greenmeter.comparison.progress import progress_printer
 from greenmeter.search.cache import SearchCache, fingerprint_key, hardware_fingerprint
 from greenmeter.search.space import SearchSpace, config_key
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["SearchTask", "digits_task"]
 
 TrainFn = Callable[["nn.Module", int, int], Any]
+#: What the search's progress lines on stderr start with.
+SEARCH_PREFIX = "[search] "
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds tensors and a function
@@ -62,8 +65,7 @@ class SearchTask:
         if len(self.x_val) == 0 or len(self.x_val) != len(self.y_val):
             raise ConfigError(f"SearchTask needs non-empty held-out data of equal lengths, got "
                               f"{len(self.x_val)} inputs and {len(self.y_val)} labels")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a whole number >= 1, not {self.batch_size!r}")
+        whole_number("batch_size", self.batch_size, minimum=1)
 
     def to_dict(self) -> dict[str, Any]:
         """The name, the held-out size and a checksum of the held-out data (what the cache keys by)."""
@@ -94,14 +96,6 @@ def digits_task(data: DigitsData | None = None, *, validation_fraction: float = 
     return SearchTask(f"digits-val{validation_fraction:g}-adam{lr:g}-bs{batch_size}", train, val.x_test, val.y_test)
 
 
-def _show(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
-    if callable(progress):
-        return progress
-    if progress:
-        return lambda line: print(f"[search] {line}", file=sys.stderr, flush=True)
-    return lambda line: None
-
-
 def _complete(entry: Mapping[str, Any] | None, epochs: int) -> bool:
     """Whether a cache entry already has the energy and a rung of ``epochs``."""
     return entry is not None and "energy" in entry and str(epochs) in entry["rungs"]
@@ -121,7 +115,7 @@ class Evaluator:
         self.setup = {"space": space.name, **self.task_info, "seed": seed}
         self.hw_key, self.setup_key = fingerprint_key(self.hardware), fingerprint_key(self.setup)
         self.min_window_s = default_repeat_s(meter) if min_window_s is None else float(min_window_s)
-        self.show = _show(progress)
+        self.show = progress_printer(progress, prefix=SEARCH_PREFIX)
         self.fresh = 0
         self.cached = 0
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from greenmeter._errors import ConfigError
 from greenmeter._text import text_table
-from greenmeter.records.measurement import HostInfo, check_record_version, finite_json, parse_record_json
+from greenmeter.records.encoding import check_record_version, finite_json, parse_record_json
+from greenmeter.records.measurement import HostInfo
 
 __all__ = ["SEARCH_SCHEMA_VERSION", "Candidate", "Correlation", "RungResult", "SearchResult", "correlate"]
 

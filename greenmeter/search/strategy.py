@@ -37,9 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from greenmeter._checks import number, whole_number
 from greenmeter._errors import ConfigError
 from greenmeter.search.cache import SearchCache
-from greenmeter.search.evaluate import Evaluator, SearchTask
+from greenmeter.comparison.progress import progress_printer
+from greenmeter.search.evaluate import SEARCH_PREFIX, Evaluator, SearchTask
 from greenmeter.search.records import Candidate, RungResult, SearchResult, correlate
 from greenmeter.search.space import SearchSpace, config_key
 
@@ -47,12 +49,6 @@ if TYPE_CHECKING:
     from greenmeter.metering.meter import Meter
 
 __all__ = ["Evolution", "Objective", "SearchBudget", "SuccessiveHalving", "search_architectures"]
-
-
-def _whole(name: str, value: Any, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigError(f"{name} must be a whole number >= {least}, not {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -72,17 +68,16 @@ class SearchBudget:
     max_time_s: float | None = None
 
     def __post_init__(self) -> None:
-        _whole("max_candidates", self.max_candidates, 1)
+        whole_number("max_candidates", self.max_candidates, minimum=1)
         epochs = (self.epochs,) if isinstance(self.epochs, int) and not isinstance(self.epochs, bool) else self.epochs
         if not isinstance(epochs, tuple) or not epochs:
             raise ConfigError(f"epochs must be a whole number or a tuple of them, not {self.epochs!r}")
         for e in epochs:
-            _whole("each rung's epochs", e, 1)
+            whole_number("each rung's epochs", e, minimum=1)
         if any(b <= a for a, b in itertools.pairwise(epochs)):
             raise ConfigError(f"the rungs' epochs must increase, not {epochs!r}")
         object.__setattr__(self, "epochs", epochs)
-        if self.max_time_s is not None and not (isinstance(self.max_time_s, (int, float)) and self.max_time_s > 0):
-            raise ConfigError(f"max_time_s must be a number of seconds > 0 or None, not {self.max_time_s!r}")
+        number("max_time_s", self.max_time_s, low=0, low_open=True, unit="seconds", optional=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_candidates": self.max_candidates, "epochs": list(self.epochs), "max_time_s": self.max_time_s}
@@ -97,8 +92,8 @@ class Evolution:
     sample: int = 3
 
     def __post_init__(self) -> None:
-        _whole("population", self.population, 2)
-        _whole("sample", self.sample, 1)
+        whole_number("population", self.population, minimum=2)
+        whole_number("sample", self.sample, minimum=1)
         if self.sample > self.population:
             raise ConfigError(f"sample ({self.sample}) cannot exceed population ({self.population})")
 
@@ -114,7 +109,7 @@ class SuccessiveHalving:
     eta: int = 3
 
     def __post_init__(self) -> None:
-        _whole("eta", self.eta, 2)
+        whole_number("eta", self.eta, minimum=2)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "eta": self.eta}
@@ -144,8 +139,7 @@ class Objective:
             raise ConfigError(f"objective kind must be 'reward' or 'pareto', not {self.kind!r}")
         if self.alpha != self.beta and self.target_energy_j is None:
             raise ConfigError("with alpha != beta the target energy decides the ranking: give target_energy_j")
-        if self.target_energy_j is not None and not self.target_energy_j > 0:
-            raise ConfigError(f"target_energy_j must be > 0 joules, not {self.target_energy_j!r}")
+        number("target_energy_j", self.target_energy_j, low=0, low_open=True, unit="joules", optional=True)
 
     def reward(self, accuracy: float, energy_j: float, target_j: float) -> float:
         """``accuracy * (energy_j / target_j) ** (alpha if energy_j <= target_j else beta)``."""
@@ -351,7 +345,8 @@ def search_architectures(
         raise ConfigError("successive halving needs at least two rungs of increasing epochs, e.g. epochs=(1, 3, 9)")
     if not isinstance(strategy, (Evolution, SuccessiveHalving)):
         raise ConfigError(f"strategy must be Evolution() or SuccessiveHalving(), not {type(strategy).__name__}")
-    _whole("repeats", repeats, 1)
+    whole_number("repeats", repeats, minimum=1)
+    show = progress_printer(progress, prefix=SEARCH_PREFIX)
     cache = cache if isinstance(cache, SearchCache) else SearchCache(cache)
     own_meter = meter is None
     if meter is None:
@@ -360,7 +355,7 @@ def search_architectures(
         meter = Meter(name="architecture-search")
     try:
         evaluator = Evaluator(space, task, cache, meter, seed=seed, min_window_s=min_window_s, repeats=repeats,
-                              progress=progress)
+                              progress=show)
         run = _Run(evaluator, objective, budget, on_candidate)
         rng = random.Random(seed)
         if isinstance(strategy, Evolution):

@@ -10,18 +10,58 @@ A backend is measurement only. It answers three calls:
 Backends that must be polled between window edges (to see every counter wrap, or to integrate sampled
 power) set ``poll_interval_s``; the meter's background sampler then calls ``poll()`` at least that often.
 Units are SI and converted at this boundary: a backend never hands out microjoules or milliwatts.
+
+Every source class carries its own metadata as a :class:`SourceInfo` in its ``info`` class attribute: its
+name, what it reports, the meter options it takes, whether it is per device and how it takes part in the
+automatic choice. The registry (:mod:`greenmeter.sources.registry`) and the automatic choice
+(:mod:`greenmeter.sources.select`) read nothing else, so a new source touches no other module.
 """
 
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal, NamedTuple
 
-__all__ = ["Backend", "Domain", "ProbeResult", "Provenance", "Reading"]
+from greenmeter._errors import ConfigError
+
+__all__ = [
+    "HARDWARE_OF_DOMAIN",
+    "METER_OPTIONS",
+    "Backend",
+    "Domain",
+    "ProbeResult",
+    "Provenance",
+    "Reading",
+    "SourceInfo",
+    "hardware_of",
+]
 
 ProvenanceKind = Literal["measured", "estimated"]
+SourceKind = Literal["counter", "estimate"]
+Selection = Literal["usable", "stand-in", "named"]
+
+#: The :class:`~greenmeter.Meter` keywords a source may take (see :attr:`SourceInfo.options`).
+METER_OPTIONS = ("mode", "sysfs_root", "use_psys", "gpus")
+
+#: The piece of hardware each built-in domain kind belongs to. A kind not listed is its own hardware.
+HARDWARE_OF_DOMAIN: Mapping[str, str] = MappingProxyType({
+    "package": "cpu", "core": "cpu", "uncore": "cpu", "psys": "cpu", "cpu": "cpu",
+    "dram": "ram", "ram": "ram",
+    "gpu": "gpu",
+})
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_KINDS = ("counter", "estimate")
+_SELECTIONS = ("usable", "stand-in", "named")
+
+
+def hardware_of(domain_kind: str) -> str:
+    """The hardware a domain kind belongs to: ``"cpu"``, ``"ram"``, ``"gpu"``, or the kind itself."""
+    return HARDWARE_OF_DOMAIN.get(domain_kind, domain_kind)
 
 
 @dataclass(frozen=True)
@@ -122,11 +162,98 @@ class Reading(NamedTuple):
     energy_j: Mapping[str, float]
 
 
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a source class says about itself: the registry, the automatic choice and the outputs read it.
+
+    Attributes:
+        name: the registry name, also the prefix of its domain keys (``"rapl"`` -> ``"rapl:package-0"``):
+            lower case letters, digits, ``-``, ``_`` and ``.``.
+        kind: ``"counter"`` (reads a hardware counter: measured) or ``"estimate"`` (a model: estimated).
+        domains: the domain kinds it reports, its main one first (``("package", "core", "uncore", "dram",
+            "psys")`` for RAPL); each belongs to a piece of hardware (:func:`hardware_of`), and the first
+            one's hardware is the one it stands for in summaries and as a stand-in.
+        label: how people name it in summaries (``"RAPL"``); defaults to ``name``.
+        options: the meter options it takes (keys from :data:`METER_OPTIONS`) mapped to its constructor's
+            keyword for each, e.g. ``{"gpus": "devices"}``. A source gets only the options it declares.
+        per_device: one device per rank in a distributed job (NVML): each rank measures its own device,
+            passed through the ``gpus`` option, which a per-device source must therefore take.
+        selection: how it takes part in the automatic choice (``Meter()`` without ``backends``):
+            ``"usable"``: probed, and used wherever usable (the hardware counters);
+            ``"stand-in"``: used for the hardware of its main domain kind only where no source chosen
+            before it reports a domain of that hardware in its total, with :attr:`fallback_note` said
+            (the estimates); ``"named"``: only when named in ``Meter(backends=[...])`` (the default, so
+            that a new source never joins a total, and counts something twice, unasked).
+        fallback_note: a stand-in's note, a :meth:`str.format` template with ``{hardware}`` (``"CPU"``),
+            ``{name}`` (this source), ``{counters}`` (the labels of the automatic counters that could
+            have measured that hardware, joined by "or") and ``{reasons}`` (why each did not, e.g.
+            ``"RAPL is unusable (...)"``, joined by "; ").
+
+    Raises:
+        ConfigError: a field outside its allowed values (the message names the field and the values).
+    """
+
+    name: str
+    kind: SourceKind
+    domains: tuple[str, ...]
+    label: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)
+    per_device: bool = False
+    selection: Selection = "named"
+    fallback_note: str = "{hardware} energy is estimated ({name}), not measured: {reasons}"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(f"SourceInfo.name must be lower case letters, digits, '-', '_' or '.', "
+                              f"not {self.name!r}")
+        if self.kind not in _KINDS:
+            raise ConfigError(f"SourceInfo.kind of {self.name!r} must be one of {', '.join(_KINDS)}, "
+                              f"not {self.kind!r}")
+        if self.selection not in _SELECTIONS:
+            raise ConfigError(f"SourceInfo.selection of {self.name!r} must be one of {', '.join(_SELECTIONS)}, "
+                              f"not {self.selection!r}")
+        domains = (self.domains,) if isinstance(self.domains, str) else tuple(self.domains)
+        if not domains or not all(isinstance(k, str) and k for k in domains):
+            raise ConfigError(f"SourceInfo.domains of {self.name!r} must name at least one domain kind, "
+                              f"e.g. ('gpu',), not {self.domains!r}")
+        options = dict(self.options)
+        unknown = sorted(set(options) - set(METER_OPTIONS))
+        if unknown:
+            raise ConfigError(f"SourceInfo.options of {self.name!r} names unknown meter option(s) "
+                              f"{', '.join(unknown)}; choose from {', '.join(METER_OPTIONS)}")
+        bad = [kw for kw in options.values() if not isinstance(kw, str) or not kw.isidentifier()]
+        if bad:
+            raise ConfigError(f"SourceInfo.options of {self.name!r} must map to constructor keywords, not {bad!r}")
+        if self.per_device and "gpus" not in options:
+            raise ConfigError(f"SourceInfo of {self.name!r} is per_device, so its options must take 'gpus' "
+                              "(the rank's device list), e.g. options={'gpus': 'devices'}")
+        object.__setattr__(self, "domains", domains)
+        object.__setattr__(self, "options", MappingProxyType(options))
+        object.__setattr__(self, "label", self.label or self.name)
+
+    @property
+    def hardware(self) -> str:
+        """The hardware of its main domain kind (``"cpu"`` for RAPL, ``"gpu"`` for NVML)."""
+        return hardware_of(self.domains[0])
+
+    def covers(self, hardware: str) -> bool:
+        """Whether one of its domain kinds belongs to ``hardware`` (RAPL covers ``"cpu"`` and ``"ram"``)."""
+        return any(hardware_of(kind) == hardware for kind in self.domains)
+
+
 class Backend(abc.ABC):
-    """Base class of energy sources. Subclasses implement ``probe``, ``read`` and ``close``."""
+    """Base class of energy sources. Subclasses implement ``probe``, ``read`` and ``close``.
+
+    A source that the registry creates by name also sets the class attribute ``info`` (a
+    :class:`SourceInfo`); its ``name`` then comes from there. Ready-made objects handed to
+    ``Meter(backends=[...])`` need only ``name``.
+    """
 
     #: Short name used in domain keys, ``greenmeter info`` and ``Meter(backends=[...])``.
     name: ClassVar[str] = ""
+
+    #: The source's metadata (set by every registered source class).
+    info: ClassVar[SourceInfo]
 
     #: How often the background sampler must call :meth:`poll`, in seconds; ``None`` if never.
     poll_interval_s: float | None = None
@@ -145,3 +272,28 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook with a sensible default
         """Release handles. Safe to call more than once."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        info = cls.__dict__.get("info")
+        if info is None:
+            return
+        if not isinstance(info, SourceInfo):
+            raise TypeError(f"{cls.__qualname__}.info must be a greenmeter.sources.base.SourceInfo, "
+                            f"not {type(info).__name__}")
+        if "name" in cls.__dict__ and cls.__dict__["name"] != info.name:
+            raise TypeError(f"{cls.__qualname__}.name {cls.__dict__['name']!r} differs from its info.name "
+                            f"{info.name!r}; set the name in info only")
+        cls.name = info.name
+
+    @classmethod
+    def device_name(cls, provenance: Provenance) -> str | None:
+        """The model of the device one of this source's domains measured, from that domain's provenance.
+
+        Exports (CodeCarbon's ``gpu_model``, the model card's ``hardware_used``) call it on stored
+        domains, so it reads only the provenance the source itself wrote, e.g. ``"NVIDIA H200"``.
+
+        Returns:
+            The device's model, or ``None`` when this source does not name one (the default).
+        """
+        return None

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenmeter._errors import ConfigError, CounterReadError
-from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading
+from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
 from greenmeter.sources.cpu_model import CpuFacts, is_generic_model_name, lookup_tdp, read_cpu_facts
 
 __all__ = [
@@ -285,7 +285,10 @@ class CpuEstimateBackend(Backend):
         ConfigError: an unknown mode or a bad override.
     """
 
-    name = "cpu-estimate"
+    info = SourceInfo(
+        name="cpu-estimate", kind="estimate", domains=("cpu",), options={"mode": "mode"}, selection="stand-in",
+        fallback_note="{hardware} energy is estimated, not measured: {reasons}",
+    )
     poll_interval_s = None
 
     def __init__(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from greenmeter._errors import BackendError, ConfigError, CounterReadError, MeasurementError
-from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading
+from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
 
 __all__ = ["COUNTER_UPDATE_PERIOD_S", "NvmlBackend"]
 
@@ -41,6 +42,8 @@ __all__ = ["COUNTER_UPDATE_PERIOD_S", "NvmlBackend"]
 COUNTER_UPDATE_PERIOD_S = 0.1
 
 _COUNTER_METHOD = "total energy counter (nvmlDeviceGetTotalEnergyConsumption)"
+#: A GPU domain's provenance source, ``"NVML GPU <index> <model> (<uuid>)"``, as ``_open`` writes it.
+_SOURCE = re.compile(r"^NVML GPU \S+ (?P<model>.+) \([^()]*\)$")
 #: Any of these on Linux means an NVIDIA driver may answer NVML (WSL 2 has /dev/dxg instead of /dev/nvidiactl).
 _DRIVER_PATHS: tuple[str, ...] = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg")
 _CONTAINER_FIX = "in a container, run it with the NVIDIA Container Toolkit (`docker run --gpus all ...`)"
@@ -86,7 +89,10 @@ class NvmlBackend(Backend):
             by :meth:`probe`, which knows how many there are.
     """
 
-    name = "nvml"
+    info = SourceInfo(
+        name="nvml", label="NVML", kind="counter", domains=("gpu",), options={"gpus": "devices"},
+        per_device=True, selection="usable",
+    )
 
     def __init__(self, devices: Sequence[int] | None = None, *, power_sample_interval_s: float = 0.1) -> None:
         self._devices = _check_devices(devices)
@@ -183,6 +189,12 @@ class NvmlBackend(Backend):
                 nvml.nvmlShutdown()
             except nvml.NVMLError as err:
                 raise BackendError(f"nvmlShutdown failed: {err}") from err
+
+    @classmethod
+    def device_name(cls, provenance: Provenance) -> str | None:
+        """The GPU's model named in an NVML domain's provenance (``"NVIDIA H200"``), ``None`` if absent."""
+        match = _SOURCE.match(provenance.source)
+        return match["model"] if match else None
 
     def _open(self, nvml: ModuleType) -> tuple[tuple[_Gpu, ...], tuple[Domain, ...], tuple[str, ...]]:
         try:

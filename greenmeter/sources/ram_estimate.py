@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from greenmeter._errors import ConfigError, CounterReadError
-from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading
+from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
 
 __all__ = ["BYTES_PER_GB", "WATTS_PER_GB", "WATTS_PER_GB_SOURCE", "RamEstimateBackend"]
 
@@ -61,7 +61,10 @@ class RamEstimateBackend(Backend):
         ConfigError: an unknown mode, or a negative or non-finite constant.
     """
 
-    name = "ram-estimate"
+    info = SourceInfo(
+        name="ram-estimate", kind="estimate", domains=("ram",), options={"mode": "mode"}, selection="stand-in",
+        fallback_note="{hardware} energy is estimated ({name}), not measured: no usable {counters} DRAM counter",
+    )
 
     def __init__(
         self, mode: str = "process", *, watts_per_gb: float | None = None, sample_interval_s: float = 0.5

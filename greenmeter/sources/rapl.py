@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from greenmeter._errors import BackendError, BackendUnavailable, CounterReadError
-from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading
+from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
 
 __all__ = ["ASSUMED_MAX_POWER_W", "RAPL_UPDATE_PERIOD_S", "SYSFS_ROOT_ENV", "RaplBackend"]
 
@@ -106,7 +106,10 @@ class RaplBackend(Backend):
             counter can wrap twice between polls (``None`` before that).
     """
 
-    name = "rapl"
+    info = SourceInfo(
+        name="rapl", label="RAPL", kind="counter", domains=("package", "core", "uncore", "dram", "psys"),
+        options={"sysfs_root": "sysfs_root", "use_psys": "use_psys"}, selection="usable",
+    )
 
     def __init__(self, sysfs_root: str | os.PathLike[str] | None = None, *, use_psys: bool = False) -> None:
         from_env = sysfs_root is None and bool(os.environ.get(SYSFS_ROOT_ENV))

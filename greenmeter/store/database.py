@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from greenmeter._checks import whole_number
 from greenmeter._errors import ConfigError, CorruptStoreError, StoreError
 from greenmeter.carbon.settings import CarbonEstimate, CarbonSettings
 from greenmeter.records.comparison import Comparison
@@ -340,8 +341,7 @@ class Store:
 
     def list_runs(self, limit: int | None = None) -> list[RunRecord]:
         """Stored runs, newest first (``limit`` of them, or all)."""
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise ConfigError(f"limit must be a whole number >= 0 or None, not {limit!r}")
+        limit = whole_number("limit", limit, minimum=0, optional=True)
         rows = self._query("list runs", f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC "
                            "LIMIT ?", (-1 if limit is None else limit,))
         return [self._record(row) for row in rows]
@@ -428,8 +428,7 @@ class Store:
 
     def list_comparisons(self, limit: int | None = None) -> list[tuple[str, str, str, int]]:
         """Stored comparisons, newest first: ``(id, name, created_at, number of variants)``."""
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise ConfigError(f"limit must be a whole number >= 0 or None, not {limit!r}")
+        limit = whole_number("limit", limit, minimum=0, optional=True)
         rows = self._query("list comparisons", "SELECT id, name, created_at, variants FROM comparisons "
                            "ORDER BY created_at DESC, rowid DESC LIMIT ?", (-1 if limit is None else limit,))
         return [(str(i), str(n), str(c), int(v)) for i, n, c, v in rows]

@@ -243,3 +243,22 @@ def test_a_making_window_too_short_to_resolve_is_flagged(digits: DigitsData, tra
     assert same.making.duration_s < 5.0
     assert any(f.startswith("making it: ") and "not resolved" in f for f in same.flags), same.flags
     assert not any(f.startswith("making it") for f in res.variant("float").flags)
+
+
+def test_a_registered_methods_recipe_is_compared_and_its_facts_hooks_are_used(
+    digits: DigitsData, trained: nn.Module,
+) -> None:
+    from tests.compression.frozen_method import HOOK_MACS, METHOD, RECIPE, frozen_method
+
+    with frozen_method():
+        res = compare({"float": trained, "frozen": f"{RECIPE}:32"}, (digits.x_test, digits.y_test),
+                      meter=Meter(backends=["cpu-estimate"]), **FAST)
+    base, frozen = res.variant("float"), res.variant("frozen")
+    assert frozen.ok, frozen.error
+    assert frozen.recipe == f"{RECIPE}:32" and frozen.details["method"] == METHOD and frozen.making.trains is False
+    # its Linear weights are buffers that parameters() misses: counted by the method's count_weights hook
+    assert (frozen.params_kind, frozen.params_total) == ("stored weight elements", base.params_total)
+    assert (frozen.macs_per_sample, frozen.macs_method, frozen.macs_note) == (
+        HOOK_MACS.macs_per_sample, HOOK_MACS.method, HOOK_MACS.note)  # its data_macs hook
+    assert base.macs_method == "flop-counter"
+    assert frozen.metric == base.metric  # float32 buffers: the same predictions

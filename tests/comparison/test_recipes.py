@@ -15,6 +15,7 @@ from torch import nn  # noqa: E402
 
 from greenmeter._errors import ConfigError, UnsupportedModelError  # noqa: E402
 from greenmeter.compression import Int4Linear, MultiExitModel, sparsity  # noqa: E402
+from greenmeter.compression.early_exit import exit_positions  # noqa: E402
 from greenmeter.demo.digits import (  # noqa: E402
     DigitsData,
     accuracy,
@@ -27,7 +28,6 @@ from greenmeter.comparison.recipes import (  # noqa: E402
     Recipe,
     RecipeContext,
     build_variant,
-    exit_positions,
     parse_recipe,
     register_recipe,
     registered_recipes,
@@ -400,3 +400,21 @@ def test_a_baseline_in_training_mode_is_converted_from_an_eval_copy_and_keeps_it
     assert_intact(training, before)
     assert training.training and not variant.training
     assert outputs(variant, digits.x_test[:8]).shape == (8, 10)
+
+
+def test_the_recipe_listing_comes_from_the_registry_and_the_docs_table_lists_the_builtins() -> None:
+    from pathlib import Path
+
+    from greenmeter.comparison.recipes import format_recipes
+
+    text = format_recipes()
+    recipes = registered_recipes()
+    for name, info in recipes.items():
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"{info.usage} "))
+        assert info.description in line and (info.method or "-") in line
+        assert ("yes" if info.trains else "no") == line.split()[1]
+        if info.arg_help is not None:
+            assert f"  {name}" in text and info.arg_help in text
+    page = (Path(__file__).resolve().parents[2] / "docs" / "compare.md").read_text()
+    rows = re.findall(r"^\| `([a-z0-9-]+)[:` ].*\| (yes|no) \|$", page, flags=re.M)
+    assert {name: trains == "yes" for name, trains in rows} == {name: t for name, (t, _) in BUILTINS.items()}

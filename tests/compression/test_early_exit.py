@@ -13,7 +13,7 @@ from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelEr
 from greenmeter.compression import (  # noqa: E402
     EarlyExitConfig, MultiExitModel, calibrate_threshold, compress, exit_report,
 )
-from greenmeter.compression.exit_calibration import fit_temperature  # noqa: E402
+from greenmeter.compression.early_exit import fit_temperature  # noqa: E402
 from greenmeter.demo.digits import DigitsData, accuracy, batches, train_classifier  # noqa: E402
 
 EXITS = [2, 5]  # after the first conv block (conv, BN, ReLU) and after the second

@@ -54,3 +54,32 @@ def test_store_and_meter_together_are_refused(tmp_path: Path) -> None:
         greenmeter.measure("x", store=tmp_path / "a.db", meter=meter)
     with pytest.raises(ConfigError, match="give store= or meter=, not both"):
         greenmeter.track(name="x", store=tmp_path / "a.db", meter=meter)
+
+
+def test_a_meter_closes_a_store_it_opened_and_leaves_a_given_one_open(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    by_path = Meter(backends=["cpu-estimate"], store=str(path), name="by path")
+    with by_path.window("w"):
+        _work()
+    by_path.close()
+    assert not path.with_name("runs.db-wal").exists()  # closed: the last connection removes the log
+    with Store(path) as given:
+        meter = Meter(backends=["cpu-estimate"], store=given, name="given")
+        with meter.window("w", samples=3):
+            _work()
+        meter.close()
+        runs = {r.name: r for r in given.list_runs()}  # still open
+        assert meter.store is given and runs["given"].id == meter.run_id
+        assert [w.samples for w in given.windows(meter.run_id)] == [3]
+    assert {n: (r.status, r.kind, r.windows_count) for n, r in runs.items()} == {
+        "by path": ("ok", "api", 1), "given": ("ok", "api", 1)}
+
+
+def test_a_meter_given_store_false_stores_nothing_and_a_bad_store_is_a_config_error(tmp_path: Path) -> None:
+    meter = Meter(backends=["cpu-estimate"], store=False)
+    with meter.window("w"):
+        pass
+    meter.close()
+    assert meter.store is None and meter.run_id is None
+    with pytest.raises(ConfigError, match="store must be a greenmeter.Store, a path, True"):
+        Meter(backends=["cpu-estimate"], store=3)  # type: ignore[arg-type]

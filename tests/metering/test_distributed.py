@@ -29,6 +29,8 @@ from greenmeter.metering.distributed import (
     store_result,
     track,
 )
+from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
+from greenmeter.sources.registry import register_source, unregister_source
 from greenmeter.store.database import Store
 from tests.fakes.fake_pynvml import FakeGpu, make_fake_pynvml
 from tests.fakes.powercap import FakePowercap, FakeZone
@@ -140,6 +142,45 @@ def test_each_rank_measures_its_own_gpu(tmp_path: Path, monkeypatch: pytest.Monk
     result = combine([RankResult(meter.rank, (m,)) for meter, m in pairs])
     (node,) = result.windows[0].nodes
     assert (node.energy_j, node.node_wide_j, node.rank_j, node.ranks) == (13.0, 7.5, 5.5, (0, 1))
+
+
+
+class _Accelerator(Backend):
+    """A per-device source (not NVML) on a machine with two accelerators, each at a constant 10 J."""
+
+    info = SourceInfo(name="test-accel", kind="counter", domains=("gpu",), options={"gpus": "devices"},
+                      per_device=True, selection="usable")
+
+    def __init__(self, devices: list[int] | None = None) -> None:
+        self.devices = list(range(2)) if devices is None else list(devices)
+
+    def probe(self) -> ProbeResult:
+        provenance = Provenance("measured", "test accelerator", "test counter")
+        return ProbeResult(self.name, True, domains=tuple(
+            Domain(f"test-accel:gpu{i}", "gpu", True, provenance, 0.0) for i in self.devices))
+
+    def read(self) -> Reading:
+        return Reading(time.monotonic(), {f"test-accel:gpu{i}": 10.0 for i in self.devices})
+
+
+def test_ranks_get_their_device_from_any_per_device_source(tmp_path: Path) -> None:
+    _package(tmp_path, "sysfs-0")
+    register_source(_Accelerator)  # NVML sees no GPU here: the ranks' devices come from this source's metadata
+    try:
+        first, second = _meters(tmp_path, ("a",), store=None)
+        third = RankMeter(rank=RankInfo(2, 3, 2, 3, 0, "a"), sysfs_root=str(tmp_path / "sysfs-0"), sync=None,
+                          store=None)
+        for meter in (first, second, third):
+            meter.start()
+    finally:
+        unregister_source("test-accel")
+    assert [d.key for d in first.domains] == ["rapl:package-0", "rapl:package-0/dram", "test-accel:gpu0"]
+    assert [d.key for d in second.domains] == ["test-accel:gpu1"]
+    assert third.domains == ()
+    assert any("node-wide sources (rapl) are read by this rank" in note for note in first.notes)
+    assert any("2 GPU(s) visible and this is local rank 2" in note for note in third.notes)
+    for meter in (first, second, third):
+        meter.close()
 
 
 # Combining and storing ------------------------------------------------------------------------------

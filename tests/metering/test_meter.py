@@ -277,3 +277,36 @@ def test_meter_stores_each_window_in_a_run(tmp_path) -> None:  # type: ignore[no
         windows = store.windows(run_id)
     assert run.name == "api-test" and run.kind == "api" and run.status == "failed" and run.complete
     assert [(w.name, w.status, w.energy_j) for w in windows] == [("a", "ok", 2.0), ("b", "failed", 5.0)]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"name": None}, "name must be a non-empty string, not None"),
+    ({"name": ""}, "name must be a non-empty string, not ''"),
+    ({"name": 3}, "name must be a non-empty string, not 3"),
+    ({"name": "w", "samples": "x"}, "samples must be a whole number >= 0 or None, not 'x'"),
+    ({"name": "w", "samples": float("nan")}, "samples must be a whole number >= 0 or None, not nan"),
+    ({"name": "w", "samples": True}, "samples must be a whole number >= 0 or None, not True"),
+    ({"name": "w", "samples": -1}, "samples must be a whole number >= 0 or None, not -1"),
+    ({"name": "w", "samples": 2.0}, "samples must be a whole number >= 0 or None, not 2.0"),
+])
+def test_window_and_begin_check_name_and_samples_before_any_work(kwargs: dict[str, object], message: str) -> None:
+    backend = ScriptedBackend([0.0, 1.0])
+    meter = Meter([backend], sync=None)
+    with pytest.raises(ConfigError) as info:
+        meter.window(**kwargs)  # type: ignore[arg-type]
+    assert str(info.value) == message
+    with pytest.raises(ConfigError) as info:
+        meter.begin(**kwargs)  # type: ignore[arg-type]
+    assert str(info.value) == message
+    assert backend.reads == 0 and meter.open_windows == () and meter.measurements == []  # never started
+
+
+def test_window_samples_of_zero_or_an_integer_type_are_kept_as_int() -> None:
+    import numpy as np
+
+    meter = Meter([ScriptedBackend([0.0, 4.0, 4.0, 6.0])], sync=None)
+    with meter.window("none", samples=0) as w:
+        pass
+    first = meter.end(meter.begin("numpy", samples=np.int64(8)))
+    assert w.measurement is not None and w.measurement.samples == 0
+    assert first.samples == 8 and type(first.samples) is int and first.energy_per_sample_j == pytest.approx(0.25)

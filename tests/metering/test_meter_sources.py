@@ -17,6 +17,8 @@ import pytest
 
 import greenmeter
 from greenmeter import Meter
+from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
+from greenmeter.sources.registry import register_source, unregister_source
 from tests.fakes.powercap import FakePowercap
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +121,7 @@ def test_permission_denied_falls_back_to_the_estimate_out_loud(shared_root: Path
         "import json, os, sys, greenmeter\n"
         # Import every module as root (the checkout may sit in a 0700 folder); only the probing runs
         # unprivileged.
-        "import psutil, greenmeter.sources.rapl, greenmeter.sources.nvml\n"
+        "import importlib.metadata, psutil, greenmeter.sources.rapl, greenmeter.sources.nvml\n"
         "import greenmeter.sources.cpu_estimate, greenmeter.sources.ram_estimate\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
         "meter = greenmeter.Meter(sysfs_root=sys.argv[1], sync=None)\n"
@@ -174,3 +176,32 @@ def test_windows_from_several_threads_are_all_recorded() -> None:
     assert len(meter.measurements) == 200
     assert all(m.status == "ok" for m in meter.measurements)
     assert greenmeter.Measurement.from_json(meter.measurements[-1].to_json()) == meter.measurements[-1]
+
+
+def test_the_meter_keywords_reach_a_registered_source_under_its_own_names(tmp_path: Path) -> None:
+    created: list[dict[str, object]] = []
+
+    class Scope(Backend):
+        info = SourceInfo(name="test-scope", kind="estimate", domains=("ram",), options={"mode": "scope"})
+
+        def __init__(self, **options: object) -> None:
+            created.append(options)
+
+        def probe(self) -> ProbeResult:
+            provenance = Provenance("estimated", "test model", "constant power")
+            return ProbeResult(self.name, True, domains=(Domain("test-scope:ram", "ram", True, provenance, 0.0),))
+
+        def read(self) -> Reading:
+            return Reading(time.monotonic(), {"test-scope:ram": 0.0})
+
+    register_source(Scope)
+    try:
+        meter = Meter(["test-scope", "cpu-estimate"], mode="machine", sysfs_root=str(tmp_path), use_psys=True,
+                      gpus=[0], sync=None)
+        meter.start()
+    finally:
+        unregister_source("test-scope")
+    assert created == [{"scope": "machine"}]  # not sysfs_root, use_psys or gpus: it does not declare them
+    assert [b.name for b in meter.backends] == ["test-scope", "cpu-estimate"]
+    assert meter.backends[1].mode == "machine"  # type: ignore[attr-defined]
+    meter.close()

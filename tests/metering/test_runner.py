@@ -69,6 +69,30 @@ def test_missing_command_is_a_clear_error_and_stores_nothing(tmp_path: Path) -> 
         assert store.list_runs() == []
 
 
+def test_store_takes_a_path_or_true_as_everywhere_and_closes_what_it_opened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "runs.db"
+    failing = run_command([sys.executable, "-c", "raise SystemExit(4)"], meter=Meter(["cpu-estimate"], sync=None),
+                          store=path, name="by path", interval_s=0.05)
+    assert not path.with_name("runs.db-wal").exists()  # the store opened from the path was closed again
+    monkeypatch.setenv("GREENMETER_STORE", str(path))
+    passing = run_command(["true"], meter=Meter(["cpu-estimate"], sync=None), store=True, name="default")
+    with Store(path) as store:
+        runs = {r.name: r for r in store.list_runs()}
+        windows = store.windows(failing.run_id)
+    assert (runs["by path"].id, runs["by path"].status, runs["by path"].exit_code) == (failing.run_id, "failed", 4)
+    assert (runs["default"].id, runs["default"].status, runs["default"].exit_code) == (passing.run_id, "ok", 0)
+    assert runs["by path"].kind == "run" and runs["by path"].command == (sys.executable, "-c", "raise SystemExit(4)")
+    assert windows == [failing.measurement] and runs["by path"].measurement == failing.measurement
+
+
+def test_a_bad_store_is_refused_before_the_command_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    with pytest.raises(ConfigError, match="store must be a greenmeter.Store, a path, True"):
+        run_command(["touch", str(marker)], store=3)  # type: ignore[arg-type]
+    assert not marker.exists()
+
+
 def _cli(*args: str, store: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "greenmeter", *args], capture_output=True, text=True,
                           env={**os.environ, "GREENMETER_STORE": str(store)}, timeout=120, **kwargs)

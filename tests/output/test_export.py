@@ -17,10 +17,10 @@ from greenmeter.carbon.settings import CarbonSettings
 from greenmeter.output.export import (
     CODECARBON_COLUMNS,
     CSV_COLUMNS,
-    FORMATS,
-    yaml_float,
     export_runs,
 )
+from greenmeter.output.formats import format_names
+from greenmeter.output.model_card import yaml_float
 from greenmeter.store.database import RunRecord, Store
 from tests.fakes.scripted import ScriptedBackend
 
@@ -82,7 +82,7 @@ PARIS_CLOUD = CarbonSettings(cloud="gcp:europe-west9", pue="gcp")
 def test_unknown_format_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigError) as info:
         export_runs([], "xlsx")
-    assert all(fmt in str(info.value) for fmt in FORMATS)
+    assert all(fmt in str(info.value) for fmt in format_names("runs"))
 
 
 def test_json_is_the_list_of_run_records(tmp_path: Path) -> None:

@@ -1,0 +1,411 @@
+"""The registry of compression methods: each method registers once, with its recipe and its facts hooks.
+
+A method is a frozen config dataclass and a handler, registered for that config type under a name. It may
+carry two more things, so that nothing else in greenmeter keeps a list of methods:
+
+* a :class:`RecipeSpec`: the recipe name (``"prune"``) that ``compare`` and ``build_variant`` accept as
+  ``name`` or ``name:arg``, what the argument means, whether building trains, and ``build(baseline_copy,
+  arg, ctx)`` (``ctx`` is a :class:`greenmeter.comparison.recipes.RecipeContext`);
+* a :class:`FactsHooks`: how :mod:`greenmeter.comparison.facts` and ``compare`` count what the method's
+  models hold (weights packed where ``model.parameters()`` does not see them), whether their MACs are
+  counted on the float model they were made from, and MACs that depend on the data (early exits).
+
+::
+
+    @register_method("half", HalfPrecisionConfig,
+                     recipe=RecipeSpec("half", build_half, trains=False, description="float16 weights"),
+                     facts=FactsHooks(quantized=False))
+    def _half(model, config):
+        return model.half(), {"dtype": "float16"}
+
+Third-party methods come in through the ``greenmeter.methods`` entry-point group, read the first time the
+registry is asked for its entries (:func:`registered_methods`, a recipe or facts lookup), never at import.
+An entry point names a module or a config class whose import registered the method with
+:func:`register_method` (the entry point's name is the method's name), or a :class:`Method` record, which
+is registered as it is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar, Union
+
+from greenmeter._errors import ConfigError
+from greenmeter.plugins import load_plugins
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from greenmeter.comparison.recipes import RecipeContext
+
+__all__ = [
+    "DataMacs", "FactsHooks", "Method", "RecipeSpec", "WeightCount", "facts_hooks", "facts_hooks_for",
+    "method_for_config", "methods", "recipe_fraction", "recipe_number", "recipe_specs", "register_method", "register_recipe_spec",
+    "registered_methods", "unregister_method", "unregister_recipe_spec", "weight_counters",
+]
+
+C = TypeVar("C")
+#: ``handler(model_copy, config) -> (model, details)``.
+Handler = Callable[[Any, Any], "tuple[nn.Module, Mapping[str, Any]]"]
+#: ``build(baseline_copy, arg, ctx)`` returns the variant, or ``(variant, details)``.
+BuildFn = Callable[["nn.Module", Union[str, None], "RecipeContext"], Any]
+#: The entry-point group third-party methods are read from.
+GROUP = "greenmeter.methods"
+
+
+# ------------------------------------------------------------------------------------------ records
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """A recipe: a named, parameterised way to build a variant from a baseline (``"prune:0.5"``).
+
+    Attributes:
+        name: the spec name: non-empty, without ``:`` or whitespace.
+        build: ``build(baseline_copy, arg, ctx)``: gets a private deep copy of the baseline in eval mode (change
+            it freely), the argument string (``None`` when the spec has none) and the ``RecipeContext``; returns
+            the variant, or ``(variant, details)`` with a mapping of plain values.
+        trains: whether building trains (its making cost then counts as training); such a recipe is refused
+            before ``build`` runs when the context has neither ``train_fn`` nor ``train_data``.
+        description: one line for listings and reports.
+        arg_help: what the argument means, its range and default; ``None`` when the recipe takes no argument
+            (``"name:arg"`` is then refused).
+        method: the compression method the recipe belongs to; set by :func:`register_method`, ``None`` for a
+            recipe registered on its own (``greenmeter.comparison.recipes.register_recipe``).
+    """
+
+    name: str
+    build: BuildFn
+    trains: bool
+    description: str
+    arg_help: str | None = None
+    method: str | None = None
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not name or ":" in name or any(c.isspace() for c in name):
+            raise ConfigError(f"a recipe name must be a non-empty string without ':' or spaces, got {name!r}")
+        if not isinstance(self.trains, bool):
+            raise ConfigError(f"recipe {name!r}: trains must be True or False, got {self.trains!r}")
+        if not callable(self.build):
+            raise ConfigError(f"recipe {name!r}: build must be callable as build(baseline, arg, ctx)")
+        if not isinstance(self.description, str):
+            raise ConfigError(f"recipe {name!r}: description must be a string, got {type(self.description).__name__}")
+        if self.arg_help is not None and not isinstance(self.arg_help, str):
+            raise ConfigError(f"recipe {name!r}: arg_help must be a string or None, got {self.arg_help!r}")
+
+    @property
+    def usage(self) -> str:
+        """How to write the spec: ``name`` for a recipe without an argument, else ``name[:arg]``."""
+        return self.name if self.arg_help is None else f"{self.name}[:arg]"
+
+
+@dataclass(frozen=True)
+class WeightCount:
+    """The weights of one module that keeps them where ``model.parameters()`` does not see them.
+
+    Attributes:
+        total: weight elements the module stands for (not its padding or spare storage).
+        nonzero: how many of them are not zero once dequantized.
+        tensors: further tensors of the module (a float bias) that facts counts the usual way, once.
+    """
+
+    total: int
+    nonzero: int
+    tensors: tuple[torch.Tensor, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataMacs:
+    """Multiply-accumulates per sample of a model whose work depends on the data (early exits).
+
+    Attributes:
+        macs_per_sample: MACs per sample averaged over the evaluation data.
+        method: how they were counted, in words (shown as the comparison's ``macs_method``).
+        note: what else to know (an exit histogram), or ``None``.
+    """
+
+    macs_per_sample: float
+    method: str
+    note: str | None = None
+
+
+#: ``count(module) -> WeightCount`` for a module of one type.
+WeightCounter = Callable[["nn.Module"], WeightCount]
+#: ``macs(model, x, y) -> DataMacs``, the model in eval mode, ``x``/``y`` the whole evaluation data.
+DataMacsFn = Callable[["nn.Module", "torch.Tensor", "torch.Tensor"], DataMacs]
+
+
+@dataclass(frozen=True)
+class FactsHooks:
+    """How the model facts of a comparison (size, weights, MACs) treat the models a method makes.
+
+    Attributes:
+        quantized: the models run integer kernels the flop counter cannot see, so ``compare`` passes the
+            baseline as ``float_equivalent`` to :func:`greenmeter.comparison.facts.count_macs`.
+        count_weights: module types that keep their weights where ``model.parameters()`` does not see them
+            (packed codes), mapped to ``count(module) -> WeightCount``; used by
+            :func:`greenmeter.comparison.facts.parameter_counts` for every such module, whatever made it.
+        data_macs: ``macs(model, x, y) -> DataMacs`` for models whose MACs depend on the data; ``compare``
+            then reports these instead of counting one pass.
+        model_types: the model classes the method makes (``MultiExitModel``): a model of one of them gets these
+            hooks even when it was built by hand rather than by ``compress`` (so it has no ``compression_info``).
+    """
+
+    quantized: bool = False
+    count_weights: Mapping[type, WeightCounter] = field(default_factory=dict)
+    data_macs: DataMacsFn | None = None
+    model_types: tuple[type, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.quantized, bool):
+            raise ConfigError(f"FactsHooks.quantized must be True or False, got {self.quantized!r}")
+        if not isinstance(self.count_weights, Mapping) or not all(
+            isinstance(t, type) and callable(fn) for t, fn in self.count_weights.items()
+        ):
+            raise ConfigError("FactsHooks.count_weights must map module types to count(module) -> WeightCount")
+        object.__setattr__(self, "count_weights", dict(self.count_weights))
+        if self.data_macs is not None and not callable(self.data_macs):
+            raise ConfigError("FactsHooks.data_macs must be callable as data_macs(model, x, y) -> DataMacs, or None")
+        types = (self.model_types,) if isinstance(self.model_types, type) else tuple(self.model_types)
+        if not all(isinstance(t, type) for t in types):
+            raise ConfigError(f"FactsHooks.model_types must be classes, got {self.model_types!r}")
+        object.__setattr__(self, "model_types", types)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered compression method.
+
+    Attributes:
+        name: the method's name, as in ``CompressionInfo.method`` (``"prune"``).
+        config_type: its frozen config dataclass; ``compress(model, config)`` picks the method by it.
+        handler: ``handler(model_copy, config) -> (model, details)``.
+        recipe: its recipe for ``compare``, or ``None``.
+        facts: how model facts treat its models.
+    """
+
+    name: str
+    config_type: type
+    handler: Handler
+    recipe: RecipeSpec | None = None
+    facts: FactsHooks = field(default_factory=FactsHooks)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or any(c.isspace() for c in self.name):
+            raise ConfigError(f"a compression method name must be a non-empty string without spaces, got {self.name!r}")
+        if not isinstance(self.config_type, type):
+            raise ConfigError(f"method {self.name!r}: config_type must be a class, got {self.config_type!r}")
+        if not callable(self.handler):
+            raise ConfigError(f"method {self.name!r}: handler must be callable as handler(model, config)")
+        if self.recipe is not None and not isinstance(self.recipe, RecipeSpec):
+            raise ConfigError(f"method {self.name!r}: recipe must be a RecipeSpec or None, got "
+                              f"{type(self.recipe).__name__}")
+        if not isinstance(self.facts, FactsHooks):
+            raise ConfigError(f"method {self.name!r}: facts must be a FactsHooks, got {type(self.facts).__name__}")
+        if self.recipe is not None and self.recipe.method != self.name:
+            object.__setattr__(self, "recipe", replace(self.recipe, method=self.name))
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+_METHODS: dict[str, Method] = {}
+_BY_CONFIG: dict[type, Method] = {}
+_RECIPES: dict[str, RecipeSpec] = {}
+_NO_HOOKS = FactsHooks()
+
+
+def _add(method: Method) -> None:
+    """Register ``method`` (and its recipe) after checking that neither clashes with what is registered."""
+    if method.name in _METHODS:
+        raise ConfigError(f"a compression method named {method.name!r} is already registered "
+                          f"(for {_METHODS[method.name].config_type.__name__}); choose another name")
+    if method.config_type in _BY_CONFIG:
+        raise ConfigError(f"a compression method is already registered for {method.config_type.__name__} "
+                          f"({_BY_CONFIG[method.config_type].name!r})")
+    if method.recipe is not None:
+        _check_recipe_free(method.recipe.name)
+    _METHODS[method.name] = method
+    _BY_CONFIG[method.config_type] = method
+    if method.recipe is not None:
+        _RECIPES[method.recipe.name] = method.recipe
+
+
+def _check_recipe_free(name: str) -> None:
+    if name in _RECIPES:
+        owner = _RECIPES[name].method
+        by = f" (by the compression method {owner!r})" if owner else ""
+        raise ConfigError(f"a recipe named {name!r} is already registered{by}; unregister_recipe({name!r}) first "
+                          "to replace it, or choose another name")
+
+
+def register_method(name: str, config_type: type[C], *, recipe: RecipeSpec | None = None,
+                    facts: FactsHooks | None = None) -> Callable[[Handler], Handler]:
+    """Register ``handler(model_copy, config) -> (model, details)`` for ``config_type`` under ``name``.
+
+    A decorator. The handler receives a private deep copy of the user's model and may change it in place or
+    return a new module. ``details`` is a mapping of plain values reported in ``CompressionInfo.details``.
+
+    Args:
+        name: the method's name (``CompressionInfo.method``), unique.
+        config_type: the method's config class, unique.
+        recipe: the method's recipe for ``compare``/``build_variant`` (see :class:`RecipeSpec`); its name is
+            unique among all recipes.
+        facts: how model facts treat the method's models (see :class:`FactsHooks`); none by default.
+
+    Raises:
+        ConfigError: the name, the config type or the recipe name is already registered, or a record is
+            malformed; nothing is registered then.
+    """
+
+    def decorate(handler: Handler) -> Handler:
+        _add(Method(name, config_type, handler, recipe, _NO_HOOKS if facts is None else facts))
+        return handler
+
+    return decorate
+
+
+def unregister_method(name: str) -> Method:
+    """Remove the method ``name`` and its recipe from the registry and return it (ConfigError if unknown)."""
+    _load()
+    if name not in _METHODS:
+        raise ConfigError(f"no compression method named {name!r} is registered; registered: {', '.join(sorted(_METHODS))}")
+    method = _METHODS.pop(name)
+    del _BY_CONFIG[method.config_type]
+    if method.recipe is not None and _RECIPES.get(method.recipe.name) is method.recipe:
+        del _RECIPES[method.recipe.name]
+    return method
+
+
+def registered_methods() -> dict[str, type]:
+    """Method names and their config types."""
+    _load()
+    return {name: m.config_type for name, m in _METHODS.items()}
+
+
+def methods() -> dict[str, Method]:
+    """The registered methods by name, sorted (a copy)."""
+    _load()
+    return {name: _METHODS[name] for name in sorted(_METHODS)}
+
+
+def method_for_config(config: Any) -> Method | None:
+    """The method registered for ``config``'s type (or the nearest base class), ``None`` if there is none."""
+    found = next((_BY_CONFIG[t] for t in type(config).__mro__ if t in _BY_CONFIG), None)
+    if found is None:
+        _load()  # a plug-in may register it
+        found = next((_BY_CONFIG[t] for t in type(config).__mro__ if t in _BY_CONFIG), None)
+    return found
+
+
+def facts_hooks(method: str | None) -> FactsHooks:
+    """The facts hooks of the method ``method`` (a ``CompressionInfo.method``); no hooks when unknown or ``None``."""
+    if method is None:
+        return _NO_HOOKS
+    _load()
+    found = _METHODS.get(method)
+    return _NO_HOOKS if found is None else found.facts
+
+
+def facts_hooks_for(model: Any) -> FactsHooks:
+    """The facts hooks that apply to ``model``: its method's (from ``model.compression_info``), else those of the
+    first method whose ``model_types`` it is an instance of; no hooks when neither applies."""
+    info = getattr(model, "compression_info", None)
+    if info is not None:
+        return facts_hooks(info.method)
+    _load()
+    return next((m.facts for m in _METHODS.values() if m.facts.model_types and isinstance(model, m.facts.model_types)),
+                _NO_HOOKS)
+
+
+def weight_counters() -> dict[type, WeightCounter]:
+    """Every registered method's weight counters, by module type."""
+    _load()
+    return {t: fn for m in _METHODS.values() for t, fn in m.facts.count_weights.items()}
+
+
+def recipe_specs() -> dict[str, RecipeSpec]:
+    """The registered recipes (methods' and those registered on their own) by name, sorted (a copy)."""
+    _load()
+    return {name: _RECIPES[name] for name in sorted(_RECIPES)}
+
+
+def register_recipe_spec(spec: RecipeSpec) -> RecipeSpec:
+    """Register a recipe that is not a method's (``spec.method`` must be ``None``); ConfigError if the name is taken."""
+    if not isinstance(spec, RecipeSpec):
+        raise ConfigError(f"register_recipe_spec needs a RecipeSpec, not {type(spec).__name__}")
+    if spec.method is not None:
+        raise ConfigError(f"recipe {spec.name!r} belongs to the method {spec.method!r}: register it with "
+                          "register_method(..., recipe=...)")
+    _load()
+    _check_recipe_free(spec.name)
+    _RECIPES[spec.name] = spec
+    return spec
+
+
+def unregister_recipe_spec(name: str) -> RecipeSpec:
+    """Remove a recipe and return it; a method's recipe goes too (the method stays). ConfigError if unknown."""
+    _load()
+    if name not in _RECIPES:
+        raise ConfigError(f"no recipe named {name!r} is registered; registered recipes: {', '.join(sorted(_RECIPES))}")
+    return _RECIPES.pop(name)
+
+
+# ------------------------------------------------------------------------------------------ plug-ins
+
+def _load() -> None:
+    load_plugins(GROUP, _register_plugin)
+
+
+def _register_plugin(name: str, obj: Any) -> None:
+    """The ``greenmeter.methods`` entry point ``name`` loaded as ``obj``: a :class:`Method`, or a module or
+    config class whose import registered a method named ``name``."""
+    if isinstance(obj, Method):
+        if obj.name != name:
+            raise ConfigError(f"the entry point is named {name!r} but its Method is named {obj.name!r}; "
+                              "name them alike")
+        if _METHODS.get(name) is not obj:
+            _add(obj)
+        return
+    method = _METHODS.get(name)
+    if method is None:
+        raise ConfigError(f"importing it registered no compression method named {name!r}: point the entry point "
+                          "at a Method, or at the module or config class whose import calls "
+                          f"register_method({name!r}, ...)")
+    if isinstance(obj, type) and obj is not method.config_type:
+        raise ConfigError(f"it points at {obj.__name__}, but the method {name!r} is registered for "
+                          f"{method.config_type.__name__}")
+
+
+# ------------------------------------------------------------------------------------------ recipe arguments
+
+def recipe_number(recipe: str, arg: str | None, default: float, expected: str, ok: Callable[[float], bool]) -> float:
+    """A recipe's argument as a number accepted by ``ok``, ``default`` when absent.
+
+    Args:
+        recipe: the recipe's name, for the message.
+        arg: the argument text from the spec, or ``None``.
+        default: the value when there is no argument.
+        expected: what the argument should be (the recipe's ``arg_help``), for the message.
+        ok: the test a parsed number must pass.
+
+    Raises:
+        ConfigError: ``"recipe 'name': bad argument 'arg'; expected ..."`` for text that is not a number, NaN,
+            or a number ``ok`` refuses.
+    """
+    if arg is None:
+        return default
+    try:
+        value = float(arg)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value) or not ok(value):
+        raise ConfigError(f"recipe {recipe!r}: bad argument {arg!r}; expected {expected}")
+    return value
+
+
+def recipe_fraction(recipe: str, arg: str | None, default: float, expected: str, zero_ok: bool = True) -> float:
+    """A recipe's argument as a fraction in [0, 1) (``zero_ok``) or (0, 1); see :func:`recipe_number`."""
+    return recipe_number(recipe, arg, default, expected, lambda v: (0 <= v if zero_ok else 0 < v) and v < 1)

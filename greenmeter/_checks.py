@@ -1,0 +1,200 @@
+"""The argument validators every public entry point uses, before any work.
+
+Each validator takes the argument's name as the user knows it (``"repeats"``, ``"RecipeContext.lr"``,
+``"compare.repeats"`` with a config file's path in front) and its value, returns the value (normalised:
+a whole number as ``int``, a number as ``float``) and otherwise raises
+:class:`~greenmeter.ConfigError` naming the argument, the values allowed and the value given::
+
+    repeats = whole_number("repeats", repeats, minimum=1)      # "repeats must be a whole number >= 1, not 0"
+    alpha = number("alpha", alpha, low=0, high=1, low_open=True, high_open=True)
+    q = fraction("q", q)                                       # "q must be a fraction in [0, 1], not 95"
+    significance = choice("significance", significance, ("welch", "bootstrap"))
+    name = text("name", name)
+
+``bool`` is never a number here (``True`` is not a count of anything), and neither are NaN, infinity
+or numeric strings. This module imports nothing of greenmeter's but the error tree.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any, Literal, TypeVar, overload
+
+from greenmeter._errors import ConfigError
+
+__all__ = ["choice", "fraction", "number", "text", "whole_number"]
+
+T = TypeVar("T")
+
+
+def _fail(name: str, wanted: str, value: Any, *, optional: bool, note: str | None) -> ConfigError:
+    tail = " or None" if optional else ""
+    hint = f" ({note})" if note else ""
+    return ConfigError(f"{name} must be {wanted}{tail}{hint}, not {value!r}")
+
+
+def _bound(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@overload
+def whole_number(name: str, value: Any, minimum: int | None = 0, maximum: int | None = None, *,
+                 optional: Literal[False] = False, note: str | None = None) -> int: ...
+@overload
+def whole_number(name: str, value: Any, minimum: int | None = 0, maximum: int | None = None, *,
+                 optional: Literal[True], note: str | None = None) -> int | None: ...
+def whole_number(name: str, value: Any, minimum: int | None = 0, maximum: int | None = None, *,
+                 optional: bool = False, note: str | None = None) -> int | None:
+    """Check a whole number (``int`` or another integral type, not ``bool``) in ``[minimum, maximum]``.
+
+    Args:
+        name: the argument's name, as the message shows it.
+        value: the value given.
+        minimum: the smallest value allowed (``None``: no lower bound, negative numbers allowed).
+        maximum: the largest value allowed (``None``: no upper bound).
+        optional: ``None`` is allowed too (and returned).
+        note: a hint appended to the message in parentheses (e.g. what ``None`` means).
+
+    Returns:
+        The value as an ``int`` (or ``None`` when optional and given ``None``).
+
+    Raises:
+        ConfigError: a bool, float, string or other non-integer, or a value out of range; the message
+            reads ``"<name> must be a whole number >= <minimum>, not <value>"``.
+    """
+    if optional and value is None:
+        return None
+    wanted = "a whole number"
+    if minimum is not None:
+        wanted += f" >= {minimum}"
+    if maximum is not None:
+        wanted += f"{' and' if minimum is not None else ''} <= {maximum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _fail(name, wanted, value, optional=optional, note=note)
+    result = int(value)
+    if (minimum is not None and result < minimum) or (maximum is not None and result > maximum):
+        raise _fail(name, wanted, value, optional=optional, note=note)
+    return result
+
+
+def _range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {_bound(low)}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {_bound(high)}"
+    return ""
+
+
+@overload
+def number(name: str, value: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, unit: str | None = None, optional: Literal[False] = False,
+           note: str | None = None) -> float: ...
+@overload
+def number(name: str, value: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, unit: str | None = None, optional: Literal[True],
+           note: str | None = None) -> float | None: ...
+def number(name: str, value: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, unit: str | None = None, optional: bool = False,
+           note: str | None = None) -> float | None:
+    """Check a finite real number (not ``bool``, NaN or infinity) within optional bounds.
+
+    Args:
+        name: the argument's name, as the message shows it.
+        value: the value given.
+        low, high: the bounds (``None``: unbounded on that side, though always finite).
+        low_open, high_open: exclude the bound itself (``low=0, low_open=True`` is "> 0").
+        unit: the unit in words for the message (``"seconds"`` reads "a number of seconds > 0").
+        optional: ``None`` is allowed too (and returned).
+        note: a hint appended to the message in parentheses.
+
+    Returns:
+        The value as a ``float`` (or ``None`` when optional and given ``None``).
+
+    Raises:
+        ConfigError: not a real number, NaN, infinite, or out of range; the message reads
+            ``"<name> must be a number in [low, high), not <value>"`` (or ``> low``, ``<= high``, ...).
+    """
+    if optional and value is None:
+        return None
+    bounds = _range(low, high, low_open, high_open)
+    wanted = f"a{'' if bounds else ' finite'} number{f' of {unit}' if unit else ''}{bounds}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _fail(name, wanted, value, optional=optional, note=note)
+    result = float(value)
+    if not math.isfinite(result):
+        raise _fail(name, wanted, value, optional=optional, note=note)
+    if low is not None and (result <= low if low_open else result < low):
+        raise _fail(name, wanted, value, optional=optional, note=note)
+    if high is not None and (result >= high if high_open else result > high):
+        raise _fail(name, wanted, value, optional=optional, note=note)
+    return result
+
+
+def fraction(name: str, value: Any, *, low_open: bool = False, high_open: bool = False,
+             note: str | None = None) -> float:
+    """Check a fraction: a finite number in ``[0, 1]`` (ends excluded as asked), not ``bool``.
+
+    Args:
+        name: the argument's name, as the message shows it.
+        value: the value given.
+        low_open, high_open: exclude 0, or 1 (``high_open=True`` is ``[0, 1)``).
+        note: a hint appended to the message in parentheses (e.g. ``"0.95 for p95"``).
+
+    Returns:
+        The value as a ``float``.
+
+    Raises:
+        ConfigError: not a number, NaN, or outside the interval; the message reads
+            ``"<name> must be a fraction in [0, 1), not <value>"``.
+    """
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise _fail(name, f"a fraction in {interval}", value, optional=False, note=note)
+    result = float(value)
+    if (result <= 0 if low_open else result < 0) or (result >= 1 if high_open else result > 1):
+        raise _fail(name, f"a fraction in {interval}", value, optional=False, note=note)
+    return result
+
+
+def _alternatives(allowed: list[Any]) -> str:
+    shown = [repr(a) for a in allowed]
+    if len(shown) == 1:
+        return shown[0]
+    if len(shown) == 2:
+        return f"{shown[0]} or {shown[1]}"
+    return f"one of {', '.join(shown)}"
+
+
+def choice(name: str, value: T, allowed: Iterable[T]) -> T:
+    """Check that ``value`` is one of ``allowed`` (compared with ``==``; ``True`` is not ``1`` here).
+
+    Returns:
+        The value, unchanged.
+
+    Raises:
+        ConfigError: the value is not allowed; the message lists the allowed values in their order:
+            ``"<name> must be 'a' or 'b', not 'c'"``, or ``"... must be one of 'a', 'b', 'c', not 'd'"``.
+    """
+    options = list(allowed)
+    for option in options:
+        if value == option and isinstance(value, bool) == isinstance(option, bool):
+            return value
+    raise ConfigError(f"{name} must be {_alternatives(options)}, not {value!r}")
+
+
+def text(name: str, value: Any) -> str:
+    """Check a non-empty ``str``.
+
+    Returns:
+        The value, unchanged.
+
+    Raises:
+        ConfigError: not a ``str``, or empty: ``"<name> must be a non-empty string, not None"``.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
+    return value
