@@ -19,6 +19,8 @@ package and the fix.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +32,8 @@ __all__ = ["GROUPS", "load_plugins"]
 #: The entry-point groups greenmeter reads, one per registry.
 GROUPS = ("greenmeter.sources", "greenmeter.methods", "greenmeter.formats")
 
+_NEEDLE = b"[greenmeter."  # the section header of any of GROUPS in an entry_points.txt
+_declared: bool | None = None  # whether some distribution on sys.path may declare one of GROUPS
 _loaded: dict[str, ConfigError | None] = {}  # group -> None when loaded, or the error that stopped it
 _lock = threading.RLock()
 
@@ -61,11 +65,55 @@ def load_plugins(group: str, register: Callable[[str, Any], None]) -> None:
                 raise failure
             return
         _loaded[group] = None
+        if not _any_declared():
+            return
         try:
             _load_group(group, register)
         except ConfigError as err:
             _loaded[group] = err
             raise
+
+
+def _scan_for_declarations() -> bool:
+    """Whether a distribution on ``sys.path`` may declare entry points in one of :data:`GROUPS`.
+
+    ``importlib.metadata`` costs ~20 ms to import and ~10 ms to scan, which the first window of every
+    process would pay although almost no machine has a greenmeter plug-in. So this looks first, the way
+    ``importlib.metadata`` finds distributions (``*.dist-info`` and ``*.egg-info`` folders on ``sys.path``),
+    for an ``entry_points.txt`` holding a ``[greenmeter.`` section. Anything it cannot read as plainly as
+    that (a zip or egg on the path, an egg-info file, an unreadable folder) counts as "may declare", so the
+    full lookup runs: this check can only skip the lookup, never miss a plug-in.
+    """
+    for entry in sys.path:
+        folder = entry or "."
+        try:
+            with os.scandir(folder) as items:
+                for item in items:
+                    name = item.name
+                    if name.endswith((".egg", ".zip")):
+                        return True  # a zipped distribution: only importlib.metadata reads inside it
+                    if not name.endswith((".dist-info", ".egg-info")):
+                        continue
+                    if not item.is_dir():
+                        return True  # an egg-info file
+                    try:
+                        with open(os.path.join(folder, name, "entry_points.txt"), "rb") as fh:
+                            if _NEEDLE in fh.read():
+                                return True
+                    except FileNotFoundError:
+                        continue
+        except FileNotFoundError:
+            continue  # a sys.path entry that does not exist holds no distribution
+        except OSError:
+            return True  # a zip file on sys.path, an unreadable folder: let importlib.metadata look
+    return False
+
+
+def _any_declared() -> bool:
+    global _declared
+    if _declared is None:
+        _declared = _scan_for_declarations()
+    return _declared
 
 
 def _load_group(group: str, register: Callable[[str, Any], None]) -> None:

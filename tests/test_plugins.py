@@ -221,3 +221,27 @@ def test_greenmeter_without_the_plugin_does_not_know_its_names(tmp_path: Path) -
     done = _greenmeter(env, "report", "--last", "--format", "plain", "--store", str(tmp_path / "s.db"), cwd=tmp_path)
     assert done.returncode != 0
     assert "plain" in done.stderr and "html" in done.stderr  # the unknown format, and the known ones listed
+
+
+def test_the_quick_look_finds_a_declaring_distribution_and_only_skips_when_there_is_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from greenmeter import plugins
+
+    empty, other, ours, zipped = (tmp_path / n for n in ("empty", "other", "ours", "zipped"))
+    for folder in (empty, other, ours, zipped):
+        folder.mkdir()
+    (other / "tool-1.0.dist-info").mkdir()
+    (other / "tool-1.0.dist-info" / "entry_points.txt").write_text("[console_scripts]\ntool = tool:main\n")
+    (other / "bare-2.0.dist-info").mkdir()  # no entry_points.txt at all
+    (ours / "ext-0.1.dist-info").mkdir()
+    (ours / "ext-0.1.dist-info" / "entry_points.txt").write_text("[greenmeter.formats]\ntsv = ext:TSV\n")
+    (zipped / "old-1.0-py3.11.egg").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+
+    def declared(*path: Path | str) -> bool:
+        monkeypatch.setattr(sys, "path", [str(p) for p in path])
+        return plugins._scan_for_declarations()
+
+    assert declared(empty, other, tmp_path / "missing") is False
+    assert declared(empty, other, ours) is True
+    assert declared(zipped) is True  # an egg it cannot look into: the full lookup decides
+    assert declared(str(zipped / "old-1.0-py3.11.egg")) is True  # a zip file on sys.path, likewise

@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any
 from greenmeter._checks import choice, number, whole_number
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonSettings
-from greenmeter.metering.cpu_load import LoadWatch, busy_flag
+from greenmeter.comparison import facts as model_facts
 from greenmeter.comparison.progress import Progress, progress_printer
+from greenmeter.comparison.recipes import RecipeContext, parse_recipe, registered_recipes
 from greenmeter.comparison.steps import Batch, build_entries, measure, prepare, summarise
+from greenmeter.metering.cpu_load import LoadWatch, busy_flag
+from greenmeter.metering.meter import Meter
 from greenmeter.records.comparison import Comparison, MakingCost
 from greenmeter.records.measurement import Measurement
 
 if TYPE_CHECKING:
     import torch
-
-    from greenmeter.metering.meter import Meter
-    from greenmeter.comparison.recipes import RecipeContext
 
 __all__ = ["Variant", "accuracy_metric", "compare"]
 
@@ -175,8 +175,6 @@ def compare(
     """
     import torch
 
-    from greenmeter.comparison import facts as model_facts
-
     if not isinstance(variants, Mapping) or not variants:
         raise ConfigError("variants must be a non-empty mapping of names to models, recipe specs or Variants")
     repeats = whole_number("repeats", repeats, minimum=1)
@@ -203,8 +201,6 @@ def compare(
     targets = torch.cat([y for _, y in batches])
     recipes = {k: s.recipe for k, s in specs.items() if s.recipe is not None}
     if recipes:
-        from greenmeter.comparison.recipes import RecipeContext, parse_recipe, registered_recipes
-
         known = registered_recipes()
         for key, spec_text in recipes.items():
             recipe_name, _ = parse_recipe(spec_text)
@@ -217,8 +213,6 @@ def compare(
 
     own_meter = meter is None
     if meter is None:
-        from greenmeter.metering.meter import Meter
-
         meter = Meter(carbon=carbon, store=store, name=name)
     started = time.perf_counter()
     created_at = _dt.datetime.now(_dt.timezone.utc).isoformat()

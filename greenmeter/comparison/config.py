@@ -48,6 +48,7 @@ from typing import Any
 
 from greenmeter._checks import choice, number, whole_number
 from greenmeter._errors import ConfigError
+from greenmeter.carbon.settings import CarbonSettings
 
 __all__ = ["CompareConfig", "load_compare_config", "resolve_object"]
 
@@ -88,7 +89,6 @@ class CompareConfig:
 
     def carbon_settings(self) -> Any:
         """The ``[carbon]`` table as validated :class:`~greenmeter.carbon.settings.CarbonSettings` (or ``None``)."""
-        from greenmeter.carbon.settings import CarbonSettings
 
         if not self.carbon:
             return None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonSettings, estimate_carbon
+from greenmeter.comparison.recipes import build_variant
 from greenmeter.records.comparison import BaselineDelta, MakingCost, VariantResult
 from greenmeter.records.measurement import LatencyStats, Measurement
 from greenmeter.stats import Significance, bootstrap_test, mean_ci, pareto_front, welch_test
@@ -91,7 +92,6 @@ def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str,
         if spec.recipe is None:
             entries.append(_Entry(key, spec.model, None, making))
             continue
-        from greenmeter.comparison.recipes import build_variant
 
         entry = _Entry(key, None, spec.recipe, None)
         show(f"making {key} ({spec.recipe})")

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from greenmeter._errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -52,7 +54,6 @@ def load_digits_data(test_size: float = 0.25, random_state: int = 0) -> DigitsDa
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as err:  # pragma: no cover - scikit-learn is a declared dependency
-        from greenmeter._errors import ConfigError
 
         raise ConfigError("the digits task needs scikit-learn: pip install scikit-learn") from err
     bunch = load_digits()

@@ -21,8 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import greenmeter
 from greenmeter._errors import ConfigError
 from greenmeter.comparison.progress import progress_printer
+from greenmeter.comparison.recipes import RecipeContext
+from greenmeter.demo.digits import accuracy, batches, load_digits_data, make_digits_cnn, train_classifier
+from greenmeter.metering.meter import Meter
+from greenmeter.output.report import comparison_report, run_report, write_report
+from greenmeter.store.database import Store
 
 if TYPE_CHECKING:
     from greenmeter.carbon.settings import CarbonSettings
@@ -89,13 +95,6 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
     say = progress_printer(progress, prefix="greenmeter demo: ")
     import torch
 
-    import greenmeter
-    from greenmeter.demo.digits import accuracy, batches, load_digits_data, make_digits_cnn
-    from greenmeter.metering.meter import Meter
-    from greenmeter.comparison.recipes import RecipeContext
-    from greenmeter.output.report import comparison_report, run_report, write_report
-    from greenmeter.store.database import Store
-
     started = time.perf_counter()
     settings = QUICK if quick else FULL
     out = Path(out_dir)
@@ -143,8 +142,6 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
             f"({'measured' if training.measured else 'estimated'})")
 
         def train_fn(m: torch.nn.Module, loss_fn: Any = None, epochs: int | None = None) -> None:
-            from greenmeter.demo.digits import train_classifier
-
             train_classifier(m, data, epochs=epochs or settings.fine_tune_epochs, loss_fn=loss_fn)
 
         context = RecipeContext(

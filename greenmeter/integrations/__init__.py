@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING
 from greenmeter._errors import ConfigError, MeasurementError
 from greenmeter.carbon.settings import CarbonSettings, estimate_carbon
 from greenmeter.metering.meter import Meter
+from greenmeter.store.recorder import check_store
 
 if TYPE_CHECKING:
+    from greenmeter.metering.meter import Window
     from greenmeter.records.measurement import Measurement
     from greenmeter.store.database import Store
-    from greenmeter.metering.meter import Window
 
 __all__ = ["METRICS", "TrainingRecorder", "import_framework"]
 
@@ -110,8 +111,6 @@ class TrainingRecorder:
         if carbon is not None and not isinstance(carbon, CarbonSettings):
             raise ConfigError(f"carbon must be a greenmeter.CarbonSettings, not {type(carbon).__name__}")
         if store is not None:
-            from greenmeter.store.recorder import check_store
-
             check_store(store)  # refused now, not when the training starts
         self._given = meter
         self._store = store

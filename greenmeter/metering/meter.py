@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from greenmeter.store.database import Store
     from greenmeter.store.recorder import RunRecorder
 
-__all__ = ["Meter", "ResolvedCarbon", "Window", "WindowBlock", "batch_size", "build_measurement", "probe_sources"]
+__all__ = ["Meter", "ResolvedCarbon", "Window", "WindowBlock", "batch_size", "probe_sources"]
 
 log = logging.getLogger("greenmeter")
 T = TypeVar("T")
@@ -100,69 +100,6 @@ class ResolvedCarbon:
             "intensity_g_per_kwh": g_per_kwh, "co2e_g": energy_j / 3.6e6 * self.pue * g_per_kwh,
             "intensity": self.intensity,
         })
-
-
-def build_measurement(
-    w: Window, t1: float, energy: dict[str, float], steps: list[float], step_samples: list[int | None],
-    epochs: list[EpochMark], error: BaseException | None, *, domains: Mapping[str, Domain],
-    idle: Mapping[str, float] | None, flags: list[str], host: HostInfo, backends: tuple[str, ...],
-    carbon: ResolvedCarbon,
-) -> Measurement:
-    """Build the measurement of window ``w`` closed at ``t1`` (perf_counter s) with readings ``energy`` (J).
-
-    ``steps`` are the perf_counter times of step marks inside the window, ``epochs`` the epoch marks;
-    ``flags`` (extended here with unresolved-domain warnings) go into the record.
-    """
-    duration = t1 - w.t0
-    start_energy = w.energy
-    records = []
-    total = 0.0
-    for key, domain in domains.items():
-        resolved = duration >= domain.update_period_s
-        if not resolved:
-            flags.append(
-                f"window {w.name!r} lasted {duration * 1e3:.3f} ms, shorter than the update period of "
-                f"{key} ({domain.update_period_s * 1e3:.3f} ms): its energy is not resolved"
-            )
-        joules = energy[key] - start_energy[key]
-        if domain.in_total:
-            total += joules
-        records.append(assemble(DomainEnergy, {
-            "key": key, "kind": domain.kind, "energy_j": joules, "in_total": domain.in_total,
-            "provenance": domain.provenance, "resolved": resolved,
-            "idle_power_w": None if idle is None else idle[key],
-        }))
-    durations: list[float] = []
-    samples = w.samples
-    if steps:
-        previous = w.t0
-        for t in steps:
-            durations.append(t - previous)
-            previous = t
-        if samples is None and None not in step_samples:
-            samples = sum(step_samples)  # type: ignore[arg-type]
-    return assemble(Measurement, {
-        "name": w.name,
-        "status": "failed" if error is not None else "ok",
-        "started_at": w.started_at,
-        "duration_s": duration,
-        "energy_j": total,
-        "domains": tuple(records),
-        "host": host,
-        "backends": backends,
-        "samples": samples,
-        "steps": len(steps),
-        "latency": LatencyStats.from_durations(durations),
-        "step_energy_method": "split-by-step-time" if steps else None,
-        "epochs": _epochs(w, epochs, step_samples, domains) if epochs else (),
-        "idle_power_w": None if idle is None else sum(idle[k] for k, d in domains.items() if d.in_total),
-        "flags": tuple(flags),
-        "error": None if error is None else f"{type(error).__name__}: {error}",
-        "carbon": carbon.estimate(total),
-        "step_durations_s": tuple(durations),
-        "step_samples": tuple(step_samples) if steps else (),
-        "schema_version": SCHEMA_VERSION,
-    })
 
 
 def _epochs(
@@ -565,18 +502,71 @@ class Meter:
     # Building the record ---------------------------------------------------------------------
     def _build(
         self, w: Window, t1: float, energy: dict[str, float], steps: list[float],
-        step_samples: list[int | None], epochs: list[tuple[float, dict[str, float], int]],
-        error: BaseException | None, extra_flags: Sequence[str] = (),
+        step_samples: list[int | None], epochs: list[EpochMark], error: BaseException | None,
+        extra_flags: Sequence[str] = (),
     ) -> Measurement:
+        """The measurement of window ``w`` closed at ``t1`` (perf_counter s) with readings ``energy`` (J).
+
+        ``steps`` are the perf_counter times of step marks inside the window, ``epochs`` the epoch marks.
+        This is the hot path of every window's end: records are assembled without the per-field
+        ``object.__setattr__`` of frozen dataclasses (:func:`~greenmeter.records.encoding.assemble`).
+        """
         flags = list(self._notes)
         if self._sampler is not None and self._sampler.has_errors:
             flags.extend(self._sampler.errors_since(w.t0))
         flags.extend(extra_flags)
-        return build_measurement(
-            w, t1, energy, steps, step_samples, epochs, error, domains=self._domains, idle=self._idle_power_w,
-            flags=flags, host=self._host(), backends=self._backend_names,
-            carbon=w.carbon or self._carbon,  # type: ignore[arg-type]
-        )
+        domains, idle, host, backends = self._domains, self._idle_power_w, self._host(), self._backend_names
+        carbon: ResolvedCarbon = w.carbon or self._carbon  # type: ignore[assignment]
+        duration = t1 - w.t0
+        start_energy = w.energy
+        records = []
+        total = 0.0
+        for key, domain in domains.items():
+            resolved = duration >= domain.update_period_s
+            if not resolved:
+                flags.append(
+                    f"window {w.name!r} lasted {duration * 1e3:.3f} ms, shorter than the update period of "
+                    f"{key} ({domain.update_period_s * 1e3:.3f} ms): its energy is not resolved"
+                )
+            joules = energy[key] - start_energy[key]
+            if domain.in_total:
+                total += joules
+            records.append(assemble(DomainEnergy, {
+                "key": key, "kind": domain.kind, "energy_j": joules, "in_total": domain.in_total,
+                "provenance": domain.provenance, "resolved": resolved,
+                "idle_power_w": None if idle is None else idle[key],
+            }))
+        durations: list[float] = []
+        samples = w.samples
+        if steps:
+            previous = w.t0
+            for t in steps:
+                durations.append(t - previous)
+                previous = t
+            if samples is None and None not in step_samples:
+                samples = sum(step_samples)  # type: ignore[arg-type]
+        return assemble(Measurement, {
+            "name": w.name,
+            "status": "failed" if error is not None else "ok",
+            "started_at": w.started_at,
+            "duration_s": duration,
+            "energy_j": total,
+            "domains": tuple(records),
+            "host": host,
+            "backends": backends,
+            "samples": samples,
+            "steps": len(steps),
+            "latency": LatencyStats.from_durations(durations),
+            "step_energy_method": "split-by-step-time" if steps else None,
+            "epochs": _epochs(w, epochs, step_samples, domains) if epochs else (),
+            "idle_power_w": None if idle is None else sum(idle[k] for k, d in domains.items() if d.in_total),
+            "flags": tuple(flags),
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "carbon": carbon.estimate(total),
+            "step_durations_s": tuple(durations),
+            "step_samples": tuple(step_samples) if steps else (),
+            "schema_version": SCHEMA_VERSION,
+        })
 
     def _host(self) -> HostInfo:
         """Host facts, cached; refreshed when torch gets imported (its version is one of them)."""

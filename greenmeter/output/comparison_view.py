@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from greenmeter._version import __version__
 from greenmeter.comparison.recommend import DEFAULT_TOLERANCE, Recommendation, recommend
+from greenmeter.output.charts import ChartPoint, LatencyBar, latency_svg, metric_energy_svg
 from greenmeter.output.prose import (
     comparison_flags,
     comparison_methodology,
@@ -212,13 +213,6 @@ def _variant_row(v: VariantResult, c: Comparison, rec: Recommendation, scale: fl
 
 
 def _comparison_charts(c: Comparison, rec: Recommendation, scale: float, metric_label: str) -> tuple[ChartView, ...]:
-    from greenmeter.output.charts import (
-        ChartPoint,
-        LatencyBar,
-        latency_svg,
-        metric_energy_svg,
-    )
-
     ok = [v for v in c.variants if v.ok and v.metric is not None and v.energy_per_sample_j is not None]
     if not ok:
         return ()

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 from greenmeter._errors import ConfigError
 from greenmeter._version import __version__
+from greenmeter.output.charts import epoch_energy_svg, power_timeline_svg
 from greenmeter.output.export import render_model_card
 from greenmeter.output.formats import ExportOptions
 from greenmeter.output.prose import carbon_lines, environment_items, group_flags, source_constants
-from greenmeter.output.view import Cell, ChartView, Column, ReportView, Row, now, num
+from greenmeter.output.view import Cell, ChartView, Column, ReportView, Row, now
 
 if TYPE_CHECKING:
     from greenmeter.records.measurement import Measurement
@@ -182,7 +183,6 @@ def _timeline_from_windows(windows: Sequence[Measurement], start: _dt.datetime |
 
 def _charts(run: RunRecord, windows: Sequence[Measurement], samples: Sequence[tuple[float, str, float]],
             start: _dt.datetime | None, epochs: list[tuple[str, float]]) -> tuple[ChartView, ...]:
-    from greenmeter.output.charts import epoch_energy_svg, power_timeline_svg
 
     out = []
     series: dict[str, list[tuple[float, float]]] = {}

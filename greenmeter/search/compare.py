@@ -14,16 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import whole_number
 from greenmeter._errors import ConfigError
+from greenmeter.comparison.compare import Variant, compare
 from greenmeter.comparison.progress import progress_printer
+from greenmeter.comparison.steps import provenance_lines
+from greenmeter.metering.meter import Meter
+from greenmeter.records.comparison import MakingCost
 from greenmeter.search.evaluate import SearchTask
 from greenmeter.search.records import Candidate, SearchResult
 from greenmeter.search.space import SearchSpace, config_key
+from greenmeter.store.recorder import opened_store
 
 if TYPE_CHECKING:
     from torch import nn
 
     from greenmeter.records.comparison import Comparison
-    from greenmeter.metering.meter import Meter
 
 __all__ = ["compare_found"]
 
@@ -90,10 +94,6 @@ def compare_found(
     progress_printer(progress)  # a bad progress fails here, before any training
     import torch
 
-    from greenmeter.comparison.steps import provenance_lines
-    from greenmeter.records.comparison import MakingCost
-    from greenmeter.comparison.compare import Variant, compare
-
     picked = _pick(result, top)
     if not picked:
         raise ConfigError("the search has no Pareto front to compare (it evaluated no candidate)")
@@ -103,8 +103,6 @@ def compare_found(
     seed = result.seed
     own_meter = meter is None
     if meter is None:
-        from greenmeter.metering.meter import Meter
-
         meter = Meter(name=name)
 
     def trained(model: nn.Module, label: str, extra_j: float) -> Variant:
@@ -151,8 +149,6 @@ def compare_found(
                     if v.name in found else v for v in comparison.variants)
     final = dataclasses.replace(comparison, variants=results, flags=tuple(notes) + tuple(comparison.flags))
     if store is not None and store is not False:
-        from greenmeter.store.recorder import opened_store
-
         with opened_store(store) as target:
             if target is not None:
                 target.add_comparison(final)

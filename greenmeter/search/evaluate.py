@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import whole_number
 from greenmeter._errors import ConfigError
+from greenmeter.comparison.compare import default_repeat_s, passes_for
+from greenmeter.comparison.facts import count_macs
 from greenmeter.comparison.progress import progress_printer
+from greenmeter.demo.digits import accuracy, load_digits_data, train_classifier
 from greenmeter.search.cache import SearchCache, fingerprint_key, hardware_fingerprint
 from greenmeter.search.space import SearchSpace, config_key
 
@@ -85,7 +88,6 @@ def digits_task(data: DigitsData | None = None, *, validation_fraction: float = 
     Training is :func:`greenmeter.demo.digits.train_classifier` (Adam at ``lr``, cosine schedule, mini-batches
     of ``batch_size``), as the baseline CNN is trained.
     """
-    from greenmeter.demo.digits import load_digits_data, train_classifier
 
     full = data if data is not None else load_digits_data()
     train_part, val = full.validation_split(validation_fraction)
@@ -106,7 +108,6 @@ class Evaluator:
 
     def __init__(self, space: SearchSpace, task: SearchTask, cache: SearchCache, meter: Meter, *, seed: int,
                  min_window_s: float | None, repeats: int, progress: bool | Callable[[str], None]) -> None:
-        from greenmeter.comparison.compare import default_repeat_s
 
         self.space, self.task, self.cache, self.meter = space, task, cache, meter
         self.seed, self.repeats = seed, repeats
@@ -132,9 +133,6 @@ class Evaluator:
             whether it came from the cache without any new training or measurement.
         """
         import torch
-
-        from greenmeter.demo.digits import accuracy
-        from greenmeter.comparison.facts import count_macs
 
         key = config_key(config)
         entry = self.cache.get(self.hw_key, self.setup_key, key)
@@ -163,8 +161,6 @@ class Evaluator:
 
     def _measure(self, model: nn.Module, key: str) -> dict[str, Any]:
         import torch
-
-        from greenmeter.comparison.compare import passes_for
 
         x, bs = self.task.x_val, self.task.batch_size
         batches = [x[i:i + bs] for i in range(0, len(x), bs)]

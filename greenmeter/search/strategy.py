@@ -35,18 +35,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from greenmeter._checks import number, whole_number
 from greenmeter._errors import ConfigError
-from greenmeter.search.cache import SearchCache
 from greenmeter.comparison.progress import progress_printer
+from greenmeter.comparison.steps import provenance_lines
+from greenmeter.metering.meter import Meter
+from greenmeter.search.cache import SearchCache
 from greenmeter.search.evaluate import SEARCH_PREFIX, Evaluator, SearchTask
 from greenmeter.search.records import Candidate, RungResult, SearchResult, correlate
 from greenmeter.search.space import SearchSpace, config_key
-
-if TYPE_CHECKING:
-    from greenmeter.metering.meter import Meter
+from greenmeter.stats import pareto_front
 
 __all__ = ["Evolution", "Objective", "SearchBudget", "SuccessiveHalving", "search_architectures"]
 
@@ -226,7 +226,6 @@ class _Run:
 
 def _pareto_levels(points: Mapping[int, tuple[float, float]]) -> dict[int, int]:
     """Non-dominated sorting: level 0 is the Pareto front, level 1 the front of the rest, and so on."""
-    from greenmeter.stats import pareto_front
 
     level, left, depth = {}, list(points), 0
     while left:
@@ -350,8 +349,6 @@ def search_architectures(
     cache = cache if isinstance(cache, SearchCache) else SearchCache(cache)
     own_meter = meter is None
     if meter is None:
-        from greenmeter.metering.meter import Meter
-
         meter = Meter(name="architecture-search")
     try:
         evaluator = Evaluator(space, task, cache, meter, seed=seed, min_window_s=min_window_s, repeats=repeats,
@@ -370,8 +367,6 @@ def search_architectures(
 
 def _result(run: _Run, space: SearchSpace, task: SearchTask, strategy: Evolution | SuccessiveHalving, seed: int,
             meter: Meter, stopped: str) -> SearchResult:
-    from greenmeter.comparison.steps import provenance_lines
-    from greenmeter.stats import pareto_front
 
     ids = [i for i, info in enumerate(run.info) if "entry" in info]
     target = run.target()
