@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 __all__ = ["Meter", "ResolvedCarbon", "Window", "WindowBlock", "batch_size", "probe_sources"]
 
 log = logging.getLogger("greenmeter")
+# The fallback notes already said in this process: each is said once, however many meters are made (every
+# measurement still carries it in its flags).
+_said: set[str] = set()
+_said_lock = threading.Lock()
 T = TypeVar("T")
 SyncHook = Callable[[], None]
 _MODES = ("process", "machine")
@@ -304,7 +308,10 @@ class Meter:
         self._probes = probes
         self._use(backends)
         self._notes = tuple(notes)
-        for note in notes:
+        with _said_lock:
+            fresh = [note for note in notes if note not in _said]
+            _said.update(fresh)
+        for note in fresh:
             log.warning("greenmeter: %s", note)
 
     def _open_store(self) -> None:

@@ -310,3 +310,22 @@ def test_window_samples_of_zero_or_an_integer_type_are_kept_as_int() -> None:
     first = meter.end(meter.begin("numpy", samples=np.int64(8)))
     assert w.measurement is not None and w.measurement.samples == 0
     assert first.samples == 8 and type(first.samples) is int and first.energy_per_sample_j == pytest.approx(0.25)
+
+
+def test_a_fallback_is_said_once_per_process_and_stays_in_every_record() -> None:
+    code = (
+        "import greenmeter\n"
+        "for i in range(5):\n"
+        "    m = greenmeter.Meter(sysfs_root='/nonexistent', sync=None)\n"
+        "    with m.window('w') as w:\n"
+        "        pass\n"
+        "    assert any('CPU energy is estimated' in f for f in w.measurement.flags), w.measurement.flags\n"
+        "    m.close()\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("CPU energy is estimated, not measured") == 1, done.stderr
+    assert done.stderr.count("RAM energy is estimated") == 1, done.stderr
