@@ -88,9 +88,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {domain.key:<24} {domain.energy_j:10.3f} J{share}  {domain.provenance.describe()}", file=err)
     for flag in m.flags:
         print(f"  ! {flag}", file=err)
-    if result.run_id is not None and store is not None:
+    if result.run_id is not None and store is not None and result.store_error is None:
         print(f"  stored as run {result.run_id[:12]} in {store.path}", file=err)
-    return result.exit_code
+    return result.exit_code  # also when measuring or storing failed (said above): the command's code is kept
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

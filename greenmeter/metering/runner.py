@@ -5,6 +5,12 @@ power timeline is sampled while it runs. The command runs in its own process gro
 SIGTERM sent to greenmeter are forwarded to the command and all its children; what was measured up to
 then is stored as an interrupted run, and greenmeter says so.
 
+The command is never orphaned by greenmeter: the store is written to (the run started) before the command
+starts, so an unwritable store stops greenmeter first; once the command runs, a failing meter stops only
+the measuring (the run keeps what was measured before, marked failed with why) and a failing store loses
+only the record, and greenmeter still waits for the command and keeps its exit code. On Linux the command
+is started with ``PR_SET_PDEATHSIG`` so that it gets SIGTERM if greenmeter itself is killed.
+
 CPU time is counted for the whole tree: ``os.times()`` includes every reaped descendant once the
 command has been waited for (a shell's short-lived grandchildren included), and while it runs the
 estimate backends follow the live tree with psutil so the timeline shows its power.
@@ -19,15 +25,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenmeter._checks import number
-from greenmeter._errors import ConfigError
+from greenmeter._errors import ConfigError, GreenmeterError, StoreError
 from greenmeter.metering.cpu_load import LoadWatch, busy_flag
-from greenmeter.metering.meter import Meter
-from greenmeter.records.measurement import Measurement
+from greenmeter.metering.meter import Meter, Window
+from greenmeter.records.measurement import DomainEnergy, Measurement
 
 if TYPE_CHECKING:
     from greenmeter.carbon.settings import CarbonSettings
@@ -38,6 +45,9 @@ __all__ = ["CommandResult", "run_command"]
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM)
 _GRACE_S = 10.0  # after a forwarded signal, how long the command gets before SIGKILL
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,9 @@ class CommandResult:
         interrupted_by: ``"SIGINT"`` or ``"SIGTERM"`` when greenmeter received and forwarded one.
         run_id: the run's id in the store, or ``None`` when not stored.
         timeline: ``(seconds since start, domain key, watts)`` power samples taken while it ran.
+        measuring_stopped: why measuring stopped before the command ended (the meter failed; the
+            measurement then covers only the time before, is marked failed and says so in its flags), else ``None``.
+        store_error: why the run could not be stored, or stored only in part, else ``None``.
     """
 
     exit_code: int
@@ -57,13 +70,52 @@ class CommandResult:
     interrupted_by: str | None
     run_id: str | None
     timeline: tuple[tuple[float, str, float], ...]
+    measuring_stopped: str | None = None
+    store_error: str | None = None
 
 
-def _own_process_group() -> dict[str, object]:
-    """Popen arguments that start the command in a process group of its own (same session and terminal)."""
+def _child_options() -> dict[str, Any]:
+    """Popen arguments: the command in a process group of its own (same session and terminal) and, on Linux,
+    ended by SIGTERM when greenmeter dies (:func:`_parent_death_signal`)."""
+    arm = _parent_death_signal()
     if sys.version_info >= (3, 11):
-        return {"process_group": 0}
-    return {"preexec_fn": os.setpgrp}  # pragma: no cover - Python 3.10
+        return {"process_group": 0} if arm is None else {"process_group": 0, "preexec_fn": arm}
+
+    def setup() -> None:  # pragma: no cover - Python 3.10
+        os.setpgrp()
+        if arm is not None:
+            arm()
+
+    return {"preexec_fn": setup}  # pragma: no cover - Python 3.10
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A function for the child (between fork and exec) that asks Linux for SIGTERM when greenmeter dies.
+
+    ``prctl(PR_SET_PDEATHSIG, SIGTERM)``: if greenmeter is killed (even by SIGKILL, which it cannot forward),
+    the kernel sends the command SIGTERM. Linux sends it when the *thread* that started the command ends, which
+    is never before :func:`run_command` returns, as that thread waits for the command. Everything the child
+    calls is prepared here, in greenmeter, so the child imports nothing and takes no lock before ``exec``.
+    ``None`` off Linux, or where libc has no ``prctl``.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - a Linux libc without prctl
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent, sigterm, getppid, kill, getpid = os.getpid(), int(signal.SIGTERM), os.getppid, os.kill, os.getpid
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if getppid() != parent:  # greenmeter died before prctl took effect: end as the signal would have made us
+            kill(getpid(), sigterm)
+
+    return arm
 
 
 def _resolve(argv: Sequence[str]) -> list[str]:
@@ -95,16 +147,23 @@ def run_command(
         carbon: grid intensity and PUE settings (default: the world average, marked as assumed).
         store: where to store the run: a :class:`~greenmeter.store.database.Store` (left open), a path or ``True``
             for the default store (opened and closed here); ``None`` stores nothing. The run is started as
-            ``running`` once the command runs and finished ``ok``, ``failed`` (a non-zero exit code) or
-            ``interrupted`` (a forwarded signal), with the window and the power timeline.
+            ``running`` just before the command starts (so a store that cannot be written is found first) and
+            finished ``ok``, ``failed`` (a non-zero exit code, or measuring that stopped) or ``interrupted``
+            (a forwarded signal), with the window and the power timeline.
         name: the run's name (default: the command line).
         interval_s: seconds between power-timeline samples.
         on_started: called with the command's pid once it runs (tests use it).
 
+    Once the command runs, nothing greenmeter meets ends it early or loses its exit code: a meter that fails
+    stops the measuring (``measuring_stopped`` and the measurement's flags say why; the measurement covers the
+    time before), and a store that fails leaves ``store_error`` set; each is warned about in one line on
+    standard error. On Linux the command gets SIGTERM if greenmeter dies (``PR_SET_PDEATHSIG``).
+
     Raises:
         ConfigError: no command, a command that does not exist or cannot run, a bad interval or ``store``.
-            Nothing is stored in that case.
-        StoreError: the store cannot be opened (before the command runs).
+            Nothing is stored, except for a command that passed the checks but failed to start: its run is
+            finished ``failed`` with a note saying why.
+        StoreError: the store cannot be opened or written (before the command runs).
     """
     number("the timeline interval", interval_s, low=0, low_open=True, unit="seconds")
     argv = _resolve(argv)
@@ -125,21 +184,30 @@ def _run(
     label = name or " ".join(argv)
     meter.start()
     window = meter.begin(label)
-    watch = LoadWatch()
-    try:
-        child = subprocess.Popen(argv, **_own_process_group())
-    except OSError as err:
-        meter.end(window, error=err)  # closes the window; the run is not stored
-        raise ConfigError(f"cannot run {argv[0]!r}: {err.strerror or err}") from err
-    for backend in meter.backends:
-        follow = getattr(backend, "follow", None)
-        if follow is not None and getattr(backend, "mode", None) == "process":
-            follow(child.pid)
     recorder: RunRecorder | None = None
     if store is not None:
         from greenmeter.store.recorder import RunRecorder
 
-        recorder = RunRecorder(store, name=label, kind="run", command=argv, host=meter.host, carbon_settings=carbon)
+        # Started before the command: a store that cannot be written stops greenmeter here, before the command.
+        try:
+            recorder = RunRecorder(store, name=label, kind="run", command=argv, host=meter.host,
+                                   carbon_settings=carbon)
+        except BaseException as err:
+            with suppress(GreenmeterError):  # the store's error is the one to raise; the window is dropped
+                meter.end(window, error=err)
+            raise
+    watch = LoadWatch()
+    try:
+        child = subprocess.Popen(argv, **_child_options())
+    except OSError as err:
+        measurement = meter.end(window, error=err)  # a failed window
+        if recorder is not None:
+            recorder.add_window(measurement)
+            recorder.finish(exit_code=None, measurement=measurement, note=f"the command could not start: {err}")
+        raise ConfigError(f"cannot run {argv[0]!r}: {err.strerror or err}") from err
+    # From here on the command runs: whatever fails in greenmeter, the command is waited for and its exit code kept.
+    tracking = _Tracking(meter, window.t0, window.energy, interval_s)
+    tracking.guard(lambda: _follow(meter, child.pid))
     if on_started is not None:
         on_started(child.pid)
 
@@ -153,9 +221,8 @@ def _run(
             pass
 
     previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
-    timeline: list[tuple[float, str, float]] = []
     try:
-        status = _wait(child, meter, window.t0, interval_s, timeline, received)
+        status = _wait(child, tracking, received)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -165,27 +232,146 @@ def _run(
     busy = busy_flag(watch.other_cores(), "the command", remedy=(
         "measure on a quiet machine, or let the command use fewer threads than the cores left free "
         "(e.g. OMP_NUM_THREADS=1); processes the command left running in the background count as other load"))
-    measurement = meter.end(window, flags=() if busy is None else (busy,))
+    flags = () if busy is None else (busy,)
+    measurement = None
+    if tracking.stopped is None:
+        measurement = tracking.guard(lambda: meter.end(window, flags=flags))
+    if measurement is None:  # measuring stopped: keep what was measured until the last good reading
+        measurement = _measured_until_fault(meter, window, tracking, flags)
     interrupted = signal.Signals(received[0]).name if received else None
+    store_error = None
     if recorder is not None:
-        recorder.add_window(measurement)
-        recorder.add_power_samples(timeline)
-        recorder.finish(  # interrupted by a forwarded signal, else failed for a non-zero exit code, else ok
-            exit_code=exit_code, interrupted_by=interrupted, measurement=measurement,
-            note=f"interrupted by {interrupted}; stored what was measured until the command ended"
-            if interrupted else None,
-        )
+        store_error = _record(recorder, measurement, tracking, exit_code, interrupted)
     return CommandResult(exit_code, measurement, interrupted, recorder.run_id if recorder else None,
-                         tuple(timeline))
+                         tuple(tracking.timeline), tracking.stopped, store_error)
 
 
-def _wait(
-    child: subprocess.Popen[bytes], meter: Meter, t0: float, interval_s: float,
-    timeline: list[tuple[float, str, float]], received: list[int],
-) -> int:
+def _follow(meter: Meter, pid: int) -> None:
+    """Let the estimate backends in ``process`` mode follow the command's process tree."""
+    for backend in meter.backends:
+        follow = getattr(backend, "follow", None)
+        if follow is not None and getattr(backend, "mode", None) == "process":
+            follow(pid)
+
+
+def _record(recorder: RunRecorder, measurement: Measurement, tracking: _Tracking, exit_code: int,
+            interrupted: str | None) -> str | None:
+    """Store the window and timeline and finish the run; returns why the store failed (warned about), else ``None``.
+
+    The command has ended by now, so a store that fails here loses the record but not the command's exit code.
+    The run is finished even when its window could not be stored, so it is not left ``running``.
+    """
+    notes = []
+    if interrupted:
+        notes.append(f"interrupted by {interrupted}; stored what was measured until the command ended")
+    if tracking.stopped is not None:
+        notes.append(f"measuring stopped after {tracking.measured_s:.2f} s ({tracking.stopped}); the command ran "
+                     f"to its end and the measurement covers only the time before")
+    error: StoreError | None = None
+    try:
+        recorder.add_window(measurement)
+        recorder.add_power_samples(tracking.timeline)
+    except StoreError as err:
+        error = err
+        notes.append(f"the window could not be stored: {err}")
+    try:
+        # interrupted by a forwarded signal, else failed for a failed window or a non-zero exit code, else ok
+        recorder.finish(exit_code=exit_code, interrupted_by=interrupted, measurement=measurement,
+                        note="; ".join(notes) or None)
+    except StoreError as err:
+        error = error or err
+    if error is None:
+        return None
+    reason = " ".join(str(error).split())
+    print(f"greenmeter: the run could not be stored ({reason}); the command ended with exit code {exit_code}",
+          file=sys.stderr)
+    return reason
+
+
+class _Tracking:
+    """The meter's side of a running command: power samples, and the latest good reading until the meter fails.
+
+    A meter that fails while the command runs (a counter that becomes unreadable, a backend error) stops
+    the measuring, never the command: the failure is kept in :attr:`stopped` and warned about once.
+    """
+
+    def __init__(self, meter: Meter, t0: float, energy: dict[str, float], interval_s: float) -> None:
+        self.meter = meter
+        self.t0 = t0
+        self.interval_s = interval_s
+        self.last: tuple[float, dict[str, float]] = (t0, energy)  # the latest good reading
+        self.next_sample = t0  # the first sample is taken at once
+        self.timeline: list[tuple[float, str, float]] = []
+        self.stopped: str | None = None
+
+    @property
+    def measured_s(self) -> float:
+        """Seconds measured, from the window's start to the latest good reading."""
+        return self.last[0] - self.t0
+
+    def guard(self, action: Callable[[], T]) -> T | None:
+        """Run a measuring step; if it fails, stop measuring (say why, once) and return ``None``."""
+        if self.stopped is not None:
+            return None
+        try:
+            return action()
+        except Exception as err:  # recorded in the run and warned about: the command must not be orphaned
+            self.stopped = " ".join(f"{type(err).__name__}: {err}".split())
+            print(f"greenmeter: measuring stopped after {self.measured_s:.2f} s ({self.stopped}); the command "
+                  "runs on to its end, and what was measured until then is kept", file=sys.stderr)
+            return None
+
+    def sample(self, now: float) -> None:
+        """Read the meter when a timeline sample is due, and keep the reading."""
+        if self.stopped is not None or now < self.next_sample:
+            return
+        reading = self.guard(self.meter.read)
+        if reading is None:
+            return
+        t, energy = reading
+        last_t, last_e = self.last
+        dt = t - last_t
+        if dt > 0:
+            for key, joules in energy.items():
+                self.timeline.append((t - self.t0, key, max(0.0, (joules - last_e[key]) / dt)))
+        self.last = reading
+        self.next_sample = t + self.interval_s
+
+
+def _measured_until_fault(meter: Meter, window: Window, tracking: _Tracking, flags: Sequence[str]) -> Measurement:
+    """The command's window from its start to the latest good reading, marked failed with why measuring stopped.
+
+    The meter's own window cannot be ended (ending reads the failed source again), so the record is built
+    here from the two readings, as :meth:`Meter.end` would; it stays open in the meter and is dropped on close.
+    """
+    from greenmeter.carbon.settings import estimate_carbon
+
+    t1, energy = tracking.last
+    duration = t1 - window.t0
+    idle = meter.idle_power_w
+    domains = []
+    total = 0.0
+    for domain in meter.domains:
+        joules = energy[domain.key] - window.energy[domain.key]
+        if domain.in_total:
+            total += joules
+        domains.append(DomainEnergy(
+            key=domain.key, kind=domain.kind, energy_j=joules, in_total=domain.in_total,
+            provenance=domain.provenance, resolved=duration >= domain.update_period_s,
+            idle_power_w=None if idle is None else idle[domain.key]))
+    stop = (f"measuring stopped after {duration:.2f} s ({tracking.stopped}); the command ran on to its end, "
+            "unmeasured: these figures cover only the time before")
+    return Measurement(
+        name=window.name, status="failed", started_at=window.started_at, duration_s=duration, energy_j=total,
+        domains=tuple(domains), host=meter.host, backends=tuple(b.name for b in meter.backends),
+        idle_power_w=None if idle is None else sum(idle[d.key] for d in meter.domains if d.in_total),
+        flags=(*meter.notes, stop, *flags), error=f"measuring stopped: {tracking.stopped}",
+        carbon=estimate_carbon(max(total, 0.0), meter.carbon_settings),
+    )
+
+
+def _wait(child: subprocess.Popen[bytes], tracking: _Tracking, received: list[int]) -> int:
     """Reap the child (in this thread, so timeline reads never race the reaping) and sample power."""
-    last_t, last_e = meter.read()
-    next_sample = last_t + interval_s
     deadline: float | None = None
     while True:
         pid, status = os.waitpid(child.pid, os.WNOHANG)
@@ -200,12 +386,5 @@ def _wait(
                   file=sys.stderr)
             os.killpg(child.pid, signal.SIGKILL)
             deadline = float("inf")
-        if now >= next_sample:
-            t, energy = meter.read()
-            dt = t - last_t
-            if dt > 0:
-                for key, joules in energy.items():
-                    timeline.append((t - t0, key, max(0.0, (joules - last_e[key]) / dt)))
-            last_t, last_e = t, energy
-            next_sample = t + interval_s
-        time.sleep(min(0.02, interval_s / 4))
+        tracking.sample(now)
+        time.sleep(min(0.02, tracking.interval_s / 4))
