@@ -176,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GreenmeterError as err:
         print(f"greenmeter: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, no traceback; a run being stored was finished as interrupted on the way out.
+        print("greenmeter: interrupted (Ctrl-C); what was stored so far is kept, its run marked interrupted",
+              file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`greenmeter carbon --list-countries | head`): not an error.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -218,6 +218,7 @@ def compare(
     created_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
     show = Progress(progress, len(recipes) + len(specs) + repeats * len(specs))
     threads_before = torch.get_num_threads()
+    ended_by: BaseException | None = None  # what cut the comparison short: its run ends failed or interrupted
     try:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -258,10 +259,13 @@ def compare(
         if meter.store is not None:
             meter.store.add_comparison(comparison)
         return comparison
+    except BaseException as err:  # Ctrl-C included: recorded on the run, then raised unchanged
+        ended_by = err
+        raise
     finally:
         if threads is not None:
             torch.set_num_threads(threads_before)
-        if own_meter:
-            meter.close()
+        if own_meter:  # the windows measured so far stay stored; no comparison is made from part of the repeats
+            meter.close(error=ended_by)
 
 

@@ -83,8 +83,8 @@ class _Measure(WindowBlock):
             super().__exit__(*exc)
         finally:
             _current.reset(self._token)
-            if self._owned:  # a meter made for this block's own stored run: finish the run now
-                self._meter.close()
+            if self._owned:  # a meter made for this block's own stored run: finish it (failed, interrupted or ok)
+                self._meter.close(error=exc[1])
 
 
 def _meter_for(meter: Meter | None, store: Any, name: str, carbon: CarbonSettings | None) -> tuple[Meter, bool]:
@@ -114,7 +114,9 @@ def measure(
     """Measure a block: ``with greenmeter.measure("inference", samples=n) as m: ...``.
 
     After the block, ``m.measurement`` is the :class:`~greenmeter.Measurement` (energy in J, latency in s).
-    An exception in the block is recorded as a failed measurement and re-raised.
+    An exception in the block is recorded as a failed measurement and re-raised unchanged (a fault of the
+    meter while ending the window is logged, never raised in its place). With ``store``, the block's run
+    ends ``interrupted`` for a ``KeyboardInterrupt``, ``failed`` for any other exception, else ``ok``.
 
     Args:
         name: the window's name.
@@ -158,7 +160,8 @@ def track(
     Inside the call, :func:`current_meter` returns the meter, to mark steps and epochs. The last call's
     result is kept as ``wrapper.last_measurement``; all are in ``meter.measurements``. With ``store``
     (a path, a ``Store`` or ``True``), each call is a stored run of its own, finished when the call
-    returns or raises. The carbon keywords are those of :func:`measure`.
+    returns (``ok``) or raises (``interrupted`` for a ``KeyboardInterrupt``, else ``failed``); the
+    exception is re-raised unchanged. The carbon keywords are those of :func:`measure`.
     """
     carbon = _carbon(country, cloud, intensity, pue)
     if store is not None and meter is not None:

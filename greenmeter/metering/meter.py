@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenmeter._checks import text, whole_number
-from greenmeter._errors import ConfigError, MeasurementError
+from greenmeter._errors import BackendError, ConfigError, MeasurementError
 from greenmeter.sources.base import Backend, Domain, ProbeResult
 from greenmeter.sources.select import probe_sources, select_backends
 from greenmeter.sources.sampler import Sampler
@@ -164,7 +164,9 @@ class Window:
 class WindowBlock:
     """Context manager that opens a window on entry and always closes it on exit.
 
-    An exception in the block is recorded (the measurement is marked failed) and then propagates.
+    An exception in the block is recorded (the measurement is marked failed) and then propagates unchanged:
+    when the meter itself fails while ending such a window (a counter, the sync hook, the store), that
+    fault is logged as a warning and recorded where it can be, and never replaces the block's exception.
     """
 
     __slots__ = ("_meter", "_name", "_samples", "_carbon", "window")
@@ -184,7 +186,15 @@ class WindowBlock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
     ) -> None:
         assert self.window is not None
-        self._meter.end(self.window, error=exc)
+        if exc is None:
+            self._meter.end(self.window)
+            return
+        try:
+            self._meter.end(self.window, error=exc)
+        except Exception as fault:  # noqa: BLE001 - said, not hidden; the block's own exception goes on unchanged
+            log.warning("greenmeter: window %r: the meter failed while the block was raising %s (%s: %s); "
+                        "the block's exception goes on", self.window.name, type(exc).__name__,
+                        type(fault).__name__, fault)
 
 
 class Meter:
@@ -210,8 +220,9 @@ class Meter:
         store: keep every window in a run store: a :class:`~greenmeter.store.database.Store`, a path, or ``True``
             for the default store (``$GREENMETER_STORE``, else ``$XDG_DATA_HOME/greenmeter/runs.db``).
             The meter opens one run (kind ``api``) when it starts, stores each window as it ends, and
-            finishes the run when it closes; a crashed process leaves the run marked incomplete with
-            every window stored before the crash. ``None`` (default) stores nothing.
+            finishes the run when it closes (``with Meter(store=...) as meter:`` finishes it ``failed`` or
+            ``interrupted`` when the block raises; see :meth:`close`); a crashed process leaves the run
+            marked incomplete with every window stored before the crash. ``None`` (default) stores nothing.
         name: the run's name in the store (default: the script's file name).
 
     The meter starts (probes hardware, starts the sampler) on its first window. It is thread-safe.
@@ -430,6 +441,12 @@ class Meter:
             flags: Sequence[str] = ()) -> Measurement:
         """Close a window (a handle, or the latest open window of that name) and return its measurement.
 
+        A backend that cannot be read at the window's end (``CounterReadError``, ``OSError``) does not lose
+        the window: it is recorded as failed, with a ``measurement failed`` flag naming the backend, and its
+        domains left out of the energy (nothing is invented for them). Then, when ``error`` is given, one
+        warning is logged and the measurement returned (the caller's exception is the one that goes on);
+        otherwise the backend's exception is raised.
+
         Args:
             window: the handle from :meth:`begin`, or a window name.
             error: the exception that ended the block, if any: the measurement is then marked failed.
@@ -437,10 +454,12 @@ class Meter:
 
         Raises:
             MeasurementError: the window is not open (never begun, or already ended).
+            CounterReadError, OSError: a backend could not be read at the end and ``error`` is ``None``
+                (the window is recorded as failed first).
         """
         if self._sync is not None:
             self._sync()
-        t1, energy = self._snapshot()
+        t1, energy, unread = self._end_snapshot()
         with self._lock:
             handle = self._find_open(window)
             self._open.remove(handle)
@@ -451,12 +470,33 @@ class Meter:
                 self._step_times.clear()
                 self._step_samples.clear()
                 self._epoch_marks.clear()
-        measurement = self._build(handle, t1, energy, steps, samples, epochs, error, flags)
+        read_error = unread[0][1] if unread else None
+        faults = [f"measurement failed: the {name} backend could not be read at the end of window "
+                  f"{handle.name!r} ({type(err).__name__}: {err}); its domains are left out of this "
+                  f"window's energy" for name, err in unread]
+        if faults:
+            flags = [*faults, *flags]
+        measurement = self._build(handle, t1, energy, steps, samples, epochs, error or read_error, flags)
         handle.measurement = measurement
         self.measurements.append(measurement)
         for listener in self.listeners:
             listener(measurement)
+        if read_error is not None:
+            if error is None:
+                raise read_error
+            log.warning("greenmeter: %s", "; ".join(faults))  # one warning; the caller's exception goes on
         return measurement
+
+    def _end_snapshot(self) -> tuple[float, dict[str, float], list[tuple[str, BaseException]]]:
+        """Like :meth:`_snapshot`, but a backend that cannot be read is listed (name, error), not raised."""
+        energy: dict[str, float] = {}
+        unread: list[tuple[str, BaseException]] = []
+        for backend in self._backends:
+            try:
+                energy.update(backend.read().energy_j)
+            except (BackendError, OSError) as err:
+                unread.append((backend.name, err))
+        return time.perf_counter(), energy, unread
 
     def _find_open(self, window: Window | str) -> Window:
         if isinstance(window, Window):
@@ -529,6 +569,8 @@ class Meter:
         records = []
         total = 0.0
         for key, domain in domains.items():
+            if key not in energy:  # its backend could not be read at the end: flagged by end(), not invented
+                continue
             resolved = duration >= domain.update_period_s
             if not resolved:
                 flags.append(
@@ -568,7 +610,8 @@ class Meter:
             "epochs": _epochs(w, epochs, step_samples, domains) if epochs else (),
             "idle_power_w": None if idle is None else sum(idle[k] for k, d in domains.items() if d.in_total),
             "flags": tuple(flags),
-            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "error": None if error is None else f"{type(error).__name__}: {error}" if str(error)
+            else type(error).__name__,
             "carbon": carbon.estimate(total),
             "step_durations_s": tuple(durations),
             "step_samples": tuple(step_samples) if steps else (),
@@ -583,8 +626,21 @@ class Meter:
         return self._host_info
 
     # Shutdown ------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop the sampler and close the backends. Open windows are left unrecorded. Idempotent."""
+    def close(self, *, error: BaseException | None = None) -> None:
+        """Stop the sampler, close the backends and finish the stored run. Open windows are left unrecorded.
+
+        Idempotent. Used as a context manager (``with Meter(store=...) as m:``), the meter closes itself
+        with the block's exception as ``error``.
+
+        Args:
+            error: the exception that ended the measured code, if any. The stored run is then finished
+                ``interrupted`` (a ``KeyboardInterrupt``) or ``failed`` (any other exception, or a
+                ``SystemExit`` with a non-zero code), by :meth:`RunRecorder.finish`; it is not raised here,
+                and a store fault while finishing is then logged instead of raised.
+
+        Raises:
+            StoreError: the run cannot be finished in the store (only when ``error`` is ``None``).
+        """
         with self._lock:
             if self._closed:
                 return
@@ -595,12 +651,20 @@ class Meter:
                 backend.close()
             if self._recorder is not None:
                 try:
-                    self._recorder.finish()  # failed when a window failed, else ok
+                    self._recorder.finish(error=error)  # interrupted, failed (an error, a failed window), or ok
+                except Exception as fault:
+                    if error is None:
+                        raise
+                    log.warning("greenmeter: the run %s could not be finished in the store (%s: %s); the "
+                                "%s that ended it goes on", self.run_id, type(fault).__name__, fault,
+                                type(error).__name__)
                 finally:
                     self._recorder.close()  # a store opened here from a path or True: closed here
 
     def __enter__(self) -> Meter:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
+    ) -> None:
+        self.close(error=exc)

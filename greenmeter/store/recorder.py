@@ -133,25 +133,36 @@ class RunRecorder:
 
     def finish(
         self, *, exit_code: int | None = None, interrupted_by: str | None = None,
-        measurement: Measurement | None = None, note: str | None = None,
+        measurement: Measurement | None = None, note: str | None = None, error: BaseException | None = None,
     ) -> str:
         """Mark the run finished and return its status, by the one rule for every run:
 
-        ``interrupted`` when ``interrupted_by`` names a signal; else ``failed`` when a window added here
-        failed or ``exit_code`` is not 0; else ``ok``.
+        ``interrupted`` when ``interrupted_by`` names a signal or ``error`` is a ``KeyboardInterrupt``
+        (Ctrl-C: SIGINT); else ``failed`` when a window added here failed, ``exit_code`` is not 0 or
+        ``error`` is any other exception (a ``SystemExit`` with code 0 or ``None`` is no error); else ``ok``.
 
         Args:
             exit_code: the command's exit status (kind ``run``), ``None`` for a run measured in Python.
             interrupted_by: the signal's name (``"SIGINT"``) when the run was cut short by one.
             measurement: the whole run's measurement, when there is one (its carbon is the run's).
-            note: a sentence stored with the run (e.g. what an interruption kept).
+            note: a sentence stored with the run (e.g. what an interruption kept); by default, what
+                ``error`` was.
+            error: the exception that ended the run's code, if any (it is only recorded, never raised).
 
         Raises:
             StoreError: the run is already finished, or the store cannot be written.
         """
+        if isinstance(error, SystemExit) and error.code in (None, 0):
+            error = None  # sys.exit(0): a clean end
+        if isinstance(error, KeyboardInterrupt) and not interrupted_by:
+            interrupted_by = "SIGINT"
+        if error is not None and note is None:
+            said = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            note = (f"interrupted ({said}); kept the windows stored before it" if interrupted_by
+                    else f"ended by {said}")
         if interrupted_by:
             status = "interrupted"
-        elif self.failed_windows or exit_code not in (None, 0):
+        elif self.failed_windows or error is not None or exit_code not in (None, 0):
             status = "failed"
         else:
             status = "ok"
