@@ -438,7 +438,7 @@ class Meter:
         return window
 
     def end(self, window: Window | str, *, error: BaseException | None = None,
-            flags: Sequence[str] = ()) -> Measurement:
+            flags: Sequence[str] = (), reading: tuple[float, dict[str, float]] | None = None) -> Measurement:
         """Close a window (a handle, or the latest open window of that name) and return its measurement.
 
         A backend that cannot be read at the window's end (``CounterReadError``, ``OSError``) does not lose
@@ -451,15 +451,21 @@ class Meter:
             window: the handle from :meth:`begin`, or a window name.
             error: the exception that ended the block, if any: the measurement is then marked failed.
             flags: warnings of the caller's own to record with this window, after the meter's.
+            reading: the window's end, ``(time.perf_counter() s, joules per domain)`` as :meth:`read` returned
+                it, instead of syncing and reading the sources now: for a caller that can no longer read them
+                (``greenmeter run`` ends its window at the last good reading when a source fails).
 
         Raises:
             MeasurementError: the window is not open (never begun, or already ended).
             CounterReadError, OSError: a backend could not be read at the end and ``error`` is ``None``
                 (the window is recorded as failed first).
         """
-        if self._sync is not None:
-            self._sync()
-        t1, energy, unread = self._end_snapshot()
+        if reading is not None:
+            (t1, energy), unread = reading, []
+        else:
+            if self._sync is not None:
+                self._sync()
+            t1, energy, unread = self._end_snapshot()
         with self._lock:
             handle = self._find_open(window)
             self._open.remove(handle)

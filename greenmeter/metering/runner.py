@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from greenmeter._checks import number
 from greenmeter._errors import ConfigError, GreenmeterError, StoreError
 from greenmeter.metering.cpu_load import LoadWatch, busy_flag
-from greenmeter.metering.meter import Meter, Window
-from greenmeter.records.measurement import DomainEnergy, Measurement
+from greenmeter.metering.meter import Meter
+from greenmeter.records.measurement import Measurement
 
 if TYPE_CHECKING:
     from greenmeter.carbon.settings import CarbonSettings
@@ -233,11 +233,11 @@ def _run(
         "measure on a quiet machine, or let the command use fewer threads than the cores left free "
         "(e.g. OMP_NUM_THREADS=1); processes the command left running in the background count as other load"))
     flags = () if busy is None else (busy,)
-    measurement = None
-    if tracking.stopped is None:
-        measurement = tracking.guard(lambda: meter.end(window, flags=flags))
-    if measurement is None:  # measuring stopped: keep what was measured until the last good reading
-        measurement = _measured_until_fault(meter, window, tracking, flags)
+    end = tracking.guard(meter.read)  # the window's end, unless measuring stopped before
+    if end is None:  # keep what was measured until the last good reading, marked failed with why
+        flags = (f"measuring stopped after {tracking.measured_s:.2f} s ({tracking.stopped}); the command ran on "
+                 "to its end, unmeasured: these figures cover only the time before", *flags)
+    measurement = meter.end(window, error=tracking.error, flags=flags, reading=end or tracking.last)
     interrupted = signal.Signals(received[0]).name if received else None
     store_error = None
     if recorder is not None:
@@ -302,7 +302,8 @@ class _Tracking:
         self.last: tuple[float, dict[str, float]] = (t0, energy)  # the latest good reading
         self.next_sample = t0  # the first sample is taken at once
         self.timeline: list[tuple[float, str, float]] = []
-        self.stopped: str | None = None
+        self.error: Exception | None = None  # what stopped the measuring
+        self.stopped: str | None = None  # the same, in one line
 
     @property
     def measured_s(self) -> float:
@@ -316,6 +317,7 @@ class _Tracking:
         try:
             return action()
         except Exception as err:  # recorded in the run and warned about: the command must not be orphaned
+            self.error = err
             self.stopped = " ".join(f"{type(err).__name__}: {err}".split())
             print(f"greenmeter: measuring stopped after {self.measured_s:.2f} s ({self.stopped}); the command "
                   "runs on to its end, and what was measured until then is kept", file=sys.stderr)
@@ -336,38 +338,6 @@ class _Tracking:
                 self.timeline.append((t - self.t0, key, max(0.0, (joules - last_e[key]) / dt)))
         self.last = reading
         self.next_sample = t + self.interval_s
-
-
-def _measured_until_fault(meter: Meter, window: Window, tracking: _Tracking, flags: Sequence[str]) -> Measurement:
-    """The command's window from its start to the latest good reading, marked failed with why measuring stopped.
-
-    The meter's own window cannot be ended (ending reads the failed source again), so the record is built
-    here from the two readings, as :meth:`Meter.end` would; it stays open in the meter and is dropped on close.
-    """
-    from greenmeter.carbon.settings import estimate_carbon
-
-    t1, energy = tracking.last
-    duration = t1 - window.t0
-    idle = meter.idle_power_w
-    domains = []
-    total = 0.0
-    for domain in meter.domains:
-        joules = energy[domain.key] - window.energy[domain.key]
-        if domain.in_total:
-            total += joules
-        domains.append(DomainEnergy(
-            key=domain.key, kind=domain.kind, energy_j=joules, in_total=domain.in_total,
-            provenance=domain.provenance, resolved=duration >= domain.update_period_s,
-            idle_power_w=None if idle is None else idle[domain.key]))
-    stop = (f"measuring stopped after {duration:.2f} s ({tracking.stopped}); the command ran on to its end, "
-            "unmeasured: these figures cover only the time before")
-    return Measurement(
-        name=window.name, status="failed", started_at=window.started_at, duration_s=duration, energy_j=total,
-        domains=tuple(domains), host=meter.host, backends=tuple(b.name for b in meter.backends),
-        idle_power_w=None if idle is None else sum(idle[d.key] for d in meter.domains if d.in_total),
-        flags=(*meter.notes, stop, *flags), error=f"measuring stopped: {tracking.stopped}",
-        carbon=estimate_carbon(max(total, 0.0), meter.carbon_settings),
-    )
 
 
 def _wait(child: subprocess.Popen[bytes], tracking: _Tracking, received: list[int]) -> int:
