@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import number, whole_number
+from greenmeter._text import text_table
 from greenmeter._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -229,11 +230,6 @@ def register_recipe(name: str, build: BuildFn | None = None, *, trains: bool, de
     """
     from greenmeter.compression.registry import RecipeSpec, register_recipe_spec
 
-    if not isinstance(name, str) or not name or ":" in name or any(c.isspace() for c in name):
-        raise ConfigError(f"a recipe name must be a non-empty string without ':' or spaces, got {name!r}")
-    if not isinstance(trains, bool):
-        raise ConfigError(f"register_recipe: trains must be True or False, got {trains!r}")
-
     def add(fn: BuildFn) -> BuildFn:
         register_recipe_spec(RecipeSpec(name, fn, trains, str(description), arg_help))
         return fn
@@ -267,15 +263,11 @@ def format_recipes() -> str:
     """The registered recipes as text: one line each (spec, whether it trains, method, description), then
     what each argument means."""
     specs = list(registered_recipes().values())
-    rows = [("recipe", "trains", "method", "description")] + [
-        (r.usage, "yes" if r.trains else "no", r.method or "-", r.description) for r in specs]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3] for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len("description"))
+    table = text_table([("recipe", "trains", "method", "description")] + [
+        (r.usage, "yes" if r.trains else "no", r.method or "-", r.description) for r in specs], left=range(4))
     takes = [r for r in specs if r.arg_help is not None]
     width = max((len(r.name) for r in takes), default=0)
-    lines += ["", "arguments:"] + [f"  {r.name.ljust(width)}  {r.arg_help}" for r in takes]
-    return "\n".join(lines)
+    return "\n".join([table, "", "arguments:"] + [f"  {r.name.ljust(width)}  {r.arg_help}" for r in takes])
 
 
 def build_variant(spec: str, baseline: nn.Module, ctx: RecipeContext) -> nn.Module:
