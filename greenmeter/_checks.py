@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Iterable
 from typing import Any, Literal, TypeVar, overload
 
 from greenmeter._errors import ConfigError
 
-__all__ = ["choice", "fraction", "number", "text", "whole_number"]
+__all__ = ["choice", "fraction", "number", "registry_name", "text", "whole_number"]
 
 T = TypeVar("T")
 
@@ -197,4 +198,22 @@ def text(name: str, value: Any) -> str:
     """
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
+    return value
+
+
+_REGISTRY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def registry_name(name: str, value: Any) -> str:
+    """Check the name of a registry entry (an energy source, an output format): what a command line takes.
+
+    Returns:
+        The value, unchanged.
+
+    Raises:
+        ConfigError: not lower case letters, digits, ``-``, ``_`` and ``.``, starting with a letter or digit:
+            ``"<name> must be lower case letters, digits, '-', '_' or '.', not 'My Meter'"``.
+    """
+    if not isinstance(value, str) or not _REGISTRY_NAME.match(value):
+        raise ConfigError(f"{name} must be lower case letters, digits, '-', '_' or '.', not {value!r}")
     return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 from typing import Any
 
@@ -166,3 +167,14 @@ def test_text_takes_a_non_empty_string() -> None:
 def test_every_refusal_is_also_a_value_error() -> None:
     with pytest.raises(ValueError):
         whole_number("n", "x")
+
+
+def test_registry_name_takes_what_a_command_line_can_name() -> None:
+    from greenmeter._checks import registry_name
+
+    for good in ("rapl", "cpu-estimate", "my_meter.v2", "9x"):
+        assert registry_name("Format.name", good) == good
+    for bad in ("", "Rapl", "my meter", "-x", ".x", "x/y", None, 3):
+        with pytest.raises(ConfigError, match=r"^Format\.name must be lower case letters, digits, '-', '_' or '\.', "
+                                              rf"not {re.escape(repr(bad))}$"):
+            registry_name("Format.name", bad)

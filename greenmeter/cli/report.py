@@ -7,12 +7,9 @@ import sys
 from collections.abc import Iterator
 
 from greenmeter._errors import ConfigError
-from greenmeter.output.formats import format_for_path, format_names, get_format
+from greenmeter.output.formats import REPORT_SUBJECTS, format_for_path, format_names, get_format
 
 __all__ = ["FormatChoices", "add_report_commands", "cmd_comparisons", "cmd_report"]
-
-#: What ``greenmeter report`` renders: a comparison or a run (a set of runs is ``greenmeter export``'s).
-_REPORT_SUBJECTS = ("comparison", "run")
 
 
 class FormatChoices:
@@ -51,7 +48,7 @@ def add_report_commands(commands: argparse._SubParsersAction, store_help: str) -
     report.add_argument("-o", "--output", default=None,
                         help="file to write (default greenmeter-report with the format's extension; '-' for "
                              "standard output)")
-    report.add_argument("--format", choices=FormatChoices(*_REPORT_SUBJECTS), metavar="FORMAT", default=None,
+    report.add_argument("--format", choices=FormatChoices(*REPORT_SUBJECTS), metavar="FORMAT", default=None,
                         help="output format: %(choices)s (default: from the --output suffix, else html)")
     report.add_argument("--tolerance", type=float, default=None,
                         help="metric tolerance of the recommendation, in the metric's unit "
@@ -69,9 +66,9 @@ def _format(args: argparse.Namespace) -> str:
     if args.format:
         return str(args.format)
     if args.output and args.output != "-":
-        found = format_for_path(args.output, _REPORT_SUBJECTS)
+        found = format_for_path(args.output, REPORT_SUBJECTS)
         if found is None:
-            extensions = list(dict.fromkeys(get_format(name).extension for name in format_names(_REPORT_SUBJECTS)))
+            extensions = list(dict.fromkeys(get_format(name).extension for name in format_names(REPORT_SUBJECTS)))
             listed = ", ".join(extensions[:-1]) + f" or {extensions[-1]}" if len(extensions) > 1 else extensions[0]
             raise ConfigError(f"cannot tell the format from {args.output!r}: use a {listed} name, or --format")
         return found.name

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from greenmeter._checks import choice
+from greenmeter._checks import choice, registry_name
 from greenmeter._errors import ConfigError
 from greenmeter.plugins import load_plugins
 
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from greenmeter.records.run import RunRecord
 
 __all__ = [
+    "REPORT_SUBJECTS",
     "SUBJECTS",
     "ExportOptions",
     "Format",
@@ -57,6 +58,8 @@ __all__ = [
 
 #: What a format can apply to: a comparison, a stored run, a set of stored runs.
 SUBJECTS = ("comparison", "run", "runs")
+#: The subjects of a report (``greenmeter report``); a set of runs is exported (``greenmeter export``).
+REPORT_SUBJECTS = ("comparison", "run")
 
 _SUBJECT_WORDS = {"comparison": "a comparison", "run": "a stored run", "runs": "a set of stored runs"}
 
@@ -65,7 +68,6 @@ ViewRenderer = Callable[["ReportView", Mapping[str, Any]], str]
 #: ``renderer(runs, options) -> text`` for a set of stored runs.
 RunsRenderer = Callable[[Sequence["RunRecord"], "ExportOptions"], str]
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _EXTENSION = re.compile(r"^\.[a-z0-9][a-z0-9_.-]*$")
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -114,8 +116,7 @@ class Format:
     other_extensions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ConfigError(f"Format.name must be lower case letters, digits, '-', '_' or '.', not {self.name!r}")
+        registry_name("Format.name", self.name)
         for ext in (self.extension, *self.other_extensions):
             if not isinstance(ext, str) or not _EXTENSION.match(ext):
                 raise ConfigError(f"Format {self.name!r}: an extension is a dot and lower case letters or "

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from greenmeter._errors import ConfigError, StoreError
 from greenmeter.comparison.recommend import DEFAULT_TOLERANCE
 from greenmeter.output.comparison_view import comparison_view
-from greenmeter.output.formats import format_for_path, get_format
+from greenmeter.output.formats import REPORT_SUBJECTS, format_for_path, get_format
 from greenmeter.output.run_view import run_view
 from greenmeter.output.view import ReportView
 
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["comparison_report", "render", "run_report", "store_report", "write_report"]
 
-#: The subjects of a report (a set of runs is exported, see :mod:`greenmeter.output.export`).
-_REPORT_SUBJECTS = ("comparison", "run")
 _HTML_PAGE = re.compile(r"\A\s*<!doctype html", re.IGNORECASE)
 
 
@@ -96,7 +94,7 @@ def store_report(store: Store, ident: str | None = None, fmt: str = "html", *,
             kind found.
         StoreError: nothing matches, or the store is empty.
     """
-    get_format(fmt, _REPORT_SUBJECTS)  # refuse an unknown format before reading the store
+    get_format(fmt, REPORT_SUBJECTS)  # refuse an unknown format before reading the store
     if ident is None:
         comparison = store.last_comparison()
         if comparison is not None:

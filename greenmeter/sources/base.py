@@ -20,12 +20,12 @@ automatic choice. The registry (:mod:`greenmeter.sources.registry`) and the auto
 from __future__ import annotations
 
 import abc
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, NamedTuple
 
+from greenmeter._checks import registry_name
 from greenmeter._errors import ConfigError
 
 __all__ = [
@@ -54,7 +54,6 @@ HARDWARE_OF_DOMAIN: Mapping[str, str] = MappingProxyType({
     "gpu": "gpu",
 })
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _KINDS = ("counter", "estimate")
 _SELECTIONS = ("usable", "stand-in", "named")
 
@@ -203,9 +202,7 @@ class SourceInfo:
     fallback_note: str = "{hardware} energy is estimated ({name}), not measured: {reasons}"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ConfigError(f"SourceInfo.name must be lower case letters, digits, '-', '_' or '.', "
-                              f"not {self.name!r}")
+        registry_name("SourceInfo.name", self.name)
         if self.kind not in _KINDS:
             raise ConfigError(f"SourceInfo.kind of {self.name!r} must be one of {', '.join(_KINDS)}, "
                               f"not {self.kind!r}")

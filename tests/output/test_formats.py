@@ -7,7 +7,6 @@ Rendered from ``tests/fixtures/store_schema2.db``, copied to ``tmp_path`` first.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,22 +34,6 @@ from greenmeter.records.comparison import Comparison
 from greenmeter.records.run import RunRecord
 from greenmeter.store.database import Store
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "store_schema2.db"
-
-
-@pytest.fixture()
-def store_path(tmp_path: Path) -> Path:
-    path = tmp_path / "runs.db"
-    shutil.copyfile(FIXTURE, path)
-    return path
-
-
-@pytest.fixture()
-def comparison(store_path: Path) -> Comparison:
-    with Store(store_path) as store:
-        found = store.last_comparison()
-    assert found is not None
-    return found
 
 
 # ---- a third-party format, registered for one test ----------------------------------------------------

@@ -20,27 +20,13 @@ from greenmeter import ConfigError
 from greenmeter.cli.main import main
 from greenmeter.records.comparison import Comparison
 from greenmeter.output.report import comparison_report, run_report, store_report
-from greenmeter.output.comparison_view import comparison_view, recommend
+from greenmeter.comparison.recommend import recommend
+from greenmeter.output.comparison_view import comparison_view
 from greenmeter.stats import Interval
 from greenmeter.store.database import Store
+from tests.output.conftest import FIXTURE
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "store_schema2.db"
 XSS = "<script>alert(1)</script>"
-
-
-@pytest.fixture()
-def store_path(tmp_path: Path) -> Path:
-    path = tmp_path / "runs.db"
-    shutil.copyfile(FIXTURE, path)
-    return path
-
-
-@pytest.fixture()
-def comparison(store_path: Path) -> Comparison:
-    with Store(store_path) as store:
-        found = store.last_comparison()
-    assert found is not None
-    return found
 
 
 def _with(c: Comparison, target: str, /, **changes: object) -> Comparison:

@@ -13,7 +13,8 @@ import pytest
 
 from greenmeter.records.comparison import Comparison
 from greenmeter.output.report import comparison_report, store_report
-from greenmeter.output.comparison_view import comparison_view, recommend
+from greenmeter.comparison.recommend import recommend
+from greenmeter.output.comparison_view import comparison_view
 from greenmeter.store.database import Store
 from tests._browser import non_background_share, open_page, require_chromium
 
