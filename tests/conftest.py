@@ -3,7 +3,8 @@
 ``XDG_DATA_HOME`` (where the default run store lives) points into a fresh temporary folder for each
 test and ``GREENMETER_STORE`` is unset (a developer's own setting must not reach the tests), so the
 default store of every test, and of the processes it starts, lies in that folder. At the end of the session the
-user's own default store is checked: if any test created or changed it, the session fails.
+user's own stores (the default one, and ``$GREENMETER_STORE`` when set) are checked: if any test created or
+changed one, the session fails.
 """
 
 from __future__ import annotations
@@ -13,11 +14,7 @@ from pathlib import Path
 
 import pytest
 
-
-def _user_default_store() -> Path:
-    # the rule of greenmeter.store.database.default_store_path, read from the environment the suite started in
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(data_home) / "greenmeter" / "runs.db"
+from greenmeter.store.database import default_store_path
 
 
 def _state(path: Path) -> tuple[object, ...]:
@@ -33,8 +30,10 @@ def _state(path: Path) -> tuple[object, ...]:
     return tuple(out)
 
 
-USER_STORE = _user_default_store()
-_USER_STORE_BEFORE = _state(USER_STORE)
+# read before any test changes the environment: the default store, and a store the developer set
+USER_STORE = default_store_path()
+_USER_STORES = [USER_STORE] + ([Path(os.environ["GREENMETER_STORE"])] if os.environ.get("GREENMETER_STORE") else [])
+_USER_STORES_BEFORE = [_state(p) for p in _USER_STORES]
 
 
 @pytest.fixture(autouse=True)
@@ -47,13 +46,14 @@ def _default_paths_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    after = _state(USER_STORE)
-    if after != _USER_STORE_BEFORE:
+    changed = [(p, before, _state(p)) for p, before in zip(_USER_STORES, _USER_STORES_BEFORE) if _state(p) != before]
+    if changed:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = (f"a test created or changed the user's default run store {USER_STORE} "
-                   f"(before: {_USER_STORE_BEFORE}, after: {after}); every test must use tmp_path")
-        if reporter is not None:
-            reporter.write_line(f"ERROR: {message}", red=True)
-        else:  # pragma: no cover - the terminal reporter is always there in a normal run
-            print(f"ERROR: {message}")
+        for path, before, after in changed:
+            message = (f"a test created or changed the user's run store {path} (before: {before}, after: {after}); "
+                       "every test must use tmp_path")
+            if reporter is not None:
+                reporter.write_line(f"ERROR: {message}", red=True)
+            else:  # pragma: no cover - the terminal reporter is always there in a normal run
+                print(f"ERROR: {message}")

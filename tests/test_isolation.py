@@ -42,4 +42,4 @@ def test_a_test_that_writes_the_users_default_store_fails_the_session(tmp_path: 
                            str(suite)], capture_output=True, text=True, env=env, cwd=suite, timeout=300, check=False)
     assert (home / "greenmeter" / "runs.db").exists()  # the inner test really wrote the "user's" store
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "1 passed" in done.stdout and "changed the user's default run store" in done.stdout
+    assert "1 passed" in done.stdout and "changed the user's run store" in done.stdout
