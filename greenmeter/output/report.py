@@ -139,9 +139,9 @@ def write_report(text: str, path: str | os.PathLike[str], *, fmt: str | None = N
             is not a page; or the path cannot be written, with the operating system's reason.
     """
     target = Path(path)
-    form = get_format(fmt) if fmt is not None else format_for_path(target)
+    named = format_for_path(target)
+    form = get_format(fmt) if fmt is not None else named
     if form is not None:
-        named = format_for_path(target)
         if named is not None and not any(target.name.lower().endswith(ext) for ext in form.extensions):
             raise ConfigError(f"cannot write {form.name} text to {target}: the name asks for {named.name}; name "
                               f"the file {target.stem}{form.extension}, or render the report as {named.name}")
