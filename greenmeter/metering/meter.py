@@ -567,6 +567,8 @@ class Meter:
         flags = list(self._notes)
         if self._sampler is not None and self._sampler.has_errors:
             flags.extend(self._sampler.errors_since(w.t0))
+        for backend in self._backends:  # counter steps a backend did not count (a reset, a bad read, a jump)
+            flags.extend(backend.anomalies_since(w.t0))
         flags.extend(extra_flags)
         domains, idle, host, backends = self._domains, self._idle_power_w, self._host(), self._backend_names
         carbon: ResolvedCarbon = w.carbon or self._carbon  # type: ignore[assignment]

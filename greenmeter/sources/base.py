@@ -11,6 +11,11 @@ Backends that must be polled between window edges (to see every counter wrap, or
 power) set ``poll_interval_s``; the meter's background sampler then calls ``poll()`` at least that often.
 Units are SI and converted at this boundary: a backend never hands out microjoules or milliwatts.
 
+A counter step that the device could not have made (a decrease that is no plausible wrap, a jump above
+what its maximum power allows over the interval: :func:`plausible_step_j`) is never counted: the backend
+counts 0 J for it, keeps an :class:`AnomalyLog` entry saying what it saw and did, and the meter puts the
+entries of each window's span in that window's flags (:meth:`Backend.anomalies_since`).
+
 Every source class carries its own metadata as a :class:`SourceInfo` in its ``info`` class attribute: its
 name, what it reports, the meter options it takes, whether it is per device and how it takes part in the
 automatic choice. The registry (:mod:`greenmeter.sources.registry`) and the automatic choice
@@ -20,6 +25,10 @@ automatic choice. The registry (:mod:`greenmeter.sources.registry`) and the auto
 from __future__ import annotations
 
 import abc
+import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,6 +40,8 @@ from greenmeter._errors import ConfigError
 __all__ = [
     "HARDWARE_OF_DOMAIN",
     "METER_OPTIONS",
+    "PLAUSIBLE_POWER_FACTOR",
+    "AnomalyLog",
     "Backend",
     "Domain",
     "ProbeResult",
@@ -38,7 +49,10 @@ __all__ = [
     "Reading",
     "SourceInfo",
     "hardware_of",
+    "plausible_step_j",
 ]
+
+log = logging.getLogger("greenmeter")
 
 ProvenanceKind = Literal["measured", "estimated"]
 SourceKind = Literal["counter", "estimate"]
@@ -54,6 +68,16 @@ HARDWARE_OF_DOMAIN: Mapping[str, str] = MappingProxyType({
     "gpu": "gpu",
 })
 
+#: How far above a device's maximum power a counter step may go and still be believed. RAPL's
+#: ``constraint_0_max_power_uw`` and NVML's power limit are long-term limits: turbo bursts run above them
+#: (an Intel laptop CPU's short-term limit PL2 is up to about 4 x its long-term PL1, e.g. 55 W against
+#: 15 W), and a counter read late by its own update period adds a little more. A step beyond this is no
+#: measurement: a counter reset, a bad read or a counter fault, each off by far more than 4 x.
+PLAUSIBLE_POWER_FACTOR = 4.0
+
+#: How many anomalies an :class:`AnomalyLog` keeps (the oldest go first).
+_ANOMALY_LIMIT = 256
+
 _KINDS = ("counter", "estimate")
 _SELECTIONS = ("usable", "stand-in", "named")
 
@@ -61,6 +85,53 @@ _SELECTIONS = ("usable", "stand-in", "named")
 def hardware_of(domain_kind: str) -> str:
     """The hardware a domain kind belongs to: ``"cpu"``, ``"ram"``, ``"gpu"``, or the kind itself."""
     return HARDWARE_OF_DOMAIN.get(domain_kind, domain_kind)
+
+
+def plausible_step_j(max_power_w: float, interval_s: float, slack_s: float) -> float:
+    """The most energy a counter may gain between two reads and still be believed, in joules.
+
+    It is :data:`PLAUSIBLE_POWER_FACTOR` x ``max_power_w`` x (``interval_s`` + ``slack_s``). Backends
+    count a larger step (or a decrease that would be a larger wrap) as 0 J and record it in their
+    :class:`AnomalyLog`.
+
+    Args:
+        max_power_w: the device's maximum power, in watts (its stated limit, or a stated assumption).
+        interval_s: the longest time the step can span, in seconds: from the clock taken before the
+            previous read to the clock taken after this one (negative values count as 0).
+        slack_s: seconds added for the counter's own update period (a reading lags the hardware by up
+            to one period).
+
+    Returns:
+        The bound, in joules.
+    """
+    return PLAUSIBLE_POWER_FACTOR * max_power_w * (max(interval_s, 0.0) + slack_s)
+
+
+class AnomalyLog:
+    """A backend's record of the counter steps it did not count, for the flags of the windows they fall in.
+
+    Each entry is one line naming the counter, the values seen and what the backend did, stamped with
+    ``time.perf_counter()`` (the clock of window edges) when it is added. Thread-safe; keeps the newest
+    256 entries. Adding an entry also logs it once as a warning on the ``greenmeter`` logger.
+    """
+
+    def __init__(self) -> None:
+        self._entries: deque[tuple[float, str]] = deque(maxlen=_ANOMALY_LIMIT)
+        self._lock = threading.Lock()
+
+    def add(self, message: str) -> None:
+        """Record one anomaly, now, and log it as a warning."""
+        log.warning("greenmeter: %s", message)
+        with self._lock:
+            self._entries.append((time.perf_counter(), message))
+
+    def since(self, t0: float) -> tuple[str, ...]:
+        """The distinct messages recorded at or after ``time.perf_counter()`` value ``t0``, oldest first."""
+        if not self._entries:  # the common case, at every window's end: no lock taken
+            return ()
+        with self._lock:
+            entries = list(self._entries)
+        return tuple(dict.fromkeys(message for t, message in entries if t >= t0))
 
 
 @dataclass(frozen=True)
@@ -266,6 +337,19 @@ class Backend(abc.ABC):
     def poll(self) -> None:
         """Called by the background sampler every ``poll_interval_s``; by default a plain read."""
         self.read()
+
+    def anomalies_since(self, t0: float) -> tuple[str, ...]:
+        """Counter steps this backend did not count since ``t0``, one line each (see :class:`AnomalyLog`).
+
+        The meter adds them to the flags of every window that began at or before them.
+
+        Args:
+            t0: a ``time.perf_counter()`` value, in seconds (a window's start).
+
+        Returns:
+            The messages, oldest first; by default none.
+        """
+        return ()
 
     def close(self) -> None:  # noqa: B027 - optional hook with a sensible default
         """Release handles. Safe to call more than once."""

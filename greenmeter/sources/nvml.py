@@ -6,7 +6,12 @@ Each GPU gets one of two methods, chosen at :meth:`NvmlBackend.probe` and named 
   since the driver was loaded; a reading is the difference from the value at probe, in joules. NVML
   refreshes the counter about every 100 ms (ML.ENERGY, "Thermally Stable Profiling for Accurate GPU Energy
   Measurement"; Yang et al., "Part-time Power Measurements: nvidia-smi's Lack of Attention", SC'24), so
-  its domain says ``update_period_s = 0.1``.
+  its domain says ``update_period_s = 0.1``. The counter never decreases, and it cannot gain more than the
+  GPU's power allows: a decrease (the driver was reloaded, restarting the counter) or a step above
+  :func:`~greenmeter.sources.base.plausible_step_j` for the GPU's largest power limit (or
+  :data:`ASSUMED_GPU_MAX_POWER_W` where NVML gives none) counts 0 J, is recorded in the backend's
+  anomalies (which reach the flags of the windows it falls in), and later steps count from the new value.
+  A counter that stalls counts 0 J, as it says.
 - **Integrated power samples** (GPUs where that call answers *Not Supported*: pre-Volta, some virtual
   GPUs): ``nvmlDeviceGetPowerUsage`` in milliwatts, sampled by :meth:`NvmlBackend.poll` every
   ``power_sample_interval_s`` and by every :meth:`NvmlBackend.read`, integrated with the trapezoid rule.
@@ -28,18 +33,37 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from greenmeter._errors import BackendError, ConfigError, CounterReadError, MeasurementError
-from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
+from greenmeter.sources.base import (
+    PLAUSIBLE_POWER_FACTOR,
+    AnomalyLog,
+    Backend,
+    Domain,
+    ProbeResult,
+    Provenance,
+    Reading,
+    SourceInfo,
+    plausible_step_j,
+)
 
-__all__ = ["COUNTER_UPDATE_PERIOD_S", "NvmlBackend"]
+__all__ = ["ASSUMED_GPU_MAX_POWER_W", "COUNTER_UPDATE_PERIOD_S", "NvmlBackend"]
 
 #: How often NVML refreshes the total energy counter, in seconds (about 100 ms; see the module docstring).
 COUNTER_UPDATE_PERIOD_S = 0.1
+
+#: Power assumed for a GPU whose power limit NVML does not give, in watts, when judging whether a counter
+#: step is plausible: above the power limit of any GPU board today (the largest are about 1 to 1.4 kW), so
+#: that the check errs on the side of believing the counter.
+ASSUMED_GPU_MAX_POWER_W = 2000.0
+
+#: Seconds added to the interval of a counter step before its plausibility check: two counter update
+#: periods, since each of the two readings may lag the GPU's true energy by up to one period.
+_STEP_SLACK_S = 2 * COUNTER_UPDATE_PERIOD_S
 
 _COUNTER_METHOD = "total energy counter (nvmlDeviceGetTotalEnergyConsumption)"
 #: A GPU domain's provenance source, ``"NVML GPU <index> <model> (<uuid>)"``, as ``_open`` writes it.
@@ -64,15 +88,24 @@ class _Unavailable(Exception):
 
 @dataclass
 class _Gpu:
-    """One GPU being measured. Counter GPUs use ``start_mj``; sampled GPUs the other fields (s, W, J)."""
+    """One GPU being measured.
+
+    Counter GPUs use ``last_mj`` (the last counter value), ``counted_mj`` (the millijoules counted since
+    the probe), ``last_t`` (the clock just before ``last_mj`` was read) and ``max_power_w`` with
+    ``power_source`` (the power its steps are judged against, and where it came from). Sampled GPUs use
+    ``last_t`` (the last sample's time, s), ``last_w`` (W) and ``energy_j`` (J).
+    """
 
     key: str
     handle: Any
     uses_counter: bool
-    start_mj: int = 0
+    last_mj: int = 0
+    counted_mj: int = 0
     last_t: float = 0.0
     last_w: float = 0.0
     energy_j: float = 0.0
+    max_power_w: float = ASSUMED_GPU_MAX_POWER_W
+    power_source: str = ""
 
 
 class NvmlBackend(Backend):
@@ -82,6 +115,8 @@ class NvmlBackend(Backend):
         devices: GPU indices to measure, numbered as CUDA numbers them (relative to
             ``CUDA_VISIBLE_DEVICES`` when it is set); ``None`` measures every visible GPU.
         power_sample_interval_s: seconds between power samples on GPUs without an energy counter.
+        clock: the monotonic clock, in seconds, that stamps readings, times power samples and times
+            counter steps for their plausibility check (tests pass a fake clock).
 
     Raises:
         ConfigError: ``devices`` is empty, holds a non-integer, a negative index or a duplicate, or
@@ -94,7 +129,10 @@ class NvmlBackend(Backend):
         per_device=True, selection="usable",
     )
 
-    def __init__(self, devices: Sequence[int] | None = None, *, power_sample_interval_s: float = 0.1) -> None:
+    def __init__(
+        self, devices: Sequence[int] | None = None, *, power_sample_interval_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._devices = _check_devices(devices)
         interval = power_sample_interval_s
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < math.inf:
@@ -104,6 +142,8 @@ class NvmlBackend(Backend):
         self._nvml: ModuleType | None = None
         self._gpus: tuple[_Gpu, ...] = ()
         self._result: ProbeResult | None = None
+        self._clock = clock
+        self._anomalies = AnomalyLog()
         self.poll_interval_s = None
 
     def probe(self) -> ProbeResult:
@@ -152,19 +192,21 @@ class NvmlBackend(Backend):
     def read(self) -> Reading:
         """Joules per GPU since :meth:`probe`; sampled GPUs take a fresh sample for an exact edge.
 
+        A counter step the GPU could not have made (see the module docstring) counts 0 J and is recorded
+        in :meth:`anomalies_since`.
+
         Returns:
-            A reading keyed ``nvml:gpu<i>``, stamped with ``time.monotonic()`` (seconds).
+            A reading keyed ``nvml:gpu<i>``, stamped with the clock (``time.monotonic()``, seconds).
 
         Raises:
-            CounterReadError: an NVML call failed (the ``NVMLError`` is attached), or the counter went
-                backwards because the driver was reloaded.
+            CounterReadError: an NVML call failed (the ``NVMLError`` is attached).
             MeasurementError: the backend is not open (no successful probe, or closed).
         """
         with self._lock:
             nvml = self._require_open("read")
-            now = time.monotonic()
+            now = self._clock()
             energy_j = {
-                gpu.key: self._counter_j(nvml, gpu) if gpu.uses_counter else self._sample(nvml, gpu, now)
+                gpu.key: self._counter_j(nvml, gpu, now) if gpu.uses_counter else self._sample(nvml, gpu, now)
                 for gpu in self._gpus
             }
             return Reading(timestamp_s=now, energy_j=energy_j)
@@ -173,7 +215,7 @@ class NvmlBackend(Backend):
         """Take one power sample on each GPU without an energy counter. Raises as :meth:`read` does."""
         with self._lock:
             nvml = self._require_open("poll")
-            now = time.monotonic()
+            now = self._clock()
             for gpu in self._gpus:
                 if not gpu.uses_counter:
                     self._sample(nvml, gpu, now)
@@ -189,6 +231,10 @@ class NvmlBackend(Backend):
                 nvml.nvmlShutdown()
             except nvml.NVMLError as err:
                 raise BackendError(f"nvmlShutdown failed: {err}") from err
+
+    def anomalies_since(self, t0: float) -> tuple[str, ...]:
+        """Counter steps not counted since ``t0`` (a ``time.perf_counter()`` value), one line each."""
+        return self._anomalies.since(t0)
 
     @classmethod
     def device_name(cls, provenance: Provenance) -> str | None:
@@ -236,15 +282,19 @@ class NvmlBackend(Backend):
         self, nvml: ModuleType, key: str, handle: Any, source: str, notes: list[str]
     ) -> tuple[_Gpu, Domain] | None:
         try:
+            read_t = self._clock()
             start_mj = int(nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
         except nvml.NVMLError as err:
             counter_err = err
         else:
             provenance = Provenance("measured", source, _COUNTER_METHOD)
             domain = Domain(key, "gpu", True, provenance, COUNTER_UPDATE_PERIOD_S)
-            return _Gpu(key, handle, uses_counter=True, start_mj=start_mj), domain
+            max_power_w, power_source = _max_power(nvml, handle)
+            gpu = _Gpu(key, handle, uses_counter=True, last_mj=start_mj, last_t=read_t, max_power_w=max_power_w,
+                       power_source=power_source)
+            return gpu, domain
         try:
-            now = time.monotonic()
+            now = self._clock()
             power_w = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
         except nvml.NVMLError as err:
             notes.append(
@@ -266,18 +316,32 @@ class NvmlBackend(Backend):
             raise MeasurementError(f"NvmlBackend.{call}() needs a successful probe() first (and no close())")
         return self._nvml
 
-    @staticmethod
-    def _counter_j(nvml: ModuleType, gpu: _Gpu) -> float:
+    def _counter_j(self, nvml: ModuleType, gpu: _Gpu, read_t: float) -> float:
+        """Joules counted on a counter GPU, after adding the step to a fresh value taken after ``read_t``."""
         try:
             now_mj = int(nvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle))
         except nvml.NVMLError as err:
             raise CounterReadError(f"{gpu.key}: nvmlDeviceGetTotalEnergyConsumption failed: {err}") from err
-        if now_mj < gpu.start_mj:
-            raise CounterReadError(
-                f"{gpu.key}: the NVML energy counter went backwards ({gpu.start_mj} -> {now_mj} mJ); "
-                "the NVIDIA driver was probably reloaded, so energy since the probe is unknown"
+        last_mj, interval_s = gpu.last_mj, self._clock() - gpu.last_t
+        step_mj = now_mj - last_mj
+        bound_j = plausible_step_j(gpu.max_power_w, interval_s, _STEP_SLACK_S)
+        moved = f"{gpu.key} NVML energy counter went from {last_mj:,} to {now_mj:,} mJ in {interval_s:.3g} s"
+        if step_mj < 0:
+            self._anomalies.add(
+                f"{moved}: it never decreases (the NVIDIA driver was probably reloaded, restarting it); counted "
+                "as 0 J, later readings count from the new value"
             )
-        return (now_mj - gpu.start_mj) / 1000.0
+        elif step_mj / 1000 > bound_j:
+            bound = (f"more than {PLAUSIBLE_POWER_FACTOR:g} x {gpu.max_power_w:g} W ({gpu.power_source}) x "
+                     f"{max(interval_s, 0.0) + _STEP_SLACK_S:.3g} s = {bound_j:,.1f} J")
+            self._anomalies.add(
+                f"{moved}: {step_mj / 1000:,.1f} J is not plausible ({bound}); counted as 0 J (bad read or "
+                "counter fault), later readings count from the new value"
+            )
+        else:
+            gpu.counted_mj += step_mj
+        gpu.last_mj, gpu.last_t = now_mj, read_t
+        return gpu.counted_mj / 1000.0
 
     @staticmethod
     def _sample(nvml: ModuleType, gpu: _Gpu, now: float) -> float:
@@ -374,6 +438,27 @@ def _no_driver_reason() -> str | None:
         return None
     return (f"no NVIDIA driver on this machine (none of {', '.join(_DRIVER_PATHS)} exists): on a machine with an "
             f"NVIDIA GPU install or load the driver (`nvidia-smi` should work); {_CONTAINER_FIX}")
+
+
+def _max_power(nvml: ModuleType, handle: Any) -> tuple[float, str]:
+    """The power a GPU's counter steps are judged against, in watts, and where it came from.
+
+    The largest power limit the GPU accepts (an administrator may raise the enforced limit up to it),
+    else the enforced limit, else :data:`ASSUMED_GPU_MAX_POWER_W`.
+    """
+    try:
+        max_mw = int(nvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)[1])
+    except nvml.NVMLError:
+        max_mw = 0
+    if max_mw > 0:
+        return max_mw / 1000.0, "its largest power limit"
+    try:
+        enforced_mw = int(nvml.nvmlDeviceGetEnforcedPowerLimit(handle))
+    except nvml.NVMLError:
+        enforced_mw = 0
+    if enforced_mw > 0:
+        return enforced_mw / 1000.0, "its enforced power limit"
+    return ASSUMED_GPU_MAX_POWER_W, "assumed: NVML gives no power limit"
 
 
 def _unavailable(reason: str) -> ProbeResult:

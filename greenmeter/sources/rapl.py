@@ -6,6 +6,16 @@ copies of a package read through MMIO instead of MSRs. Each zone's ``energy_uj``
 counter in microjoules that wraps at ``max_energy_range_uj``; this backend unfolds the wraps and
 hands out joules since it was opened. The same driver (``intel_rapl_msr``) serves AMD CPUs.
 
+A step is counted only when the zone could have made it: a decrease is a wrap only when the wrapped
+energy (``max_energy_range_uj`` - previous + new) is plausible for the zone's maximum power over the
+interval, and an increase only when it is (:func:`~greenmeter.sources.base.plausible_step_j`, with
+``constraint_0_max_power_uw`` or :data:`ASSUMED_MAX_POWER_W`). Anything else (a counter reset, a bad read,
+a jump) counts 0 J, is recorded in the backend's anomalies (which reach the flags of the windows it falls
+in), and later steps count from the new value. A value above ``max_energy_range_uj`` is no counter state:
+it counts 0 J and later steps count from the last good value. A counter that stalls counts 0 J: the
+counter alone cannot tell a stuck counter from an idle domain (DRAM zones of some client CPUs always
+read 0), so a stall is not flagged.
+
 The sysfs root is the ``sysfs_root`` argument, else the ``GREENMETER_SYSFS_ROOT`` environment
 variable, else ``/sys``, so tests point it at a fake tree.
 """
@@ -16,11 +26,22 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from greenmeter._errors import BackendError, BackendUnavailable, CounterReadError
-from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
+from greenmeter.sources.base import (
+    PLAUSIBLE_POWER_FACTOR,
+    AnomalyLog,
+    Backend,
+    Domain,
+    ProbeResult,
+    Provenance,
+    Reading,
+    SourceInfo,
+    plausible_step_j,
+)
 
 __all__ = ["ASSUMED_MAX_POWER_W", "RAPL_UPDATE_PERIOD_S", "SYSFS_ROOT_ENV", "RaplBackend"]
 
@@ -34,8 +55,13 @@ RAPL_UPDATE_PERIOD_S = 0.001
 
 #: Power assumed for a domain whose zone gives no ``constraint_0_max_power_uw`` (absent or 0), in
 #: watts. Deliberately high (no single CPU socket or its DRAM draws 1 kW today) so the wrap time
-#: it yields, and with it the poll interval, errs on the short side.
+#: it yields, and with it the poll interval, errs on the short side, and so that the plausibility check
+#: of counter steps errs on the side of believing the counter.
 ASSUMED_MAX_POWER_W = 1000.0
+
+#: Seconds added to the interval of a counter step before its plausibility check: ten RAPL update periods,
+#: so that a reading taken just after an update is never judged against too short an interval.
+_STEP_SLACK_S = 10 * RAPL_UPDATE_PERIOD_S
 
 _MAX_POLL_INTERVAL_S = 1.0
 _MIN_POLL_INTERVAL_S = 0.005
@@ -55,6 +81,7 @@ class _Zone:
     path: Path
     max_range_uj: int
     max_power_w: float
+    power_assumed: bool  # no constraint_0_max_power_uw: max_power_w is ASSUMED_MAX_POWER_W
 
     @property
     def energy_path(self) -> Path:
@@ -62,14 +89,18 @@ class _Zone:
 
 
 class _Counter:
-    """Wrap-unfolding state of one counter, in integer microjoules (exact)."""
+    """State of one counter: the joules counted (integer microjoules, exact) and the last good raw value.
 
-    __slots__ = ("baseline_uj", "last_uj", "wraps")
+    ``last_t`` is the clock taken just before ``last_uj`` was read, so that the clock after the next read
+    minus ``last_t`` is the longest time the step between them can span.
+    """
 
-    def __init__(self, raw_uj: int) -> None:
-        self.baseline_uj = raw_uj
+    __slots__ = ("counted_uj", "last_t", "last_uj")
+
+    def __init__(self, raw_uj: int, t: float) -> None:
+        self.counted_uj = 0
         self.last_uj = raw_uj
-        self.wraps = 0
+        self.last_t = t
 
 
 def _read_int(path: Path) -> int:
@@ -99,6 +130,8 @@ class RaplBackend(Backend):
         sysfs_root: the sysfs mount point; ``None`` means ``$GREENMETER_SYSFS_ROOT``, else ``/sys``.
         use_psys: count the platform (``psys``) domain as the total instead of package + DRAM. psys
             covers the whole SoC platform on recent laptops and desktops; probing fails without it.
+        clock: the monotonic clock, in seconds, that stamps readings and times counter steps for their
+            plausibility check (tests pass a fake clock that they move along with a fake counter).
 
     Attributes:
         sysfs_root: the sysfs root in use.
@@ -111,7 +144,10 @@ class RaplBackend(Backend):
         options={"sysfs_root": "sysfs_root", "use_psys": "use_psys"}, selection="usable",
     )
 
-    def __init__(self, sysfs_root: str | os.PathLike[str] | None = None, *, use_psys: bool = False) -> None:
+    def __init__(
+        self, sysfs_root: str | os.PathLike[str] | None = None, *, use_psys: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         from_env = sysfs_root is None and bool(os.environ.get(SYSFS_ROOT_ENV))
         if sysfs_root is None:
             sysfs_root = os.environ.get(SYSFS_ROOT_ENV) or "/sys"
@@ -124,6 +160,8 @@ class RaplBackend(Backend):
         self._counters: dict[str, _Counter] = {}
         self._result: ProbeResult | None = None
         self._closed = False
+        self._clock = clock
+        self._anomalies = AnomalyLog()
 
     # Probing -------------------------------------------------------------------------------
     def probe(self) -> ProbeResult:
@@ -183,6 +221,7 @@ class RaplBackend(Backend):
                     max_power_uw = _read_int(path / "constraint_0_max_power_uw")
                 except (OSError, ValueError):
                     max_power_uw = 0
+                read_t = self._clock()
                 raw_uj = _read_int(path / "energy_uj")
             except PermissionError as err:
                 denied.append(Path(err.filename) if err.filename else path / "energy_uj")
@@ -195,8 +234,8 @@ class RaplBackend(Backend):
             # and the 1 s cap cover. Without it, ASSUMED_MAX_POWER_W (see above) is used.
             max_power_w = max_power_uw / 1e6 if max_power_uw > 0 else ASSUMED_MAX_POWER_W
             seen[key] = zone_id
-            zones.append(_Zone(key, kind, label, path, max_range_uj, max_power_w))
-            counters[key] = _Counter(raw_uj)
+            zones.append(_Zone(key, kind, label, path, max_range_uj, max_power_w, max_power_uw <= 0))
+            counters[key] = _Counter(raw_uj, read_t)
         if denied:
             return self._unavailable(self._permission_reason(denied), notes)
         if not zones:
@@ -240,7 +279,8 @@ class RaplBackend(Backend):
         """Return the joules each domain used since the backend opened, wraps unfolded.
 
         Opens the backend first if :meth:`probe` was not called. Sees at most one wrap per counter
-        since the previous read, so the meter polls at ``poll_interval_s``.
+        since the previous read, so the meter polls at ``poll_interval_s``. A step the zone could not
+        have made (see the module docstring) counts 0 J and is recorded in :meth:`anomalies_since`.
 
         Raises:
             BackendUnavailable: the backend cannot be opened here (the message says why).
@@ -254,24 +294,64 @@ class RaplBackend(Backend):
                 result = self.probe()
                 if not result.available:
                     raise BackendUnavailable(f"energy source 'rapl' is unusable here: {result.reason}")
+            read_t = self._clock()
             raws: list[int] = []
             for zone in self._zones:
                 try:
                     raws.append(_read_int(zone.energy_path))
                 except (OSError, ValueError) as err:
                     raise CounterReadError(f"cannot read RAPL counter {zone.energy_path}: {err}") from err
-            timestamp_s = time.monotonic()
+            timestamp_s = self._clock()
             energy_j: dict[str, float] = {}
             for zone, raw_uj in zip(self._zones, raws):
                 counter = self._counters[zone.key]
-                if raw_uj < counter.last_uj:
-                    # One wrap. The true modulus is one counter unit (~61 uJ) above
-                    # max_energy_range_uj; that error per wrap is negligible.
-                    counter.wraps += 1
-                counter.last_uj = raw_uj
-                total_uj = raw_uj - counter.baseline_uj + counter.wraps * zone.max_range_uj
-                energy_j[zone.key] = total_uj / 1_000_000
+                self._count(zone, counter, raw_uj, read_t, timestamp_s)
+                energy_j[zone.key] = counter.counted_uj / 1_000_000
             return Reading(timestamp_s=timestamp_s, energy_j=energy_j)
+
+    def _count(self, zone: _Zone, counter: _Counter, raw_uj: int, read_t: float, now: float) -> None:
+        """Add the step from the counter's last good value to ``raw_uj`` when it is plausible; else say so."""
+        last_uj, interval_s = counter.last_uj, now - counter.last_t
+        if not 0 <= raw_uj <= zone.max_range_uj:
+            self._anomalies.add(
+                f"RAPL {zone.label} counter read {raw_uj:,} uJ, outside its range 0 to {zone.max_range_uj:,} uJ "
+                f"(max_energy_range_uj): no counter value; counted as 0 J, and the next reading is compared "
+                f"with the last good one ({last_uj:,} uJ)"
+            )
+            return
+        bound_j = plausible_step_j(zone.max_power_w, interval_s, _STEP_SLACK_S)
+        step_uj = raw_uj - last_uj
+        if step_uj < 0:
+            # A wrap. The true modulus is one counter unit (~61 uJ) above max_energy_range_uj; that
+            # error per wrap is negligible.
+            step_uj += zone.max_range_uj
+            if step_uj / 1e6 > bound_j:
+                self._anomalies.add(
+                    f"RAPL {zone.label} counter went from {last_uj:,} to {raw_uj:,} uJ in {interval_s:.3g} s: "
+                    f"not a plausible wrap (it would mean {step_uj / 1e6:,.1f} J, "
+                    f"{self._bound_text(zone, interval_s, bound_j)}); counted as 0 J (counter reset or bad read), "
+                    "later readings count from the new value"
+                )
+                step_uj = 0
+        elif step_uj / 1e6 > bound_j:
+            self._anomalies.add(
+                f"RAPL {zone.label} counter jumped from {last_uj:,} to {raw_uj:,} uJ in {interval_s:.3g} s: "
+                f"{step_uj / 1e6:,.1f} J is not plausible ({self._bound_text(zone, interval_s, bound_j)}); "
+                "counted as 0 J (bad read or counter fault), later readings count from the new value"
+            )
+            step_uj = 0
+        counter.counted_uj += step_uj
+        counter.last_uj, counter.last_t = raw_uj, read_t
+
+    @staticmethod
+    def _bound_text(zone: _Zone, interval_s: float, bound_j: float) -> str:
+        assumed = ", assumed: the zone gives no constraint_0_max_power_uw" if zone.power_assumed else ""
+        return (f"more than {PLAUSIBLE_POWER_FACTOR:g} x {zone.max_power_w:g} W{assumed} x "
+                f"{max(interval_s, 0.0) + _STEP_SLACK_S:.3g} s = {bound_j:,.1f} J")
+
+    def anomalies_since(self, t0: float) -> tuple[str, ...]:
+        """Counter steps not counted since ``t0`` (a ``time.perf_counter()`` value), one line each."""
+        return self._anomalies.since(t0)
 
     def close(self) -> None:
         """Stop the backend; later reads raise ``BackendError``. Safe to call more than once."""

@@ -9,6 +9,9 @@ Readings are scripted per GPU: each call to ``nvmlDeviceGetTotalEnergyConsumptio
 ``nvmlDeviceGetPowerUsage`` (mW) takes the next value of its script (the last one repeats once the
 script runs out); an ``NVMLError`` instance in a script is raised when its turn comes. A GPU with
 ``energy_mj=None`` has no energy counter (pre-Volta): the call raises ``NVMLError_NotSupported``.
+Scripted values know no time: a test that needs a counter to move at a given power hands the backend a
+fake clock (``NvmlBackend(clock=...)``, tests/fakes/clock.py) and moves it between reads. The power
+limits (an H200's by default) are what the backend judges counter steps against.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class FakeGpu:
         uuid: what ``nvmlDeviceGetUUID`` returns.
         energy_mj: script of total-energy-counter values in millijoules, or ``None`` for no counter.
         power_mw: script of power readings in milliwatts.
+        power_limits_mw: ``nvmlDeviceGetPowerManagementLimitConstraints`` (min, max) in milliwatts, or
+            ``None``: the call raises ``NVMLError_NotSupported``.
+        enforced_limit_mw: ``nvmlDeviceGetEnforcedPowerLimit`` in milliwatts, or ``None`` (not supported).
         open_error: raised by ``nvmlDeviceGetHandleByIndex`` for this GPU, if set.
         latency_s: seconds each energy/power call sleeps, releasing the GIL as the real ctypes calls do
             (lets thread-safety tests interleave).
@@ -67,6 +73,8 @@ class FakeGpu:
     uuid: str = "GPU-00000000-0000-0000-0000-000000000000"
     energy_mj: Script | None = (0,)
     power_mw: Script = (100_000,)
+    power_limits_mw: tuple[int, int] | None = (200_000, 700_000)
+    enforced_limit_mw: int | None = 700_000
     open_error: NVMLError | None = None
     latency_s: float = 0.0
     calls: list[str] = field(default_factory=list)
@@ -158,6 +166,18 @@ class FakePynvml(types.ModuleType):
     def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
         gpu = self._gpu(handle)
         return gpu.next_value("power", gpu.power_mw)
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: _Handle) -> list[int]:
+        limits = self._gpu(handle).power_limits_mw
+        if limits is None:
+            raise NVMLError_NotSupported()
+        return list(limits)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: _Handle) -> int:
+        limit = self._gpu(handle).enforced_limit_mw
+        if limit is None:
+            raise NVMLError_NotSupported()
+        return limit
 
     def _gpu(self, handle: _Handle) -> FakeGpu:
         self._check_init()

@@ -69,12 +69,17 @@ def test_counter_gpu_reads_exact_joules_since_probe(monkeypatch: pytest.MonkeyPa
     assert gpu.calls == ["energy"] * 3
 
 
-def test_counter_going_backwards_is_a_read_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    install(monkeypatch, FakeGpu(energy_mj=(9_000, 4_000)))
+def test_counter_going_backwards_counts_nothing_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 9 J -> 4 J (the driver reloaded: the counter restarted) -> 4.5 J: only the 0.5 J after it counts
+    install(monkeypatch, FakeGpu(energy_mj=(9_000, 4_000, 4_500)))
     backend = NvmlBackend()
     backend.probe()
-    with pytest.raises(CounterReadError, match=r"went backwards \(9000 -> 4000 mJ\).*reloaded"):
-        backend.read()
+    assert backend.read().energy_j == {"nvml:gpu0": 0.0}
+    assert backend.read().energy_j == {"nvml:gpu0": 0.5}
+    (message,) = backend.anomalies_since(0.0)
+    assert message.startswith("nvml:gpu0 NVML energy counter went from 9,000 to 4,000 mJ in ")
+    assert message.endswith(": it never decreases (the NVIDIA driver was probably reloaded, restarting it); "
+                            "counted as 0 J, later readings count from the new value")
 
 
 # -- integrated power samples ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from greenmeter import BackendError, BackendUnavailable, CounterReadError
 from greenmeter.sources.registry import create_backend
 from greenmeter.sources.rapl import ASSUMED_MAX_POWER_W, SYSFS_ROOT_ENV, RaplBackend
+from tests.fakes.clock import FakeClock
 from tests.fakes.powercap import DEFAULT_MAX_RANGE_UJ, FakePowercap
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -148,13 +149,15 @@ def test_psys_mode_counts_psys_alone(tmp_path: Path) -> None:
         "rapl:package-0/dram": ("dram", True),
         "rapl:psys": ("psys", False),
     }
-    backend = RaplBackend(tmp_path, use_psys=True)
+    clock = FakeClock()
+    backend = RaplBackend(tmp_path, use_psys=True, clock=clock)
     assert _keys(backend) == {
         "rapl:package-0": ("package", False),
         "rapl:package-0/core": ("core", False),
         "rapl:package-0/dram": ("dram", False),
         "rapl:psys": ("psys", True),
     }
+    clock.advance(1.0)  # 42 J in 1 s: within the assumed 1000 W (psys here gives no constraint_0_max_power_uw)
     psys.set_energy_uj(42_000_000)
     assert backend.read().energy_j["rapl:psys"] == 42.0
 
@@ -212,24 +215,30 @@ def test_powercap_without_rapl_zones_is_unavailable(tmp_path: Path) -> None:
 def test_one_wrap_without_intermediate_poll(tmp_path: Path) -> None:
     tree = FakePowercap(tmp_path)
     package = tree.add_package(0, subzones=(), energy_uj=900_000_000, max_energy_range_uj=1_000_000_000)["package"]
-    backend = RaplBackend(tmp_path)
+    clock = FakeClock()
+    backend = RaplBackend(tmp_path, clock=clock)
     start = backend.read()
+    clock.advance(1.0)  # 250 J in 1 s: a plausible wrap for the assumed 1000 W
     package.set_energy_uj(150_000_000)  # 900 J -> wrap at 1000 J -> 150 J: 250 J used
     end = backend.read()
     assert start.energy_j == {"rapl:package-0": 0.0}
     assert end.energy_j == {"rapl:package-0": 250.0}
-    assert end.timestamp_s >= start.timestamp_s
+    assert end.timestamp_s - start.timestamp_s == 1.0
+    assert backend.anomalies_since(0.0) == ()
 
 
 def test_several_wraps_between_window_edges_counted_with_polls(tmp_path: Path) -> None:
     range_uj, step_uj, start_uj = 1_000_000_000, 300_000_000, 100_000_000  # 1000 J range, 300 J per poll
     tree = FakePowercap(tmp_path)
     package = tree.add_package(0, subzones=(), energy_uj=start_uj, max_energy_range_uj=range_uj)["package"]
-    backend = RaplBackend(tmp_path)
+    clock = FakeClock()
+    backend = RaplBackend(tmp_path, clock=clock)
     assert backend.probe().available
+    clock.advance(2.0)  # 300 J per second, within the assumed 1000 W
     package.set_energy_uj((start_uj + 2 * step_uj) % range_uj)
     edge_a = backend.read()
     for step in range(3, 13):  # 600 J -> 3600 J used: the raw counter wraps 3 times in between
+        clock.advance(1.0)
         package.set_energy_uj((start_uj + step * step_uj) % range_uj)
         backend.poll()
     edge_b = backend.read()
@@ -242,8 +251,10 @@ def test_several_wraps_between_window_edges_counted_with_polls(tmp_path: Path) -
 def test_wraps_are_counted_once_under_concurrent_reads(tmp_path: Path) -> None:
     tree = FakePowercap(tmp_path)
     package = tree.add_package(0, subzones=(), energy_uj=800_000_000, max_energy_range_uj=1_000_000_000)["package"]
-    backend = RaplBackend(tmp_path)
+    clock = FakeClock()
+    backend = RaplBackend(tmp_path, clock=clock)
     backend.probe()
+    clock.advance(1.0)  # 300 J in 1 s
     package.set_energy_uj(100_000_000)
     barrier = threading.Barrier(8)
     results: list[float] = []
