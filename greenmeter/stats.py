@@ -8,6 +8,8 @@ carries through unchanged) and return frozen records with ``to_dict``/``from_dic
 * :func:`bootstrap_test`: a percentile bootstrap of the same difference, for samples far from normal.
 * :func:`pareto_front`: which (metric, energy) points no other point beats on both.
 * :func:`percentile`: nearest-rank percentile, the rule :class:`greenmeter.records.measurement.LatencyStats` uses.
+* :class:`QuantileSketch`: the same percentiles of a stream of any length in bounded memory, each within a stated
+  relative error (a DDSketch), mergeable; what a window of many steps keeps instead of every step's duration.
 
 Differences are always **variant minus baseline**: a negative ``diff_mean`` of energies means the variant
 uses less. scipy and numpy are imported inside the functions that need them, so ``import greenmeter``
@@ -17,14 +19,16 @@ stays light.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from greenmeter._checks import fraction, number, whole_number
 from greenmeter._errors import ConfigError
 
-__all__ = ["Interval", "Significance", "bootstrap_test", "mean_ci", "pareto_front", "percentile", "welch_test"]
+__all__ = ["Interval", "QuantileSketch", "Significance", "bootstrap_test", "mean_ci", "pareto_front", "percentile",
+           "welch_test"]
 
 
 @dataclass(frozen=True)
@@ -337,3 +341,273 @@ def percentile(values: Sequence[float], q: float) -> float:
     data = sorted(_finite(values, "percentile values"))
     q = fraction("percentile q", q, note="0.95 for p95")
     return data[max(0, math.ceil(q * len(data)) - 1)]
+
+
+# ------------------------------------------------------------------------------------ the sketch
+
+
+class QuantileSketch:
+    """Nearest-rank quantiles of a stream of values >= 0, in bounded memory, within a stated relative error.
+
+    A DDSketch (Masson, Rim and Lee, VLDB 2019) with the nearest-rank rule of :func:`percentile`. A value
+    ``x > 0`` is counted in the logarithmic bucket ``k = ceil(log(x) / log(gamma))``, with
+    ``gamma = (1 + a) / (1 - a)`` for the relative accuracy ``a``: bucket ``k`` holds the values in
+    ``(gamma**(k - 1), gamma**k]`` and stands for ``2 * gamma**k / (gamma + 1)``, which is within ``a * x`` of
+    every ``x`` in it. Zeros have a bucket of their own (and read back exactly). :meth:`quantile` returns the
+    representative of the bucket that holds the ``ceil(q * n)``-th smallest value, clamped to the exact
+    ``[min, max]``.
+
+    **Guarantee**: ``|quantile(q) - percentile(values, q)| <= a * percentile(values, q)`` for every ``q`` (up to
+    floating-point rounding, ~1e-15 relative), whatever the distribution and however many values: a
+    deterministic bound, not a probabilistic one. ``count``, ``sum``, ``min`` and ``max`` are exact (``sum`` up
+    to float addition). :meth:`merge` adds bucket counts, so the merge of two sketches is the sketch of the
+    union and keeps the same guarantee.
+
+    Memory is bounded by ``max_buckets``: the buckets span at most that many consecutive keys, a ratio of
+    ``gamma**max_buckets`` between the largest and the smallest positive value (about 10**17.8 at the
+    defaults). Values further below the largest are folded into the lowest bucket, which then reads high;
+    ``collapsed`` counts them. The guarantee holds for every ``q`` whose rank ``ceil(q * n)`` is above
+    ``zero_count`` plus the lowest bucket's count while ``collapsed > 0``: the upper quantiles, which latency
+    reports use; with ``collapsed == 0`` (the usual case) it holds for all.
+
+    The sketch is mutable (:meth:`add`, :meth:`add_many` and :meth:`merge` work in place); a record holding one
+    leaves it alone. Two sketches are equal when their :meth:`to_dict` forms are.
+
+    Args:
+        relative_accuracy: ``a``, in (0, 0.5]; 0.005 (0.5%) keeps ~230 buckets per decade of values.
+        max_buckets: the most buckets kept, >= 16.
+
+    Raises:
+        ConfigError: ``relative_accuracy`` or ``max_buckets`` out of range.
+    """
+
+    __slots__ = ("relative_accuracy", "max_buckets", "_gamma", "_inv_log_gamma", "_counts", "_zero", "_count",
+                 "_sum", "_min", "_max", "_collapsed")
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __init__(self, relative_accuracy: float = 0.005, max_buckets: int = 4096) -> None:
+        self.relative_accuracy = number("relative_accuracy", relative_accuracy, low=0, high=0.5, low_open=True)
+        self.max_buckets = whole_number("max_buckets", max_buckets, minimum=16)
+        self._gamma = (1.0 + self.relative_accuracy) / (1.0 - self.relative_accuracy)
+        self._inv_log_gamma = 1.0 / math.log(self._gamma)
+        self._counts: dict[int, int] = {}
+        self._zero = 0
+        self._count = 0
+        self._sum = 0.0
+        self._min = math.inf
+        self._max = -math.inf
+        self._collapsed = 0
+
+    # Reading -------------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        """How many values were added."""
+        return self._count
+
+    @property
+    def sum(self) -> float:
+        """The sum of the values (0.0 when empty)."""
+        return self._sum
+
+    @property
+    def mean(self) -> float | None:
+        """The mean of the values; ``None`` when empty."""
+        return self._sum / self._count if self._count else None
+
+    @property
+    def min(self) -> float | None:
+        """The smallest value, exactly; ``None`` when empty."""
+        return self._min if self._count else None
+
+    @property
+    def max(self) -> float | None:
+        """The largest value, exactly; ``None`` when empty."""
+        return self._max if self._count else None
+
+    @property
+    def zero_count(self) -> int:
+        """How many of the values were 0."""
+        return self._zero
+
+    @property
+    def collapsed(self) -> int:
+        """Values moved up into the lowest bucket to keep within ``max_buckets`` (0: none; see the class)."""
+        return self._collapsed
+
+    @property
+    def buckets(self) -> int:
+        """How many buckets are in use (memory and stored size grow with this, never past ``max_buckets``)."""
+        return len(self._counts)
+
+    def quantile(self, q: float) -> float:
+        """The nearest-rank ``q`` quantile, within ``relative_accuracy`` of the exact one (see the class).
+
+        Args:
+            q: the fraction, in [0, 1] (``0.95`` for p95).
+
+        Returns:
+            The estimate, in the unit of the values.
+
+        Raises:
+            ConfigError: ``q`` outside [0, 1], or the sketch is empty.
+        """
+        q = fraction("quantile q", q, note="0.95 for p95")
+        if not self._count:
+            raise ConfigError("the quantile sketch is empty: add values before asking for a quantile")
+        rank = max(1, math.ceil(q * self._count))
+        seen = self._zero
+        if rank <= seen:
+            return 0.0
+        if rank == 1 or rank == self._count:  # the exact smallest and largest are kept
+            return self._min if rank == 1 else self._max
+        counts = self._counts
+        for key in sorted(counts):
+            seen += counts[key]
+            if seen >= rank:
+                return min(max(2.0 * self._gamma ** key / (self._gamma + 1.0), self._min), self._max)
+        return self._max  # not reached: the counts add up to count
+
+    # Adding --------------------------------------------------------------------------------
+    def add(self, value: float) -> QuantileSketch:
+        """Add one value (>= 0, finite), in place; returns the sketch.
+
+        Raises:
+            ConfigError: a negative, NaN or infinite value.
+        """
+        return self.add_many((value,))
+
+    def add_many(self, values: Iterable[float]) -> QuantileSketch:
+        """Add values (each >= 0 and finite), in place; returns the sketch. About 0.1 us a value.
+
+        Raises:
+            ConfigError: a value is not a number, is negative, NaN or infinite (nothing is added then).
+        """
+        data = sorted(values)  # then one bucket at a time: a log and a bisection per bucket, not per value
+        if not data:
+            return self
+        try:
+            total = sum(data)
+        except TypeError as err:
+            raise ConfigError(f"a quantile sketch takes numbers: {err}") from err
+        if not math.isfinite(total) or data[0] < 0:
+            bad = next(v for v in data if not 0 <= v < math.inf)
+            raise ConfigError(f"a quantile sketch takes finite values >= 0, not {bad!r}")
+        log, ceil, inv, gamma = math.log, math.ceil, self._inv_log_gamma, self._gamma
+        counts = self._counts
+        n = len(data)
+        i = zeros = bisect_right(data, 0.0)
+        while i < n:
+            key = ceil(log(data[i]) * inv)
+            j = bisect_right(data, gamma ** key, i)
+            if j == i:  # data[i] a rounding error above its bucket's bound: it is the bound
+                j = i + 1
+            counts[key] = counts.get(key, 0) + j - i
+            i = j
+        self._zero += zeros
+        self._count += n
+        self._sum += total
+        self._min = min(self._min, data[0])
+        self._max = max(self._max, data[-1])
+        self._bound()
+        return self
+
+    def merge(self, other: QuantileSketch) -> QuantileSketch:
+        """Add every value of ``other`` to this sketch, in place (``other`` is unchanged); returns this sketch.
+
+        The result is the sketch of the union of both streams, with the same guarantee.
+
+        Raises:
+            ConfigError: ``other`` is not a QuantileSketch, or has another relative accuracy.
+        """
+        if not isinstance(other, QuantileSketch):
+            raise ConfigError(f"can only merge a QuantileSketch, not {type(other).__name__}")
+        if other.relative_accuracy != self.relative_accuracy:
+            raise ConfigError(f"cannot merge quantile sketches of relative accuracy {self.relative_accuracy} and "
+                              f"{other.relative_accuracy}: their buckets differ")
+        if not other._count:
+            return self
+        misplaced: dict[int, int] = {}  # where each side's collapsed values sit: its lowest bucket
+        for side in (self, other):
+            if side._collapsed:
+                low = min(side._counts)
+                misplaced[low] = misplaced.get(low, 0) + side._collapsed
+        counts = self._counts
+        for key, n in other._counts.items():
+            counts[key] = counts.get(key, 0) + n
+        self._zero += other._zero
+        self._count += other._count
+        self._sum += other._sum
+        self._min = min(self._min, other._min)
+        self._max = max(self._max, other._max)
+        if misplaced:  # keep every value that reads high in the one lowest bucket
+            self._collapse_below(max(misplaced), misplaced)
+        self._bound()
+        return self
+
+    def copy(self) -> QuantileSketch:
+        """An independent copy."""
+        return QuantileSketch(self.relative_accuracy, self.max_buckets).merge(self)
+
+    @classmethod
+    def from_values(cls, values: Iterable[float], relative_accuracy: float = 0.005,
+                    max_buckets: int = 4096) -> QuantileSketch:
+        """A sketch of ``values`` (see :meth:`add_many` for what it raises)."""
+        return cls(relative_accuracy, max_buckets).add_many(values)
+
+    def _bound(self) -> None:
+        counts = self._counts
+        if len(counts) > 1:
+            floor = max(counts) - self.max_buckets + 1
+            if min(counts) < floor:  # the collapsed values, if any, are in the lowest bucket: below the floor
+                self._collapse_below(floor, {})
+
+    def _collapse_below(self, floor: int, misplaced: Mapping[int, int]) -> None:
+        """Move the buckets below ``floor`` into it. ``misplaced``: collapsed values by bucket, all <= floor."""
+        counts = self._counts
+        moved = sum(counts.pop(key) for key in [key for key in counts if key < floor])
+        if moved or floor in counts:
+            counts[floor] = counts.get(floor, 0) + moved
+        self._collapsed = moved + misplaced.get(floor, 0)
+
+    # Records -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: the settings, the exact figures and the bucket counts from the lowest key on."""
+        keys = sorted(self._counts)
+        low = keys[0] if keys else 0
+        dense = [0] * (keys[-1] - low + 1) if keys else []
+        for key in keys:
+            dense[key - low] = self._counts[key]
+        return {
+            "relative_accuracy": self.relative_accuracy, "max_buckets": self.max_buckets, "count": self._count,
+            "sum": self._sum, "min": self.min, "max": self.max, "zero_count": self._zero,
+            "collapsed": self._collapsed, "offset": low, "counts": dense,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QuantileSketch:
+        """The sketch :meth:`to_dict` wrote.
+
+        Raises:
+            ConfigError: the counts do not add up to the count, or a setting is out of range.
+        """
+        sketch = cls(data["relative_accuracy"], data.get("max_buckets", 4096))
+        offset = int(data.get("offset", 0))
+        sketch._counts = {offset + i: int(n) for i, n in enumerate(data.get("counts", ())) if n}
+        sketch._zero = int(data.get("zero_count", 0))
+        sketch._count = int(data["count"])
+        sketch._sum = float(data.get("sum", 0.0))
+        sketch._collapsed = int(data.get("collapsed", 0))
+        if sketch._count:
+            sketch._min, sketch._max = float(data["min"]), float(data["max"])
+        if sum(sketch._counts.values()) + sketch._zero != sketch._count:
+            raise ConfigError(f"not a quantile sketch: its bucket counts do not add up to its count {sketch._count}")
+        return sketch
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QuantileSketch):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return (f"QuantileSketch(count={self._count}, buckets={len(self._counts)}, "
+                f"relative_accuracy={self.relative_accuracy})")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ from greenmeter._errors import ConfigError
 from greenmeter.records.measurement import LatencyStats
 from greenmeter.stats import (
     Interval,
+    QuantileSketch,
     Significance,
     bootstrap_test,
     mean_ci,
@@ -256,3 +259,126 @@ def test_percentile_rejects_bad_input() -> None:
         percentile([], 0.5)
     with pytest.raises(ConfigError, match="non-finite"):
         percentile([1.0, float("nan")], 0.5)
+
+
+# ------------------------------------------------------------------------------------ the quantile sketch
+
+QS = [0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0]
+
+
+def _within_bound(sketch: QuantileSketch, values: list[float]) -> None:
+    a = sketch.relative_accuracy
+    for q in QS:
+        exact = percentile(values, q)
+        assert abs(sketch.quantile(q) - exact) <= a * exact * (1 + 1e-12), (q, sketch.quantile(q), exact)
+
+
+@pytest.mark.parametrize("name", ["uniform", "lognormal", "ties", "zeros", "bimodal"])
+def test_sketch_quantiles_are_within_the_stated_error_of_the_exact_nearest_rank(name: str) -> None:
+    rng = random.Random(7)
+    values = {
+        "uniform": [rng.uniform(0.001, 0.1) for _ in range(20_000)],
+        "lognormal": [rng.lognormvariate(-6.0, 1.5) for _ in range(20_000)],
+        "ties": [rng.choice([0.010, 0.011, 0.5]) for _ in range(5_000)],  # many equal values
+        "zeros": [0.0] * 300 + [rng.expovariate(100.0) for _ in range(700)],
+        "bimodal": [rng.gauss(0.002, 1e-4) for _ in range(3_000)] + [rng.gauss(2.0, 0.1) for _ in range(300)],
+    }[name]
+    for accuracy in (0.005, 0.02):
+        sketch = QuantileSketch.from_values(values, relative_accuracy=accuracy)
+        _within_bound(sketch, values)
+        assert sketch.count == len(values) and sketch.min == min(values) and sketch.max == max(values)
+        assert sketch.sum == pytest.approx(sum(values), rel=1e-12) and sketch.collapsed == 0
+
+
+def test_sketch_of_a_few_values() -> None:
+    for values in ([0.25], [0.3, 0.1], [5.0, 1.0, 3.0], [0.0], [0.0, 2.0]):
+        sketch = QuantileSketch().add_many(values)
+        _within_bound(sketch, values)
+        assert sketch.quantile(0.0) == min(values) and sketch.quantile(1.0) == max(values)  # kept exactly
+    sketch = QuantileSketch().add(0.010).add(0.020)
+    assert sketch.quantile(0.5) == pytest.approx(0.010, rel=0.005) and sketch.mean == pytest.approx(0.015)
+    empty = QuantileSketch()
+    assert empty.count == 0 and empty.min is None and empty.max is None and empty.mean is None
+    with pytest.raises(ConfigError, match="empty"):
+        empty.quantile(0.5)
+
+
+def test_merged_sketches_equal_the_sketch_of_the_union() -> None:
+    rng = random.Random(3)
+    a = [rng.lognormvariate(-5.0, 1.0) for _ in range(4_000)]
+    b = [rng.lognormvariate(-4.0, 0.3) for _ in range(1_000)] + [0.0]
+    merged = QuantileSketch.from_values(a).merge(QuantileSketch.from_values(b))
+    union = QuantileSketch.from_values(a + b)
+    m, u = merged.to_dict(), union.to_dict()
+    assert m.pop("sum") == pytest.approx(u.pop("sum"), rel=1e-12) and m == u  # the sum is added in another order
+    assert [merged.quantile(q) for q in QS] == [union.quantile(q) for q in QS]
+    _within_bound(merged, a + b)
+    lone = QuantileSketch.from_values(b)
+    lone.copy().merge(QuantileSketch.from_values(a))
+    assert lone.count == len(b)  # merging into a copy leaves the original alone
+    with pytest.raises(ConfigError, match="relative accuracy"):
+        merged.merge(QuantileSketch(relative_accuracy=0.01))
+
+
+def test_sketch_round_trips_through_json_and_stays_small() -> None:
+    rng = random.Random(5)
+    values = [rng.lognormvariate(-4.0, 0.5) for _ in range(100_000)]
+    sketch = QuantileSketch.from_values(values)
+    text = json.dumps(sketch.to_dict())
+    again = QuantileSketch.from_dict(json.loads(text))
+    assert again == sketch and [again.quantile(q) for q in QS] == [sketch.quantile(q) for q in QS]
+    assert len(text) < 4_000 and sketch.buckets < 600  # 100,000 values in a few hundred buckets
+    broken = sketch.to_dict()
+    broken["count"] += 1
+    with pytest.raises(ConfigError, match="do not add up"):
+        QuantileSketch.from_dict(broken)
+
+
+def test_sketch_memory_is_bounded_and_the_upper_quantiles_keep_their_bound() -> None:
+    values = [10.0 ** (k / 10) for k in range(-200, 101)]  # 30 decades, more than 64 buckets of 5% span
+    sketch = QuantileSketch.from_values(values, relative_accuracy=0.05, max_buckets=64)
+    stored = sketch.to_dict()
+    assert sketch.buckets <= 64 and len(stored["counts"]) <= 64 and sketch.collapsed > 0
+    trusted_above = sketch.zero_count + stored["counts"][0]  # the lowest bucket holds every value folded into it
+    checked = 0
+    for q in QS:
+        if math.ceil(q * len(values)) > trusted_above:
+            exact = percentile(values, q)
+            assert abs(sketch.quantile(q) - exact) <= 0.05 * exact * (1 + 1e-12)
+            checked += 1
+    assert checked >= 4  # p95, p99, p99.9, max
+    other = QuantileSketch.from_values([1e-40, 1e-39], relative_accuracy=0.05, max_buckets=64)
+    merged = sketch.copy().merge(other)
+    assert merged.buckets <= 64 and merged.collapsed >= sketch.collapsed + 2
+    assert merged.to_dict()["counts"][0] >= merged.collapsed
+
+
+def test_sketch_rejects_bad_values_and_settings() -> None:
+    sketch = QuantileSketch().add_many([1.0, 2.0])
+    for bad in ([1.0, -0.5], [float("nan")], [float("inf"), 1.0]):
+        with pytest.raises(ConfigError, match="finite values >= 0"):
+            sketch.add_many(bad)
+    with pytest.raises(ConfigError, match="numbers"):
+        sketch.add_many(["a", "b"])  # type: ignore[list-item]
+    assert sketch.count == 2  # nothing added by a refused call
+    with pytest.raises(ConfigError, match="relative_accuracy"):
+        QuantileSketch(relative_accuracy=0.0)
+    with pytest.raises(ConfigError, match="max_buckets"):
+        QuantileSketch(max_buckets=2)
+    with pytest.raises(ConfigError, match="0.95 for p95"):
+        sketch.quantile(95)
+
+
+def test_latency_stats_from_a_sketch_say_their_error() -> None:
+    rng = random.Random(11)
+    durations = [rng.lognormvariate(-4.0, 0.4) for _ in range(10_000)]
+    exact = LatencyStats.from_durations(durations)
+    sketched = LatencyStats.from_sketch(QuantileSketch.from_values(durations))
+    assert exact is not None and sketched is not None
+    assert exact.relative_error == 0.0 and sketched.relative_error == 0.005
+    assert (sketched.count, sketched.min_s, sketched.max_s) == (exact.count, exact.min_s, exact.max_s)
+    assert sketched.mean_s == pytest.approx(exact.mean_s, rel=1e-12)
+    for name in ("p50_s", "p95_s", "p99_s"):
+        assert abs(getattr(sketched, name) - getattr(exact, name)) <= 0.005 * getattr(exact, name) * (1 + 1e-12)
+    assert LatencyStats.from_sketch(QuantileSketch()) is None
+    assert LatencyStats.from_dict(sketched.to_dict()) == sketched

@@ -167,7 +167,10 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
     import torch
 
     model = entry.model
-    window = meter.begin(f"{entry.name}/repeat-{repeat + 1}", samples=passes * sum(len(x) for x, _ in batches))
+    # Every step kept whole, however long the repeat: the per-sample latency pairs each step's duration with its
+    # batch's size, and the pooled percentiles stay exact.
+    window = meter.begin(f"{entry.name}/repeat-{repeat + 1}", samples=passes * sum(len(x) for x, _ in batches),
+                         keep_steps=True)
     outs: list[torch.Tensor] = []
     try:
         with torch.inference_mode():

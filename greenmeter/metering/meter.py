@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import operator
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from greenmeter._checks import text, whole_number
+from greenmeter._checks import choice, text, whole_number
 from greenmeter._errors import BackendError, ConfigError, MeasurementError
 from greenmeter.sources.base import Backend, Domain, ProbeResult
 from greenmeter.sources.select import probe_sources, select_backends
@@ -42,6 +43,7 @@ from greenmeter.records.measurement import (
     LatencyStats,
     Measurement,
 )
+from greenmeter.stats import QuantileSketch
 
 if TYPE_CHECKING:
     from greenmeter.store.database import Store
@@ -57,6 +59,8 @@ _said_lock = threading.Lock()
 T = TypeVar("T")
 SyncHook = Callable[[], None]
 _MODES = ("process", "machine")
+#: Step marks are folded into the open windows' sketches every this many steps (or ``keep_steps``, if more).
+_FOLD_CHUNK = 4096
 
 
 def _cuda_sync() -> None:
@@ -80,7 +84,19 @@ def batch_size(item: Any) -> int | None:
 
 
 
-EpochMark = tuple[float, dict[str, float], int]
+#: An epoch mark: (perf_counter s, joules per domain, steps marked so far, their sample counts summed, steps
+#: marked without a sample count so far). The counts run on since the meter's first step.
+EpochMark = tuple[float, dict[str, float], int, int, int]
+
+
+class _WindowSteps(NamedTuple):
+    """The steps of a window as it ends: every one's values when kept, else the sketch of their durations."""
+
+    count: int
+    durations: list[float] | None
+    samples: list[int | None] | None
+    sketch: QuantileSketch | None
+    samples_total: int | None  # their sample counts summed, when every step gave one
 
 
 class ResolvedCarbon:
@@ -106,22 +122,30 @@ class ResolvedCarbon:
         })
 
 
-def _epochs(
-    w: Window, marks: list[EpochMark], step_samples: list[int | None], domains: Mapping[str, Domain],
-) -> tuple[EpochRecord, ...]:
+def _add_durations(sketch: QuantileSketch, durations: list[float]) -> None:
+    """Add step durations (s) to a sketch; one below 0 (two threads' marks out of order) counts as 0."""
+    try:
+        sketch.add_many(durations)
+    except ConfigError:
+        sketch.add_many([max(d, 0.0) for d in durations])
+
+
+def _epochs(w: Window, marks: list[EpochMark], domains: Mapping[str, Domain]) -> tuple[EpochRecord, ...]:
+    """The epochs of window ``w``: from its start to the first mark, then from mark to mark."""
     records = []
     previous_t, previous_e, previous_step = w.t0, w.energy, w.step_index
-    for index, (t, energy, step_count) in enumerate(marks):
-        in_epoch = step_samples[previous_step - w.step_index: step_count - w.step_index]
-        samples = sum(s for s in in_epoch if s is not None) if in_epoch and None not in in_epoch else None
+    previous_samples, previous_unsized = w._samples_at, w._unsized_at
+    for index, (t, energy, step_count, samples_total, unsized) in enumerate(marks):
+        steps = step_count - previous_step
         records.append(EpochRecord(
             index=index,
             duration_s=t - previous_t,
             energy_j=sum(energy[k] - previous_e[k] for k, d in domains.items() if d.in_total),
-            steps=step_count - previous_step,
-            samples=samples,
+            steps=steps,
+            samples=samples_total - previous_samples if steps and unsized == previous_unsized else None,
         ))
         previous_t, previous_e, previous_step = t, energy, step_count
+        previous_samples, previous_unsized = samples_total, unsized
     return tuple(records)
 
 
@@ -135,11 +159,13 @@ class Window:
     """
 
     __slots__ = ("meter", "name", "samples", "started_at", "t0", "energy", "step_index", "epoch_index",
-                 "carbon", "measurement")
+                 "carbon", "measurement", "_keep_steps", "_samples_at", "_unsized_at", "_sketch", "_folded",
+                 "_last_t")
 
     def __init__(
         self, meter: Meter, name: str, samples: int | None, started_at: str, t0: float,
         energy: dict[str, float], step_index: int, epoch_index: int, carbon: Any = None,
+        keep_steps: bool = False, samples_at: int = 0, unsized_at: int = 0,
     ) -> None:
         self.meter = meter
         self.name = name
@@ -147,10 +173,15 @@ class Window:
         self.started_at = started_at
         self.t0 = t0
         self.energy = energy
-        self.step_index = step_index
+        self.step_index = step_index  # the meter's step count when the window began
         self.epoch_index = epoch_index
         self.carbon = carbon  # resolved carbon settings for this window only, or None for the meter's
         self.measurement: Measurement | None = None
+        self._keep_steps = keep_steps  # keep every step's values, however many
+        self._samples_at, self._unsized_at = samples_at, unsized_at  # the meter's sample tallies at the start
+        self._sketch: QuantileSketch | None = None  # durations of the steps step_index .. _folded - 1
+        self._folded = step_index
+        self._last_t = t0  # perf_counter time of the last step in the sketch, or t0
 
     def end(self) -> Measurement:
         """End this window; same as ``meter.end(window)``."""
@@ -169,17 +200,20 @@ class WindowBlock:
     fault is logged as a warning and recorded where it can be, and never replaces the block's exception.
     """
 
-    __slots__ = ("_meter", "_name", "_samples", "_carbon", "window")
+    __slots__ = ("_meter", "_name", "_samples", "_carbon", "_keep_steps", "window")
 
-    def __init__(self, meter: Meter, name: str, samples: int | None, carbon: CarbonSettings | None = None) -> None:
+    def __init__(self, meter: Meter, name: str, samples: int | None, carbon: CarbonSettings | None = None,
+                 keep_steps: bool = False) -> None:
         self._meter = meter
         self._name = text("name", name)
         self._samples = whole_number("samples", samples, minimum=0, optional=True)
         self._carbon = carbon
+        self._keep_steps = choice("keep_steps", keep_steps, (False, True))
         self.window: Window | None = None
 
     def __enter__(self) -> Window:
-        self.window = self._meter.begin(self._name, samples=self._samples, carbon=self._carbon)
+        self.window = self._meter.begin(self._name, samples=self._samples, carbon=self._carbon,
+                                        keep_steps=self._keep_steps)
         return self.window
 
     def __exit__(
@@ -224,6 +258,13 @@ class Meter:
             ``interrupted`` when the block raises; see :meth:`close`); a crashed process leaves the run
             marked incomplete with every window stored before the crash. ``None`` (default) stores nothing.
         name: the run's name in the store (default: the script's file name).
+        keep_steps: how many steps a window keeps whole: each one's duration and sample count, in
+            ``Measurement.step_durations_s`` and ``step_samples``, with exact percentiles. A window of more
+            steps keeps a bounded summary instead: a :class:`~greenmeter.stats.QuantileSketch` of its step
+            durations (``Measurement.step_sketch``; each percentile within 0.5% of the exact one, said in
+            ``latency.relative_error``), so the meter's memory, a window's end and its stored record stay
+            the same size however many steps. ``True`` keeps every step of every window (memory and the
+            store then grow with the steps, ~50 bytes each); ``False`` or 0 keeps none. Default 1,000.
 
     The meter starts (probes hardware, starts the sampler) on its first window. It is thread-safe.
     """
@@ -241,7 +282,13 @@ class Meter:
         carbon: CarbonSettings | None = None,
         store: Store | str | os.PathLike[str] | bool | None = None,
         name: str | None = None,
+        keep_steps: bool | int = 1000,
     ) -> None:
+        if isinstance(keep_steps, bool):
+            self._keep: int | None = None if keep_steps else 0  # None: every step
+        else:
+            self._keep = whole_number("keep_steps", keep_steps, minimum=0,
+                                      note="or True to keep every step, False for none")
         if mode not in _MODES:
             raise ConfigError(f"mode must be one of {_MODES}, not {mode!r}")
         if idle_baseline_s < 0:
@@ -279,9 +326,17 @@ class Meter:
         self._idle_power_w: dict[str, float] | None = None
         self._sampler: Sampler | None = None
         self._open: list[Window] = []
+        # Step marks: the times and sample counts of the latest steps, from the meter's step number _step_base
+        # on. Every _FOLD_CHUNK steps they are folded into the open windows' sketches, and all but the last
+        # keep_steps dropped (but those of an open window that keeps every step), so memory stays bounded.
         self._step_times: list[float] = []
         self._step_samples: list[int | None] = []
-        self._epoch_marks: list[tuple[float, dict[str, float], int]] = []
+        self._step_base = 0
+        self._samples_total = 0  # every step's sample count, summed
+        self._steps_unsized = 0  # steps marked without a sample count
+        self._fold_chunk = max(self._keep or 0, _FOLD_CHUNK)
+        self._fold_at = sys.maxsize if self._keep is None else self._fold_chunk  # len(_step_times) that folds
+        self._epoch_marks: list[EpochMark] = []
         self._backend_names: tuple[str, ...] = ()
         self._host_info: HostInfo | None = None
         self._host_torch = False
@@ -411,7 +466,8 @@ class Meter:
         return time.perf_counter(), energy
 
     # Windows -------------------------------------------------------------------------------
-    def begin(self, name: str, *, samples: int | None = None, carbon: CarbonSettings | None = None) -> Window:
+    def begin(self, name: str, *, samples: int | None = None, carbon: CarbonSettings | None = None,
+              keep_steps: bool = False) -> Window:
         """Open a window and return its handle; close it with :meth:`end` or ``window.end()``.
 
         Args:
@@ -419,21 +475,27 @@ class Meter:
             samples: samples processed in the window, a whole number >= 0, if known (or set
                 ``window.samples`` later).
             carbon: carbon settings for this window only (default: the meter's).
+            keep_steps: keep every step of this window whole, however many (see the meter's ``keep_steps``):
+                for a caller that needs each step's values; memory grows with the window's steps.
 
         Raises:
-            ConfigError: a bad ``name`` or ``samples`` (checked before the meter starts).
+            ConfigError: a bad ``name``, ``samples`` or ``keep_steps`` (checked before the meter starts).
         """
         text("name", name)
         samples = whole_number("samples", samples, minimum=0, optional=True)
+        keep_steps = choice("keep_steps", keep_steps, (False, True))
         if not self._started or self._closed:
             self.start()
         if self._sync is not None:
             self._sync()
         started_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
         t0, energy = self._snapshot()
-        window = Window(self, name, samples, started_at, t0, energy, len(self._step_times), len(self._epoch_marks),
-                        None if carbon is None else ResolvedCarbon(carbon))
+        resolved = None if carbon is None else ResolvedCarbon(carbon)
         with self._lock:
+            if not self._open:  # marks made while no window was open belong to none
+                self._forget_marks()
+            window = Window(self, name, samples, started_at, t0, energy, self._step_base + len(self._step_times),
+                            len(self._epoch_marks), resolved, keep_steps, self._samples_total, self._steps_unsized)
             self._open.append(window)
         return window
 
@@ -469,20 +531,17 @@ class Meter:
         with self._lock:
             handle = self._find_open(window)
             self._open.remove(handle)
-            steps = self._step_times[handle.step_index:]
-            samples = self._step_samples[handle.step_index:]
+            steps = self._window_steps(handle)
             epochs = self._epoch_marks[handle.epoch_index:]
             if not self._open:
-                self._step_times.clear()
-                self._step_samples.clear()
-                self._epoch_marks.clear()
+                self._forget_marks()
         read_error = unread[0][1] if unread else None
         faults = [f"measurement failed: the {name} backend could not be read at the end of window "
                   f"{handle.name!r} ({type(err).__name__}: {err}); its domains are left out of this "
                   f"window's energy" for name, err in unread]
         if faults:
             flags = [*faults, *flags]
-        measurement = self._build(handle, t1, energy, steps, samples, epochs, error or read_error, flags)
+        measurement = self._build(handle, t1, energy, steps, epochs, error or read_error, flags)
         handle.measurement = measurement
         self.measurements.append(measurement)
         for listener in self.listeners:
@@ -514,28 +573,120 @@ class Meter:
                 return handle
         raise MeasurementError(f"no open window named {window!r}; open windows: {[w.name for w in self._open]}")
 
-    def window(self, name: str, *, samples: int | None = None, carbon: CarbonSettings | None = None) -> WindowBlock:
+    def window(self, name: str, *, samples: int | None = None, carbon: CarbonSettings | None = None,
+               keep_steps: bool = False) -> WindowBlock:
         """A window for a ``with`` block: ``with meter.window("eval", samples=n) as w: ...``.
 
         The block's exception, if any, still closes the window and records a failed measurement before
-        it propagates. After the block, ``w.measurement`` holds the result.
+        it propagates. After the block, ``w.measurement`` holds the result. The arguments are those of
+        :meth:`begin`.
 
         Raises:
-            ConfigError: ``name`` is not a non-empty string, or ``samples`` is not ``None`` or a whole
-                number >= 0 (checked here, before the block runs).
+            ConfigError: ``name`` is not a non-empty string, ``samples`` is not ``None`` or a whole
+                number >= 0, or ``keep_steps`` is not a bool (checked here, before the block runs).
         """
-        return WindowBlock(self, name, samples, carbon)
+        return WindowBlock(self, name, samples, carbon, keep_steps)
 
     # Steps and epochs -----------------------------------------------------------------------
     def step(self, samples: int | None = None) -> None:
-        """Mark the end of one step (a batch), optionally with its number of samples. Costs ~1 us."""
-        self._step_times.append(time.perf_counter())
+        """Mark the end of one step (a batch), optionally with its number of samples. Costs ~1 us.
+
+        A step's duration runs from the previous mark (or its window's start) to this one. The meter's memory
+        stays bounded however many steps are marked (see ``keep_steps``).
+        """
+        times = self._step_times
+        times.append(time.perf_counter())
         self._step_samples.append(samples)
+        if samples is None:
+            self._steps_unsized += 1
+        else:
+            self._samples_total += samples
+        if len(times) >= self._fold_at:
+            self._fold()
 
     def epoch(self) -> None:
         """Mark the end of an epoch: reads the backends, so per-epoch energy is exact to the counters."""
         t, energy = self._snapshot()
-        self._epoch_marks.append((t, energy, len(self._step_times)))
+        with self._lock:
+            self._epoch_marks.append((t, energy, self._step_base + len(self._step_times), self._samples_total,
+                                      self._steps_unsized))
+
+    def _forget_marks(self) -> None:
+        """Drop every step and epoch mark (under the lock, when no window is open: they belong to none)."""
+        self._step_base += len(self._step_times)
+        self._step_times.clear()
+        self._step_samples.clear()
+        self._epoch_marks.clear()
+        if self._keep is not None:
+            self._fold_at = self._fold_chunk
+
+    def _fold(self) -> None:
+        """Fold the step marks into the open windows' sketches and drop all but the ones still needed whole.
+
+        Kept: the last ``keep_steps`` marks (every window of that many steps or fewer has all of its own
+        there) and those of an open window that keeps every step.
+        """
+        with self._lock:
+            times = self._step_times
+            count = len(times)
+            self._fold_into([w for w in self._open if not w._keep_steps], self._step_base + count)
+            drop = count - (self._keep or 0)
+            for w in self._open:
+                if w._keep_steps:
+                    drop = min(drop, w.step_index - self._step_base)
+            if drop > 0:
+                del times[:drop]
+                del self._step_samples[:drop]
+                self._step_base += drop
+            self._fold_at = len(times) + self._fold_chunk
+
+    def _fold_into(self, windows: Sequence[Window], end: int) -> None:
+        """Add to each window's sketch the durations of its steps before step number ``end`` not yet in it.
+
+        Under the lock. A step's duration from the step before it is the same in every window that holds
+        both, so the sketch of those is built once for each place a window's unfolded steps start (from the
+        latest back, one stretch at a time) and merged in; only each window's first step is its own (from its
+        start, or from the last step already in its sketch).
+        """
+        times, base = self._step_times, self._step_base
+        starts = sorted({w._folded for w in windows if w._folded < end}, reverse=True)
+        if not starts:
+            return
+        shared: dict[int, QuantileSketch] = {}
+        sketch: QuantileSketch | None = None
+        upto = end
+        for start in starts:  # durations of the steps start + 1 .. end - 1
+            later, earlier = times[start + 1 - base: upto - base], times[start - base: upto - 1 - base]
+            stretch = list(map(operator.sub, later, earlier))
+            sketch = QuantileSketch() if sketch is None else sketch.copy()
+            _add_durations(sketch, stretch)
+            shared[start] = sketch
+            upto = start + 1
+        last = times[end - 1 - base]
+        for w in windows:
+            if w._folded >= end:
+                continue
+            if w._sketch is None:
+                w._sketch = QuantileSketch()
+            w._sketch.merge(shared[w._folded])
+            _add_durations(w._sketch, [times[w._folded - base] - w._last_t])
+            w._folded, w._last_t = end, last
+
+    def _window_steps(self, w: Window) -> _WindowSteps:
+        """The steps of window ``w`` as it ends (under the lock): every one's values when kept, else the sketch."""
+        base, times = self._step_base, self._step_times
+        end = base + len(times)
+        count = end - w.step_index
+        total = self._samples_total - w._samples_at if count and self._steps_unsized == w._unsized_at else None
+        if not count:
+            return _WindowSteps(0, None, None, None, None)
+        if w._keep_steps or self._keep is None or count <= self._keep:
+            start = w.step_index - base  # >= 0: a fold keeps the last keep_steps marks
+            stamps = times[start:start + count]
+            durations = list(map(operator.sub, stamps, [w.t0, *stamps[:-1]]))
+            return _WindowSteps(count, durations, self._step_samples[start:start + count], None, total)
+        self._fold_into([w], end)
+        return _WindowSteps(count, None, None, w._sketch, total)
 
     def iterate(self, iterable: Iterable[T], *, samples_of: Callable[[T], int | None] = batch_size) -> Iterator[T]:
         """Yield from ``iterable``, marking a step each time the consumer asks for the next item.
@@ -554,13 +705,12 @@ class Meter:
 
     # Building the record ---------------------------------------------------------------------
     def _build(
-        self, w: Window, t1: float, energy: dict[str, float], steps: list[float],
-        step_samples: list[int | None], epochs: list[EpochMark], error: BaseException | None,
-        extra_flags: Sequence[str] = (),
+        self, w: Window, t1: float, energy: dict[str, float], steps: _WindowSteps, epochs: list[EpochMark],
+        error: BaseException | None, extra_flags: Sequence[str] = (),
     ) -> Measurement:
         """The measurement of window ``w`` closed at ``t1`` (perf_counter s) with readings ``energy`` (J).
 
-        ``steps`` are the perf_counter times of step marks inside the window, ``epochs`` the epoch marks.
+        ``steps`` are the step marks inside the window, ``epochs`` the epoch marks.
         This is the hot path of every window's end: records are assembled without the per-field
         ``object.__setattr__`` of frozen dataclasses (:func:`~greenmeter.records.encoding.assemble`).
         """
@@ -593,15 +743,11 @@ class Meter:
                 "provenance": domain.provenance, "resolved": resolved,
                 "idle_power_w": None if idle is None else idle[key],
             }))
-        durations: list[float] = []
-        samples = w.samples
-        if steps:
-            previous = w.t0
-            for t in steps:
-                durations.append(t - previous)
-                previous = t
-            if samples is None and None not in step_samples:
-                samples = sum(step_samples)  # type: ignore[arg-type]
+        samples = w.samples if w.samples is not None else steps.samples_total
+        if steps.durations is not None:
+            latency = LatencyStats.from_durations(steps.durations)
+        else:
+            latency = None if steps.sketch is None else LatencyStats.from_sketch(steps.sketch)
         return assemble(Measurement, {
             "name": w.name,
             "status": "failed" if error is not None else "ok",
@@ -612,17 +758,18 @@ class Meter:
             "host": host,
             "backends": backends,
             "samples": samples,
-            "steps": len(steps),
-            "latency": LatencyStats.from_durations(durations),
-            "step_energy_method": "split-by-step-time" if steps else None,
-            "epochs": _epochs(w, epochs, step_samples, domains) if epochs else (),
+            "steps": steps.count,
+            "latency": latency,
+            "step_energy_method": "split-by-step-time" if steps.count else None,
+            "epochs": _epochs(w, epochs, domains) if epochs else (),
             "idle_power_w": None if idle is None else sum(idle[k] for k, d in domains.items() if d.in_total),
             "flags": tuple(flags),
             "error": None if error is None else f"{type(error).__name__}: {error}" if str(error)
             else type(error).__name__,
             "carbon": carbon.estimate(total),
-            "step_durations_s": tuple(durations),
-            "step_samples": tuple(step_samples) if steps else (),
+            "step_durations_s": () if steps.durations is None else tuple(steps.durations),
+            "step_samples": () if steps.samples is None else tuple(steps.samples),
+            "step_sketch": steps.sketch,
             "schema_version": SCHEMA_VERSION,
         })
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from greenmeter._errors import ConfigError
 from greenmeter.sources.base import Provenance
 from greenmeter.carbon.settings import CarbonEstimate
+from greenmeter.stats import QuantileSketch
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -26,8 +27,10 @@ __all__ = [
     "Measurement",
 ]
 
-#: 2 added ``Measurement.carbon``; version 1 records read with ``carbon = None``.
-SCHEMA_VERSION = 2
+#: 2 added ``Measurement.carbon``; version 1 records read with ``carbon = None``. 3 added
+#: ``Measurement.step_sketch`` and ``LatencyStats.relative_error``; older records read with ``None`` and 0.0
+#: (their percentiles were exact: every step's duration was kept).
+SCHEMA_VERSION = 3
 
 
 Status = Literal["ok", "failed"]
@@ -82,7 +85,17 @@ class DomainEnergy:
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Per-step latency over a window, in seconds (nearest-rank percentiles)."""
+    """Per-step latency over a window, in seconds (nearest-rank percentiles).
+
+    Attributes:
+        count: the number of steps.
+        mean_s, min_s, max_s: exact, whichever way the percentiles were found.
+        p50_s, p95_s, p99_s: nearest-rank percentiles (the ``ceil(q * count)``-th smallest duration).
+        relative_error: the bound on how far each percentile may be from the exact one, as a fraction of it:
+            0.0 when they were computed from every step's duration; the sketch's relative accuracy
+            (0.005: within 0.5%) when from a :class:`~greenmeter.stats.QuantileSketch`, as for a window of
+            more steps than its meter keeps whole.
+    """
 
     count: int
     mean_s: float
@@ -91,10 +104,27 @@ class LatencyStats:
     p99_s: float
     min_s: float
     max_s: float
+    relative_error: float = 0.0
+
+    @classmethod
+    def from_sketch(cls, sketch: QuantileSketch) -> LatencyStats | None:
+        """Summarise a sketch of step durations in seconds (``relative_error`` is its accuracy); ``None`` if empty."""
+        if not sketch.count:
+            return None
+        return cls(
+            count=sketch.count,
+            mean_s=sketch.sum / sketch.count,
+            p50_s=sketch.quantile(0.50),
+            p95_s=sketch.quantile(0.95),
+            p99_s=sketch.quantile(0.99),
+            min_s=sketch.min,  # type: ignore[arg-type]
+            max_s=sketch.max,  # type: ignore[arg-type]
+            relative_error=sketch.relative_accuracy,
+        )
 
     @classmethod
     def from_durations(cls, durations: Sequence[float]) -> LatencyStats | None:
-        """Summarise step durations in seconds; ``None`` when there are none."""
+        """Summarise step durations in seconds, exactly; ``None`` when there are none."""
         if not durations:
             return None
         ordered = sorted(durations)
@@ -118,7 +148,8 @@ class LatencyStats:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LatencyStats:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k != "relative_error"},
+                   relative_error=float(data.get("relative_error", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -179,7 +210,8 @@ class Measurement:
         domains: per-domain energy with provenance.
         samples: samples processed in the window, when given.
         steps: number of steps marked inside the window.
-        latency: per-step latency statistics, when steps were marked.
+        latency: per-step latency statistics, when steps were marked (``latency.relative_error`` says how
+            close its percentiles are to the exact ones).
         step_energy_method: how ``energy_per_step_j`` was obtained: ``"split-by-step-time"`` (the window's
             energy shared out in proportion to step durations, because no counter is read per step).
         epochs: per-epoch figures, when epochs were marked.
@@ -187,8 +219,14 @@ class Measurement:
         flags: warnings a reader must see (an unresolved window, a fallback to an estimate...).
         backends: names of the backends that produced the figures.
         carbon: ``energy_j`` as CO2e with its grid intensity, PUE and their sources.
-        step_durations_s: each step's duration in seconds, in order.
-        step_samples: each step's sample count as marked (``None`` where a step gave none), in order.
+        step_durations_s: each step's duration in seconds, in order, when the window kept them: windows of
+            up to the meter's ``keep_steps`` steps (1,000 by default), or every window with
+            ``keep_steps=True``; empty otherwise (then ``step_sketch`` holds their distribution).
+        step_samples: each step's sample count as marked (``None`` where a step gave none), in order, kept
+            and left empty as ``step_durations_s`` is.
+        step_sketch: the step durations' :class:`~greenmeter.stats.QuantileSketch` (s), for a window whose
+            per-step values were not kept: bounded in size however many steps, what ``latency`` was computed
+            from, and mergeable with other windows' (:meth:`step_duration_sketch`). ``None`` otherwise.
     """
 
     name: str
@@ -210,6 +248,7 @@ class Measurement:
     carbon: CarbonEstimate | None = None
     step_durations_s: tuple[float, ...] = field(default=(), repr=False)
     step_samples: tuple[int | None, ...] = field(default=(), repr=False)
+    step_sketch: QuantileSketch | None = field(default=None, repr=False)
     schema_version: int = SCHEMA_VERSION
 
     # Derived figures -------------------------------------------------------------------------
@@ -256,7 +295,8 @@ class Measurement:
         """Per-step joules, the window's energy split in proportion to step durations.
 
         The counters are read at the window's edges only, so this is a share, labelled as such by
-        ``step_energy_method``; it is not a per-step reading.
+        ``step_energy_method``; it is not a per-step reading. Empty when the per-step durations were not kept
+        (``step_durations_s`` is empty: a window of more steps than the meter's ``keep_steps``).
         """
         total_time = sum(self.step_durations_s)
         if not total_time:
@@ -266,12 +306,25 @@ class Measurement:
     def step_energies_per_sample_j(self) -> tuple[float | None, ...]:
         """Per-step joules per sample (:meth:`step_energies_j` over each step's sample count).
 
-        ``None`` for a step marked without a sample count (or with 0); empty when no step was marked, or
-        for records written before per-step counts were kept (greenmeter 0.1.0's first stores).
+        ``None`` for a step marked without a sample count (or with 0); empty when no step was marked, when
+        the per-step values were not kept, or for records written before per-step counts were kept
+        (greenmeter 0.1.0's first stores).
         """
         if len(self.step_samples) != len(self.step_durations_s):
             return ()
         return tuple(j / n if n else None for j, n in zip(self.step_energies_j(), self.step_samples))
+
+    def step_duration_sketch(self) -> QuantileSketch | None:
+        """The step durations' distribution as a :class:`~greenmeter.stats.QuantileSketch` (s), to merge windows.
+
+        The stored ``step_sketch`` when the per-step values were not kept; otherwise a new sketch of
+        ``step_durations_s``. ``None`` when no step was marked, or when neither is in the record.
+        """
+        if self.step_sketch is not None:
+            return self.step_sketch.copy()
+        if self.step_durations_s:
+            return QuantileSketch.from_values(self.step_durations_s)
+        return None
 
     # Serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -293,6 +346,7 @@ class Measurement:
             "step_energy_method": self.step_energy_method,
             "step_durations_s": list(self.step_durations_s),
             "step_samples": list(self.step_samples),
+            "step_sketch": self.step_sketch.to_dict() if self.step_sketch is not None else None,
             "epochs": [e.to_dict() for e in self.epochs],
             "idle_power_w": self.idle_power_w,
             "flags": list(self.flags),
@@ -324,6 +378,7 @@ class Measurement:
             step_energy_method=data.get("step_energy_method"),
             step_durations_s=tuple(data.get("step_durations_s", ())),
             step_samples=tuple(data.get("step_samples", ())),
+            step_sketch=QuantileSketch.from_dict(data["step_sketch"]) if data.get("step_sketch") else None,
             epochs=tuple(EpochRecord.from_dict(e) for e in data.get("epochs", ())),
             idle_power_w=data.get("idle_power_w"),
             flags=tuple(data.get("flags", ())),
@@ -349,9 +404,10 @@ class Measurement:
             lines.append(f"  {self.energy_per_sample_j:.6g} J/sample over {self.samples} samples")
         if self.latency:
             lat = self.latency
+            within = f" (each within {lat.relative_error:.1%})" if lat.relative_error else ""
             lines.append(
                 f"  {lat.count} steps: p50 {lat.p50_s * 1e3:.3f} ms, p95 {lat.p95_s * 1e3:.3f} ms, "
-                f"p99 {lat.p99_s * 1e3:.3f} ms"
+                f"p99 {lat.p99_s * 1e3:.3f} ms{within}"
             )
         if self.idle_power_w is not None:
             lines.append(

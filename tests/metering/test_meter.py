@@ -9,7 +9,8 @@ import pytest
 
 import greenmeter
 from greenmeter import ConfigError, Measurement, MeasurementError, Meter
-from greenmeter.records.measurement import SCHEMA_VERSION
+from greenmeter.records.measurement import SCHEMA_VERSION, LatencyStats
+from greenmeter.stats import QuantileSketch
 from tests.fakes.scripted import ConstantPowerBackend, ScriptedBackend, UnavailableBackend
 
 
@@ -152,6 +153,109 @@ def test_epochs_get_their_own_energy() -> None:
     assert [e.steps for e in m.epochs] == [1, 2]
     assert [e.samples for e in m.epochs] == [4, 8]
     assert m.energy_j == 26.0
+
+
+def _same_sketch(a: QuantileSketch, b: QuantileSketch) -> None:
+    """Equal bucket for bucket (the sums may differ in the last bit: added in another order)."""
+    da, db = a.to_dict(), b.to_dict()
+    assert da.pop("sum") == pytest.approx(db.pop("sum"), rel=1e-9) and da == db
+
+
+def test_sketched_windows_hold_exactly_their_own_steps_across_nesting_and_overlap() -> None:
+    # An outer window keeps every step: its durations give the exact step times (each a float difference of
+    # two close perf_counter values, so adding them back up is exact). The others keep only sketches, folded
+    # every 4,096 steps: B from the start, C from step 3,000 to 8,000, D from 6,000 to 9,000 (C and D overlap).
+    meter = Meter([ConstantPowerBackend(10.0)], sync=None, keep_steps=0)
+    a = meter.begin("exact", keep_steps=True)
+    b = meter.begin("b")
+    c = d = None
+    ended = {}
+    for i in range(10_000):
+        if i == 3_000:
+            c = meter.begin("c")
+        if i == 6_000:
+            d = meter.begin("d")
+        if i == 8_000:
+            ended["c"] = meter.end(c)
+        if i == 9_000:
+            ended["d"] = meter.end(d)
+        meter.step(2)
+    ended["b"] = meter.end(b)
+    exact = meter.end(a)
+    assert exact.steps == len(exact.step_durations_s) == 10_000 and exact.step_sketch is None
+    times, t = [], a.t0
+    for duration in exact.step_durations_s:
+        t += duration
+        times.append(t)
+    for name, window, first, last in (("b", b, 0, 10_000), ("c", c, 3_000, 8_000), ("d", d, 6_000, 9_000)):
+        m = ended[name]
+        expected = [times[first] - window.t0] + [times[i] - times[i - 1] for i in range(first + 1, last)]
+        assert m.steps == last - first and m.samples == 2 * (last - first)
+        assert m.step_durations_s == () and m.step_sketch is not None
+        _same_sketch(m.step_sketch, QuantileSketch.from_values(expected))
+        want = LatencyStats.from_durations(expected)
+        got = m.latency
+        assert got is not None and want is not None and got.relative_error == 0.005
+        assert (got.count, got.min_s, got.max_s) == (want.count, want.min_s, want.max_s)
+        assert got.mean_s == pytest.approx(want.mean_s, rel=1e-9)
+        for q in ("p50_s", "p95_s", "p99_s"):
+            assert abs(getattr(got, q) - getattr(want, q)) <= 0.005 * getattr(want, q) * (1 + 1e-12)
+
+
+def test_keep_steps_chooses_which_windows_keep_every_step() -> None:
+    meter = Meter([ConstantPowerBackend(10.0)], sync=None)  # the default: windows of up to 1,000 steps
+    sizes = {}
+    for n in (1_000, 1_001):
+        with meter.window(f"{n}") as w:
+            for _ in range(n):
+                meter.step(1)
+        sizes[n] = w.measurement
+    assert len(sizes[1_000].step_durations_s) == 1_000 and sizes[1_000].step_sketch is None
+    assert sizes[1_001].step_durations_s == () and sizes[1_001].step_sketch.count == 1_001
+    keep_all = Meter([ConstantPowerBackend(10.0)], sync=None, keep_steps=True)
+    with keep_all.window("all") as w:
+        for i in range(9_000):
+            keep_all.step(None if i == 7 else 3)
+    m = w.measurement
+    assert len(m.step_durations_s) == len(m.step_samples) == 9_000 and m.step_sketch is None
+    assert m.samples is None and m.step_samples[7] is None and m.latency.relative_error == 0.0
+    none = Meter([ConstantPowerBackend(10.0)], sync=None, keep_steps=False)
+    with none.window("none") as w:
+        none.step(5)
+    assert w.measurement.step_durations_s == () and w.measurement.step_sketch.count == 1
+    assert w.measurement.samples == 5 and w.measurement.latency.count == 1
+
+
+def test_keep_steps_is_checked() -> None:
+    for bad in (-1, 1.5, "all", None):
+        with pytest.raises(ConfigError, match="keep_steps"):
+            Meter([ConstantPowerBackend(1.0)], sync=None, keep_steps=bad)  # type: ignore[arg-type]
+    meter = Meter([ConstantPowerBackend(1.0)], sync=None)
+    with pytest.raises(ConfigError, match="keep_steps must be False or True"):
+        meter.begin("a", keep_steps=1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="keep_steps"):
+        meter.window("a", keep_steps="yes")  # type: ignore[arg-type]
+    assert meter.open_windows == ()
+
+
+def test_epochs_and_samples_of_a_sketched_window() -> None:
+    meter = Meter([ConstantPowerBackend(10.0)], sync=None, keep_steps=10)
+    with meter.window("fit") as w:
+        for _ in range(5_000):
+            meter.step(4)
+        meter.epoch()
+        for i in range(6_000):
+            meter.step(None if i == 100 else 2)
+        meter.epoch()
+        meter.epoch()  # an epoch without steps
+    m = w.measurement
+    assert m.steps == 11_000 and m.samples is None  # a step without a count: the total is unknown
+    assert [(e.steps, e.samples) for e in m.epochs] == [(5_000, 20_000), (6_000, None), (0, None)]
+    with meter.window("after") as w2:  # the tallies go on across windows
+        for _ in range(20):
+            meter.step(3)
+        meter.epoch()
+    assert w2.measurement.samples == 60 and [(e.steps, e.samples) for e in w2.measurement.epochs] == [(20, 60)]
 
 
 def test_idle_baseline_separates_idle_from_attributable_energy() -> None:
