@@ -13,11 +13,12 @@ distillation loss, so it plugs into any loop that takes a loss function) or in a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from greenmeter._checks import number, whole_number
+from greenmeter._checks import fraction, number, whole_number
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
 from greenmeter.compression._core import compress
 from greenmeter.compression.registry import RecipeSpec, recipe_number, register_method
@@ -50,10 +51,8 @@ def hinton_loss(
     """
     from torch.nn import functional as F
 
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    temperature = number("temperature", temperature, low=0, low_open=True)
+    alpha = fraction("alpha", alpha)
     soft = F.kl_div(
         F.log_softmax(student_logits / temperature, dim=1),
         F.log_softmax(teacher_logits.detach() / temperature, dim=1),
@@ -204,12 +203,9 @@ class DistillConfig:
         if not isinstance(self.teacher, nn.Module):
             raise ConfigError(f"DistillConfig.teacher must be a torch.nn.Module, not {type(self.teacher).__name__}")
         check_training_source(self.train_fn, self.data, self.epochs, self.lr, "DistillConfig")
-        if not self.temperature > 0:
-            raise ConfigError(f"DistillConfig.temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"DistillConfig.alpha must be in [0, 1], got {self.alpha}")
-        if not self.hint_weight >= 0:
-            raise ConfigError(f"DistillConfig.hint_weight must be >= 0, got {self.hint_weight}")
+        number("DistillConfig.temperature", self.temperature, low=0, low_open=True)
+        fraction("DistillConfig.alpha", self.alpha)
+        number("DistillConfig.hint_weight", self.hint_weight, low=0)
         if self.hints is not None:
             if not isinstance(self.hints, Mapping) or not self.hints:
                 raise ConfigError("DistillConfig.hints must be a non-empty mapping of student -> teacher module names")
@@ -376,8 +372,11 @@ def _window_mean(values: list[float], window: int, last: bool) -> float | None:
 _DISTILL_HELP = "W, the student's width relative to the baseline, a number in (0, 1] (default 0.5)"
 
 
+_distill_arg = functools.partial(recipe_number, "distill", default=0.5, expected=_DISTILL_HELP, ok=lambda v: 0 < v <= 1)
+
+
 def _distill_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    w = recipe_number("distill", arg, 0.5, _DISTILL_HELP, lambda v: 0 < v <= 1)
+    w = _distill_arg(arg)
     student = make_student(model, w, seed=ctx.seed)  # model is build_variant's copy: the teacher stays unchanged
     train = ctx.trainer("distill", ctx.train_epochs)
     config = DistillConfig(teacher=model, train_fn=lambda m, loss: train(m, loss), seed=ctx.seed)
@@ -385,7 +384,7 @@ def _distill_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tu
 
 
 @register_method("distillation", DistillConfig, recipe=RecipeSpec(
-    "distill", _distill_recipe, trains=True, arg_help=_DISTILL_HELP,
+    "distill", _distill_recipe, trains=True, arg_help=_DISTILL_HELP, parse_arg=_distill_arg,
     description="knowledge distillation into a thinner student of the same architecture"))
 def _distill(student: nn.Module, config: DistillConfig) -> tuple[nn.Module, dict[str, Any]]:
     teacher = config.teacher

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from greenmeter._checks import choice, number
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
 from greenmeter.compression._core import compress
 from greenmeter.compression.distillation import check_training_source, fit
@@ -50,10 +51,10 @@ CRITERIA = ("max_softmax", "entropy")
 
 
 def check_threshold(threshold: Any, criterion: Any, owner: str) -> None:
-    if criterion not in CRITERIA:
-        raise ConfigError(f"{owner}: criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
-        raise ConfigError(f"{owner}: threshold must be in (0, 1] for {criterion} (1.0 = never exit early), got {threshold!r}")
+    """Check an exit criterion (one of ``CRITERIA``) and its confidence threshold, a number in (0, 1]."""
+    choice(f"{owner}: criterion", criterion, CRITERIA)
+    number(f"{owner}: threshold", threshold, low=0, high=1, low_open=True,
+           note=f"for {criterion}; 1.0 = never exit early")
 
 
 def confidence(logits: torch.Tensor, criterion: str) -> torch.Tensor:
@@ -554,12 +555,20 @@ def exit_positions(model: nn.Module, example_input: torch.Tensor) -> list[int]:
     return list(min(pairs, key=lambda p: (abs(share(p[0]) - 1 / 3) + abs(share(p[1]) - 2 / 3), p)))
 
 
+def _early_exit_arg(arg: str | None) -> float | str:
+    """The recipe's argument: ``"auto"``, or the threshold in (0, 1] (0.9 when absent)."""
+    if arg is not None and arg.lower() == "auto":
+        return "auto"
+    return recipe_number("early-exit", arg, 0.9, _EXIT_HELP, lambda v: 0 < v <= 1)
+
+
 def _early_exit_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    auto = arg is not None and arg.lower() == "auto"
+    value = _early_exit_arg(arg)
+    auto = value == "auto"
     if auto and ctx.val_data is None:
         raise ConfigError("recipe 'early-exit:auto' calibrates the threshold on held-out data: give val_data "
                           "in the RecipeContext, or a threshold such as 'early-exit:0.9'")
-    threshold = 0.9 if auto else recipe_number("early-exit", arg, 0.9, _EXIT_HELP, lambda v: 0 < v <= 1)
+    threshold = 0.9 if auto else float(value)
     exits = exit_positions(model, ctx.example_input)
     train = ctx.trainer("early-exit")
     config = EarlyExitConfig(exits_after=exits, example_input=ctx.example_input[:1], threshold=threshold,
@@ -583,7 +592,7 @@ def _data_macs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> DataMacs:
 
 @register_method("early_exit", EarlyExitConfig, facts=FactsHooks(data_macs=_data_macs, model_types=(MultiExitModel,)),
                  recipe=RecipeSpec(
-    "early-exit", _early_exit_recipe, trains=True, arg_help=_EXIT_HELP,
+    "early-exit", _early_exit_recipe, trains=True, arg_help=_EXIT_HELP, parse_arg=_early_exit_arg,
     description="early exits after about 1/3 and 2/3 of the compute (heads trained, backbone frozen)"))
 def _early_exit(model: nn.Module, config: EarlyExitConfig) -> tuple[nn.Module, dict[str, Any]]:
     with torch.random.fork_rng(devices=[]):

@@ -37,12 +37,17 @@ if TYPE_CHECKING:
 __all__ = ["Int4Linear", "Int4WeightConfig", "pack_int4", "unpack_int4"]
 
 
+#: The largest group size: rows are padded up to a whole group, so a larger one only wastes memory.
+MAX_GROUP_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class Int4WeightConfig:
     """4-bit weight-only quantization of Linear layers.
 
     Attributes:
-        group_size: input weights sharing one scale (>= 2); smaller is more accurate and a little larger.
+        group_size: input weights sharing one scale, 2 to ``MAX_GROUP_SIZE`` (4096; a row shorter than a group
+            is padded up to it); smaller is more accurate and a little larger.
         layer_types: layer class names to quantize; only ``("Linear",)`` is supported.
         symmetric: codes -8..7 around zero with a scale only (True), or 0..15 with a scale and an
             offset (False), which fits groups that are not centred on zero better.
@@ -53,7 +58,7 @@ class Int4WeightConfig:
     symmetric: bool = True
 
     def __post_init__(self) -> None:
-        whole_number("group_size", self.group_size, minimum=2)
+        whole_number("group_size", self.group_size, minimum=2, maximum=MAX_GROUP_SIZE)
         types = (self.layer_types,) if isinstance(self.layer_types, str) else tuple(self.layer_types)
         object.__setattr__(self, "layer_types", types)
         if types != ("Linear",):
@@ -162,11 +167,15 @@ def _int4_weights(module: Int4Linear) -> WeightCount:
     return WeightCount(module.out_features * module.in_features, nonzero, bias)
 
 
-_INT4_HELP = "G, the group size (input weights sharing one scale), an integer >= 2 (default 32)"
+_INT4_HELP = f"G, the group size (input weights sharing one scale), an integer in [2, {MAX_GROUP_SIZE}] (default 32)"
+
+
+def _int4_arg(arg: str | None) -> int:
+    return int(recipe_number("int4", arg, 32, _INT4_HELP, lambda v: 2 <= v <= MAX_GROUP_SIZE and v == int(v)))
 
 
 def _int4_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    g = int(recipe_number("int4", arg, 32, _INT4_HELP, lambda v: v >= 2 and v == int(v)))
+    g = _int4_arg(arg)
     return compress(model, Int4WeightConfig(group_size=g)), {"group_size": g}
 
 
@@ -174,7 +183,7 @@ def _int4_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple
 # the baseline is passed as the float equivalent in case other layers run uncountable kernels
 @register_method("int4_weight", Int4WeightConfig,
                  facts=FactsHooks(quantized=True, count_weights={Int4Linear: _int4_weights}),
-                 recipe=RecipeSpec("int4", _int4_recipe, trains=False, arg_help=_INT4_HELP,
+                 recipe=RecipeSpec("int4", _int4_recipe, trains=False, arg_help=_INT4_HELP, parse_arg=_int4_arg,
                                    description="4-bit weight-only quantization of Linear layers "
                                                "(packed, per-group scales)"))
 def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mapping[str, Any]]:

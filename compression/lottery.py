@@ -15,6 +15,7 @@ rewind point, with the same masks: the random-reinitialisation control of Frankl
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -175,8 +176,11 @@ def _train(model: nn.Module, layers: list[tuple[str, nn.Module]], config: Lotter
 _TICKET_HELP = "F, the fraction of Linear/Conv weights kept, a number in (0, 1) (default 0.2)"
 
 
+_ticket_arg = functools.partial(recipe_fraction, "ticket", default=0.2, expected=_TICKET_HELP, zero_ok=False)
+
+
 def _ticket_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    keep = recipe_fraction("ticket", arg, 0.2, _TICKET_HELP, zero_ok=False)
+    keep = _ticket_arg(arg)
     # at most half the alive weights per round; the rounds share the pruning equally so the density ends at F
     rounds = max(1, math.ceil(math.log(keep) / math.log(0.5) - 1e-9))
     rate = 1 - keep ** (1 / rounds)
@@ -188,7 +192,7 @@ def _ticket_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tup
 
 
 @register_method("lottery_ticket", LotteryTicketConfig, recipe=RecipeSpec(
-    "ticket", _ticket_recipe, trains=True, arg_help=_TICKET_HELP,
+    "ticket", _ticket_recipe, trains=True, arg_help=_TICKET_HELP, parse_arg=_ticket_arg,
     description="lottery ticket: iterative magnitude pruning with rewinding and retraining"))
 def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, dict[str, Any]]:
     layers = prunable_layers(model, config.layer_types)

@@ -15,7 +15,7 @@ Both run on ``compress``'s private copy of the model; the caller's model is left
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from greenmeter._checks import fraction
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
 from greenmeter.compression._core import compress
 from greenmeter.compression.registry import RecipeSpec, recipe_fraction, register_method
@@ -40,13 +41,6 @@ _STRUCTURED_SUPPORTED = (
     nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
     nn.modules.instancenorm._InstanceNorm, nn.PReLU,
 )
-
-
-def _fraction(owner: str, value: Any) -> float:
-    """``value`` as a float in [0, 1), or ConfigError naming ``owner``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0 <= value < 1:
-        raise ConfigError(f"{owner} must be a number in [0, 1) (the fraction removed), got {value!r}")
-    return float(value)
 
 
 def check_scope(owner: str, value: Any) -> str:
@@ -142,7 +136,8 @@ class PruneConfig:
     layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sparsity", _fraction("PruneConfig.sparsity", self.sparsity))
+        object.__setattr__(self, "sparsity", fraction("PruneConfig.sparsity", self.sparsity, high_open=True,
+                                                      note="the fraction removed"))
         object.__setattr__(self, "scope", check_scope("PruneConfig.scope", self.scope))
         object.__setattr__(self, "layer_types", check_layer_types("PruneConfig.layer_types", self.layer_types))
 
@@ -150,13 +145,16 @@ class PruneConfig:
 _PRUNE_HELP = "S, the fraction of Linear/Conv weights set to zero, a number in [0, 1) (default 0.5)"
 
 
+_prune_arg = functools.partial(recipe_fraction, "prune", default=0.5, expected=_PRUNE_HELP)
+
+
 def _prune_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    s = recipe_fraction("prune", arg, 0.5, _PRUNE_HELP)
+    s = _prune_arg(arg)
     return compress(model, PruneConfig(sparsity=s)), {"sparsity": s}
 
 
 @register_method("prune", PruneConfig, recipe=RecipeSpec(
-    "prune", _prune_recipe, trains=False, arg_help=_PRUNE_HELP,
+    "prune", _prune_recipe, trains=False, arg_help=_PRUNE_HELP, parse_arg=_prune_arg,
     description="unstructured global magnitude pruning (weights zeroed, shapes kept)"))
 def _prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, dict[str, Any]]:
     layers = prunable_layers(model, config.layer_types)
@@ -206,7 +204,8 @@ class ChannelPruneConfig:
     ignored_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ratio", _fraction("ChannelPruneConfig.ratio", self.ratio))
+        object.__setattr__(self, "ratio", fraction("ChannelPruneConfig.ratio", self.ratio, high_open=True,
+                                                   note="the fraction removed"))
         inputs = self.example_input
         if inputs is None:
             raise ConfigError(
@@ -348,15 +347,18 @@ def _restore(modes: dict[nn.Module, bool]) -> None:
 _CHANNELS_HELP = "R, the fraction of channels and hidden neurons removed, a number in [0, 1) (default 0.5)"
 
 
+_channels_arg = functools.partial(recipe_fraction, "channels", default=0.5, expected=_CHANNELS_HELP)
+
+
 def _channels_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
-    r = recipe_fraction("channels", arg, 0.5, _CHANNELS_HELP)
+    r = _channels_arg(arg)
     train = ctx.trainer("channels")
     config = ChannelPruneConfig(ratio=r, example_input=ctx.example_input[:1], fine_tune=lambda m: train(m, None))
     return compress(model, config), {"ratio": r, **ctx.trainer_details()}
 
 
 @register_method("channel_prune", ChannelPruneConfig, recipe=RecipeSpec(
-    "channels", _channels_recipe, trains=True, arg_help=_CHANNELS_HELP,
+    "channels", _channels_recipe, trains=True, arg_help=_CHANNELS_HELP, parse_arg=_channels_arg,
     description="structured pruning: channels and neurons removed, then fine-tuned"))
 def _channel_prune(model: nn.Module, config: ChannelPruneConfig) -> tuple[nn.Module, dict[str, Any]]:
     modes = {m: m.training for m in model.modules()}

@@ -74,6 +74,11 @@ class RecipeSpec:
             (``"name:arg"`` is then refused).
         method: the compression method the recipe belongs to; set by :func:`register_method`, ``None`` for a
             recipe registered on its own (``greenmeter.comparison.recipes.register_recipe``).
+        parse_arg: ``parse_arg(arg) -> value``: the argument text (``None`` when the spec has none) parsed and
+            checked, raising ConfigError for one the recipe refuses (:func:`recipe_number`,
+            :func:`recipe_fraction`). ``compare`` calls it for every recipe before any work, so that a bad
+            argument stops the comparison at once rather than failing its variant; ``build`` calls it for the
+            value. ``None``: the argument is checked only when ``build`` runs.
     """
 
     name: str
@@ -82,6 +87,7 @@ class RecipeSpec:
     description: str
     arg_help: str | None = None
     method: str | None = None
+    parse_arg: Callable[[str | None], Any] | None = None
 
     def __post_init__(self) -> None:
         name = self.name
@@ -95,6 +101,8 @@ class RecipeSpec:
             raise ConfigError(f"recipe {name!r}: description must be a string, got {type(self.description).__name__}")
         if self.arg_help is not None and not isinstance(self.arg_help, str):
             raise ConfigError(f"recipe {name!r}: arg_help must be a string or None, got {self.arg_help!r}")
+        if self.parse_arg is not None and not callable(self.parse_arg):
+            raise ConfigError(f"recipe {name!r}: parse_arg must be callable as parse_arg(arg) or None")
 
     @property
     def usage(self) -> str:
@@ -393,7 +401,7 @@ def recipe_number(recipe: str, arg: str | None, default: float, expected: str, o
 
     Raises:
         ConfigError: ``"recipe 'name': bad argument 'arg'; expected ..."`` for text that is not a number, NaN,
-            or a number ``ok`` refuses.
+            infinity, or a number ``ok`` refuses.
     """
     if arg is None:
         return default
@@ -401,7 +409,7 @@ def recipe_number(recipe: str, arg: str | None, default: float, expected: str, o
         value = float(arg)
     except ValueError:
         value = math.nan
-    if math.isnan(value) or not ok(value):
+    if not math.isfinite(value) or not ok(value):
         raise ConfigError(f"recipe {recipe!r}: bad argument {arg!r}; expected {expected}")
     return value
 

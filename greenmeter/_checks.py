@@ -10,6 +10,7 @@ a whole number as ``int``, a number as ``float``) and otherwise raises
     q = fraction("q", q)                                       # "q must be a fraction in [0, 1], not 95"
     significance = choice("significance", significance, ("welch", "bootstrap"))
     name = text("name", name)
+    path = output_file("--json", path)                         # its folder must exist, before the work
 
 ``bool`` is never a number here (``True`` is not a count of anything), and neither are NaN, infinity
 or numeric strings. This module imports nothing of greenmeter's but the error tree.
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 from greenmeter._errors import ConfigError
 
-__all__ = ["choice", "fraction", "number", "registry_name", "text", "whole_number"]
+__all__ = ["choice", "fraction", "number", "output_file", "registry_name", "text", "whole_number"]
 
 T = TypeVar("T")
 
@@ -217,3 +220,42 @@ def registry_name(name: str, value: Any) -> str:
     if not isinstance(value, str) or not _REGISTRY_NAME.match(value):
         raise ConfigError(f"{name} must be lower case letters, digits, '-', '_' or '.', not {value!r}")
     return value
+
+
+def output_file(name: str, value: Any, *, make_folders: bool = False) -> Path:
+    """Check a path that a file will be written to, before the work whose result it holds.
+
+    The file itself need not exist (it is created or replaced later), but the path must not be a folder,
+    and its folder must exist (or, with ``make_folders``, be one the writer can create: the nearest folder
+    that exists is a folder, not a file) and be writable. Nothing is created or written here.
+
+    Args:
+        name: the argument's name, as the message shows it (``"--json"``, ``"path"``).
+        value: the path given (``str`` or ``os.PathLike``).
+        make_folders: the writer creates missing folders (``write_report`` does), so they may be missing.
+
+    Returns:
+        The value as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: not a path, a folder, a path whose folder does not exist (or cannot be made) or is a
+            file, or a folder or file that this process may not write; the message names the argument and
+            the folder.
+    """
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ConfigError(f"{name} must be a file path, not {value!r}")
+    path = Path(value)
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"{name} {str(path)!r} is a folder: give the path of a file to write")
+    nearest = folder
+    while make_folders and not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        what = "is not a folder" if nearest.exists() else "does not exist"
+        if nearest == folder:
+            raise ConfigError(f"{name} {str(path)!r}: the folder {str(folder)!r} {what}; create it or write elsewhere")
+        raise ConfigError(f"{name} {str(path)!r}: the folder {str(folder)!r} cannot be made: {str(nearest)!r} {what}")
+    if not os.access(nearest, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{name} {str(path)!r}: no permission to write there; write elsewhere")
+    return path

@@ -16,7 +16,10 @@ from pathlib import Path
 
 from greenmeter._errors import ConfigError
 
-__all__ = ["add_carbon_options", "carbon_settings", "cmd_carbon", "cmd_compare", "cmd_export", "cmd_run", "cmd_runs"]
+#: The largest energy ``greenmeter carbon --kwh`` converts: a terawatt-hour; more is a typo, not a workload.
+KWH_MAX = 1e9
+
+__all__ = ["KWH_MAX", "add_carbon_options", "carbon_settings", "cmd_carbon", "cmd_compare", "cmd_export", "cmd_run", "cmd_runs"]
 
 
 def add_carbon_options(parser: argparse.ArgumentParser) -> None:
@@ -43,13 +46,21 @@ def carbon_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return CarbonSettings(country=args.country, cloud=args.cloud, intensity_g_per_kwh=args.intensity, pue=pue)
 
 
-def _store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _store(args: argparse.Namespace, *, readonly: bool = False):  # type: ignore[no-untyped-def]
+    """The store ``--store`` names (else ``$GREENMETER_STORE``, else the default): opened for writing, or with
+    ``readonly`` for reading only, so that reading needs no write access and creates nothing."""
     from greenmeter.store.database import Store
 
-    return Store(args.store)
+    return Store(args.store, readonly=readonly)
+
+
+#: What ``greenmeter runs`` says of a run that never finished and has no note of its own.
+_UNFINISHED = ("never finished: it is still running, or the process was killed or could not write its end "
+               "to the store (the windows stored before are kept)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from greenmeter._text import terminal_text
     from greenmeter.metering.meter import Meter
     from greenmeter.metering.runner import run_command
 
@@ -79,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.interrupted_by:
         print(f"greenmeter: interrupted by {result.interrupted_by}: forwarded it to the command, which ended "
               f"with exit code {result.exit_code}; what was measured until then is kept", file=err)
-    print(f"greenmeter: {shlex.join(command)} exited with {result.exit_code} after {m.duration_s:.2f} s", file=err)
+    print(f"greenmeter: {terminal_text(shlex.join(command))} exited with {result.exit_code} after {m.duration_s:.2f} s",
+          file=err)
     print(f"  energy   {m.energy_j:.3f} J (mean power {m.power_w:.2f} W)", file=err)
     if m.carbon is not None:
         print(f"  co2e     {m.carbon.describe()}", file=err)
@@ -87,37 +99,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         share = "" if domain.in_total else " (inside another domain, not in total)"
         print(f"  {domain.key:<24} {domain.energy_j:10.3f} J{share}  {domain.provenance.describe()}", file=err)
     for flag in m.flags:
-        print(f"  ! {flag}", file=err)
+        print(f"  ! {terminal_text(flag)}", file=err)
     if result.run_id is not None and store is not None and result.store_error is None:
-        print(f"  stored as run {result.run_id[:12]} in {store.path}", file=err)
+        print(f"  stored as run {result.run_id[:12]} in {terminal_text(store.path)}", file=err)
     return result.exit_code  # also when measuring or storing failed (said above): the command's code is kept
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    """List stored runs, newest first; a run that did not end ``ok`` gets a line saying why."""
+    from greenmeter._text import terminal_text
+    from greenmeter.store.database import store_path
+
+    path = store_path(args.store)
+    if not path.exists():  # a fresh machine: nothing stored, and reading creates nothing
+        print("[]" if args.json else f"no runs stored in {terminal_text(path)}")
+        return 0
+    with _store(args, readonly=True) as store:
         runs = store.list_runs(limit=args.limit)
-        if args.json:
-            print(json.dumps([r.to_dict() for r in runs], indent=2))
-            return 0
-        if not runs:
-            print(f"no runs stored in {store.path}")
-            return 0
-        print(f"{'id':<12}  {'status':<11}  {'started (UTC)':<19}  {'duration':>9}  {'energy':>11}  {'co2e':>10}  name")
-        for r in runs:
-            m = r.measurement
-            duration = f"{m.duration_s:.2f} s" if m else "-"
-            energy = f"{m.energy_j:.2f} J" if m else "-"
-            co2 = f"{r.carbon.co2e_g:.4g} g" if r.carbon else "-"
-            status = r.status if r.complete else "incomplete"
-            print(f"{r.id[:12]:<12}  {status:<11}  {r.started_at[:19].replace('T', ' '):<19}  {duration:>9}  "
-                  f"{energy:>11}  {co2:>10}  {r.name}")
+    if args.json:
+        print(json.dumps([r.to_dict() for r in runs], indent=2))
+        return 0
+    if not runs:
+        print(f"no runs stored in {terminal_text(path)}")
+        return 0
+    print(f"{'id':<12}  {'status':<11}  {'started (UTC)':<19}  {'duration':>9}  {'energy':>11}  {'co2e':>10}  name")
+    for r in runs:
+        m = r.measurement
+        duration = f"{m.duration_s:.2f} s" if m else "-"
+        energy = f"{m.energy_j:.2f} J" if m else "-"
+        co2 = f"{r.carbon.co2e_g:.4g} g" if r.carbon else "-"
+        print(f"{r.id[:12]:<12}  {r.display_status:<11}  {r.started_at[:19].replace('T', ' '):<19}  {duration:>9}  "
+              f"{energy:>11}  {co2:>10}  {terminal_text(r.name)}")
+        why = r.note if r.note or r.complete else _UNFINISHED
+        if why and r.status != "ok":
+            print(f"{'':<14}{r.display_status}: {terminal_text(why)}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from greenmeter._checks import output_file
+    from greenmeter._text import terminal_text
     from greenmeter.output.export import export_runs
 
-    with _store(args) as store:
+    if args.output:
+        output_file("--output", args.output)  # its folder must exist before the runs are read and rendered
+    with _store(args, readonly=True) as store:
         if args.last:
             last = store.last_run()
             if last is None:
@@ -131,9 +157,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                            geographical_location=args.location)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote {len(runs)} run(s) as {args.format} to {args.output}", file=sys.stderr)
+        print(f"wrote {len(runs)} run(s) as {terminal_text(args.format)} to {terminal_text(args.output)}",
+              file=sys.stderr)
     else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        text = text if text.endswith("\n") else text + "\n"
+        sys.stdout.write(terminal_text(text, multiline=True) if sys.stdout.isatty() else text)
     return 0
 
 
@@ -149,7 +177,7 @@ def cmd_carbon(args: argparse.Namespace) -> int:
             print(f"{key:<36} {intensity:8.1f} g/kWh  {name}")
         return 0
     settings = carbon_settings(args)
-    energy_j = args.kwh * 3.6e6
+    energy_j = args.kwh * 3.6e6  # --kwh is checked by its argparse type (0 to KWH_MAX)
     estimate = estimate_carbon(energy_j, settings)
     print(estimate.describe())
     return 0
@@ -157,17 +185,18 @@ def cmd_carbon(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``greenmeter compare CONFIG``: run a comparison from a TOML file, store it, print its table."""
+    from greenmeter._checks import output_file
+    from greenmeter._text import terminal_text
     from greenmeter.comparison.config import load_compare_config
-    from greenmeter.comparison.compare import compare
+    from greenmeter.comparison.compare import check_settings, compare
 
+    # everything the user gave is checked before the model is built and measured
+    json_path = None if args.json is None else output_file("--json", args.json)
     config = load_compare_config(args.config)
-    kwargs = config.build()
-    if args.repeats is not None:
-        kwargs["repeats"] = args.repeats
-    if args.significance is not None:
-        kwargs["significance"] = args.significance
-    if args.threads is not None:
-        kwargs["threads"] = args.threads
+    overrides = {key: getattr(args, key) for key in ("repeats", "significance", "threads")
+                 if getattr(args, key) is not None}
+    check_settings(**overrides, label=lambda key: f"--{key}")
+    kwargs = {**config.build(), **overrides}
     store = None if args.no_store else _store(args)
     try:
         result = compare(**kwargs, store=store, progress=not args.quiet)
@@ -176,15 +205,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
             store.close()
     print(result.table())
     for flag in dict.fromkeys(f for v in result.variants for f in v.flags):
-        print(f"note: {flag}")
+        print(f"note: {terminal_text(flag)}")
     for flag in result.flags:
-        print(f"note: {flag}")
-    if args.json:
-        Path(args.json).write_text(result.to_json() + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        print(f"note: {terminal_text(flag)}")
+    if json_path is not None:
+        json_path.write_text(result.to_json() + "\n", encoding="utf-8")
+        print(f"wrote {terminal_text(args.json)}")
     if store is not None:
-        print(f"stored in {store.path} (run {result.run_id[:12] if result.run_id else '-'})")
-    failed = [v.name for v in result.variants if not v.ok]
+        print(f"stored in {terminal_text(store.path)} (run {result.run_id[:12] if result.run_id else '-'})")
+    failed = [terminal_text(v.name) for v in result.variants if not v.ok]
     if failed:
         print(f"failed variants: {', '.join(failed)} (see the table)", file=sys.stderr)
     return 0
@@ -192,6 +221,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``greenmeter demo``: train, compress, compare and report on bundled data; print the table and the paths."""
+    from greenmeter._text import terminal_text
     from greenmeter.demo.run import run_demo
     from greenmeter.comparison.recommend import recommend
 
@@ -201,15 +231,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(c.table())
     notes = list(c.flags) + list(dict.fromkeys(f for v in c.variants for f in v.flags))[:3]
     for note in notes:
-        print(f"note: {note}")
+        print(f"note: {terminal_text(note)}")
     rec = recommend(c)
     print(f"\nbaseline: {result.baseline_accuracy * 100:.2f}% accuracy after training "
           f"({result.training.energy_j:.4g} J, {result.training.duration_s:.1f} s)")
-    print(f"recommended: {rec.name or 'none'} ({rec.reason})")
+    print(f"recommended: {terminal_text(rec.name or 'none')} ({terminal_text(rec.reason)})")
     for label, value in rec.savings:
         print(f"  {label}: {value}")
     print(f"\ndemo finished in {result.duration_s:.0f} s; files:")
     for label, path in result.files.items():
-        print(f"  {label:<16} {path}")
-    print(f"\nopen the report: {result.files['report'].resolve()}")
+        print(f"  {label:<16} {terminal_text(path)}")
+    print(f"\nopen the report: {terminal_text(result.files['report'].resolve())}")
     return 0

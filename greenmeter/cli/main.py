@@ -7,6 +7,11 @@ Commands:
     export   export stored runs as CSV, JSON, CodeCarbon's emissions.csv or a model-card block.
     compare  compare a baseline and its compressed variants from a TOML file; print and store the result.
     carbon   look up grid intensities (list countries and cloud regions) and convert energy to CO2e.
+
+Exit codes: 0 done (``run``: the command's own code); 1 a user error, said in one line
+``greenmeter: error: ...`` (a wrong option or file, an unusable store or source); 2 a command-line usage
+error (argparse); 70 a bug in greenmeter (the traceback, then a line asking to report it); 130 Ctrl-C, 143
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from greenmeter._errors import GreenmeterError
 from greenmeter._version import __version__
 
-__all__ = ["main"]
+__all__ = ["EXIT_INTERNAL_ERROR", "main"]
+
+#: The exit code of a bug in greenmeter (an exception that is not a GreenmeterError): sysexits' EX_SOFTWARE.
+EXIT_INTERNAL_ERROR = 70
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -86,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_cmd_info)
 
     from greenmeter.cli import commands as cc
+    from greenmeter.cli.arguments import LIMIT_MAX, number_arg, whole_number_arg
     from greenmeter.cli.report import FormatChoices, add_report_commands
 
     store_help = "run store path (default: $GREENMETER_STORE, else $XDG_DATA_HOME/greenmeter/runs.db)"
@@ -107,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="list stored runs, newest first")
     runs.add_argument("--store", default=None, help=store_help)
-    runs.add_argument("--limit", type=int, default=20, help="how many runs to show (default 20)")
+    runs.add_argument("--limit", type=whole_number_arg("limit", minimum=0, maximum=LIMIT_MAX), default=20,
+                      help="how many runs to show (default 20)")
     runs.add_argument("--json", action="store_true", help="print machine-readable JSON")
     runs.set_defaults(handler=cc.cmd_runs)
 
@@ -130,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
                     "print the table and store the comparison. See docs/compare.md for the file format.",
     )
     comp.add_argument("config", help="the comparison's TOML file")
-    comp.add_argument("--repeats", type=int, default=None, help="override compare.repeats")
+    comp.add_argument("--repeats", type=int, default=None, help="override compare.repeats (1 to 1000)")
     comp.add_argument("--significance", choices=("welch", "bootstrap"), default=None,
                       help="override compare.significance: the test of each variant's energy against the baseline")
     comp.add_argument("--threads", type=int, default=None, metavar="N",
@@ -158,34 +169,72 @@ def _parser() -> argparse.ArgumentParser:
     carbon = commands.add_parser("carbon", help="grid intensities and energy-to-CO2e conversion, offline")
     carbon.add_argument("--list-countries", action="store_true", help="list country codes with their intensity")
     carbon.add_argument("--list-regions", action="store_true", help="list cloud regions with their intensity")
-    carbon.add_argument("--kwh", type=float, default=1.0, help="energy to convert, in kWh (default 1)")
+    carbon.add_argument("--kwh", type=number_arg("kwh", low=0, high=cc.KWH_MAX, unit="kWh"), default=1.0,
+                        help="energy to convert, in kWh (default 1)")
     cc.add_carbon_options(carbon)
     carbon.set_defaults(handler=cc.cmd_carbon)
     return parser
 
 
+def _report_here() -> str:
+    """Where to report a bug: the project's issue tracker from the installed metadata, when it names one."""
+    from importlib import metadata
+
+    try:
+        urls = metadata.metadata("greenmeter").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        urls = []
+    found = dict((label.strip().lower(), url.strip()) for label, _, url in (u.partition(",") for u in urls))
+    for label in ("issues", "bug tracker", "bugs", "tracker", "source", "repository", "homepage"):
+        if found.get(label):
+            return f"at {found[label]}"
+    return "to the greenmeter developers"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    A user error (any :class:`~greenmeter.GreenmeterError`, or a file or folder the system refuses) is one line
+    on standard error, ``greenmeter: error: ...``, and exit code 1; a usage error is argparse's (exit 2). Any
+    other exception is a bug in greenmeter: its traceback, then a line asking to report it, and exit code 70.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    from greenmeter._text import terminal_text
+    from greenmeter.metering.interrupts import exit_code_for, sigterm_interrupts
+
     try:
-        return int(args.handler(args))
-    except GreenmeterError as err:
-        print(f"greenmeter: error: {err}", file=sys.stderr)
+        with sigterm_interrupts():  # SIGTERM is an interruption, as Ctrl-C is (`greenmeter run` forwards both)
+            return int(args.handler(args))
+    except GreenmeterError as err:  # one line, even where a vendor's message held several
+        said = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"greenmeter: error: {terminal_text(said)}", file=sys.stderr)  # user strings: no raw escapes
         return 1
-    except KeyboardInterrupt:
-        # Ctrl-C: one line, no traceback; a run being stored was finished as interrupted on the way out.
-        print("greenmeter: interrupted (Ctrl-C); what was stored so far is kept, its run marked interrupted",
+    except KeyboardInterrupt as err:
+        # Ctrl-C or SIGTERM: one line, no traceback; a run being stored was finished as interrupted on the way out.
+        said = getattr(err, "signal_name", "Ctrl-C")
+        print(f"greenmeter: interrupted ({said}); what was stored so far is kept, its run marked interrupted",
               file=sys.stderr)
-        return 130
+        return exit_code_for(err)  # 130 for Ctrl-C, 143 for SIGTERM
     except BrokenPipeError:
         # The reader went away (`greenmeter carbon --list-countries | head`): not an error.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as err:
+        # The system refused a file or folder (a disk filled up, a folder removed while writing): the user's
+        # machine, not a bug; the paths named up front were checked before the work.
+        where = f": {err.filename}" if err.filename else ""
+        print(f"greenmeter: error: {terminal_text(f'{err.strerror or err}{where}')}", file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"greenmeter: internal error: this is a bug in greenmeter {__version__}; please report it with the "
+              f"traceback above {_report_here()}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

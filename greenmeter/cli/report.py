@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 
 from greenmeter._errors import ConfigError
+from greenmeter.cli.arguments import LIMIT_MAX, whole_number_arg
 from greenmeter.output.formats import REPORT_SUBJECTS, format_for_path, format_names, get_format
 
 __all__ = ["FormatChoices", "add_report_commands", "cmd_comparisons", "cmd_report"]
@@ -58,7 +59,8 @@ def add_report_commands(commands: argparse._SubParsersAction, store_help: str) -
 
     listing = commands.add_parser("comparisons", help="list stored comparisons, newest first")
     listing.add_argument("--store", default=None, help=store_help)
-    listing.add_argument("--limit", type=int, default=20, help="how many to show (default 20)")
+    listing.add_argument("--limit", type=whole_number_arg("limit", minimum=0, maximum=LIMIT_MAX), default=20,
+                         help="how many to show (default 20)")
     listing.set_defaults(handler=cmd_comparisons)
 
 
@@ -76,17 +78,22 @@ def _format(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Render the chosen record and write it (or print it with ``-o -``)."""
+    """Render the chosen record and write it (or print it with ``-o -``; on a terminal, control characters
+    are shown as escapes)."""
+    from greenmeter._text import terminal_text
     from greenmeter.output.report import store_report, write_report
-    from greenmeter.comparison.recommend import DEFAULT_TOLERANCE
+    from greenmeter._checks import output_file
+    from greenmeter.comparison.recommend import DEFAULT_TOLERANCE, check_tolerance
     from greenmeter.store.database import Store
 
     chosen = [x for x in (args.ident, args.last or None, args.last_run or None) if x]
     if len(chosen) != 1:
         raise ConfigError("name one thing to report: an ID, --last or --last-run")
     fmt = _format(args)
-    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    with Store(args.store) as store:
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else check_tolerance(args.tolerance)
+    if args.output != "-":  # writable (write_report makes missing folders) before anything is read or rendered
+        output_file("--output", args.output or f"greenmeter-report{get_format(fmt).extension}", make_folders=True)
+    with Store(args.store, readonly=True) as store:  # reading needs no write access
         if args.last_run:
             run = store.last_run()
             if run is None:
@@ -95,23 +102,27 @@ def cmd_report(args: argparse.Namespace) -> int:
         else:
             kind, text = store_report(store, args.ident, fmt, tolerance=tolerance)
     if args.output == "-":
-        sys.stdout.write(text)
+        sys.stdout.write(terminal_text(text, multiline=True) if sys.stdout.isatty() else text)
         return 0
     path = write_report(text, args.output or f"greenmeter-report{get_format(fmt).extension}", fmt=fmt)
-    print(f"wrote the {kind} report to {path}")
+    print(f"wrote the {kind} report to {terminal_text(path)}")
     return 0
 
 
 def cmd_comparisons(args: argparse.Namespace) -> int:
-    """List stored comparisons: id, creation time, variant count, name."""
-    from greenmeter.store.database import Store
+    """List stored comparisons: id, creation time, variant count, name (read-only; a missing store holds none)."""
+    from greenmeter._text import terminal_text
+    from greenmeter.store.database import Store, store_path
 
-    with Store(args.store) as store:
-        rows = store.list_comparisons(limit=args.limit)
-        if not rows:
-            print(f"no comparisons stored in {store.path}")
-            return 0
-        print(f"{'id':<12}  {'created (UTC)':<19}  {'variants':>8}  name")
-        for cid, name, created, count in rows:
-            print(f"{cid[:12]:<12}  {created[:19].replace('T', ' '):<19}  {count:>8}  {name}")
+    path = store_path(args.store)
+    rows = []
+    if path.exists():
+        with Store(path, readonly=True) as store:
+            rows = store.list_comparisons(limit=args.limit)
+    if not rows:
+        print(f"no comparisons stored in {terminal_text(path)}")
+        return 0
+    print(f"{'id':<12}  {'created (UTC)':<19}  {'variants':>8}  name")
+    for cid, name, created, count in rows:
+        print(f"{cid[:12]:<12}  {created[:19].replace('T', ' '):<19}  {count:>8}  {terminal_text(name)}")
     return 0

@@ -18,6 +18,7 @@ variant's difference from the baseline is tested with Welch's t-test.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,9 +30,10 @@ from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonSettings
 from greenmeter.comparison import facts as model_facts
 from greenmeter.comparison.progress import Progress, progress_printer
-from greenmeter.comparison.recipes import RecipeContext, parse_recipe, registered_recipes
+from greenmeter.comparison.recipes import RecipeContext, check_recipe
 from greenmeter.comparison.steps import Batch, build_entries, measure, prepare, summarise
 from greenmeter.metering.cpu_load import LoadWatch, busy_flag
+from greenmeter.metering.interrupts import signals_deferred, sigterm_interrupts
 from greenmeter.metering.meter import Meter
 from greenmeter.records.comparison import Comparison, MakingCost
 from greenmeter.records.measurement import Measurement
@@ -39,12 +41,60 @@ from greenmeter.records.measurement import Measurement
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Variant", "accuracy_metric", "compare"]
+__all__ = ["MAX_MIN_REPEAT_S", "MAX_REPEATS", "MAX_SEED", "MAX_THREADS", "MAX_WARMUP", "Variant", "accuracy_metric",
+           "check_settings", "compare"]
 
 Metric = Callable[["torch.Tensor", "torch.Tensor"], float]
+log = logging.getLogger("greenmeter")
 #: a repeat lasts at least this many update periods of the slowest energy source (and MIN_REPEAT_S)
 RESOLUTION_FACTOR = 50
 MIN_REPEAT_S = 0.2
+
+
+#: the ranges of compare's settings (a comparison that would run for days is a typo, not a plan)
+MAX_REPEATS = 1000
+MAX_WARMUP = 100
+MAX_MIN_REPEAT_S = 3600.0
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1
+
+
+def check_settings(*, repeats: Any = 5, warmup: Any = 1, batch_size: Any = 256, seed: Any = 0,
+                   min_repeat_s: Any = None, significance: Any = "welch", threads: Any = None,
+                   label: Callable[[str], str] = str) -> dict[str, Any]:
+    """Check :func:`compare`'s numeric and named settings, before any work; each has a range.
+
+    ``compare`` calls it on its arguments; the comparison TOML file and ``greenmeter compare``'s options call
+    it too, with ``label`` naming each setting where the user wrote it.
+
+    Args:
+        repeats: a whole number in [1, MAX_REPEATS].
+        warmup: a whole number in [0, MAX_WARMUP].
+        batch_size: a whole number >= 1.
+        seed: a whole number in [0, MAX_SEED].
+        min_repeat_s: seconds in [0, MAX_MIN_REPEAT_S], or ``None``.
+        significance: ``"welch"`` or ``"bootstrap"``.
+        threads: a whole number in [1, MAX_THREADS], or ``None``.
+        label: ``label(key) -> str``, the name of a setting in the message (``"compare.repeats"``,
+            ``"--repeats"``); the key itself by default.
+
+    Returns:
+        The settings by key, normalised (whole numbers as ``int``, seconds as ``float``).
+
+    Raises:
+        ConfigError: the first setting out of range, with its name, its range and the value given.
+    """
+    return {
+        "repeats": whole_number(label("repeats"), repeats, minimum=1, maximum=MAX_REPEATS),
+        "warmup": whole_number(label("warmup"), warmup, minimum=0, maximum=MAX_WARMUP),
+        "batch_size": whole_number(label("batch_size"), batch_size, minimum=1),
+        "seed": whole_number(label("seed"), seed, minimum=0, maximum=MAX_SEED),
+        "min_repeat_s": number(label("min_repeat_s"), min_repeat_s, low=0, high=MAX_MIN_REPEAT_S, unit="seconds",
+                               optional=True),
+        "significance": choice(label("significance"), significance, ("welch", "bootstrap")),
+        "threads": whole_number(label("threads"), threads, minimum=1, maximum=MAX_THREADS, optional=True,
+                                note="None keeps torch's setting"),
+    }
 
 
 def default_repeat_s(meter: Meter) -> float:
@@ -145,22 +195,22 @@ def compare(
         metric: ``metric(outputs, targets) -> float`` over the whole data set, higher is better (default:
             top-1 accuracy as a fraction).
         metric_name: its name in the results (default ``"accuracy"`` or the function's name).
-        repeats: measured repeats per variant (at least 2 for a confidence interval; 5 by default).
-        warmup: untimed passes over the data per variant before the repeats (at least 1 is always run:
-            it checks the outputs and times a pass).
+        repeats: measured repeats per variant, 1 to 1000 (at least 2 for a confidence interval; 5 by default).
+        warmup: untimed passes over the data per variant before the repeats, 0 to 100 (at least 1 is always
+            run: it checks the outputs and times a pass).
         train_data, train_fn, val_data: for recipes that train or calibrate (see
             :class:`greenmeter.comparison.recipes.RecipeContext`); or give ``recipe_context`` directly.
         meter: the meter to use (default: a new one with ``carbon`` and ``store``).
         carbon: carbon settings for the CO2e figures (default: world average, marked assumed).
         store: keep the windows and the comparison in a run store (a Store, a path, or ``True``).
-        min_repeat_s: shortest repeat in seconds (default: 50 update periods of the slowest source, and
-            at least 0.2 s); repeats pass over the data several times to reach it.
-        seed: ``torch.manual_seed`` before every pass and before building recipes.
+        min_repeat_s: shortest repeat in seconds, 0 to 3600 (default: 50 update periods of the slowest source,
+            and at least 0.2 s); repeats pass over the data several times to reach it.
+        seed: ``torch.manual_seed`` before every pass and before building recipes; 0 to 2**32 - 1.
         significance: the test of each variant's energy against the baseline's over the repeats:
             ``"welch"`` (Welch's t-test, the default) or ``"bootstrap"`` (percentile bootstrap, 10,000
             resamples, seeded with ``seed``; for repeats far from normal, and at least 5 a side).
-        threads: PyTorch's intra-op threads for the whole comparison (``torch.set_num_threads``; restored
-            afterwards); ``None`` keeps the current setting. The number used is kept in
+        threads: PyTorch's intra-op threads for the whole comparison, 1 to 1024 (``torch.set_num_threads``;
+            restored afterwards); ``None`` keeps the current setting. The number used is kept in
             ``Comparison.torch_threads``. On a machine that other work keeps busy, fewer threads than the
             free cores keep latency and CPU-time estimates from growing with the other load.
         name: the comparison's name.
@@ -170,19 +220,22 @@ def compare(
         A :class:`Comparison`, also stored when the meter has a store.
 
     Raises:
-        ConfigError: bad arguments, empty data, an unknown recipe, a baseline that cannot run or whose
-            metric is not a number. Failures of other variants are recorded in their results instead.
+        ConfigError: bad arguments (:func:`check_settings`), empty data, an unknown recipe or a recipe argument
+            the recipe refuses (all checked before any work), a baseline that cannot run or whose metric is not
+            a number. Failures of other variants are recorded in their results instead.
+        KeyboardInterrupt: Ctrl-C, or SIGTERM (as :class:`~greenmeter.metering.interrupts.Terminated`, while
+            ``compare`` runs, where SIGTERM had its default action): raised unchanged once the run is finished
+            ``interrupted`` and, with a store, the interleaved rounds every variant completed are stored as a
+            comparison with ``status="interrupted"`` (none when no round was complete).
     """
     import torch
 
     if not isinstance(variants, Mapping) or not variants:
         raise ConfigError("variants must be a non-empty mapping of names to models, recipe specs or Variants")
-    repeats = whole_number("repeats", repeats, minimum=1)
-    warmup = whole_number("warmup", warmup, minimum=0)
-    batch_size = whole_number("batch_size", batch_size, minimum=1)
-    choice("significance", significance, ("welch", "bootstrap"))
-    threads = whole_number("threads", threads, minimum=1, optional=True, note="None keeps torch's setting")
-    min_repeat_s = number("min_repeat_s", min_repeat_s, low=0, unit="seconds", optional=True)
+    checked = check_settings(repeats=repeats, warmup=warmup, batch_size=batch_size, seed=seed,
+                             min_repeat_s=min_repeat_s, significance=significance, threads=threads)
+    repeats, warmup, batch_size, seed = checked["repeats"], checked["warmup"], checked["batch_size"], checked["seed"]
+    min_repeat_s, threads = checked["min_repeat_s"], checked["threads"]
     progress_printer(progress)  # a bad progress fails here, before any work
     specs = {str(k): (v if isinstance(v, Variant) else Variant(recipe=v) if isinstance(v, str) else Variant(model=v))
              for k, v in variants.items()}
@@ -201,12 +254,11 @@ def compare(
     targets = torch.cat([y for _, y in batches])
     recipes = {k: s.recipe for k, s in specs.items() if s.recipe is not None}
     if recipes:
-        known = registered_recipes()
-        for key, spec_text in recipes.items():
-            recipe_name, _ = parse_recipe(spec_text)
-            if recipe_name not in known:
-                raise ConfigError(f"variant {key!r}: unknown recipe {recipe_name!r}; registered recipes: "
-                                  f"{', '.join(sorted(known))}")
+        for key, spec_text in recipes.items():  # every name and argument, before anything is built
+            try:
+                check_recipe(spec_text)
+            except ConfigError as err:
+                raise ConfigError(f"variant {key!r}: {err}") from err
         if recipe_context is None:
             recipe_context = RecipeContext(example_input=batches[0][0], train_data=train_data, train_fn=train_fn,
                                            val_data=val_data, seed=seed)
@@ -218,54 +270,125 @@ def compare(
     created_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
     show = Progress(progress, len(recipes) + len(specs) + repeats * len(specs))
     threads_before = torch.get_num_threads()
+    entries: list[Any] = []
+    rounds = _Rounds()  # the interleaved rounds every variant completed, kept for an interrupted comparison
+    passes = 0
+    watch: LoadWatch | None = None
+    stored = False
     ended_by: BaseException | None = None  # what cut the comparison short: its run ends failed or interrupted
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        meter.start()
-        entries = build_entries(specs, baseline, recipes, recipe_context, meter, carbon, seed, show)
-        base = entries[0]
-        for entry in entries:
-            prepare(entry, base, batches, targets, metric_fn, metric_name, warmup, seed, model_facts, show)
-            if entry is base and base.error is not None:
-                raise ConfigError(f"the baseline {baseline!r} could not be evaluated: {base.error}")
-        live = [e for e in entries if e.error is None]
-        fastest = min(e.facts["pass_s"] for e in live)
-        passes = passes_for(min_repeat_s if min_repeat_s is not None else default_repeat_s(meter), fastest)
-        watch = LoadWatch()
-        for r in range(repeats):
-            for entry in entries:
-                if entry.error is None:
-                    measure(entry, meter, batches, targets, metric_fn, metric_name, passes, r, seed, show)
-                else:
-                    show(f"{entry.name}: skipped (failed)", advance=1)
+
+    def conclude(status: str, flags: list[str]) -> Comparison:
+        """The comparison of the completed rounds, stored when the meter has a store."""
+        nonlocal stored
         results = summarise(entries, baseline, carbon, meter, significance, seed)
-        flags = []
-        if repeats < 3:
-            flags.append(f"only {repeats} repeat(s): confidence intervals and significance need more (5 advised)")
+        if rounds.done < 3:
+            flags.append(f"only {rounds.done} repeat(s): confidence intervals and significance need more "
+                         "(5 advised)")
         used_threads = torch.get_num_threads()
-        busy = busy_flag(watch.other_cores(), "the timed passes", used_threads)
+        busy = None if watch is None else busy_flag(watch.other_cores(), "the timed passes", used_threads)
         if busy is not None:
             flags.append(busy)
         comparison = Comparison(
-            name=name, created_at=created_at, baseline=baseline, metric_name=metric_name, repeats=repeats,
+            name=name, created_at=created_at, baseline=baseline, metric_name=metric_name, repeats=rounds.done,
             warmup=warmup, samples_per_pass=n_samples, passes_per_repeat=passes, variants=results,
             host=meter.host, backends=tuple(b.name for b in meter.backends),
             carbon=(carbon or CarbonSettings()).to_dict(), seed=seed, run_id=meter.run_id, flags=tuple(flags),
             duration_s=time.perf_counter() - started,
             sources=tuple({"key": d.key, **d.provenance.to_dict()} for d in meter.domains),
-            torch_threads=used_threads,
+            torch_threads=used_threads, status=status,
         )
         if meter.store is not None:
-            meter.store.add_comparison(comparison)
+            with signals_deferred():  # stored whole, then a Ctrl-C that came meanwhile is raised
+                meter.store.add_comparison(comparison)
+                stored = True
         return comparison
-    except BaseException as err:  # Ctrl-C included: recorded on the run, then raised unchanged
-        ended_by = err
-        raise
-    finally:
-        if threads is not None:
-            torch.set_num_threads(threads_before)
-        if own_meter:  # the windows measured so far stay stored; no comparison is made from part of the repeats
-            meter.close(error=ended_by)
+
+    with sigterm_interrupts():  # SIGTERM ends the comparison as Ctrl-C does, not the process at once
+        try:
+            if threads is not None:
+                torch.set_num_threads(threads)
+            meter.start()
+            entries = build_entries(specs, baseline, recipes, recipe_context, meter, carbon, seed, show)
+            base = entries[0]
+            for entry in entries:
+                prepare(entry, base, batches, targets, metric_fn, metric_name, warmup, seed, model_facts, show)
+                if entry is base and base.error is not None:
+                    raise ConfigError(f"the baseline {baseline!r} could not be evaluated: {base.error}")
+            live = [e for e in entries if e.error is None]
+            fastest = min(e.facts["pass_s"] for e in live)
+            passes = passes_for(min_repeat_s if min_repeat_s is not None else default_repeat_s(meter), fastest)
+            watch = LoadWatch()
+            for r in range(repeats):
+                for entry in entries:
+                    if entry.error is None:
+                        measure(entry, meter, batches, targets, metric_fn, metric_name, passes, r, seed, show)
+                    else:
+                        show(f"{entry.name}: skipped (failed)", advance=1)
+                rounds.complete(entries)
+            return conclude("complete", [])
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the completed rounds are kept, then it goes on
+            ended_by = err
+            if rounds.done and not stored and meter.store is not None:
+                _keep_interrupted(conclude, rounds, entries, repeats, err, show)
+            raise
+        except BaseException as err:  # recorded on the run, then raised unchanged
+            ended_by = err
+            raise
+        finally:
+            if threads is not None:
+                torch.set_num_threads(threads_before)
+            if own_meter:  # the windows measured so far stay stored; the run ends by what ended the comparison
+                with signals_deferred():
+                    meter.close(error=ended_by)
 
 
+class _Rounds:
+    """How many interleaved rounds (one repeat of every variant) completed, and each variant's state after
+    the last of them, so that an interrupted comparison rests on whole rounds only."""
+
+    _LISTS = ("metric_values", "energy", "durations", "sizes")
+    _VALUES = ("samples", "time_s")
+    _SETS = ("flags", "provenance")
+
+    def __init__(self) -> None:
+        self._state: tuple[int, dict[int, tuple[Any, ...]]] = (0, {})  # one attribute: a Ctrl-C never splits it
+
+    @property
+    def done(self) -> int:
+        """The number of completed rounds."""
+        return self._state[0]
+
+    def complete(self, entries: Iterable[Any]) -> None:
+        """Count one more completed round and remember where each variant stood."""
+        marks = {id(e): (tuple(len(getattr(e, k)) for k in self._LISTS), tuple(getattr(e, k) for k in self._VALUES),
+                         tuple(dict(getattr(e, k)) for k in self._SETS)) for e in entries}
+        self._state = (self._state[0] + 1, marks)
+
+    def rewind(self, entries: Iterable[Any]) -> None:
+        """Bring each variant back to where it stood after the last completed round (its failure is kept)."""
+        for e in entries:
+            lengths, values, sets = self._state[1][id(e)]
+            for key, n in zip(self._LISTS, lengths):
+                del getattr(e, key)[n:]
+            for key, value in zip(self._VALUES + self._SETS, values + sets):
+                setattr(e, key, value)
+
+
+def _keep_interrupted(conclude: Callable[[str, list[str]], Comparison], rounds: _Rounds, entries: list[Any],
+                      repeats: int, err: KeyboardInterrupt, show: Progress) -> None:
+    """Store the comparison of the completed rounds, marked interrupted; a store fault is logged, not raised."""
+    said = "SIGTERM" if getattr(err, "signal_name", "SIGINT") == "SIGTERM" else "Ctrl-C (SIGINT)"
+    if rounds.done < repeats:
+        note = (f"interrupted by {said} in repeat {rounds.done + 1} of {repeats}: these figures come from the "
+                f"{rounds.done} repeat(s) every variant completed; the repeat in progress is not counted (its "
+                "finished windows stay in the stored run, the window it cut short was dropped)")
+    else:
+        note = f"interrupted by {said} after all {repeats} repeats, while the comparison was being summarised"
+    rounds.rewind(entries)
+    try:
+        conclude("interrupted", [note])
+    except Exception as fault:  # noqa: BLE001 - the interruption is what the caller must get
+        log.warning("greenmeter: the interrupted comparison could not be stored (%s: %s)", type(fault).__name__,
+                    fault)
+        return
+    show(f"interrupted: stored the {rounds.done} repeat(s) every variant completed, marked interrupted")

@@ -34,21 +34,30 @@ TOML file::
     pue = 1.1
 
 A value that points to a callable is called (with ``kwargs`` for the model factory; with nothing for
-data). Unknown keys are refused, so a typo is an error rather than a silent default.
+data). Unknown keys are refused, so a typo is an error rather than a silent default. Every setting is
+checked when the file is loaded, before anything is imported or built: the numbers against their ranges
+(:func:`greenmeter.comparison.compare.check_settings`), the recipes' names and arguments
+(:func:`greenmeter.comparison.recipes.check_recipe`). What goes wrong in the user's code that ``build()``
+imports and calls (an import that fails, a factory that refuses its ``kwargs`` or raises, a weights file
+that is not a state_dict) is a :class:`~greenmeter.ConfigError` naming the key, with the original
+exception chained.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greenmeter._checks import choice, number, whole_number
-from greenmeter._errors import ConfigError
+from greenmeter._checks import text
+from greenmeter._errors import ConfigError, GreenmeterError
 from greenmeter.carbon.settings import CarbonSettings
+from greenmeter.comparison.compare import check_settings
+from greenmeter.comparison.recipes import check_recipe
 
 __all__ = ["CompareConfig", "load_compare_config", "resolve_object"]
 
@@ -104,15 +113,19 @@ class CompareConfig:
         factory = resolve_object(self.model_factory, "model.factory", self.path)
         if not callable(factory):
             raise ConfigError(f"{self.path}: model.factory {self.model_factory!r} is not callable")
-        model = factory(**dict(self.model_kwargs))
+        kwargs = dict(self.model_kwargs)
+        try:
+            inspect.signature(factory).bind(**kwargs)
+        except TypeError as err:
+            raise ConfigError(f"{self.path}: model.kwargs do not fit model.factory {self.model_factory!r}: {err}; "
+                              f"it takes {_signature(factory)}") from err
+        except ValueError:  # no signature to inspect (some builtins): the call says
+            pass
+        model = _call(factory, "model.factory", self.model_factory, self.path, kwargs)
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"{self.path}: model.factory returned a {type(model).__name__}, not a torch.nn.Module")
         if self.weights is not None:
-            try:
-                state = torch.load(self.weights, map_location="cpu", weights_only=True)
-                model.load_state_dict(state)
-            except (OSError, RuntimeError, ValueError) as err:
-                raise ConfigError(f"{self.path}: cannot load model.weights {self.weights}: {err}") from err
+            _load_weights(model, self.weights, self.path)
         variants: dict[str, Any] = {self.baseline: model}
         for key, spec in self.recipes.items():
             if key in variants:
@@ -138,7 +151,46 @@ class CompareConfig:
 
 def _data(spec: str, key: str, path: Path) -> Any:
     obj = resolve_object(spec, key, path)
-    return obj() if callable(obj) else obj
+    return _call(obj, key, spec, path, {}) if callable(obj) else obj
+
+
+def _signature(fn: Callable[..., Any]) -> str:
+    try:
+        return f"{getattr(fn, '__name__', 'it')}{inspect.signature(fn)}"
+    except (TypeError, ValueError):
+        return "arguments that cannot be inspected"
+
+
+def _call(fn: Callable[..., Any], key: str, spec: str, path: Path, kwargs: Mapping[str, Any]) -> Any:
+    """Call the user's ``fn(**kwargs)`` named by ``key``; what it raises becomes a ConfigError naming the key."""
+    try:
+        return fn(**kwargs)
+    except GreenmeterError:
+        raise
+    except Exception as err:  # the user's code failed: said in one line, the original chained
+        raise ConfigError(f"{path}: {key} {spec!r} raised {type(err).__name__}: {err}") from err
+
+
+def _load_weights(model: Any, weights: Path, path: Path) -> None:
+    """Load the state_dict at ``weights`` into ``model`` (weights only: no code in the file is run)."""
+    import torch
+
+    where = f"{path}: model.weights {str(weights)!r}"
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise ConfigError(f"{where} cannot be read: {err.strerror or err}") from err
+    except Exception as err:  # torch.load's many ways to refuse a file that is not a checkpoint
+        raise ConfigError(f"{where} is not a PyTorch state_dict that torch.load can read with weights_only=True "
+                          f"({type(err).__name__}); save one with torch.save(model.state_dict(), path)") from err
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"{where} holds a {type(state).__name__}, not a state_dict (parameter names mapped to "
+                          "tensors); save one with torch.save(model.state_dict(), path)")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as err:
+        said = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # torch's: several lines
+        raise ConfigError(f"{where} does not fit the model that model.factory makes: {said}") from err
 
 
 def resolve_object(spec: str, key: str, path: Path | None = None) -> Any:
@@ -158,6 +210,11 @@ def resolve_object(spec: str, key: str, path: Path | None = None) -> Any:
     except ImportError as err:
         raise ConfigError(f"{where}{key}: cannot import {module_name!r} ({err}); check the path and that the "
                           "package is installed or next to the TOML file") from err
+    except TypeError as err:  # a relative name (".models"): there is no package to be relative to
+        raise ConfigError(f"{where}{key} {spec!r} is not an import path such as 'package.module:name' "
+                          "(relative imports are not allowed)") from err
+    except Exception as err:  # the module itself failed while it was imported (a SyntaxError, an exception)
+        raise ConfigError(f"{where}{key}: importing {module_name!r} raised {type(err).__name__}: {err}") from err
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -174,15 +231,12 @@ def _check_keys(table: Mapping[str, Any], section: str, path: Path) -> None:
                           f"{', '.join(sorted(_SECTIONS[section]))}")
 
 
-def _int(value: Any, key: str, path: Path, minimum: int) -> int:
-    return whole_number(f"{path}: {key}", value, minimum=minimum)
-
-
 def load_compare_config(path: str | Path) -> CompareConfig:
-    """Read and check a comparison TOML file (nothing is imported until ``build()``).
+    """Read and check a comparison TOML file (the objects it names are imported only by ``build()``).
 
     Raises:
-        ConfigError: the file is missing, is not TOML, or has a missing, unknown or wrong-typed key.
+        ConfigError: the file is missing, is not UTF-8 TOML, or has a missing, unknown or wrong-typed key, a
+            setting out of range, or a recipe that is unknown or whose argument it refuses.
     """
     if sys.version_info >= (3, 11):
         import tomllib
@@ -194,6 +248,9 @@ def load_compare_config(path: str | Path) -> CompareConfig:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"cannot read the comparison config {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}), so it is not a TOML file; "
+                          "save it as UTF-8") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
     _check_keys(doc, "", path)
@@ -220,28 +277,30 @@ def load_compare_config(path: str | Path) -> CompareConfig:
     recipes.update(named)
     if not recipes:
         raise ConfigError(f"{path}: nothing to compare: give compare.recipes or [compare.variants]")
+    for key, spec in recipes.items():
+        try:
+            check_recipe(spec)
+        except ConfigError as err:
+            where = "compare.recipes" if key == spec and spec in listed else f"compare.variants.{key}"
+            raise ConfigError(f"{path}: {where}: {err}") from err
     kwargs = model.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise ConfigError(f"{path}: model.kwargs must be a table of keyword arguments")
     weights = model.get("weights")
-    min_repeat = compare_t.get("min_repeat_s")
-    if min_repeat is not None:
-        number(f"{path}: compare.min_repeat_s", min_repeat, low=0, unit="seconds")
-    significance = choice(f"{path}: compare.significance", compare_t.get("significance", "welch"),
-                          ("welch", "bootstrap"))
+    if weights is not None:
+        text(f"{path}: model.weights", weights)
+    given = {key: compare_t[key] for key in ("repeats", "warmup", "seed", "min_repeat_s", "significance", "threads")
+             if key in compare_t}
+    if "batch_size" in data:
+        given["batch_size"] = data["batch_size"]
+    settings = check_settings(**given,
+                              label=lambda key: f"{path}: {'data' if key == 'batch_size' else 'compare'}.{key}")
     config = CompareConfig(
         path=path, name=str(doc.get("name", path.stem)), model_factory=model["factory"], model_kwargs=kwargs,
         weights=None if weights is None else (path.parent / str(weights)),
         baseline=str(compare_t.get("baseline", model.get("name", "baseline"))), recipes=recipes,
         eval_data=data["eval"], train_data=data.get("train"), val_data=data.get("val"),
-        batch_size=_int(data.get("batch_size", 256), "data.batch_size", path, 1),
-        train_fn=tables["training"].get("function"),
-        repeats=_int(compare_t.get("repeats", 5), "compare.repeats", path, 1),
-        warmup=_int(compare_t.get("warmup", 1), "compare.warmup", path, 0),
-        seed=_int(compare_t.get("seed", 0), "compare.seed", path, 0),
-        min_repeat_s=None if min_repeat is None else float(min_repeat), significance=significance,
-        threads=None if compare_t.get("threads") is None else _int(compare_t["threads"], "compare.threads", path, 1),
-        carbon=tables["carbon"],
+        train_fn=tables["training"].get("function"), carbon=tables["carbon"], **settings,
     )
     config.carbon_settings()  # validate the carbon table now, before any work
     return config

@@ -15,10 +15,14 @@ help; :func:`format_recipes` renders that as text (``python -m greenmeter.compar
 A recipe that is not a compression method of its own is added with :func:`register_recipe` (also a
 decorator)::
 
+    from greenmeter.compression.registry import recipe_fraction
+
+    sparsity = functools.partial(recipe_fraction, "prune-layer", default=0.3, expected="S in [0, 1)")
+
     @register_recipe("prune-layer", trains=False, description="magnitude pruning, each layer on its own",
-                     arg_help="S, the sparsity of every layer (default 0.3)")
+                     arg_help="S, the sparsity of every layer (default 0.3)", parse_arg=sparsity)
     def prune_layer(baseline, arg, ctx):   # baseline is a private copy in eval mode: change it freely
-        return compress(baseline, PruneConfig(sparsity=float(arg or 0.3), scope="layer"))
+        return compress(baseline, PruneConfig(sparsity=sparsity(arg), scope="layer"))
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
     from greenmeter.compression.registry import BuildFn, RecipeSpec
 
 __all__ = [
-    "Recipe", "RecipeContext", "build_variant", "format_recipes", "parse_recipe", "register_recipe",
+    "Recipe", "RecipeContext", "build_variant", "check_recipe", "format_recipes", "parse_recipe", "register_recipe",
     "registered_recipes", "unregister_recipe",
 ]
 
@@ -210,7 +214,7 @@ def parse_recipe(spec: str) -> tuple[str, str | None]:
 
 
 def register_recipe(name: str, build: BuildFn | None = None, *, trains: bool, description: str,
-                    arg_help: str | None = None) -> Any:
+                    arg_help: str | None = None, parse_arg: Callable[[str | None], Any] | None = None) -> Any:
     """Register ``build(baseline, arg, ctx) -> nn.Module`` under ``name``; usable as a decorator without ``build``.
 
     For a recipe that is not a compression method of its own (a method registers its recipe with
@@ -224,6 +228,9 @@ def register_recipe(name: str, build: BuildFn | None = None, *, trains: bool, de
         trains: whether the recipe trains (its making cost then counts as training).
         description: one line for listings and reports.
         arg_help: what the argument means and its default; ``None`` when the recipe takes no argument.
+        parse_arg: ``parse_arg(arg) -> value``: the argument text (``None`` when absent) parsed and checked,
+            raising ConfigError for one the recipe refuses; :func:`check_recipe` calls it before any work, and
+            ``build`` may call it for the value. ``None``: the argument is checked only by ``build``.
 
     Returns ``build``, or without it a decorator that registers and returns the function. Raises ConfigError for
     a bad name, a name already registered (see :func:`unregister_recipe`) or a build that is not callable.
@@ -231,7 +238,7 @@ def register_recipe(name: str, build: BuildFn | None = None, *, trains: bool, de
     from greenmeter.compression.registry import RecipeSpec, register_recipe_spec
 
     def add(fn: BuildFn) -> BuildFn:
-        register_recipe_spec(RecipeSpec(name, fn, trains, str(description), arg_help))
+        register_recipe_spec(RecipeSpec(name, fn, trains, str(description), arg_help, parse_arg=parse_arg))
         return fn
 
     return add if build is None else add(build)
@@ -270,6 +277,37 @@ def format_recipes() -> str:
     return "\n".join([table, "", "arguments:"] + [f"  {r.name.ljust(width)}  {r.arg_help}" for r in takes])
 
 
+def check_recipe(spec: str) -> tuple[RecipeSpec, str | None]:
+    """Check a recipe spec before any work: a registered name, and an argument that the recipe takes.
+
+    The argument is checked by the recipe's ``parse_arg`` (every built-in recipe has one: ``"prune:7"`` and
+    ``"prune:abc"`` are refused here, not when the variant is built); a recipe without ``parse_arg`` checks
+    its argument only when it builds.
+
+    Args:
+        spec: ``name`` or ``name:arg``.
+
+    Returns:
+        The recipe's :class:`~greenmeter.compression.registry.RecipeSpec` and the argument text (``None``
+        when the spec has none).
+
+    Raises:
+        ConfigError: a malformed spec, an unknown recipe (the message lists the registered ones), an argument
+            given to a recipe that takes none, or an argument the recipe refuses (the message says what it
+            expects).
+    """
+    name, arg = parse_recipe(spec)
+    known = registered_recipes()
+    info = known.get(name)
+    if info is None:
+        raise ConfigError(f"unknown recipe {name!r}; registered recipes: {', '.join(known)}")
+    if arg is not None and info.arg_help is None:
+        raise ConfigError(f"recipe {name!r} takes no argument, got {arg!r}; write {name!r}")
+    if info.parse_arg is not None:
+        info.parse_arg(arg)
+    return info, arg
+
+
 def build_variant(spec: str, baseline: nn.Module, ctx: RecipeContext) -> nn.Module:
     """Build the variant ``spec`` names from ``baseline``; ``baseline`` is never changed (weights or modes).
 
@@ -289,13 +327,8 @@ def build_variant(spec: str, baseline: nn.Module, ctx: RecipeContext) -> nn.Modu
     """
     from torch import nn
 
-    name, arg = parse_recipe(spec)
-    known = registered_recipes()
-    info = known.get(name)
-    if info is None:
-        raise ConfigError(f"unknown recipe {name!r}; registered recipes: {', '.join(known)}")
-    if arg is not None and info.arg_help is None:
-        raise ConfigError(f"recipe {name!r} takes no argument, got {arg!r}; write {name!r}")
+    info, arg = check_recipe(spec)
+    name = info.name
     if not isinstance(baseline, nn.Module):
         raise ConfigError(f"build_variant needs a torch.nn.Module baseline, not {type(baseline).__name__}")
     if not isinstance(ctx, RecipeContext):

@@ -8,16 +8,15 @@ the rule already prefers; exact ties keep the comparison's order.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from greenmeter._errors import ConfigError
+from greenmeter._checks import number
 
 if TYPE_CHECKING:
     from greenmeter.records.comparison import Comparison, VariantResult
 
-__all__ = ["DEFAULT_TOLERANCE", "Recommendation", "recommend", "tolerance_text"]
+__all__ = ["DEFAULT_TOLERANCE", "Recommendation", "check_tolerance", "recommend", "tolerance_text"]
 
 #: Default metric tolerance of the recommendation: 0.01 of the metric (1 percentage point of accuracy).
 DEFAULT_TOLERANCE = 0.01
@@ -30,6 +29,18 @@ class Recommendation:
     name: str | None
     reason: str
     savings: tuple[tuple[str, str], ...] = ()
+
+
+def check_tolerance(tolerance: Any) -> float:
+    """Check a recommendation's metric tolerance: a finite number >= 0, in the metric's own unit.
+
+    Returns:
+        The tolerance as a ``float``.
+
+    Raises:
+        ConfigError: not a number, NaN, infinite or negative: ``"tolerance must be a number >= 0 (...), not nan"``.
+    """
+    return number("tolerance", tolerance, low=0, note="in the metric's unit: 0.01 = 1 percentage point of accuracy")
 
 
 def tolerance_text(comparison: Comparison, tolerance: float) -> str:
@@ -52,12 +63,9 @@ def recommend(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE) -> R
         tolerance and cheaper, with a reason saying so.
 
     Raises:
-        ConfigError: a negative or non-finite tolerance.
+        ConfigError: a negative or non-finite tolerance (:func:`check_tolerance`).
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) \
-            or tolerance < 0:
-        raise ConfigError(f"the metric tolerance must be a number >= 0 (0.01 = 1 percentage point of accuracy), "
-                          f"not {tolerance!r}")
+    tolerance = check_tolerance(tolerance)
     base = comparison.variant(comparison.baseline)
     if not base.ok or base.metric is None or base.energy_per_sample_j is None:
         return Recommendation(None, "the baseline has no figures, so nothing can be recommended against it")

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import greenmeter
-from greenmeter._errors import ConfigError
+from greenmeter._errors import ConfigError, StoreError
 from greenmeter.comparison.progress import progress_printer
 from greenmeter.comparison.recipes import RecipeContext
 from greenmeter.demo.digits import accuracy, batches, load_digits_data, make_digits_cnn, train_classifier
@@ -77,6 +78,30 @@ class DemoResult:
     duration_s: float
 
 
+def _remove_old_store(path: Path) -> None:
+    """Delete the store a previous demo left at ``path`` (with its WAL files); refuse anything else there.
+
+    Raises:
+        ConfigError: the file is not a greenmeter store that can be read (another program's file, a damaged
+            or locked store, or one this greenmeter cannot read): it is left as it is.
+    """
+    if not os.path.lexists(path):
+        return
+    try:
+        Store(path, readonly=True).close()
+    except StoreError as err:
+        raise ConfigError(f"the demo's output folder already holds {path}, which the demo would replace, but it is "
+                          f"not a greenmeter run store it can read ({err}); it is left as it is: choose another "
+                          "output folder (--out), or move the file away") from err
+    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            leftover.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise ConfigError(f"cannot replace the demo's old run store {leftover}: {err.strerror or err}") from err
+
+
 def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, carbon: CarbonSettings | None = None,
              progress: bool | Callable[[str], None] = True, recipes: dict[str, str] | None = None) -> DemoResult:
     """Run the demo and write its files to ``out_dir`` (created if missing).
@@ -90,7 +115,8 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
         recipes: the variants to build (default :data:`DEMO_RECIPES`).
 
     Raises:
-        ConfigError: ``out_dir`` cannot be created or written; a bad ``progress``.
+        ConfigError: ``out_dir`` cannot be created or written; it holds a ``runs.db`` that is not a
+            greenmeter store (never deleted); a bad ``progress``.
     """
     say = progress_printer(progress, prefix="greenmeter demo: ")
     import torch
@@ -103,8 +129,7 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
     except OSError as err:
         raise ConfigError(f"cannot create the demo's output folder {out}: {err.strerror or err}") from err
     store_path = out / "runs.db"
-    if store_path.exists():
-        store_path.unlink()  # each demo starts a fresh store; its reports are rewritten too
+    _remove_old_store(store_path)  # each demo starts a fresh store; its reports are rewritten too
     torch.manual_seed(0)
     data = load_digits_data()
     say(f"digits: {len(data.x_train)} training and {len(data.x_test)} test images; "

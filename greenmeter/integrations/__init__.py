@@ -218,7 +218,10 @@ class TrainingRecorder:
         """End the window (stored by the meter's store, if any) and close the meter made here.
 
         Args:
-            error: the exception that stopped the training, if any: the measurement is then marked failed.
+            error: the exception that stopped the training, if any: the measurement is then marked failed,
+                and the run of the meter made here is finished by it: ``interrupted`` for a
+                ``KeyboardInterrupt`` (Ctrl-C, or :class:`~greenmeter.metering.interrupts.Terminated` for
+                SIGTERM), ``failed`` for any other exception (see :meth:`Meter.close`).
 
         Returns:
             The training's measurement (also kept as ``measurement``); the previous one, or ``None``, when
@@ -232,7 +235,7 @@ class TrainingRecorder:
             self.measurement = meter.end(window, error=error)
         finally:
             if self._given is None:
-                meter.close()
+                meter.close(error=error)  # the run ends as the training did: ok, failed or interrupted
         return self.measurement
 
     def _total(self, energy: Mapping[str, float]) -> float:

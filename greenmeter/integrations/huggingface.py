@@ -15,6 +15,7 @@ Importing this module without ``transformers`` raises :class:`~greenmeter.Config
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -47,8 +48,11 @@ class GreenmeterTrainerCallback(_transformers.TrainerCallback):  # type: ignore[
     ``on_step_end`` (one optimizer step, after any gradient accumulation), an epoch at each ``on_epoch_end``.
     The Trainer hands callbacks no batches, so steps carry no sample count. When training ends the window's
     measurement is stored in the meter's store and kept as :attr:`measurement`. The Trainer has no hook
-    for an exception: a crashed training leaves the window open and, with the meter made here, the run
-    stored as incomplete; the next ``train()`` with this callback first ends that window as failed.
+    for an exception, so :meth:`attach` also wraps the trainer's ``train``: when it raises, the window ends
+    as failed with the exception and the run of the meter made here ends ``interrupted`` (Ctrl-C) or
+    ``failed``; the exception goes on unchanged. Added without :meth:`attach`, the callback cannot see a
+    crash: the window stays open and the run ``running`` (listed as incomplete), and the next ``train()``
+    with this callback first ends that window as failed.
 
     At each of the Trainer's log points (``logging_steps``, evaluations, the final summary) the callback adds
     ``greenmeter/power_w``, ``greenmeter/step_energy_j``, ``greenmeter/step_co2e_g``, ``greenmeter/energy_j``
@@ -90,7 +94,9 @@ class GreenmeterTrainerCallback(_transformers.TrainerCallback):  # type: ignore[
         return self.recorder.measurement
 
     def attach(self, trainer: Any) -> GreenmeterTrainerCallback:
-        """Put this callback first among the trainer's callbacks (in place), so every logger sees its figures.
+        """Put this callback first among the trainer's callbacks, and have the trainer's ``train`` end the
+        window with the exception that stops it (both in place), so every logger sees its figures and a
+        crash or Ctrl-C is recorded.
 
         Returns:
             This callback, for ``energy = GreenmeterTrainerCallback().attach(trainer)``.
@@ -100,6 +106,21 @@ class GreenmeterTrainerCallback(_transformers.TrainerCallback):  # type: ignore[
             callbacks.remove(self)
         callbacks.insert(0, self)
         self._attached = True
+        train = trainer.train
+        if getattr(train, "__greenmeter_callback__", None) is not self:
+            recorder = self.recorder
+
+            @functools.wraps(train)
+            def recorded_train(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return train(*args, **kwargs)
+                except BaseException as err:  # recorded, then raised unchanged
+                    if recorder.active:
+                        recorder.finish(error=err)
+                    raise
+
+            recorded_train.__greenmeter_callback__ = self  # type: ignore[attr-defined]
+            trainer.train = recorded_train
         return self
 
     # Trainer hooks -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import whole_number
 from greenmeter.integrations import TrainingRecorder, import_framework
+from greenmeter.metering.interrupts import Terminated
 from greenmeter.metering.meter import batch_size
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from greenmeter.store.database import Store
 
 _pl = import_framework(("lightning.pytorch", "pytorch_lightning"), "lightning")
+#: what Lightning's loops raise when the process got SIGTERM (a ``SystemExit``), where this version has it
+_SIGTERM_EXCEPTIONS: tuple[type[BaseException], ...] = tuple(
+    cls for cls in (getattr(getattr(_pl.utilities, "exceptions", None), "SIGTERMException", None),) if cls)
 
 __all__ = ["GreenmeterCallback"]
 
@@ -42,7 +46,8 @@ class GreenmeterCallback(_pl.Callback):  # type: ignore[misc,name-defined]
     time the optimizer steps (with gradient accumulation, once per accumulated group of batches), with the
     batches' sample count; an epoch at each ``on_train_epoch_end`` (which Lightning calls after the
     epoch's validation). When the fit ends, the window's measurement is stored in the meter's store and
-    kept as :attr:`measurement`; an exception ends it as failed.
+    kept as :attr:`measurement`; an exception ends it as failed, and the run of the meter made here ends
+    ``interrupted`` (Ctrl-C, or SIGTERM, on which Lightning stops the fit) or ``failed``.
 
     Every ``log_every_n_steps`` optimizer steps, and at the end, the callback writes ``greenmeter/power_w``,
     ``greenmeter/step_energy_j``, ``greenmeter/step_co2e_g``, ``greenmeter/energy_j`` and
@@ -134,7 +139,10 @@ class GreenmeterCallback(_pl.Callback):  # type: ignore[misc,name-defined]
         self.recorder.finish()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        """End the window as failed (stored with the error) and close the meter made here."""
+        """End the window as failed (stored with the error) and close the meter made here, whose run ends
+        ``interrupted`` for Ctrl-C or Lightning's SIGTERM, else ``failed``."""
+        if isinstance(exception, _SIGTERM_EXCEPTIONS):  # Lightning's own exit on SIGTERM: an interruption
+            exception = Terminated()
         self.recorder.finish(error=exception)
 
     @staticmethod

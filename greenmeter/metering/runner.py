@@ -3,7 +3,10 @@
 The meter starts (probing hardware) before the command, one window spans the command's life, and a
 power timeline is sampled while it runs. The command runs in its own process group, so Ctrl-C and
 SIGTERM sent to greenmeter are forwarded to the command and all its children; what was measured up to
-then is stored as an interrupted run, and greenmeter says so.
+then is stored as an interrupted run, and greenmeter says so. A signal that comes while greenmeter is
+starting (before the command runs) stops it there: the command is not started, the run is finished
+``interrupted``, and the signal's interruption is raised. One that comes after the command ended waits
+until the run is stored whole (with the command's own status and exit code), then takes effect.
 
 The command is never orphaned by greenmeter: the store is written to (the run started) before the command
 starts, so an unwritable store stops greenmeter first; once the command runs, a failing meter stops only
@@ -23,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from greenmeter._checks import number
 from greenmeter._errors import ConfigError, GreenmeterError, StoreError
 from greenmeter.metering.cpu_load import LoadWatch, busy_flag
+from greenmeter.metering.interrupts import Terminated
 from greenmeter.metering.meter import Meter
 from greenmeter.records.measurement import Measurement
 
@@ -164,6 +169,11 @@ def run_command(
             Nothing is stored, except for a command that passed the checks but failed to start: its run is
             finished ``failed`` with a note saying why.
         StoreError: the store cannot be opened or written (before the command runs).
+        KeyboardInterrupt: SIGINT (or :class:`~greenmeter.metering.interrupts.Terminated`: SIGTERM) came before
+            the command started, which is then not started (its run is finished ``interrupted``). A signal
+            that comes after the command ended is delivered once the run is stored, to the handler in place
+            before (Ctrl-C raises ``KeyboardInterrupt``; SIGTERM with its default action ends the process).
+            Signals are caught only when this runs in the main thread; elsewhere they are the program's.
     """
     number("the timeline interval", interval_s, low=0, low_open=True, unit="seconds")
     argv = _resolve(argv)
@@ -182,68 +192,132 @@ def _run(
     """:func:`run_command` once its arguments are checked and its store (if any) is open."""
     meter = meter or Meter(mode="process", sync=None, carbon=carbon)
     label = name or " ".join(argv)
-    meter.start()
-    window = meter.begin(label)
-    recorder: RunRecorder | None = None
-    if store is not None:
-        from greenmeter.store.recorder import RunRecorder
+    with _Signals() as signals:  # from here SIGINT and SIGTERM are the command's (and held until it starts)
+        meter.start()
+        window = meter.begin(label)
+        recorder: RunRecorder | None = None
+        if store is not None:
+            from greenmeter.store.recorder import RunRecorder
 
-        # Started before the command: a store that cannot be written stops greenmeter here, before the command.
+            # Started before the command: a store that cannot be written stops greenmeter here, before the command.
+            try:
+                recorder = RunRecorder(store, name=label, kind="run", command=argv, host=meter.host,
+                                       carbon_settings=carbon)
+            except BaseException as err:
+                with suppress(GreenmeterError):  # the store's error is the one to raise; the window is dropped
+                    meter.end(window, error=err)
+                raise
+        watch = LoadWatch()
         try:
-            recorder = RunRecorder(store, name=label, kind="run", command=argv, host=meter.host,
-                                   carbon_settings=carbon)
+            signals.check()  # a signal before the command started: it is not started
+            child = subprocess.Popen(argv, **_child_options())
         except BaseException as err:
-            with suppress(GreenmeterError):  # the store's error is the one to raise; the window is dropped
-                meter.end(window, error=err)
+            _not_started(meter, window, recorder, err)
+            if isinstance(err, OSError):
+                raise ConfigError(f"cannot run {argv[0]!r}: {err.strerror or err}") from err
             raise
-    watch = LoadWatch()
-    try:
-        child = subprocess.Popen(argv, **_child_options())
-    except OSError as err:
-        measurement = meter.end(window, error=err)  # a failed window
+        signals.started(child.pid)  # forwards a signal that came while it was being started
+        # From here on the command runs: whatever fails in greenmeter, the command is waited for and its exit code kept.
+        tracking = _Tracking(meter, window.t0, window.energy, interval_s)
+        tracking.guard(lambda: _follow(meter, child.pid))
+        if on_started is not None:
+            on_started(child.pid)
+        status = _wait(child, tracking, signals.received)
+        signals.ended()  # a signal from now on waits until the run is stored, and then stops greenmeter
+        exit_code = os.waitstatus_to_exitcode(status)
+        if exit_code < 0:
+            exit_code = 128 - exit_code
+        busy = busy_flag(watch.other_cores(), "the command", remedy=(
+            "measure on a quiet machine, or let the command use fewer threads than the cores left free "
+            "(e.g. OMP_NUM_THREADS=1); processes the command left running in the background count as other load"))
+        flags = () if busy is None else (busy,)
+        end = tracking.guard(meter.read)  # the window's end, unless measuring stopped before
+        if end is None:  # keep what was measured until the last good reading, marked failed with why
+            flags = (f"measuring stopped after {tracking.measured_s:.2f} s ({tracking.stopped}); the command ran "
+                     "on to its end, unmeasured: these figures cover only the time before", *flags)
+        measurement = meter.end(window, error=tracking.error, flags=flags, reading=end or tracking.last)
+        interrupted = signal.Signals(signals.received[0]).name if signals.received else None
+        store_error = None
         if recorder is not None:
-            recorder.add_window(measurement)
-            recorder.finish(exit_code=None, measurement=measurement, note=f"the command could not start: {err}")
-        raise ConfigError(f"cannot run {argv[0]!r}: {err.strerror or err}") from err
-    # From here on the command runs: whatever fails in greenmeter, the command is waited for and its exit code kept.
-    tracking = _Tracking(meter, window.t0, window.energy, interval_s)
-    tracking.guard(lambda: _follow(meter, child.pid))
-    if on_started is not None:
-        on_started(child.pid)
+            store_error = _record(recorder, measurement, tracking, exit_code, interrupted)
+    return CommandResult(exit_code, measurement, interrupted, recorder.run_id if recorder else None,
+                         tuple(tracking.timeline), tracking.stopped, store_error)
 
-    received: list[int] = []
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
+class _Signals:
+    """SIGINT and SIGTERM while greenmeter runs a command (a ``with`` block; main thread only, else inert).
+
+    Before the command starts, a signal is only noted, and :meth:`check` then refuses to start it. While it
+    runs, each signal is forwarded to its process group. Once it has ended, a signal is held until the block
+    ends (the run stored whole), then delivered to the handler in place before: Ctrl-C then raises
+    ``KeyboardInterrupt``, and the run keeps the command's own status and exit code.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []  # signals that came before the command ended (it was cut short by them)
+        self._pending: list[int] = []  # those that came before its pid was known, to be forwarded
+        self._late: list[int] = []  # those that came after it ended
+        self._pid: int | None = None
+        self._ended = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if self._late and self._previous:
+            signal.raise_signal(self._late[0])
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._ended:
+            self._late.append(signum)
+            return
+        self.received.append(signum)
+        if self._pid is None:
+            self._pending.append(signum)
+        else:
+            self._send(signum)
+
+    def _send(self, signum: int) -> None:
         try:
-            os.killpg(child.pid, signum)
+            os.killpg(self._pid, signum)  # type: ignore[arg-type]
         except ProcessLookupError:
             pass
 
-    previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
-    try:
-        status = _wait(child, tracking, received)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    exit_code = os.waitstatus_to_exitcode(status)
-    if exit_code < 0:
-        exit_code = 128 - exit_code
-    busy = busy_flag(watch.other_cores(), "the command", remedy=(
-        "measure on a quiet machine, or let the command use fewer threads than the cores left free "
-        "(e.g. OMP_NUM_THREADS=1); processes the command left running in the background count as other load"))
-    flags = () if busy is None else (busy,)
-    end = tracking.guard(meter.read)  # the window's end, unless measuring stopped before
-    if end is None:  # keep what was measured until the last good reading, marked failed with why
-        flags = (f"measuring stopped after {tracking.measured_s:.2f} s ({tracking.stopped}); the command ran on "
-                 "to its end, unmeasured: these figures cover only the time before", *flags)
-    measurement = meter.end(window, error=tracking.error, flags=flags, reading=end or tracking.last)
-    interrupted = signal.Signals(received[0]).name if received else None
-    store_error = None
-    if recorder is not None:
-        store_error = _record(recorder, measurement, tracking, exit_code, interrupted)
-    return CommandResult(exit_code, measurement, interrupted, recorder.run_id if recorder else None,
-                         tuple(tracking.timeline), tracking.stopped, store_error)
+    def check(self) -> None:
+        """Raise the interruption of a signal that came before the command started."""
+        if self.received:
+            raise Terminated() if self.received[0] == signal.SIGTERM else KeyboardInterrupt()
+
+    def started(self, pid: int) -> None:
+        """The command runs as ``pid``: forward the signals that came while it was being started."""
+        self._pid = pid
+        while self._pending:
+            self._send(self._pending.pop(0))
+
+    def ended(self) -> None:
+        """The command has ended and been reaped: nothing is forwarded any more."""
+        self._ended = True
+
+
+def _not_started(meter: Meter, window: Any, recorder: RunRecorder | None, err: BaseException) -> None:
+    """End the window and finish the run of a command that never started (it could not, or a signal came first)."""
+    measurement = meter.end(window, error=err)  # a failed window
+    if recorder is None:
+        return
+    if isinstance(err, KeyboardInterrupt):
+        said = getattr(err, "signal_name", "SIGINT")
+        note = f"interrupted by {said} before the command started; it was not run"
+    else:
+        note = f"the command could not start: {err}"
+    recorder.add_window(measurement)
+    recorder.finish(exit_code=None, measurement=measurement, note=note, error=err,
+                    interrupted_by=getattr(err, "signal_name", "SIGINT") if isinstance(err, KeyboardInterrupt)
+                    else None)
 
 
 def _follow(meter: Meter, pid: int) -> None:

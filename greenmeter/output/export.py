@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from greenmeter._errors import ConfigError
+from greenmeter._text import csv_cell
 from greenmeter._version import __version__
 from greenmeter.carbon.settings import J_PER_KWH, CarbonEstimate
 from greenmeter.output.formats import ExportOptions, get_format
@@ -122,7 +123,7 @@ def _rows_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    writer.writerows([["" if v is None else csv_cell(v) for v in row] for row in rows])
     return out.getvalue()
 
 

@@ -13,8 +13,11 @@ __all__ = ["yaml_float", "yaml_text"]
 
 
 def yaml_text(text: str) -> str:
-    """A YAML double-quoted scalar (JSON strings are valid YAML ones)."""
-    return json.dumps(text, ensure_ascii=False)
+    """A YAML double-quoted scalar (JSON strings are valid YAML ones) on one line, with every character that is
+    not printable (controls, bidirectional overrides, line separators) written as a ``\\u`` escape, so that the
+    block shows what it holds wherever it is pasted."""
+    return "".join(c if c.isprintable() else (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+                   for c in json.dumps(text, ensure_ascii=False))
 
 
 def yaml_float(value: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from greenmeter._text import terminal_text
 from greenmeter.comparison.recommend import tolerance_text
 from greenmeter.output.model_card import yaml_float, yaml_text
 
@@ -91,7 +92,7 @@ def comparison_model_card(c: Comparison, recommended: str | None) -> str:
     """The Hugging Face ``co2_eq_emissions`` block for making the recommended variant (or a comment why not)."""
     chosen = c.variant(recommended) if recommended else None
     if chosen is None or chosen.making is None or chosen.making.co2e_g is None:
-        who = recommended or "no variant"
+        who = terminal_text(recommended) if recommended else "no variant"  # a YAML comment: one line
         return (f"# greenmeter: the recommended variant ({who}) has no recorded making energy, so there is no "
                 f"co2_eq_emissions block to give for it.\n")
     carbon = chosen.carbon_per_million

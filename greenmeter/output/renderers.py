@@ -16,19 +16,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from greenmeter._text import csv_cell, markdown_code_block, markdown_code_span, markdown_text
 from greenmeter.output.view import ReportView
 from greenmeter.records.encoding import finite_json
 from greenmeter.reports_templates import read_template
 
 __all__ = ["render_csv", "render_html", "render_json", "render_markdown"]
-
-
-def _md(value: Any) -> str:
-    """Text safe inside a Markdown table cell or list item: no raw HTML, no column breaks, one line."""
-    text = str(value)
-    for a, b in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("|", "\\|"), ("\n", " ")):
-        text = text.replace(a, b)
-    return text
 
 
 def _jinja_env() -> Any:
@@ -45,7 +38,9 @@ def _jinja_env() -> Any:
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=True),
         keep_trailing_newline=True,
     )
-    env.filters["md"] = _md
+    env.filters["md"] = markdown_text
+    env.filters["md_code"] = markdown_code_span
+    env.filters["md_code_block"] = markdown_code_block
     return env
 
 
@@ -57,12 +52,15 @@ def render_html(view: ReportView, record: Mapping[str, Any]) -> str:
 
 
 def render_markdown(view: ReportView, record: Mapping[str, Any]) -> str:
-    """The report as Markdown, names escaped (``record`` is not used)."""
+    """The report as Markdown, every text made literal by :func:`~greenmeter._text.markdown_text` (``record`` is
+    not used)."""
     return _jinja_env().get_template("report.md.j2").render(view=view)
 
 
 def render_csv(view: ReportView, record: Mapping[str, Any]) -> str:
-    """The table in SI units (joules, seconds, bytes, ratios); an interval becomes ``_low``/``_high`` columns."""
+    """The table in SI units (joules, seconds, bytes, ratios); an interval becomes ``_low``/``_high`` columns.
+
+    A text cell a spreadsheet would run as a formula starts with ``'`` (:func:`~greenmeter._text.csv_cell`)."""
     pairs = [any(isinstance(r.raw[i], tuple) for r in view.rows) for i in range(len(view.columns))]
     header: list[str] = []
     for col, pair in zip(view.columns, pairs):
@@ -77,7 +75,8 @@ def render_csv(view: ReportView, record: Mapping[str, Any]) -> str:
                 values += list(value) if isinstance(value, tuple) else [None, None]
             else:
                 values.append(value)
-        writer.writerow(["" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in values])
+        writer.writerow(["" if v is None or (isinstance(v, float) and not math.isfinite(v)) else csv_cell(v)
+                         for v in values])
     return out.getvalue()
 
 

@@ -29,6 +29,7 @@ __all__ = ["COMPARISON_SCHEMA_VERSION", "BaselineDelta", "Comparison", "MakingCo
 COMPARISON_SCHEMA_VERSION = 1
 
 VariantStatus = Literal["ok", "failed"]
+ComparisonStatus = Literal["complete", "interrupted"]
 
 
 def _opt(cls: Any, data: Any) -> Any:
@@ -192,7 +193,8 @@ class Comparison:
         created_at: wall-clock start, ISO 8601 with time zone.
         baseline: the name of the reference variant.
         metric_name: what ``VariantResult.metric`` measures (``"accuracy"`` by default; higher is better).
-        repeats: measured repeats per variant, interleaved (A B C A B C ...) after ``warmup`` passes each.
+        repeats: measured repeats per variant, interleaved (A B C A B C ...) after ``warmup`` passes each (in an
+            interrupted comparison, the rounds every variant completed).
         samples_per_pass: evaluation samples in one pass over the data.
         passes_per_repeat: passes over the data in each repeat, so every repeat lasts long enough for the
             energy source to resolve it.
@@ -208,6 +210,9 @@ class Comparison:
             with every constant an estimate used; empty in records written before it was kept.
         torch_threads: PyTorch's intra-op threads during the timed passes; ``None`` in records written
             before it was kept.
+        status: ``"complete"``, or ``"interrupted"`` when Ctrl-C or SIGTERM cut the comparison short: its
+            figures then come from the ``repeats`` interleaved rounds every variant completed before it (the
+            round in progress is not counted) and a flag says where it stopped.
     """
 
     name: str
@@ -228,7 +233,13 @@ class Comparison:
     duration_s: float | None = None
     sources: tuple[Mapping[str, Any], ...] = ()
     torch_threads: int | None = None
+    status: ComparisonStatus = "complete"
     schema_version: int = COMPARISON_SCHEMA_VERSION
+
+    @property
+    def complete(self) -> bool:
+        """Whether every planned repeat was measured (``False`` for an interrupted comparison)."""
+        return self.status == "complete"
 
     def variant(self, name: str) -> VariantResult:
         """The result of the variant called ``name``."""
@@ -263,7 +274,8 @@ class Comparison:
             host=HostInfo.from_dict(data["host"]), backends=tuple(data["backends"]), carbon=dict(data["carbon"]),
             seed=int(data.get("seed", 0)), run_id=data.get("run_id"), flags=tuple(data.get("flags", ())),
             duration_s=data.get("duration_s"), sources=tuple(dict(x) for x in data.get("sources", ())),
-            torch_threads=data.get("torch_threads"), schema_version=COMPARISON_SCHEMA_VERSION,
+            torch_threads=data.get("torch_threads"), status=data.get("status", "complete"),
+            schema_version=COMPARISON_SCHEMA_VERSION,
         )
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -344,4 +356,6 @@ def format_table(comparison: Comparison, metric_scale: float = 100.0) -> str:
     notes = [f"baseline: {comparison.baseline}; {comparison.repeats} repeats x {comparison.passes_per_repeat} "
              f"pass(es) of {comparison.samples_per_pass} samples; p: Welch's test of energy per sample "
              "against the baseline (* significant at 0.05); front: on the metric-energy Pareto front"]
+    if not comparison.complete:
+        notes.insert(0, f"INTERRUPTED: only the {comparison.repeats} repeat(s) every variant completed are counted")
     return "\n".join([text_table(rows), *notes])

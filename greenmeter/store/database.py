@@ -1,14 +1,17 @@
 """The run store: every run and window greenmeter measured, in one SQLite file.
 
-Path: ``Store(path)``, else ``$GREENMETER_STORE``, else :func:`default_store_path`. The file is marked as
-greenmeter's (``PRAGMA application_id``) with its schema version in ``PRAGMA user_version``; :data:`MIGRATIONS`
-upgrade it in one transaction. WAL mode, a 30 s busy timeout and ``BEGIN IMMEDIATE`` for every write let
-several processes write at once. A file greenmeter does not recognise raises :class:`~greenmeter.CorruptStoreError`
+Path (:func:`store_path`): ``Store(path)``, else ``$GREENMETER_STORE``, else :func:`default_store_path`. The file
+is marked as greenmeter's (``PRAGMA application_id``) with its schema version in ``PRAGMA user_version``;
+:data:`MIGRATIONS` upgrade it in one transaction. WAL mode, a 30 s busy timeout and ``BEGIN IMMEDIATE`` for
+every write let several processes write at once. A file greenmeter does not recognise raises :class:`~greenmeter.CorruptStoreError`
 and is never written. Runs are inserted as ``running`` and every window is committed as it is added, so a
-killed process leaves a readable, incomplete run with the windows it stored.
+killed process leaves a readable, incomplete run with the windows it stored. ``Store(path, readonly=True)``
+reads a store without write access to it or its folder (``greenmeter runs``, ``report``, ``export`` open it so):
+it creates nothing, refuses every write, and writes only to upgrade a store from an older greenmeter.
 
 Tables: ``runs`` (status, times, command, host, carbon settings, whole-run measurement and CO2e as JSON),
-``windows`` (each window's ``Measurement.to_json()``), ``steps`` (per-step durations in s) and
+``windows`` (each window's ``Measurement.to_json()``), ``steps`` (per-step durations in s, of the windows that
+kept them whole: see ``Meter(keep_steps=...)``; others hold a bounded sketch in their measurement) and
 ``power_samples`` (the power timeline: s since the run started, domain key, W).
 """
 
@@ -35,7 +38,8 @@ from greenmeter.records.comparison import Comparison
 from greenmeter.records.measurement import HostInfo, Measurement
 from greenmeter.records.run import RunRecord
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "RunRecord", "Store", "default_store_path", "migrate"]
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "RunRecord", "Store", "default_store_path", "migrate",
+           "store_path"]
 
 #: ``PRAGMA application_id`` of every greenmeter store: the bytes ``b"GrMt"`` read as a big-endian integer.
 APPLICATION_ID = 0x47724D74
@@ -88,6 +92,13 @@ def default_store_path() -> Path:
     return Path(data_home) / "greenmeter" / "runs.db"
 
 
+def store_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The store file a path argument names: ``path``, else ``$GREENMETER_STORE``, else :func:`default_store_path`."""
+    if path is None:
+        path = os.environ.get("GREENMETER_STORE") or default_store_path()
+    return Path(path).expanduser()
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -101,40 +112,79 @@ class Store:
 
     Args:
         path: the store file; default ``$GREENMETER_STORE``, else :func:`default_store_path`. Missing
-            parent folders are created.
+            parent folders are created (not when ``readonly``).
+        readonly: only read the store: it must exist, nothing is created, no write access to the file or its
+            folder is needed, and every write raises :class:`StoreError`. A store from an older greenmeter is
+            upgraded first where this process may write it (else :class:`StoreError` says so).
+
+    Attributes:
+        path: the store file.
+        readonly: whether the store was opened for reading only.
 
     Raises:
-        StoreError: the path cannot be created or written, or the store comes from a newer greenmeter.
+        StoreError: the path cannot be created or written; the store comes from a newer greenmeter; with
+            ``readonly``, there is no store at the path, or it needs an upgrade that this process cannot write.
         CorruptStoreError: the file is not a greenmeter store (it is left untouched).
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        if path is None:
-            path = os.environ.get("GREENMETER_STORE") or default_store_path()
-        self.path = Path(path).expanduser()
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, readonly: bool = False) -> None:
+        self.path = store_path(path)
+        self.readonly = bool(readonly)
         self._lock = threading.RLock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StoreError(f"cannot create the folder of the run store {self.path}: {err.strerror or err}; "
-                             f"{_HINT}") from err
+        if self.readonly:
+            if not self.path.exists():
+                raise StoreError(f"there is no run store at {self.path} (nothing has been stored there yet); {_HINT}")
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StoreError(f"cannot create the folder of the run store {self.path}: {err.strerror or err}; "
+                                 f"{_HINT}") from err
         self._check_file()
         try:
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            self._conn: sqlite3.Connection | None = self._connect()
         except sqlite3.Error as err:
             raise StoreError(f"cannot open the run store {self.path}: {err}; {_HINT}") from err
         try:
             self._open()
         except BaseException:
-            self._conn.close()
-            self._conn = None
+            self.close()
             raise
 
     # Opening ---------------------------------------------------------------------------------
     def _corrupt(self, what: str) -> CorruptStoreError:
         return CorruptStoreError(f"{self.path} {what}, so greenmeter will not use it and has not changed it; "
                                  "move the file away, or set GREENMETER_STORE (or pass --store) to use another path")
+
+    def _connect(self, immutable: bool = False) -> sqlite3.Connection:
+        """A connection to the store: read-write (created when missing), or read-only through a ``mode=ro`` URI."""
+        if not self.readonly:
+            return sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        uri = self.path.resolve().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+
+    def _readable_without_wal_files(self) -> None:
+        """Read a WAL store whose folder this process cannot write (its ``-shm`` file cannot be made).
+
+        SQLite reads a store in WAL mode read-only only where it can create the ``-shm`` file. Where it
+        cannot, and no ``-wal`` file holds changes, everything is in the main file and it is read as
+        immutable (without locks: a greenmeter writing there at the same moment could be missed).
+        """
+        conn = self._connection()
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return
+        except sqlite3.OperationalError as err:
+            text = str(err)
+            wal = self.path.with_name(self.path.name + "-wal")
+            if "readonly" not in text and "unable to open" not in text:
+                raise
+            if wal.exists() and wal.stat().st_size:
+                raise StoreError(f"cannot read the run store {self.path} ({text}): its -wal file holds changes that "
+                                 "SQLite reads only through a -shm file it cannot create in that folder; open the "
+                                 f"store once as a user who may write there, or {_HINT}") from err
+        conn.close()
+        self._conn = self._connect(immutable=True)
 
     def _check_file(self) -> None:
         """Read the header of an existing file, before SQLite writes anything to it."""
@@ -166,16 +216,38 @@ class Store:
             raise self._corrupt(f"is truncated ({info.st_size} bytes where its header says {pages * page_size})")
 
     def _open(self) -> None:
-        conn = self._connection()
         with self._sqlite_errors("open"):
+            if self.readonly:
+                self._readable_without_wal_files()
+            conn = self._connection()
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable when a process is killed
             version = self._check_identity()
+            if self.readonly:
+                if version < SCHEMA_VERSION:
+                    self._upgrade_for_reading(version)
+                return
+            conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: durable when a process is killed
             self._use_wal(conn)
             if version < SCHEMA_VERSION:
                 with self._write():
                     migrate(conn)
+
+    def _upgrade_for_reading(self, version: int) -> None:
+        """Upgrade an older store opened read-only, where this process may write it, then read it again."""
+        self._connection().close()
+        self._conn = None
+        try:
+            Store(self.path).close()  # migrates it, in one transaction
+        except StoreError as err:
+            if "cannot write" not in str(err):  # locked, damaged...: that is the error to show
+                raise
+            raise StoreError(
+                f"the run store {self.path} needs an upgrade (schema version {version} to {SCHEMA_VERSION}) before "
+                "it can be read, which needs write access to it and its folder; open it once as a user who may "
+                f"write it (any greenmeter run that stores to it upgrades it), or {_HINT}") from err
+        self._conn = self._connect()
+        self._open()
 
     @staticmethod
     def _use_wal(conn: sqlite3.Connection) -> None:
@@ -226,15 +298,20 @@ class Store:
                 raise self._corrupt(f"is damaged ({text})") from err
             if "locked" in text or "busy" in text:
                 raise StoreError(f"the run store {self.path} is locked by another process (waited up to "
-                                 f"{BUSY_TIMEOUT_S:.0f} s); try again, or {_HINT}") from err
+                                 f"{BUSY_TIMEOUT_S:g} s); try again, or {_HINT}") from err
             if "readonly" in text or "unable to open" in text:
                 raise StoreError(f"cannot write to the run store {self.path} ({text}); {_HINT}") from err
+            if "full" in text or "I/O" in text:
+                raise StoreError(f"run store {self.path}: cannot {action} ({text}); its disk may be full or "
+                                 f"failing: free some space, or {_HINT}") from err
             raise StoreError(f"run store {self.path}: cannot {action}: {text}") from err
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``), committed at the end of the block."""
         conn = self._connection()
+        if self.readonly:
+            raise StoreError(f"the run store {self.path} was opened read-only; open it without readonly=True to write")
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -453,7 +530,7 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
+        return f"Store({str(self.path)!r}{', readonly=True' if self.readonly else ''})"
 
 
 def migrate(conn: sqlite3.Connection, migrations: tuple[tuple[str, ...], ...] = MIGRATIONS) -> int:

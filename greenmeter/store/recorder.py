@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Union
 
-from greenmeter._errors import ConfigError
+from greenmeter._errors import ConfigError, StoreError
 from greenmeter.carbon.settings import CarbonSettings
 from greenmeter.records.measurement import HostInfo, Measurement
 from greenmeter.store.database import Store
@@ -100,6 +100,7 @@ class RunRecorder:
         store: the store.
         run_id: the run's id (32 hex digits).
         failed_windows: how many of the windows added so far failed.
+        lost_windows: how many windows the store could not take (locked, read-only, full).
         finished: whether :meth:`finish` has marked the run.
 
     Raises:
@@ -118,11 +119,23 @@ class RunRecorder:
         self.run_id = store.start_run(name=name, kind=kind, command=command, host=host,
                                       carbon_settings=carbon_settings)
         self.failed_windows = 0
+        self.lost_windows = 0
+        self._lost_because: str | None = None
         self.finished = False
 
     def add_window(self, measurement: Measurement) -> int:
-        """Store one window (committed at once, with its steps and its own carbon); returns its id."""
-        window_id = self.store.add_window(self.run_id, measurement, carbon=measurement.carbon)
+        """Store one window (committed at once, with its steps and its own carbon); returns its id.
+
+        Raises:
+            StoreError: the store cannot take it; the run is then finished ``failed``, saying so, if the
+                store can still be written when it ends.
+        """
+        try:
+            window_id = self.store.add_window(self.run_id, measurement, carbon=measurement.carbon)
+        except StoreError as err:
+            self.lost_windows += 1
+            self._lost_because = self._lost_because or " ".join(str(err).split())
+            raise
         if measurement.status == "failed":
             self.failed_windows += 1
         return window_id
@@ -138,8 +151,9 @@ class RunRecorder:
         """Mark the run finished and return its status, by the one rule for every run:
 
         ``interrupted`` when ``interrupted_by`` names a signal or ``error`` is a ``KeyboardInterrupt``
-        (Ctrl-C: SIGINT); else ``failed`` when a window added here failed, ``exit_code`` is not 0 or
-        ``error`` is any other exception (a ``SystemExit`` with code 0 or ``None`` is no error); else ``ok``.
+        (Ctrl-C: SIGINT); else ``failed`` when a window added here failed or could not be stored,
+        ``exit_code`` is not 0 or ``error`` is any other exception (a ``SystemExit`` with code 0 or
+        ``None`` is no error); else ``ok``. Windows the store could not take are said in the note.
 
         Args:
             exit_code: the command's exit status (kind ``run``), ``None`` for a run measured in Python.
@@ -160,9 +174,13 @@ class RunRecorder:
             said = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             note = (f"interrupted ({said}); kept the windows stored before it" if interrupted_by
                     else f"ended by {said}")
+        because = self._lost_because or ""
+        if self.lost_windows and because not in (note or ""):  # unless the caller said it already
+            lost = f"{self.lost_windows} window(s) could not be stored ({because}); the stored windows are incomplete"
+            note = f"{note}; {lost}" if note else lost
         if interrupted_by:
             status = "interrupted"
-        elif self.failed_windows or error is not None or exit_code not in (None, 0):
+        elif self.failed_windows or self.lost_windows or error is not None or exit_code not in (None, 0):
             status = "failed"
         else:
             status = "ok"

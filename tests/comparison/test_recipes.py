@@ -28,6 +28,7 @@ from greenmeter.comparison.recipes import (  # noqa: E402
     Recipe,
     RecipeContext,
     build_variant,
+    check_recipe,
     parse_recipe,
     register_recipe,
     registered_recipes,
@@ -259,7 +260,8 @@ def test_an_unknown_recipe_lists_the_registered_names_sorted(baseline: nn.Module
 @pytest.mark.parametrize("spec, expected", [
     ("prune:abc", "fraction of Linear/Conv weights set to zero"), ("prune:1.5", "[0, 1)"), ("prune:-0.1", "[0, 1)"),
     ("prune:nan", "[0, 1)"), ("channels:1", "channels and hidden neurons removed"), ("ticket:0", "(0, 1)"),
-    ("ticket:1", "weights kept"), ("int4:1", "integer >= 2"), ("int4:3.5", "group size"), ("distill:0", "(0, 1]"),
+    ("ticket:1", "weights kept"), ("int4:1", "integer in [2, 4096]"), ("int4:3.5", "group size"),
+    ("int4:5000", "[2, 4096]"), ("int4:inf", "[2, 4096]"), ("distill:0", "(0, 1]"),
     ("distill:2", "width"), ("early-exit:0", "threshold"), ("early-exit:1.5", "'auto'"), ("early-exit:x", "(0, 1]"),
 ])
 def test_a_bad_argument_names_the_recipe_and_what_it_expects(spec: str, expected: str, baseline: nn.Module) -> None:
@@ -268,6 +270,55 @@ def test_a_bad_argument_names_the_recipe_and_what_it_expects(spec: str, expected
     with pytest.raises(ConfigError, match=re.escape(f"recipe {name!r}: bad argument {arg!r}; expected")) as info:
         build_variant(spec, baseline, ctx)
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["prune:7", "prune:abc", "channels:1", "ticket:0", "int4:1", "int4:inf", "distill:2",
+                                  "early-exit:1.5", "early-exit:x", "int8-dynamic:3", "prnue:0.5"])
+def test_check_recipe_refuses_what_build_variant_refuses_without_building(spec: str, baseline: nn.Module) -> None:
+    with pytest.raises(ConfigError) as checked:
+        check_recipe(spec)
+    ctx = RecipeContext(example_input=torch.zeros(2, 1, 8, 8), train_fn=lambda m, loss=None, epochs=None: None)
+    with pytest.raises(ConfigError) as built:
+        build_variant(spec, baseline, ctx)
+    assert str(checked.value) == str(built.value)
+
+
+def test_every_builtin_recipe_that_takes_an_argument_checks_it_up_front() -> None:
+    specs = registered_recipes()
+    takes = [name for name, (_, arg) in BUILTINS.items() if arg]
+    assert all(specs[name].parse_arg is not None for name in takes)
+    assert check_recipe("prune:0.25") == (specs["prune"], "0.25") and specs["prune"].parse_arg("0.25") == 0.25
+    assert check_recipe("early-exit:AUTO")[1] == "AUTO" and specs["early-exit"].parse_arg("AUTO") == "auto"
+    assert specs["int4"].parse_arg(None) == 32 and specs["distill"].parse_arg("1") == 1.0
+
+
+def test_compare_refuses_a_bad_recipe_argument_before_building_or_measuring(baseline: nn.Module,
+                                                                             digits: DigitsData) -> None:
+    from greenmeter.comparison.compare import compare
+
+    built: list[str | None] = []
+
+    def parse_factor(arg: str | None) -> float:
+        if arg is not None and arg not in ("2", "3"):
+            raise ConfigError(f"recipe 'test-factor': bad argument {arg!r}; expected 2 or 3")
+        return float(arg or 2)
+
+    register_recipe("test-factor", lambda model, arg, ctx: built.append(arg) or model, trains=False,
+                    description="records its builds", arg_help="2 or 3", parse_arg=parse_factor)
+    try:
+        for spec in ("prune:7", "prune:abc", "test-factor:9"):
+            with pytest.raises(ConfigError) as info:  # the good variant listed first is not built either
+                compare({"base": baseline, "ok": "test-factor:2", "bad": spec}, (digits.x_test[:8], digits.y_test[:8]),
+                        repeats=1, progress=False)
+            assert str(info.value).startswith(f"variant 'bad': recipe '{parse_recipe(spec)[0]}': bad argument")
+        assert built == []
+        assert check_recipe("test-factor:3")[1] == "3"
+    finally:
+        unregister_recipe("test-factor")
+    with pytest.raises(ConfigError, match="parse_arg must be callable"):
+        register_recipe("test-broken", lambda model, arg, ctx: model, trains=False, description="x",
+                        parse_arg="float")  # type: ignore[arg-type]
+    assert "test-broken" not in registered_recipes()
 
 
 def test_arguments_to_recipes_that_take_none_and_auto_without_val_data_are_refused(baseline: nn.Module) -> None:

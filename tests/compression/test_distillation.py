@@ -169,6 +169,11 @@ def test_bad_configs_are_clear_errors(baseline: nn.Module, digits: DigitsData) -
     data = [(digits.x_train[:8], digits.y_train[:8])]
     with pytest.raises(ConfigError, match="temperature"):
         DistillConfig(teacher=baseline, data=data, temperature=0)
+    for bad in (float("inf"), float("nan"), "2"):  # refused with the range, not a TypeError or a silent inf
+        with pytest.raises(ConfigError, match=r"^DistillConfig.temperature must be a number > 0, not "):
+            DistillConfig(teacher=baseline, data=data, temperature=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^DistillConfig.hint_weight must be a number >= 0, not inf"):
+        DistillConfig(teacher=baseline, data=data, hint_weight=float("inf"))
     with pytest.raises(ConfigError, match="alpha"):
         DistillConfig(teacher=baseline, data=data, alpha=-0.1)
     with pytest.raises(ConfigError, match="epochs"):

@@ -195,8 +195,9 @@ def test_bad_inputs_are_clear_errors(baseline: nn.Module, multi: nn.Module, digi
         compress(NotSequential(), EarlyExitConfig(exits_after=[0], **ok))
     with pytest.raises(UnsupportedModelError, match=r"after layer 0 have shape \(4, 5\)"):
         MultiExitModel(nn.Sequential(nn.Conv1d(3, 4, 1), nn.Flatten(), nn.Linear(20, 2)), [0], torch.zeros(1, 3, 5))
-    for bad in (0.0, 1.5, -0.2):
-        with pytest.raises(ConfigError, match=r"threshold must be in \(0, 1\]"):
+    for bad in (0.0, 1.5, -0.2, float("nan"), float("inf"), "0.9", True):
+        with pytest.raises(ConfigError, match=r"^EarlyExitConfig: threshold must be a number in \(0, 1\] \(for "
+                                              r"max_softmax; 1.0 = never exit early\), not "):
             EarlyExitConfig(exits_after=EXITS, threshold=bad, **ok)
         with pytest.raises(ConfigError, match="threshold"):
             multi.infer(digits.x_test[:2], threshold=bad)

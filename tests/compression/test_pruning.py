@@ -352,7 +352,8 @@ def test_lottery_rewinds_to_a_given_state_and_snapshots_it(digits: DigitsData) -
 
 @pytest.mark.parametrize("value", [1.0, -0.1, float("nan"), 1.5, True, "0.5", None])
 def test_sparsity_outside_zero_one_is_refused(value: object) -> None:
-    with pytest.raises(ConfigError, match=r"PruneConfig.sparsity must be a number in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"^PruneConfig.sparsity must be a fraction in \[0, 1\) \(the fraction removed\), "
+                                          r"not "):
         PruneConfig(sparsity=value)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"ChannelPruneConfig.ratio"):
         ChannelPruneConfig(ratio=value, example_input=X1)  # type: ignore[arg-type]

@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import math
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ from greenmeter.store.database import Store
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo")
+    with Store(out / "runs.db") as earlier:  # an earlier demo's store: replaced (checked below)
+        earlier.start_run(name="an earlier demo", kind="api")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = main(["demo", "--quick", "--quiet", "--out", str(out), "--country", "FRA"])
@@ -82,3 +86,27 @@ def test_an_unwritable_output_folder_is_a_clear_error(tmp_path: Path, capsys: py
     blocker.write_text("not a folder")
     assert main(["demo", "--quick", "--quiet", "--out", str(blocker / "sub")]) == 1
     assert "cannot create the demo's output folder" in capsys.readouterr().err
+
+
+def _text_file(path: Path) -> None:
+    path.write_text("my own notes, not a run store\n")
+
+
+def _other_sqlite(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("make", [_text_file, _other_sqlite, Path.mkdir])
+def test_a_runs_db_that_is_not_a_greenmeter_store_is_never_deleted(
+        tmp_path: Path, make: Callable[[Path], None], capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "runs.db"
+    make(path)
+    before = sorted((p.name, p.is_dir() or p.read_bytes()) for p in tmp_path.iterdir())
+    assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "not a greenmeter run store" in err, err
+    assert "choose another output folder" in err
+    assert sorted((p.name, p.is_dir() or p.read_bytes()) for p in tmp_path.iterdir()) == before  # nothing touched

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ast
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from greenmeter import ConfigError, Measurement, Meter, StoreError
 from greenmeter.carbon.settings import CarbonSettings
+from greenmeter.store import database
 from greenmeter.store.database import Store
 from greenmeter.store.recorder import RunRecorder, open_store, opened_store
 from tests.fakes.scripted import ScriptedBackend
@@ -93,6 +95,29 @@ def test_a_failed_window_fails_the_run(tmp_path: Path) -> None:
         run.add_window(_measurement("bad", (1.0, 2.0), fail=True))
         assert run.failed_windows == 1
         assert run.finish() == "failed" and store.get_run(run.run_id).status == "failed"
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_a_window_the_store_could_not_take_fails_the_run_and_is_said(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exit_code: int) -> None:
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_S", 0.2)
+    path = tmp_path / "runs.db"
+    with Store(path) as store:
+        run = RunRecorder(store, name="job", kind="run", command=["train"])
+        run.add_window(_measurement("kept", (0.0, 1.0)))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # another process holds the lock longer than the busy timeout...
+        with pytest.raises(StoreError, match="locked by another process"):
+            run.add_window(_measurement("lost", (1.0, 2.0)))
+        other.execute("ROLLBACK")  # ...then lets go, before the run ends
+        other.close()
+        assert run.lost_windows == 1
+        assert run.finish(exit_code=exit_code, note="the command ended") == "failed"  # not ok: a window is missing
+        done = store.get_run(run.run_id)
+        assert [w.name for w in store.windows(run.run_id)] == ["kept"]
+    assert done.status == "failed" and done.exit_code == exit_code
+    assert done.note is not None and done.note.startswith("the command ended; 1 window(s) could not be stored (")
+    assert "locked by another process" in done.note
 
 
 @pytest.mark.parametrize(("exit_code", "interrupted_by", "status"), [

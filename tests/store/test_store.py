@@ -140,6 +140,71 @@ def test_a_version_1_store_is_migrated_keeping_its_runs(tmp_path: Path) -> None:
     conn.close()
 
 
+# ---- reading only (issue 15, defect 8) -----------------------------------------------------------------
+
+def test_a_store_opened_read_only_reads_everything_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    measurement = _measurement()
+    with Store(path) as writer:
+        run_id = writer.start_run(name="kept", kind="api")
+        writer.add_window(run_id, measurement)
+        writer.add_power_samples(run_id, [(0.5, "scripted:dev", 12.0)])
+        writer.finish_run(run_id, status="ok", measurement=measurement)
+    before = _snapshot(path)
+    time.sleep(0.01)
+    with Store(path, readonly=True) as store:
+        assert store.readonly and repr(store) == f"Store({str(path)!r}, readonly=True)"
+        assert [r.name for r in store.list_runs()] == ["kept"] and store.windows(run_id) == [measurement]
+        assert store.power_samples(run_id) == [(0.5, "scripted:dev", 12.0)] and store.last_comparison() is None
+        writes = [lambda: store.start_run(name="x", kind="api"), lambda: store.add_window(run_id, measurement),
+                  lambda: store.add_power_samples(run_id, [(1.0, "scripted:dev", 1.0)]),
+                  lambda: store.finish_run(run_id, status="failed")]
+        for write in writes:
+            with pytest.raises(StoreError, match="opened read-only") as info:
+                write()
+            assert str(path) in str(info.value)
+    assert _snapshot(path)[:2] == before[:2]  # the file unchanged (SQLite may add its -wal and -shm files beside it)
+
+
+def test_a_read_only_store_sees_what_a_writer_has_not_yet_checkpointed(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    with Store(path) as writer:
+        run_id = writer.start_run(name="live", kind="api")  # in the WAL file, not yet in the main file
+        with Store(path, readonly=True) as reader:
+            assert reader.get_run(run_id).status == "running"
+        writer.finish_run(run_id, status="ok")
+        with Store(path, readonly=True) as reader:
+            assert reader.get_run(run_id).status == "ok"
+
+
+def test_opening_a_missing_store_for_reading_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "absent" / "runs.db"
+    with pytest.raises(StoreError, match="there is no run store at") as info:
+        Store(path, readonly=True)
+    assert str(path) in str(info.value) and "GREENMETER_STORE" in str(info.value)
+    assert not path.parent.exists()
+
+
+@pytest.mark.parametrize("old", ["version 1", "empty file"])
+def test_an_older_store_opened_for_reading_is_upgraded_where_it_may_be_written(tmp_path: Path, old: str) -> None:
+    path = tmp_path / "runs.db"
+    if old == "empty file":
+        path.touch()
+    else:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        migrate(conn, MIGRATIONS[:1])
+        conn.execute("INSERT INTO runs (id, name, kind, status, started_at) VALUES ('ab12', 'old', 'api', 'ok', 'x')")
+        conn.execute("COMMIT")
+        conn.close()
+    with Store(path, readonly=True) as store:  # where it cannot be written: tests/faults/test_store_faults.py
+        assert [r.name for r in store.list_runs()] == ([] if old == "empty file" else ["old"])
+        assert store.list_comparisons() == []
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
 # ---- files that are not greenmeter stores -----------------------------------------------------------
 
 def _text_file(path: Path) -> None:
@@ -190,18 +255,21 @@ def _damaged_schema(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("readonly", [False, True])
 @pytest.mark.parametrize("make", [_text_file, _other_sqlite, _other_app_id, _truncated, _tables_dropped,
                                   _damaged_schema])
-def test_a_foreign_or_damaged_file_is_refused_and_never_modified(tmp_path: Path, make: Callable[[Path], None]) -> None:
+def test_a_foreign_or_damaged_file_is_refused_and_never_modified(
+        tmp_path: Path, make: Callable[[Path], None], readonly: bool) -> None:
     path = tmp_path / "runs.db"
     make(path)
     before = _snapshot(path)
     time.sleep(0.01)  # a write now would show in the mtime
     with pytest.raises(CorruptStoreError) as info:
-        Store(path)
+        Store(path, readonly=readonly)
     message = str(info.value)
     assert str(path) in message and "GREENMETER_STORE" in message and "move the file away" in message
-    assert _snapshot(path) == before
+    # a reader cannot remove the -wal and -shm files SQLite makes beside a WAL file; the file is unchanged
+    assert _snapshot(path)[:2 if readonly else 3] == before[:2 if readonly else 3]
 
 
 def test_a_folder_at_the_path_is_refused(tmp_path: Path) -> None:
