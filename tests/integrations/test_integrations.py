@@ -10,11 +10,10 @@ import csv
 import importlib
 import importlib.util
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from greenmeter import ConfigError, Measurement, MeasurementError, Meter
 from greenmeter.carbon.settings import CarbonSettings
 from greenmeter.integrations import METRICS, TrainingRecorder
 from greenmeter.store.database import Store
+from tests.integrations.frameworks import framework, lightning
 from tests.fakes.scripted import ScriptedBackend
 
 STEP_KEYS = ("greenmeter/power_w", "greenmeter/step_energy_j", "greenmeter/step_co2e_g", "greenmeter/energy_j",
@@ -31,12 +31,6 @@ EPOCH_KEYS = ("greenmeter/epoch_energy_j", "greenmeter/epoch_power_w", "greenmet
 INTENSITY = CarbonSettings(intensity_g_per_kwh=360.0, pue=1.5)  # 1 J -> 1/3.6e6 kWh x 1.5 x 360 g = 1.5e-4 g
 G_PER_J = 1.5e-4
 
-
-def _framework(module: str) -> ModuleType:
-    """The framework, or a skip; in CI, which installs the test extras, a missing framework is a failure."""
-    if os.environ.get("CI") == "true":
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
 
 
 def _estimated_meter(store: Path) -> Meter:
@@ -150,13 +144,10 @@ def test_a_missing_framework_raises_config_error_naming_the_extra(
 
 
 # PyTorch Lightning ---------------------------------------------------------------------------------
-def _lightning() -> Any:
-    """``lightning.pytorch`` where installed (the callback prefers it), else ``pytorch_lightning``."""
-    return _framework("pytorch_lightning" if importlib.util.find_spec("lightning") is None else "lightning.pytorch")
 
 
 def test_lightning_fit_is_measured_stored_and_logged(tmp_path: Path) -> None:
-    pl = _lightning()
+    pl = lightning()
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -207,7 +198,7 @@ def test_lightning_fit_is_measured_stored_and_logged(tmp_path: Path) -> None:
 
 
 def test_lightning_callback_makes_its_own_meter_and_stores_a_failed_fit(tmp_path: Path) -> None:
-    pl = _lightning()
+    pl = lightning()
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -244,8 +235,8 @@ def test_lightning_callback_makes_its_own_meter_and_stores_a_failed_fit(tmp_path
 def test_hf_trainer_run_is_measured_stored_and_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    _framework("transformers")
-    _framework("accelerate")
+    framework("transformers")
+    framework("accelerate")
     import torch
     from transformers import (
         BertConfig,
@@ -313,7 +304,7 @@ def test_hf_trainer_run_is_measured_stored_and_logged(tmp_path: Path, monkeypatc
 
 
 def test_hf_callback_says_when_reporting_callbacks_run_before_it(caplog: pytest.LogCaptureFixture) -> None:
-    _framework("transformers")
+    framework("transformers")
     from transformers import TrainerControl, TrainerState
 
     from greenmeter.integrations.huggingface import GreenmeterTrainerCallback
@@ -328,7 +319,7 @@ def test_hf_callback_says_when_reporting_callbacks_run_before_it(caplog: pytest.
 
 
 def test_hf_callback_ends_a_crashed_training_as_failed_at_the_next_one(tmp_path: Path) -> None:
-    _framework("transformers")
+    framework("transformers")
     from transformers import TrainerControl, TrainerState
 
     from greenmeter.integrations.huggingface import GreenmeterTrainerCallback

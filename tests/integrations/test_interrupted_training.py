@@ -8,10 +8,8 @@ from the user's training code, where Ctrl-C lands in a real training.
 from __future__ import annotations
 
 import importlib
-import os
 import signal
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -19,13 +17,8 @@ import pytest
 from greenmeter.integrations import TrainingRecorder
 from greenmeter.metering.interrupts import Terminated
 from greenmeter.store.database import Store
+from tests.integrations.frameworks import framework, lightning
 
-
-def _framework(module: str) -> ModuleType:
-    """The framework, or a skip; in CI, which installs the test extras, a missing framework is a failure."""
-    if os.environ.get("CI") == "true":
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
 
 
 def _only_run(path: Path) -> tuple[Any, list[Any]]:
@@ -48,16 +41,10 @@ def test_the_recorder_ends_the_run_of_its_meter_by_the_exception(
     assert type(raised).__name__ in (run.note or "")
 
 
-def _lightning() -> ModuleType:
-    try:
-        return _framework("lightning.pytorch")
-    except pytest.skip.Exception:
-        return _framework("pytorch_lightning")
-
 
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_a_lightning_fit_cut_by_ctrl_c_or_sigterm_ends_its_run_interrupted(tmp_path: Path, stop: str) -> None:
-    pl = _lightning()
+    pl = lightning()
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -105,8 +92,8 @@ def test_an_attached_hf_callback_ends_a_training_that_raises(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raised: BaseException, status: str) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    _framework("transformers")
-    _framework("accelerate")
+    framework("transformers")
+    framework("accelerate")
     import torch
     from transformers import Trainer, TrainingArguments
 
