@@ -110,7 +110,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_comparisons(args: argparse.Namespace) -> int:
-    """List stored comparisons: id, creation time, variant count, name (read-only; a missing store holds none)."""
+    """List stored comparisons: id, creation time, variant count, status, name (read-only; a missing store holds none)."""
     from greenmeter._text import terminal_text
     from greenmeter.store.database import Store, store_path
 
@@ -122,7 +122,8 @@ def cmd_comparisons(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no comparisons stored in {terminal_text(path)}")
         return 0
-    print(f"{'id':<12}  {'created (UTC)':<19}  {'variants':>8}  name")
-    for cid, name, created, count in rows:
-        print(f"{cid[:12]:<12}  {created[:19].replace('T', ' '):<19}  {count:>8}  {terminal_text(name)}")
+    print(f"{'id':<12}  {'created (UTC)':<19}  {'variants':>8}  {'status':<11}  name")
+    for cid, name, created, count, status in rows:
+        print(f"{cid[:12]:<12}  {created[:19].replace('T', ' '):<19}  {count:>8}  {status:<11}  "
+              f"{terminal_text(name)}")
     return 0

@@ -503,12 +503,17 @@ class Store:
                            "ORDER BY created_at DESC, rowid DESC LIMIT 1")
         return self._comparison(rows[0][0], rows[0][1]) if rows else None
 
-    def list_comparisons(self, limit: int | None = None) -> list[tuple[str, str, str, int]]:
-        """Stored comparisons, newest first: ``(id, name, created_at, number of variants)``."""
+    def list_comparisons(self, limit: int | None = None) -> list[tuple[str, str, str, int, str]]:
+        """Stored comparisons, newest first: ``(id, name, created_at, number of variants, status)``.
+
+        ``status`` is the comparison's: ``"complete"``, or ``"interrupted"`` when Ctrl-C or SIGTERM cut it
+        short (records written before comparisons had a status read as complete).
+        """
         limit = whole_number("limit", limit, minimum=0, optional=True)
-        rows = self._query("list comparisons", "SELECT id, name, created_at, variants FROM comparisons "
+        rows = self._query("list comparisons", "SELECT id, name, created_at, variants, "
+                           "coalesce(json_extract(data, '$.status'), 'complete') FROM comparisons "
                            "ORDER BY created_at DESC, rowid DESC LIMIT ?", (-1 if limit is None else limit,))
-        return [(str(i), str(n), str(c), int(v)) for i, n, c, v in rows]
+        return [(str(i), str(n), str(c), int(v), str(st)) for i, n, c, v, st in rows]
 
     def _comparison(self, comparison_id: str, text: str) -> Comparison:
         try:

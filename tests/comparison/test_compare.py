@@ -212,8 +212,9 @@ def test_the_comparison_and_its_windows_are_stored(tmp_path: Path, digits: Digit
         assert again is not None and again.to_dict() == Comparison.from_json(res.to_json()).to_dict()
         cpu = next(s for s in again.sources if s["key"] == "cpu-estimate:cpu")
         assert cpu["kind"] == "estimated" and cpu["constants"]["p_max_w_per_vcpu"] > 0
-        ((cid, name, _, count),) = store.list_comparisons()
-        assert name == "stored" and count == 2 and store.get_comparison(cid[:8]).name == "stored"
+        ((cid, name, _, count, status),) = store.list_comparisons()
+        assert name == "stored" and count == 2 and status == "complete"
+        assert store.get_comparison(cid[:8]).name == "stored"
         windows = store.windows(res.run_id)
         assert [w.name for w in windows].count("int8/repeat-2") == 1 and len(windows) == 1 + 2 * 3
         assert math.isclose(sum(w.energy_j for w in windows if w.name.startswith("int8/")) /

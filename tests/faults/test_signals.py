@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from greenmeter.cli.main import main
 from greenmeter.metering.interrupts import Terminated, sigterm_interrupts
 from greenmeter.metering.meter import Meter
 from greenmeter.metering.runner import run_command
@@ -323,7 +324,8 @@ def test_compare_sigterm_during_the_first_variants_measurement_keeps_the_windows
     assert not any(n.startswith("int8-dynamic/repeat-") for n in names)  # the round never reached the last one
 
 
-def test_compare_ctrl_c_mid_round_stores_the_complete_rounds_as_an_interrupted_comparison(tmp_path: Path) -> None:
+def test_compare_ctrl_c_mid_round_stores_the_complete_rounds_as_an_interrupted_comparison(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sig = signal.SIGINT  # SIGTERM there: tests/comparison/test_compare_interrupted.py
     gm, store = _compare(tmp_path)
     gm.wait_for("two complete rounds", lambda lines: _repeat_lines(lines, "int8-dynamic") >= 2)
@@ -343,6 +345,9 @@ def test_compare_ctrl_c_mid_round_stores_the_complete_rounds_as_an_interrupted_c
     flag = next(f for f in c.flags if f.startswith("interrupted by"))
     assert flag.startswith(f"interrupted by Ctrl-C (SIGINT) in repeat {c.repeats + 1} of 1000"), flag
     assert [v.name for v in c.variants] == list(VARIANTS)
+    assert main(["comparisons", "--store", str(store)]) == 0  # the listing says it was cut short
+    (row,) = capsys.readouterr().out.splitlines()[1:]
+    assert " interrupted " in row and row.endswith("tiny-signals")
     for v in c.variants:  # every figure is a stored window's; the round in progress is not counted
         assert v.ok and len(v.energy_values_j) == c.repeats, v
         for k, value in enumerate(v.energy_values_j, start=1):
