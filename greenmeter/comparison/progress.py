@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from greenmeter._errors import ConfigError
+from greenmeter._text import terminal_text
 
 __all__ = ["Progress", "progress_printer"]
 
@@ -40,7 +41,7 @@ def progress_printer(progress: Any, *, prefix: str = "") -> Callable[[str], None
     """
     if progress is True:
         def show(line: str) -> None:
-            print(f"{prefix}{line}", file=sys.stderr, flush=True)
+            print(terminal_text(f"{prefix}{line}"), file=sys.stderr, flush=True)  # variant names are the user's
 
         return show
     if progress is False:
@@ -83,7 +84,7 @@ class Progress:
             self._show(text)
         elif self.tty:
             filled = int(_BAR * self.done / self.total)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (_BAR - filled)}] {self.done}/{self.total} {text[:60]:<60}")
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (_BAR - filled)}] {self.done}/{self.total} {terminal_text(text)[:60]:<60}")
             if self.done >= self.total:
                 sys.stderr.write("\n")
             sys.stderr.flush()

@@ -35,6 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenmeter._checks import number
+from greenmeter._text import terminal_text
 from greenmeter._errors import ConfigError, GreenmeterError, StoreError
 from greenmeter.metering.cpu_load import LoadWatch, busy_flag
 from greenmeter.metering.interrupts import Terminated
@@ -357,7 +358,8 @@ def _record(recorder: RunRecorder, measurement: Measurement, tracking: _Tracking
     if error is None:
         return None
     reason = " ".join(str(error).split())
-    print(f"greenmeter: the run could not be stored ({reason}); the command ended with exit code {exit_code}",
+    print(f"greenmeter: the run could not be stored ({terminal_text(reason)}); the command ended with exit code "
+          f"{exit_code}",
           file=sys.stderr)
     return reason
 
@@ -393,8 +395,8 @@ class _Tracking:
         except Exception as err:  # recorded in the run and warned about: the command must not be orphaned
             self.error = err
             self.stopped = " ".join(f"{type(err).__name__}: {err}".split())
-            print(f"greenmeter: measuring stopped after {self.measured_s:.2f} s ({self.stopped}); the command "
-                  "runs on to its end, and what was measured until then is kept", file=sys.stderr)
+            print(f"greenmeter: measuring stopped after {self.measured_s:.2f} s ({terminal_text(self.stopped)}); the "
+                  "command runs on to its end, and what was measured until then is kept", file=sys.stderr)
             return None
 
     def sample(self, now: float) -> None:

@@ -126,3 +126,17 @@ def test_a_markdown_report_keeps_names_as_text(store_path: Path) -> None:
     assert set(fence) == {"`"} and len(fence) > 3 and card[-1] == fence
     assert all(not line.startswith(fence) for line in card[1:-1])
     assert "```" in "".join(card[1:-1])  # the name is inside the block, backticks and all
+
+
+def test_progress_lines_on_stderr_carry_no_escape_sequence(capsys: pytest.CaptureFixture[str]) -> None:
+    from greenmeter.comparison.progress import Progress, progress_printer
+
+    progress_printer(True, prefix="[search] ")(f"measuring {EVIL}")
+    Progress(True, total=2)(f"variant {EVIL}: repeat 1", advance=1)
+    err = capsys.readouterr().err
+    assert not UNSAFE.search(err), err
+    assert err.splitlines()[0].startswith("[search] measuring run\\x1b[2J")
+    assert err.splitlines()[1].startswith("[1/2] variant run\\x1b[2J") and len(err.splitlines()) == 2
+    seen: list[str] = []
+    Progress(seen.append, total=1)(f"variant {EVIL}")  # a callable gets the line as it is: the caller shows it
+    assert seen == [f"variant {EVIL}"]
