@@ -36,6 +36,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenmeter.metering.api import track as _track
+from greenmeter._checks import number
 from greenmeter._errors import AggregationError, ConfigError, MeasurementError
 from greenmeter.sources.base import Backend, ProbeResult
 from greenmeter.sources.registry import source_info, source_names
@@ -296,15 +297,14 @@ def aggregate(meter: Meter, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Distribu
             this); the message names this rank's stored run.
         MeasurementError: a window of ``meter`` is still open.
     """
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < float("inf"):
-        raise ConfigError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
+    timeout_s = number("timeout_s", timeout_s, low=0, low_open=True, unit="seconds")
     if meter.open_windows:
         raise MeasurementError(f"window(s) {list(meter.open_windows)} are still open; end them before aggregate()")
     info = meter.rank if isinstance(meter, RankMeter) else RankInfo.from_env()
     store_path = str(meter.store.path) if meter.store is not None else None
     meter.close()
     mine = RankResult(info, tuple(meter.measurements), meter.run_id, store_path)
-    gathered = _gather(mine, float(timeout_s))
+    gathered = _gather(mine, timeout_s)
     if gathered is None:
         return None
     result = combine([RankResult.from_dict(data) for data in gathered])

@@ -27,7 +27,6 @@ should not pay. A ``pynvml`` already imported (or put in ``sys.modules``, as the
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from greenmeter._checks import number
 from greenmeter._errors import BackendError, ConfigError, CounterReadError, MeasurementError
 from greenmeter.sources.base import (
     PLAUSIBLE_POWER_FACTOR,
@@ -134,10 +134,8 @@ class NvmlBackend(Backend):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._devices = _check_devices(devices)
-        interval = power_sample_interval_s
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < math.inf:
-            raise ConfigError(f"power_sample_interval_s must be a positive number of seconds, not {interval!r}")
-        self._interval_s = float(interval)
+        self._interval_s = number("power_sample_interval_s", power_sample_interval_s, low=0, low_open=True,
+                                  unit="seconds")
         self._lock = threading.Lock()
         self._nvml: ModuleType | None = None
         self._gpus: tuple[_Gpu, ...] = ()

@@ -315,7 +315,7 @@ def test_track_measures_each_call_and_aggregates_it(tmp_path: Path) -> None:
 
 def test_aggregate_refuses_open_windows_and_bad_timeouts(tmp_path: Path) -> None:
     meter = RankMeter(rank=RankInfo(0, 1, 0, 1, 0, "a"), sysfs_root=str(tmp_path), sync=None, store=None)
-    with pytest.raises(ConfigError, match="timeout_s must be a positive number"):
+    with pytest.raises(ConfigError, match=r"timeout_s must be a number of seconds > 0"):
         meter.aggregate(timeout_s=0)
     with meter.window("open"), pytest.raises(MeasurementError, match=r"\['open'\] are still open"):
         meter.aggregate()

@@ -299,9 +299,11 @@ def test_no_gpus_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"devices": [1.0]}, "integers >= 0"),
         ({"devices": "0"}, "sequence of GPU indices"),
         ({"devices": [1, 1]}, r"devices lists a GPU twice: \[1, 1\]"),
-        ({"power_sample_interval_s": 0}, "positive number of seconds"),
-        ({"power_sample_interval_s": -0.5}, "positive number of seconds"),
-        ({"power_sample_interval_s": float("nan")}, "positive number of seconds"),
+        ({"power_sample_interval_s": 0}, "power_sample_interval_s must be a number of seconds > 0"),
+        ({"power_sample_interval_s": -0.5}, "power_sample_interval_s must be a number of seconds > 0"),
+        ({"power_sample_interval_s": float("nan")}, "power_sample_interval_s must be a number of seconds > 0"),
+        ({"power_sample_interval_s": float("inf")}, "power_sample_interval_s must be a number of seconds > 0"),
+        ({"power_sample_interval_s": "0.1"}, "power_sample_interval_s must be a number of seconds > 0"),
     ],
 )
 def test_bad_arguments_are_config_errors(kwargs: dict, message: str) -> None:
@@ -368,3 +370,4 @@ def test_read_before_probe_is_a_measurement_error(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(MeasurementError):
         NvmlBackend().read()
     assert module.init_calls == 0
+
