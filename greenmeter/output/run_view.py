@@ -55,7 +55,8 @@ _WINDOW_COLUMNS: tuple[Column[_WindowLine], ...] = (
     Column.quantity("j_per_sample", "J / sample", "energy per sample, joules",
                     lambda x: x.w.energy_j / x.w.samples if x.w.samples else None, ".3g"),
     Column.quantity("steps", "steps", "steps marked inside the window", lambda x: x.w.steps, "d"),
-    Column.quantity("step_p50_s", "step p50 ms", "median step latency, milliseconds",
+    Column.quantity("step_p50_s", "step p50 ms", "median step latency, milliseconds (exact, or within the "
+                    "record's latency.relative_error when the window kept only its quantile sketch)",
                     lambda x: None if x.w.latency is None else x.w.latency.p50_s, ".3g", lambda s: s * 1e3),
     Column.quantity("epochs", "epochs", "epochs marked inside the window", lambda x: len(x.w.epochs), "d"),
     Column.quantity("co2e_g", "g CO2e", "the window's energy as grams of CO2e",
