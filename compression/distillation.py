@@ -378,8 +378,10 @@ _distill_arg = functools.partial(recipe_number, "distill", default=0.5, expected
 def _distill_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
     w = _distill_arg(arg)
     student = make_student(model, w, seed=ctx.seed)  # model is build_variant's copy: the teacher stays unchanged
+    # in a stacked recipe the teacher is the baseline (ctx.teacher), the student a thinner copy of this step's input
+    teacher = model if ctx.teacher is None else ctx.teacher
     train = ctx.trainer("distill", ctx.train_epochs)
-    config = DistillConfig(teacher=model, train_fn=lambda m, loss: train(m, loss), seed=ctx.seed)
+    config = DistillConfig(teacher=teacher, train_fn=lambda m, loss: train(m, loss), seed=ctx.seed)
     return compress(student, config), {"width": w, **ctx.trainer_details(ctx.train_epochs)}
 
 

@@ -60,7 +60,7 @@ def _qat_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[
 
 
 @register_method("qat_int8", QATConfig, facts=INT8_FACTS, recipe=RecipeSpec(
-    "qat", _qat_recipe, trains=True, description="quantization-aware fine-tuning, converted to int8"))
+    "qat", _qat_recipe, trains=True, makes_quantized=True, description="quantization-aware fine-tuning, converted to int8"))
 def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, Any]]:
     engine = resolve_engine(config.engine)
     notices: list[str] = []

@@ -211,7 +211,7 @@ def _int8_dynamic_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) 
 
 
 @register_method("dynamic_int8", DynamicQuantConfig, facts=INT8_FACTS, recipe=RecipeSpec(
-    "int8-dynamic", _int8_dynamic_recipe, trains=False,
+    "int8-dynamic", _int8_dynamic_recipe, trains=False, makes_quantized=True,
     description="dynamic int8 quantization of Linear/LSTM layers (int8 kernels)"))
 def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, Mapping[str, Any]]:
     import torch
@@ -290,7 +290,7 @@ def _int8_static_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -
 
 
 @register_method("static_int8", StaticQuantConfig, facts=INT8_FACTS, recipe=RecipeSpec(
-    "int8-static", _int8_static_recipe, trains=False,
+    "int8-static", _int8_static_recipe, trains=False, makes_quantized=True,
     description="static int8 quantization, calibrated on the first training batches"))
 def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Mapping[str, Any]]:
     import torch

@@ -79,6 +79,13 @@ class RecipeSpec:
             :func:`recipe_fraction`). ``compare`` calls it for every recipe before any work, so that a bad
             argument stops the comparison at once rather than failing its variant; ``build`` calls it for the
             value. ``None``: the argument is checked only when ``build`` runs.
+        needs_float: whether the recipe needs a float model to start from (float weights in ``nn.Linear`` and
+            ``nn.Conv`` layers, to prune, train or quantize): in a stacked recipe (``"channels:0.5+int8-static"``)
+            such a step may not come after one that ``makes_quantized``. ``True`` by default, the safe
+            assumption for a plug-in; ``False`` for a recipe that works on quantized models too.
+        makes_quantized: whether the model it makes holds quantized or packed weights (int8, int4) that a later
+            step needing float weights cannot work on. ``False`` by default; a method whose ``FactsHooks`` say
+            ``quantized=True`` gets ``True`` when it registers the recipe.
     """
 
     name: str
@@ -88,6 +95,8 @@ class RecipeSpec:
     arg_help: str | None = None
     method: str | None = None
     parse_arg: Callable[[str | None], Any] | None = None
+    needs_float: bool = True
+    makes_quantized: bool = False
 
     def __post_init__(self) -> None:
         name = self.name
@@ -103,6 +112,9 @@ class RecipeSpec:
             raise ConfigError(f"recipe {name!r}: arg_help must be a string or None, got {self.arg_help!r}")
         if self.parse_arg is not None and not callable(self.parse_arg):
             raise ConfigError(f"recipe {name!r}: parse_arg must be callable as parse_arg(arg) or None")
+        for flag in ("needs_float", "makes_quantized"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"recipe {name!r}: {flag} must be True or False, got {getattr(self, flag)!r}")
 
     @property
     def usage(self) -> str:
@@ -151,8 +163,10 @@ class FactsHooks:
     """How the model facts of a comparison (size, weights, MACs) treat the models a method makes.
 
     Attributes:
-        quantized: the models run integer kernels the flop counter cannot see, so ``compare`` passes the
-            baseline as ``float_equivalent`` to :func:`greenmeter.comparison.facts.count_macs`.
+        quantized: the models run integer kernels the flop counter cannot see. :func:`greenmeter.comparison.facts.count_macs`
+            counts their quantized Linear and convolution layers (and the modules in ``count_weights``) from their
+            own shapes; ``compare`` passes the baseline as ``float_equivalent`` for a model that runs other uncounted
+            kernels (a quantized LSTM), counted in its place with a note.
         count_weights: module types that keep their weights where ``model.parameters()`` does not see them
             (packed codes), mapped to ``count(module) -> WeightCount``; used by
             :func:`greenmeter.comparison.facts.parameter_counts` for every such module, whatever made it.
@@ -215,6 +229,8 @@ class Method:
             raise ConfigError(f"method {self.name!r}: facts must be a FactsHooks, got {type(self.facts).__name__}")
         if self.recipe is not None and self.recipe.method != self.name:
             object.__setattr__(self, "recipe", replace(self.recipe, method=self.name))
+        if self.recipe is not None and self.facts.quantized and not self.recipe.makes_quantized:
+            object.__setattr__(self, "recipe", replace(self.recipe, makes_quantized=True))  # its models are quantized
 
 
 # ------------------------------------------------------------------------------------------ registry

@@ -6,6 +6,8 @@ carries through unchanged) and return frozen records with ``to_dict``/``from_dic
 * :func:`mean_ci`: the mean of repeats with a Student's t confidence interval.
 * :func:`welch_test`: Welch's unequal-variance t-test of a variant against a baseline.
 * :func:`bootstrap_test`: a percentile bootstrap of the same difference, for samples far from normal.
+* :func:`mcnemar_exact`: McNemar's exact test of two 0/1 outcomes on the same samples (an accuracy change).
+* :func:`paired_bootstrap`: a paired bootstrap over samples of any metric's change on the same samples.
 * :func:`pareto_front`: which (metric, energy) points no other point beats on both.
 * :func:`percentile`: nearest-rank percentile, the rule :class:`greenmeter.records.measurement.LatencyStats` uses.
 * :class:`QuantileSketch`: the same percentiles of a stream of any length in bounded memory, each within a stated
@@ -20,15 +22,15 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from greenmeter._checks import fraction, number, whole_number
 from greenmeter._errors import ConfigError
 
-__all__ = ["Interval", "QuantileSketch", "Significance", "bootstrap_test", "mean_ci", "pareto_front", "percentile",
-           "welch_test"]
+__all__ = ["Interval", "QuantileSketch", "Significance", "bootstrap_test", "mcnemar_exact", "mean_ci",
+           "paired_bootstrap", "pareto_front", "percentile", "welch_test"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class Interval:
         )
 
 
-TestName = Literal["welch", "bootstrap"]
+TestName = Literal["welch", "bootstrap", "mcnemar", "paired-bootstrap"]
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,12 @@ class Significance:
     """Whether a variant differs from the baseline: a test's p-value and the difference's interval.
 
     Attributes:
-        test: ``"welch"`` (Welch's t-test) or ``"bootstrap"`` (percentile bootstrap).
+        test: ``"welch"`` (Welch's t-test), ``"bootstrap"`` (percentile bootstrap), ``"mcnemar"`` (McNemar's
+            exact test of paired 0/1 outcomes) or ``"paired-bootstrap"`` (a bootstrap over paired samples).
         p_value: the two-sided p-value; ``None`` when either side has fewer than 2 values.
-        statistic: Welch's t (variant minus baseline); ``None`` for the bootstrap, for fewer than 2 values
-            per side, and when both sides have zero variance (t would be 0/0 or infinite).
+        statistic: Welch's t (variant minus baseline); for McNemar's test the number of discordant pairs;
+            ``None`` for the bootstraps, for fewer than 2 values per side, and when both sides have zero
+            variance (t would be 0/0 or infinite).
         diff_mean: mean(variant) - mean(baseline), in the unit of the values.
         diff_low, diff_high: the ``1 - alpha`` confidence interval of that difference (95% at the default
             ``alpha=0.05``); ``None`` when either side has fewer than 2 values.
@@ -284,6 +288,144 @@ def _resampled_means(values: Any, n_resamples: int, rng: Any) -> Any:
         rows = min(chunk, n_resamples - start)
         parts.append(values[rng.integers(0, n, size=(rows, n))].mean(axis=1))
     return np.concatenate(parts)
+
+
+def _paired_arrays(baseline: Any, variant: Any, what: str) -> tuple[Any, Any]:
+    """Both sides as float arrays of the same, non-zero length, every value finite."""
+    import numpy as np
+
+    out = []
+    for side, values in (("baseline", baseline), ("variant", variant)):
+        if isinstance(values, (str, bytes)):
+            raise ConfigError(f"{what} {side} must be a sequence of numbers, not a string")
+        try:
+            array = np.asarray(values, dtype=float).reshape(-1)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{what} {side} must be a sequence of numbers: {err}") from err
+        if array.size == 0:
+            raise ConfigError(f"{what} {side} is empty: at least one sample is needed")
+        if not np.all(np.isfinite(array)):
+            raise ConfigError(f"{what} {side} holds non-finite values; drop failed samples first")
+        out.append(array)
+    if len(out[0]) != len(out[1]):
+        raise ConfigError(f"{what} needs one value per sample on both sides, in the same order: the baseline has "
+                          f"{len(out[0])} and the variant {len(out[1])}")
+    return out[0], out[1]
+
+
+def mcnemar_exact(baseline: Sequence[float], variant: Sequence[float], alpha: float = 0.05) -> Significance:
+    """McNemar's exact test of two 0/1 outcomes on the same samples (two-sided), with an exact interval.
+
+    ``baseline[i]`` and ``variant[i]`` are the outcomes (1 = right, 0 = wrong) of the two models on the
+    same sample ``i``. Only the discordant pairs carry information: ``b`` samples the baseline got right
+    and the variant wrong, ``c`` the other way round, ``n_d = b + c``. Under the null hypothesis (the
+    same accuracy) ``c ~ Binomial(n_d, 1/2)``, and the exact two-sided p-value is
+    ``min(1, 2 * P(X <= min(b, c)))``. The difference of means is ``(c - b) / n``; its interval is the
+    Clopper-Pearson interval ``[pL, pU]`` of ``c / n_d`` mapped through ``n_d / n * (2p - 1)``, conditional
+    on ``n_d`` as the test is, so it excludes zero exactly when ``p < alpha``. With no discordant pair
+    the p-value is 1 and the interval is ``[0, 0]``.
+
+    Args:
+        baseline, variant: one 0/1 (or bool) outcome per sample, the same samples in the same order.
+        alpha: significance level, in (0, 1); the interval covers ``1 - alpha``.
+
+    Returns:
+        A :class:`Significance` with ``test="mcnemar"``, ``statistic`` the number of discordant pairs and
+        ``diff_mean`` the change in the fraction right, variant minus baseline.
+
+    Raises:
+        ConfigError: an empty side, sides of different lengths, or an outcome other than 0 or 1; a bad ``alpha``.
+    """
+    a, b = _paired_arrays(baseline, variant, "mcnemar_exact")
+    alpha = _level(alpha, "alpha")
+    import numpy as np
+
+    if not (np.all((a == 0) | (a == 1)) and np.all((b == 0) | (b == 1))):
+        raise ConfigError("mcnemar_exact needs 0/1 outcomes (right or wrong per sample); use paired_bootstrap for "
+                          "other per-sample values")
+    n = len(a)
+    losses = int(np.count_nonzero((a == 1) & (b == 0)))
+    gains = int(np.count_nonzero((a == 0) & (b == 1)))
+    n_d = losses + gains
+    diff = (gains - losses) / n
+    if n_d == 0:
+        return Significance("mcnemar", 1.0, 0.0, 0.0, 0.0, 0.0, False, alpha)
+    from scipy.stats import beta, binom
+
+    p = min(1.0, float(2.0 * binom.cdf(min(losses, gains), n_d, 0.5)))
+    low_p = 0.0 if gains == 0 else float(beta.ppf(alpha / 2.0, gains, n_d - gains + 1))
+    high_p = 1.0 if gains == n_d else float(beta.ppf(1.0 - alpha / 2.0, gains + 1, n_d - gains))
+    scale = n_d / n
+    return Significance("mcnemar", p, float(n_d), diff, scale * (2 * low_p - 1), scale * (2 * high_p - 1),
+                        p < alpha, alpha)
+
+
+def paired_bootstrap(
+    baseline: Any, variant: Any, *, statistic: Callable[[Any, Any], float] | None = None, n_resamples: int = 2000,
+    alpha: float = 0.05, seed: int = 0,
+) -> Significance:
+    """A paired percentile bootstrap of statistic(variant) - statistic(baseline) over the same samples.
+
+    Each resample draws ``n`` sample indices with replacement (numpy's PCG64 seeded with ``seed``) and uses
+    the same indices on both sides, so the pairing of samples is kept. The interval and the two-sided
+    p-value follow the rule of :func:`bootstrap_test`: percentiles ``alpha/2`` and ``1 - alpha/2`` of the
+    resampled differences, and ``p = min(1, 2 * min(k_le + 1, k_ge + 1) / (n_resamples + 1))``.
+
+    Args:
+        baseline, variant: without ``statistic``, one number per sample (the statistic is their mean).
+            With ``statistic``, anything it reads (for instance model outputs), the same ``len`` on both sides.
+        statistic: ``statistic(side, indices) -> float`` on ``baseline`` or ``variant`` at the numpy index
+            array ``indices`` (for a metric over a data set: ``lambda out, i: metric(out[i], targets[i])``).
+            It is called ``2 * (n_resamples + 1)`` times.
+        n_resamples: bootstrap resamples (>= 100).
+        alpha: significance level, in (0, 1).
+        seed: the random generator's seed.
+
+    Returns:
+        A :class:`Significance` with ``test="paired-bootstrap"`` and ``statistic=None``; with a single
+        sample the p-value, ``significant`` and the interval are ``None``.
+
+    Raises:
+        ConfigError: empty sides or sides of different lengths, non-finite values or statistics, a bad
+            ``n_resamples`` or ``alpha``.
+    """
+    import numpy as np
+
+    alpha = _level(alpha, "alpha")
+    n_resamples = whole_number("n_resamples", n_resamples, minimum=100)
+    if statistic is None:
+        a, b = _paired_arrays(baseline, variant, "paired_bootstrap")
+        per_sample = b - a
+        n = len(per_sample)
+        diff = float(per_sample.mean())
+    else:
+        n = len(baseline)
+        if n == 0 or len(variant) != n:
+            raise ConfigError(f"paired_bootstrap needs the same samples on both sides: the baseline has {n} and the "
+                              f"variant {len(variant)}")
+        everything = np.arange(n)
+        diff = _statistic(statistic, variant, everything) - _statistic(statistic, baseline, everything)
+    if n < 2:
+        return Significance("paired-bootstrap", None, None, diff, None, None, None, alpha)
+    rng = np.random.default_rng(seed)
+    if statistic is None:
+        diffs = _resampled_means(per_sample, n_resamples, rng)
+    else:
+        diffs = np.empty(n_resamples)
+        for i in range(n_resamples):
+            idx = rng.integers(0, n, size=n)
+            diffs[i] = _statistic(statistic, variant, idx) - _statistic(statistic, baseline, idx)
+    k_le, k_ge = int(np.count_nonzero(diffs <= 0.0)), int(np.count_nonzero(diffs >= 0.0))
+    p = min(1.0, 2.0 * (min(k_le, k_ge) + 1) / (n_resamples + 1))
+    low, high = np.quantile(diffs, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return Significance("paired-bootstrap", p, None, diff, float(low), float(high), p < alpha, alpha)
+
+
+def _statistic(statistic: Callable[[Any, Any], float], side: Any, idx: Any) -> float:
+    value = float(statistic(side, idx))
+    if not math.isfinite(value):
+        raise ConfigError(f"paired_bootstrap: the statistic gave {value} on a resample; it must be a finite number")
+    return value
 
 
 def pareto_front(

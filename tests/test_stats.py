@@ -17,7 +17,9 @@ from greenmeter.stats import (
     QuantileSketch,
     Significance,
     bootstrap_test,
+    mcnemar_exact,
     mean_ci,
+    paired_bootstrap,
     pareto_front,
     percentile,
     welch_test,
@@ -205,6 +207,77 @@ def test_bootstrap_with_too_few_repeats_and_bad_arguments() -> None:
 
 
 # ---------------------------------------------------------------------------------- pareto_front
+
+
+def _outcomes(losses: int, gains: int, same: int) -> tuple[list[int], list[int]]:
+    """Baseline and variant 0/1 outcomes: ``losses`` right then wrong, ``gains`` wrong then right, ``same`` right."""
+    return [1] * losses + [0] * gains + [1] * same, [0] * losses + [1] * gains + [1] * same
+
+
+def test_mcnemar_exact_matches_the_binomial_test_and_its_exact_interval() -> None:
+    from scipy.stats import binomtest
+
+    base, variant = _outcomes(9, 2, 439)  # 11 discordant pairs of 450 samples
+    result = mcnemar_exact(base, variant)
+    exact = binomtest(2, 11, 0.5)
+    ci = exact.proportion_ci(0.95, method="exact")  # Clopper-Pearson
+    assert result.test == "mcnemar" and result.statistic == 11.0
+    assert result.p_value == pytest.approx(exact.pvalue, rel=1e-12) == pytest.approx(0.0654296875)
+    assert result.diff_mean == pytest.approx(-7 / 450)
+    assert result.diff_low == pytest.approx(11 / 450 * (2 * ci.low - 1))
+    assert result.diff_high == pytest.approx(11 / 450 * (2 * ci.high - 1))
+    assert result.significant is False and result.diff_low < 0 < result.diff_high
+
+
+def test_mcnemar_interval_excludes_zero_exactly_when_the_test_is_significant() -> None:
+    for losses, gains in [(0, 0), (3, 0), (5, 0), (6, 0), (8, 1), (9, 1), (20, 8), (20, 6), (4, 4)]:
+        r = mcnemar_exact(*_outcomes(losses, gains, 300))
+        assert r.significant == (r.p_value < 0.05)
+        assert r.significant == (not r.diff_low <= 0 <= r.diff_high) or (losses, gains) == (0, 0), (losses, gains)
+    none = mcnemar_exact(*_outcomes(0, 0, 50))  # no discordant pair: nothing to test
+    assert none.p_value == 1.0 and (none.diff_low, none.diff_mean, none.diff_high) == (0.0, 0.0, 0.0)
+    one_sample = mcnemar_exact([1], [0])
+    assert one_sample.p_value == 1.0 and one_sample.diff_mean == -1.0 and one_sample.diff_low == -1.0
+
+
+def test_mcnemar_rejects_other_values_and_unpaired_sides() -> None:
+    with pytest.raises(ConfigError, match="0/1 outcomes"):
+        mcnemar_exact([1, 0, 0.5], [1, 1, 1])
+    with pytest.raises(ConfigError, match="baseline has 3 and the variant 2"):
+        mcnemar_exact([1, 0, 1], [1, 1])
+    with pytest.raises(ConfigError, match="empty"):
+        mcnemar_exact([], [])
+
+
+def test_paired_bootstrap_keeps_the_pairing() -> None:
+    rng = random.Random(4)
+    base = [rng.gauss(0, 1) for _ in range(200)]
+    variant = [b + 0.05 + rng.gauss(0, 0.02) for b in base]  # a small shift, hidden by unpaired noise
+    paired = paired_bootstrap(base, variant, seed=1)
+    assert paired.test == "paired-bootstrap" and paired.diff_mean == pytest.approx(sum(variant) / 200 - sum(base) / 200)
+    assert paired.significant and paired.diff_low > 0.04 and paired.diff_high < 0.06
+    assert bootstrap_test(base, variant, seed=1).significant is False  # the unpaired test cannot see it
+    assert paired_bootstrap(base, variant, seed=1) == paired  # seeded
+
+
+def test_paired_bootstrap_of_a_statistic_uses_the_same_resamples() -> None:
+    import numpy as np
+
+    rng = random.Random(5)
+    base = np.array([rng.gauss(0, 1) for _ in range(60)])
+    variant = base + np.array([rng.gauss(0.1, 0.3) for _ in range(60)])
+    by_mean = paired_bootstrap(base, variant, n_resamples=400, seed=3)
+    by_statistic = paired_bootstrap(base, variant, statistic=lambda side, idx: float(side[idx].mean()),
+                                    n_resamples=400, seed=3)
+    assert by_statistic.p_value == by_mean.p_value
+    assert by_statistic.diff_low == pytest.approx(by_mean.diff_low) and by_statistic.diff_high == pytest.approx(
+        by_mean.diff_high)
+    with pytest.raises(ConfigError, match="finite"):
+        paired_bootstrap(base, variant, statistic=lambda side, idx: float("nan"), n_resamples=100)
+    with pytest.raises(ConfigError, match="same samples"):
+        paired_bootstrap(base, variant[:10], statistic=lambda side, idx: 0.0)
+    single = paired_bootstrap([1.0], [2.0])
+    assert single.p_value is None and single.diff_mean == 1.0
 
 
 def test_pareto_front_with_ties_and_nan() -> None:

@@ -238,6 +238,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"recommended: {terminal_text(rec.name or 'none')} ({terminal_text(rec.reason)})")
     for label, value in rec.savings:
         print(f"  {label}: {value}")
+    for note in rec.notes:  # the energy tie and the rule that broke it, the variants left out and why
+        print(f"  - {terminal_text(note)}")
     print(f"\ndemo finished in {result.duration_s:.0f} s; files:")
     for label, path in result.files.items():
         print(f"  {label:<16} {terminal_text(path)}")

@@ -31,7 +31,7 @@ from greenmeter.carbon.settings import CarbonSettings
 from greenmeter.comparison import facts as model_facts
 from greenmeter.comparison.progress import Progress, progress_printer
 from greenmeter.comparison.recipes import RecipeContext, check_recipe
-from greenmeter.comparison.steps import Batch, build_entries, measure, prepare, summarise
+from greenmeter.comparison.steps import Batch, Scoring, build_entries, correct_predictions, measure, prepare, summarise
 from greenmeter.metering.cpu_load import LoadWatch, busy_flag
 from greenmeter.metering.interrupts import signals_deferred, sigterm_interrupts
 from greenmeter.metering.meter import Meter
@@ -114,7 +114,8 @@ class Variant:
 
     Attributes:
         model: the model as it is (evaluated in eval mode).
-        recipe: a recipe spec such as ``"prune:0.5"`` (see :mod:`greenmeter.comparison.recipes`), built from the baseline.
+        recipe: a recipe spec such as ``"prune:0.5"``, or steps stacked with ``+`` (``"channels:0.5+int8-static"``,
+            see :mod:`greenmeter.comparison.recipes`), built from the baseline.
         making: what producing ``model`` cost, when it was measured elsewhere (a :class:`Measurement`, e.g.
             from ``@greenmeter.track`` on its training, or a :class:`MakingCost`).
     """
@@ -130,10 +131,7 @@ class Variant:
 
 def accuracy_metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Top-1 accuracy, a fraction in [0, 1], of logits ``outputs`` (N, classes) against labels (N,)."""
-    if outputs.ndim != 2:
-        raise ConfigError(f"the accuracy metric needs (N, classes) logits, got outputs of shape {tuple(outputs.shape)}; "
-                          "pass metric= for other outputs")
-    return float((outputs.argmax(dim=1) == targets.to(outputs.device)).float().mean())
+    return float(correct_predictions(outputs, targets).float().mean())
 
 
 def _batches(data: Any, batch_size: int) -> list[Batch]:
@@ -187,8 +185,10 @@ def compare(
     """Evaluate a baseline and its variants side by side; see the module docstring for the procedure.
 
     Args:
-        variants: names mapped to models, to recipe specs (``"int8-dynamic"``, ``"prune:0.5"``...) built
-            from the baseline, or to :class:`Variant` objects. The baseline must be a model.
+        variants: names mapped to models, to recipe specs (``"int8-dynamic"``, ``"prune:0.5"``, stacked
+            ``"channels:0.5+int8-static"``...) built from the baseline, or to :class:`Variant` objects. The baseline
+            must be a model. A stacked recipe's steps are applied left to right, each measured in its own making
+            window; its making cost is their sum, with each step's in ``MakingCost.steps``.
         data: evaluation data: an ``(inputs, targets)`` pair of tensors (split into ``batch_size`` batches)
             or an iterable of ``(inputs, targets)`` batches (read once and kept, so every pass is the same).
         baseline: the reference variant's name (default: the first).
@@ -220,8 +220,8 @@ def compare(
         A :class:`Comparison`, also stored when the meter has a store.
 
     Raises:
-        ConfigError: bad arguments (:func:`check_settings`), empty data, an unknown recipe or a recipe argument
-            the recipe refuses (all checked before any work), a baseline that cannot run or whose metric is not
+        ConfigError: bad arguments (:func:`check_settings`), empty data, an unknown recipe, a recipe argument
+            the recipe refuses or a stacked order that cannot work (all checked before any work), a baseline that cannot run or whose metric is not
             a number. Failures of other variants are recorded in their results instead.
         KeyboardInterrupt: Ctrl-C, or SIGTERM (as :class:`~greenmeter.metering.interrupts.Terminated`, while
             ``compare`` runs, where SIGTERM had its default action): raised unchanged once the run is finished
@@ -280,7 +280,8 @@ def compare(
     def conclude(status: str, flags: list[str]) -> Comparison:
         """The comparison of the completed rounds, stored when the meter has a store."""
         nonlocal stored
-        results = summarise(entries, baseline, carbon, meter, significance, seed)
+        results = summarise(entries, baseline, carbon, meter, significance, seed,
+                            Scoring(metric_fn, targets, zero_one=metric is None))
         if rounds.done < 3:
             flags.append(f"only {rounds.done} repeat(s): confidence intervals and significance need more "
                          "(5 advised)")

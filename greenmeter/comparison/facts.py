@@ -65,8 +65,9 @@ class MacCount:
     Attributes:
         macs_per_sample: MACs per sample (matmuls and convolutions only), ``None`` when they could not be
             counted.
-        method: ``"flop-counter"`` (the model itself), ``"flop-counter on float equivalent"`` (the float
-            model a quantized one was made from) or ``"unavailable"``.
+        method: ``"flop-counter"`` (the model itself), ``"flop-counter and quantized layer shapes"`` (the
+            model itself, its int8 Linear and convolution layers counted from their shapes), ``"flop-counter on
+            float equivalent"`` (the float model a quantized one was made from) or ``"unavailable"``.
         note: why the count is missing or was taken from the float equivalent; ``None`` otherwise.
     """
 
@@ -261,11 +262,17 @@ def count_macs(
     are seen. Models whose work depends on the data (early exits) are counted as this batch ran.
 
     Int8 quantized models run ``quantized::`` kernels the counter does not see (it would report 0, or
-    only the layers left in float). When the pass runs such a kernel, or a fused RNN kernel, the count is
-    incomplete: then ``float_equivalent`` (the float model the quantized one was made from), when given,
-    is counted instead (``method="flop-counter on float equivalent"``, with a note); otherwise
-    ``macs_per_sample`` is ``None``, ``method="unavailable"`` and the note names the uncounted ops.
-    ``Int4Linear`` dequantizes and runs a float matmul, so it is counted directly.
+    only the layers left in float). The quantized Linear and convolution layers (static, dynamic, QAT-converted,
+    fused with a ReLU), and packed layers whose method counts their weights (``Int4Linear`` on PyTorch's int4
+    kernel), are counted from their own shapes as the pass runs them, when the counter saw nothing in them: output elements x weight
+    elements per output (``in_features``, or ``in_channels / groups`` x the kernel size), added to what the
+    counter saw in the float rest (``method="flop-counter and quantized layer shapes"``). So a model that was
+    pruned and then quantized reports the MACs of its pruned layers. When the pass runs any other uncounted
+    kernel (a quantized LSTM, a fused RNN kernel), the count is incomplete: then ``float_equivalent`` (the
+    float model the quantized one was made from), when given, is counted instead (``method="flop-counter on
+    float equivalent"``, with a note); otherwise ``macs_per_sample`` is ``None``, ``method="unavailable"``
+    and the note names the uncounted ops. An ``Int4Linear`` that dequantizes runs a float matmul, counted
+    directly.
 
     The model's training flags (every submodule's) and weights are left as they were.
 
@@ -280,15 +287,16 @@ def count_macs(
         Whatever the model's forward pass raises, unchanged.
     """
     batch = _batch_size(example_input)
-    flops, uncounted = _count_flops(model, example_input)
-    if not uncounted:
-        return MacCount(flops / 2 / batch, "flop-counter")
+    flops, uncounted, layer_macs = _count_flops(model, example_input)
+    if all(_counted_by_shapes(op) for op in uncounted):  # int8 and packed layers: counted from their shapes
+        return MacCount((flops / 2 + layer_macs) / batch,
+                        "flop-counter and quantized layer shapes" if layer_macs else "flop-counter")
     why = (f"{type(model).__name__} runs kernels the flop counter cannot count ({', '.join(sorted(uncounted))}); "
            f"it saw {flops / 2 / batch:g} MACs per sample in the rest")
     if float_equivalent is None:
         return MacCount(None, "unavailable", f"{why}; pass float_equivalent= (the float model it was made from) "
                         "to count that instead")
-    float_flops, float_uncounted = _count_flops(float_equivalent, example_input)
+    float_flops, float_uncounted, _ = _count_flops(float_equivalent, example_input)
     method = "flop-counter on float equivalent"
     if float_uncounted:
         return MacCount(None, "unavailable", f"{why}; float_equivalent ({type(float_equivalent).__name__}) runs "
@@ -312,8 +320,45 @@ def _batch_size(example_input: Any) -> int:
     return int(first.shape[0])
 
 
-def _count_flops(model: nn.Module, example_input: Any) -> tuple[int, set[str]]:
-    """FLOPs of one eval-mode pass, and the names of heavy ops seen that the counter has no formula for."""
+def _shape_counted_types() -> tuple[type, ...]:
+    """Layers whose kernels may hide from the flop counter, counted from their shapes instead: the quantized
+    Linear and convolution modules (their fused and dynamic kinds are subclasses) and the packed modules that
+    registered methods count the weights of (``Int4Linear``)."""
+    from torch.ao.nn.quantized import Linear
+    from torch.ao.nn.quantized.modules.conv import _ConvNd
+
+    from greenmeter.compression.registry import weight_counters
+
+    return (Linear, _ConvNd, *weight_counters())
+
+
+def _macs_per_output(module: nn.Module) -> int | None:
+    """Multiply-accumulates behind one output element of a Linear-like or convolution layer, from its weight
+    (``weight()`` of a quantized module: ``in_features``, or ``in_channels / groups`` x the kernel) or its
+    ``in_features``; ``None`` when neither says."""
+    weight = getattr(module, "weight", None)
+    if callable(weight):
+        return int(weight()[0].numel())
+    in_features = getattr(module, "in_features", None)
+    return in_features if isinstance(in_features, int) else None
+
+
+def _counted_by_shapes(op: str) -> bool:
+    """Whether an op the flop counter has no formula for, seen outside the layers counted from their shapes,
+    does no multiply-accumulates: a quantized op such as ``"aten.quantized_max_pool2d"`` or ``"quantized.add"``."""
+    namespace, _, name = op.partition(".")
+    tokens = name.split("_")
+    return "quantized" in (namespace, *tokens) and _HEAVY_OP_TOKENS.isdisjoint(set(tokens) - {"quantized"})
+
+
+def _count_flops(model: nn.Module, example_input: Any) -> tuple[int, set[str], int]:
+    """FLOPs of one eval-mode pass, the names of heavy ops seen that the counter has no formula for, and the
+    MACs of the pass's layers counted from their shapes.
+
+    A quantized Linear or convolution layer, or a packed layer a method counts the weights of, is counted from
+    its shapes (output elements x weight elements per output) when the counter saw no FLOPs in its forward pass
+    (its kernel hides from it); the uncounted ops run inside such a layer are then accounted for. A packed
+    layer that dequantizes and runs a float matmul is left to the counter."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode, flop_registry
@@ -331,21 +376,50 @@ def _count_flops(model: nn.Module, example_input: Any) -> tuple[int, set[str]]:
         def __init__(self) -> None:
             super().__init__()
             self.ops: set[Any] = set()
+            self.inside: list[nn.Module] = []  # the shape-counted layers running now
+            self.in_layers: set[Any] = set()  # ops run inside one of them
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            self.ops.add(func.overloadpacket)
+            (self.in_layers if self.inside else self.ops).add(func.overloadpacket)
             return func(*args, **(kwargs or {}))
+
+    layer_macs = 0
+    hidden: set[Any] = set()  # uncounted ops run inside layers that were counted from their shapes
+    started: list[int] = []
+
+    def enter(module: nn.Module, inputs: Any) -> None:
+        recorder.inside.append(module)
+        started.append(counter.get_total_flops())
+
+    def leave(module: nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal layer_macs
+        seen = counter.get_total_flops() - started.pop()
+        per_output = _macs_per_output(module)  # while inside: unpacking a quantized weight is the layer's own op
+        recorder.inside.pop()
+        if not recorder.inside:
+            ops, recorder.in_layers = recorder.in_layers, set()
+            if seen == 0 and per_output is not None and isinstance(output, torch.Tensor):
+                layer_macs += output.numel() * per_output  # each output element: a dot product over a weight row
+                hidden.update(ops)
+            else:  # the counter saw its work (or it cannot be counted from its shapes): judged as elsewhere
+                recorder.ops.update(ops)
 
     flags = [(m, m.training) for m in model.modules()]
     fastpath = torch.backends.mha.get_fastpath_enabled()
     args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    layers = _shape_counted_types()
+    handles = [h for m in model.modules() if isinstance(m, layers)
+               for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    counter = FlopCounterMode(display=False, custom_mapping=extra)
+    recorder = _OpRecorder()
     try:
         model.eval()
         torch.backends.mha.set_fastpath_enabled(False)
-        counter = FlopCounterMode(display=False, custom_mapping=extra)
-        with torch.no_grad(), counter, _OpRecorder() as recorder:
+        with torch.no_grad(), counter, recorder:
             model(*args)
     finally:
+        for handle in handles:
+            handle.remove()
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, training in flags:  # restored one by one: some models keep parts in eval on purpose
             m.training = training
@@ -357,4 +431,4 @@ def _count_flops(model: nn.Module, example_input: Any) -> tuple[int, set[str]]:
         namespace, _, name = str(op).partition(".")
         if namespace == "quantized" or not _HEAVY_OP_TOKENS.isdisjoint(name.split("_")):
             uncounted.add(str(op))
-    return counter.get_total_flops(), uncounted
+    return counter.get_total_flops(), uncounted, layer_macs

@@ -1,6 +1,9 @@
 """Recipes: named, parameterised ways to build a compressed variant from a baseline model.
 
-A recipe spec is ``name`` or ``name:arg`` (``"prune:0.5"``, ``"int8-dynamic"``, ``"early-exit:auto"``).
+A recipe spec is ``name`` or ``name:arg`` (``"prune:0.5"``, ``"int8-dynamic"``, ``"early-exit:auto"``), or
+a stacked recipe: steps joined by ``+`` (``"channels:0.5+int8-static"``), applied left to right, each step
+starting from the model the step before made (:func:`recipe_steps`; a step that needs float weights may not
+follow one that quantizes, which is refused before any work).
 :func:`build_variant` looks the name up in a registry, builds the variant from a private copy of the baseline
 (the baseline itself is never changed) and attaches a :class:`Recipe` as ``variant.recipe``; variants made by
 a compression method keep their ``compression_info`` too. Building does not measure anything: the comparison
@@ -27,10 +30,12 @@ decorator)::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import number, whole_number
@@ -44,11 +49,15 @@ if TYPE_CHECKING:
     from greenmeter.compression.registry import BuildFn, RecipeSpec
 
 __all__ = [
-    "Recipe", "RecipeContext", "build_variant", "check_recipe", "format_recipes", "parse_recipe", "register_recipe",
-    "registered_recipes", "unregister_recipe",
+    "STEP_SEPARATOR", "Recipe", "RecipeContext", "build_variant", "check_recipe", "format_recipes", "parse_recipe",
+    "recipe_steps", "register_recipe", "registered_recipes", "unregister_recipe",
 ]
 
 LossFn = Callable[..., "torch.Tensor"]
+#: What joins the steps of a stacked recipe: ``"channels:0.5+int8-static"``.
+STEP_SEPARATOR = "+"
+#: ``step_window(index, step_spec)``: a context manager around one step of :func:`build_variant`.
+StepWindow = Callable[[int, str], AbstractContextManager[Any]]
 
 
 # ------------------------------------------------------------------------------------------ context
@@ -72,6 +81,9 @@ class RecipeContext:
         train_epochs: epochs of a recipe that trains a new network from scratch (the distill student).
         lr: Adam learning rate of the built-in trainer.
         seed: seed of the built-in trainer, of new layers (students, exit heads) and of re-initialisations.
+        teacher: the model a ``distill`` step learns from; ``None``: the model the step starts from. For a
+            stacked recipe :func:`build_variant` sets it to (a copy of) the baseline, so that
+            ``"channels:0.5+distill:0.5"`` distils the baseline into a thinner copy of the pruned model.
     """
 
     example_input: torch.Tensor
@@ -83,6 +95,7 @@ class RecipeContext:
     train_epochs: int = 10
     lr: float = 3e-3
     seed: int = 0
+    teacher: nn.Module | None = None
 
     def __post_init__(self) -> None:
         import torch
@@ -110,6 +123,8 @@ class RecipeContext:
         for name, low in (("calibration_batches", 1), ("fine_tune_epochs", 1), ("train_epochs", 1), ("seed", None)):
             whole_number(f"RecipeContext.{name}", getattr(self, name), minimum=low)
         number("RecipeContext.lr", self.lr, low=0, low_open=True)
+        if self.teacher is not None and not isinstance(self.teacher, torch.nn.Module):
+            raise ConfigError(f"RecipeContext.teacher must be a torch.nn.Module or None, not {type(self.teacher).__name__}")
 
     @property
     def can_train(self) -> bool:
@@ -176,6 +191,8 @@ class Recipe:
         trains: whether building it trained the model (fine-tuning, distillation, QAT...), not only converted it.
         description: the recipe's one-line description.
         details: what the recipe chose (the effective argument, exits, rounds, trainer...), plain values.
+        steps: for a stacked recipe, each step's :class:`Recipe` in the order applied (then ``name`` is the whole
+            spec, ``arg`` is ``None``, ``trains`` says whether any step trained); ``()`` for a single recipe.
     """
 
     name: str
@@ -183,27 +200,32 @@ class Recipe:
     trains: bool
     description: str
     details: Mapping[str, Any] = field(default_factory=dict)
+    steps: tuple[Recipe, ...] = ()
 
     @property
     def spec(self) -> str:
-        """The spec text, ``name`` or ``name:arg``."""
+        """The spec text, ``name`` or ``name:arg`` (a stacked recipe's whole spec, ``"channels:0.5+int8-static"``)."""
         return self.name if self.arg is None else f"{self.name}:{self.arg}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "arg": self.arg, "trains": self.trains, "description": self.description,
-                "details": dict(self.details)}
+                "details": dict(self.details), "steps": [step.to_dict() for step in self.steps]}
 
 
 def parse_recipe(spec: str) -> tuple[str, str | None]:
-    """Split a spec: ``"prune:0.5"`` -> ``("prune", "0.5")``, ``"int8-dynamic"`` -> ``("int8-dynamic", None)``.
+    """Split a one-step spec: ``"prune:0.5"`` -> ``("prune", "0.5")``, ``"int8-dynamic"`` -> ``("int8-dynamic", None)``.
 
-    Whitespace around the name and the argument is dropped; the name is not looked up here.
+    Whitespace around the name and the argument is dropped; the name is not looked up here. A stacked spec is
+    split into its steps first (:func:`recipe_steps`).
 
     Raises:
-        ConfigError: the spec is not a string, has no name, or has an empty argument after ``:``.
+        ConfigError: the spec is not a string, is stacked (has ``+``), has no name, or has an empty argument
+            after ``:``.
     """
     if not isinstance(spec, str):
         raise ConfigError(f"a recipe spec must be a string such as 'prune:0.5', not {type(spec).__name__}")
+    if STEP_SEPARATOR in spec:
+        raise ConfigError(f"recipe spec {spec!r} is stacked: split it into its steps with recipe_steps")
     name, sep, arg = spec.partition(":")
     name, arg = name.strip(), arg.strip()
     if not name:
@@ -277,72 +299,130 @@ def format_recipes() -> str:
     return "\n".join([table, "", "arguments:"] + [f"  {r.name.ljust(width)}  {r.arg_help}" for r in takes])
 
 
-def check_recipe(spec: str) -> tuple[RecipeSpec, str | None]:
-    """Check a recipe spec before any work: a registered name, and an argument that the recipe takes.
+def recipe_steps(spec: str) -> tuple[tuple[RecipeSpec, str | None], ...]:
+    """Check a recipe spec, one step or stacked, before any work, and return its steps in the order applied.
 
-    The argument is checked by the recipe's ``parse_arg`` (every built-in recipe has one: ``"prune:7"`` and
-    ``"prune:abc"`` are refused here, not when the variant is built); a recipe without ``parse_arg`` checks
-    its argument only when it builds.
+    A stacked spec joins steps with ``+`` (``"channels:0.5+int8-static"``; so no argument may hold a ``+``).
+    Each step must be a registered name with an argument that the recipe takes (checked by its ``parse_arg``:
+    every built-in recipe has one, so ``"prune:7"`` is refused here, not when the variant is built). The order
+    must work: a step that needs float weights (``RecipeSpec.needs_float``: pruning, training, quantizing) may
+    not come after one that quantizes (``RecipeSpec.makes_quantized``: ``int8-dynamic``, ``int8-static``,
+    ``qat``, ``int4``), so ``"int8-dynamic+prune:0.5"`` is refused.
 
     Args:
-        spec: ``name`` or ``name:arg``.
+        spec: ``name``, ``name:arg``, or such steps joined by ``+``.
 
     Returns:
-        The recipe's :class:`~greenmeter.compression.registry.RecipeSpec` and the argument text (``None``
-        when the spec has none).
+        Each step's :class:`~greenmeter.compression.registry.RecipeSpec` and argument text (``None`` when the
+        step has none); one pair for a one-step spec.
+
+    Raises:
+        ConfigError: a malformed spec or an empty step, an unknown recipe (the message lists the registered
+            ones), an argument given to a recipe that takes none, an argument the recipe refuses (the message
+            says what it expects), or an order that cannot work (naming both steps and why).
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"a recipe spec must be a string such as 'prune:0.5', not {type(spec).__name__}")
+    parts = [part.strip() for part in spec.split(STEP_SEPARATOR)]
+    if len(parts) > 1 and not all(parts):
+        raise ConfigError(f"stacked recipe {spec!r} has an empty step; join steps with '+', e.g. "
+                          "'channels:0.5+int8-static'")
+    known = registered_recipes()
+    steps: list[tuple[RecipeSpec, str | None]] = []
+    for part in parts:
+        name, arg = parse_recipe(part)
+        info = known.get(name)
+        if info is None:
+            raise ConfigError(f"unknown recipe {name!r}; registered recipes: {', '.join(known)}")
+        if arg is not None and info.arg_help is None:
+            raise ConfigError(f"recipe {name!r} takes no argument, got {arg!r}; write {name!r}")
+        if info.parse_arg is not None:
+            info.parse_arg(arg)
+        quantized_by = next((p for (before, _), p in zip(steps, parts) if before.makes_quantized), None)
+        if info.needs_float and quantized_by is not None:
+            raise ConfigError(f"stacked recipe {spec!r} cannot work in this order: {part!r} needs a float model, but "
+                              f"it comes after {quantized_by!r}, which leaves quantized weights; put {part!r} before "
+                              f"{quantized_by!r}")
+        steps.append((info, arg))
+    return tuple(steps)
+
+
+def check_recipe(spec: str) -> tuple[RecipeSpec, str | None]:
+    """Check a recipe spec before any work: registered names, arguments the recipes take, a workable order.
+
+    The checks of :func:`recipe_steps`, which returns every step of a stacked spec.
+
+    Args:
+        spec: ``name``, ``name:arg``, or such steps joined by ``+``.
+
+    Returns:
+        The :class:`~greenmeter.compression.registry.RecipeSpec` and argument text (``None`` when there is none)
+        of the spec's last step (its only one for a spec that is not stacked).
 
     Raises:
         ConfigError: a malformed spec, an unknown recipe (the message lists the registered ones), an argument
-            given to a recipe that takes none, or an argument the recipe refuses (the message says what it
-            expects).
+            given to a recipe that takes none, an argument the recipe refuses (the message says what it
+            expects), or a stacked order that cannot work.
     """
-    name, arg = parse_recipe(spec)
-    known = registered_recipes()
-    info = known.get(name)
-    if info is None:
-        raise ConfigError(f"unknown recipe {name!r}; registered recipes: {', '.join(known)}")
-    if arg is not None and info.arg_help is None:
-        raise ConfigError(f"recipe {name!r} takes no argument, got {arg!r}; write {name!r}")
-    if info.parse_arg is not None:
-        info.parse_arg(arg)
-    return info, arg
+    return recipe_steps(spec)[-1]
 
 
-def build_variant(spec: str, baseline: nn.Module, ctx: RecipeContext) -> nn.Module:
+def build_variant(spec: str, baseline: nn.Module, ctx: RecipeContext, *,
+                  step_window: StepWindow | None = None) -> nn.Module:
     """Build the variant ``spec`` names from ``baseline``; ``baseline`` is never changed (weights or modes).
 
+    A stacked spec (``"channels:0.5+int8-static"``) is a pipeline: the first step gets a private copy of the
+    baseline, each later step the model the step before made; a ``distill`` step learns from (a copy of) the
+    baseline, not from the step before (``RecipeContext.teacher``, unless the context names another teacher).
+    Every step is checked (:func:`recipe_steps`, and a trainer for each step that trains) before the first runs.
+
     Args:
-        spec: ``name`` or ``name:arg`` (:func:`format_recipes` lists the registered ones).
+        spec: ``name``, ``name:arg`` (:func:`format_recipes` lists the registered ones), or steps joined by ``+``.
         baseline: the trained model to start from.
         ctx: what the recipe may use (example batch, training data or trainer, validation data).
+        step_window: ``step_window(index, step_spec)`` returns a context manager that each step runs inside
+            (``compare`` measures each step's making energy in its own meter window); ``None``: none.
 
     Returns:
-        The variant in eval mode, with ``variant.recipe`` (:class:`Recipe`) attached. Built-ins that train or
-        make new layers seed torch's global random generator with ``ctx.seed``.
+        The variant in eval mode, with ``variant.recipe`` (:class:`Recipe`) attached; for a stacked spec its
+        ``steps`` hold each step's. Built-ins that train or make new layers seed torch's global random generator
+        with ``ctx.seed``.
 
     Raises:
-        ConfigError: an unknown recipe (the message lists the registered ones), a bad argument, a recipe that
-            trains with neither train_fn nor train_data, a build that returns no module.
+        ConfigError: an unknown recipe (the message lists the registered ones), a bad argument, an order that
+            cannot work, a recipe that trains with neither train_fn nor train_data, a build that returns no module.
         CompressionError: the compression method cannot run on this model or machine (its subclasses say why).
     """
     from torch import nn
 
-    info, arg = check_recipe(spec)
-    name = info.name
+    steps = recipe_steps(spec)
     if not isinstance(baseline, nn.Module):
         raise ConfigError(f"build_variant needs a torch.nn.Module baseline, not {type(baseline).__name__}")
     if not isinstance(ctx, RecipeContext):
         raise ConfigError(f"build_variant needs a RecipeContext, not {type(ctx).__name__}")
-    if info.trains and not ctx.can_train:
-        raise ConfigError(f"recipe {name!r} trains, so it needs train_fn or train_data in the RecipeContext")
-    work = copy.deepcopy(baseline).eval()
-    out = info.build(work, arg, ctx)
-    variant, details = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
-    if not isinstance(variant, nn.Module):
-        raise ConfigError(f"recipe {name!r} returned {type(variant).__name__}, not a torch.nn.Module")
-    variant.eval()
-    variant.recipe = Recipe(name, arg, info.trains, info.description, dict(details))
-    return variant
+    for info, _ in steps:
+        if info.trains and not ctx.can_train:
+            raise ConfigError(f"recipe {info.name!r} trains, so it needs train_fn or train_data in the RecipeContext")
+    if len(steps) > 1 and ctx.teacher is None:
+        ctx = replace(ctx, teacher=copy.deepcopy(baseline).eval())
+    window = step_window or (lambda index, text: contextlib.nullcontext())
+    model, made = copy.deepcopy(baseline).eval(), []
+    for index, (info, arg) in enumerate(steps):
+        step = info.name if arg is None else f"{info.name}:{arg}"
+        with window(index, step):
+            out = info.build(model, arg, ctx)
+            model, details = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
+            if not isinstance(model, nn.Module):
+                raise ConfigError(f"recipe {info.name!r} returned {type(model).__name__}, not a torch.nn.Module")
+            model.eval()
+        made.append(Recipe(info.name, arg, info.trains, info.description, dict(details)))
+    if len(made) == 1:
+        model.recipe = made[0]
+    else:
+        whole = STEP_SEPARATOR.join(r.spec for r in made)
+        model.recipe = Recipe(whole, None, any(r.trains for r in made), ", then ".join(r.description for r in made),
+                              steps=tuple(made))
+    return model
 
 
 if __name__ == "__main__":

@@ -1,9 +1,22 @@
 """The recommendation: which measured variant is worth deploying, and why.
 
-The recommended variant (:func:`recommend`) is the one with the lowest energy per sample among the
-variants on the metric-versus-energy Pareto front whose metric is within ``tolerance`` of the
-baseline's (1 percentage point of accuracy by default). Ties go to the lower energy per sample, which
-the rule already prefers; exact ties keep the comparison's order.
+The rule (:func:`recommend`, and docs/methodology.md, "The recommendation"):
+
+1. **Measurable saving.** Only a variant whose energy per sample is significantly lower than the
+   baseline's (the comparison's test, Welch's by default, at 0.05) is a candidate; the others have "no
+   measurable saving".
+2. **Within the budget.** The metric change's paired test on the same samples (McNemar's exact test for
+   accuracy, a paired bootstrap for other metrics) gives a 95% interval; the variant is within the budget
+   when the interval's lower bound is no more than ``tolerance`` below zero: the drop is at most the
+   budget at 95% confidence. A record without that test (written by an older greenmeter) is judged on
+   the point estimate, and the recommendation says so.
+3. **Least energy, ties ranked.** Among the candidates, the one with the least mean energy per sample,
+   unless others are statistically tied with it (their energies not significantly different, by the
+   same test): then the tied group is ranked by the metric (point estimate, higher first), then by the
+   making energy (lower first; unknown last), then by mean energy. The recommendation names the tied
+   variants and the rule that broke the tie.
+
+When no variant qualifies, the baseline is kept, with the reason.
 """
 
 from __future__ import annotations
@@ -12,23 +25,46 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import number
+from greenmeter.stats import Significance, bootstrap_test, welch_test
 
 if TYPE_CHECKING:
     from greenmeter.records.comparison import Comparison, VariantResult
 
-__all__ = ["DEFAULT_TOLERANCE", "Recommendation", "check_tolerance", "recommend", "tolerance_text"]
+__all__ = ["DEFAULT_TOLERANCE", "Recommendation", "check_tolerance", "describe_test", "recommend", "tolerance_text"]
 
 #: Default metric tolerance of the recommendation: 0.01 of the metric (1 percentage point of accuracy).
 DEFAULT_TOLERANCE = 0.01
 
+#: The tests as the reports name them.
+_TEST_NAMES = {"welch": "Welch's t-test", "bootstrap": "percentile bootstrap", "mcnemar": "McNemar's exact test",
+               "paired-bootstrap": "paired bootstrap"}
+
+#: metric values closer than this are equal when ranking a tie (accuracies are fractions of whole samples)
+_SAME_METRIC = 1e-9
+
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The variant worth deploying, and why; ``name`` is ``None`` when no variant qualifies."""
+    """The variant worth deploying, and why; ``name`` is ``None`` when the baseline has no figures.
+
+    Attributes:
+        name: the recommended variant (the baseline's name when no variant qualifies).
+        reason: why, in one sentence.
+        savings: ``(label, text)`` pairs of the chosen variant against the baseline.
+        tied: the candidates statistically tied in energy with the one of least energy, the chosen one
+            first, in the order the tie rule ranked them; empty when there was no tie.
+        tie_rule: what chose among the tied: ``"metric"``, ``"making energy"`` or ``"energy per sample"``;
+            ``None`` when there was no tie.
+        notes: sentences a reader needs: the tie and how it was broken, the variants left out and why, and
+            any fallback to point estimates.
+    """
 
     name: str | None
     reason: str
     savings: tuple[tuple[str, str], ...] = ()
+    tied: tuple[str, ...] = ()
+    tie_rule: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 def check_tolerance(tolerance: Any) -> float:
@@ -50,17 +86,24 @@ def tolerance_text(comparison: Comparison, tolerance: float) -> str:
     return f"{tolerance:g}"
 
 
+def describe_test(test: str) -> str:
+    """A test's name in words (``"welch"`` -> ``"Welch's t-test"``); unknown names as they are."""
+    return _TEST_NAMES.get(test, test)
+
+
 def recommend(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE) -> Recommendation:
-    """Pick the variant to deploy: on the Pareto front, metric within ``tolerance`` of the baseline, least energy.
+    """Pick the variant to deploy: a measurable saving, the metric within budget at 95%, least energy, ties ranked.
+
+    See the module docstring for the rule.
 
     Args:
         comparison: the comparison to read.
         tolerance: how much worse than the baseline's metric is acceptable, in the metric's own unit
-            (for accuracy, a fraction: 0.01 is one percentage point). ``>= 0``.
+            (for accuracy, a fraction: 0.01 is one percentage point), judged against the lower bound of the
+            95% interval of the change. ``>= 0``.
 
     Returns:
-        A :class:`Recommendation`; the baseline itself when no variant on the front is both within the
-        tolerance and cheaper, with a reason saying so.
+        A :class:`Recommendation`; the baseline itself when no variant qualifies, with a reason saying so.
 
     Raises:
         ConfigError: a negative or non-finite tolerance (:func:`check_tolerance`).
@@ -69,20 +112,121 @@ def recommend(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE) -> R
     base = comparison.variant(comparison.baseline)
     if not base.ok or base.metric is None or base.energy_per_sample_j is None:
         return Recommendation(None, "the baseline has no figures, so nothing can be recommended against it")
-    floor = base.metric - tolerance
-    candidates = [v for v in comparison.variants if v.ok and v.on_pareto_front and v.metric is not None
-                  and v.energy_per_sample_j is not None and v.metric >= floor - 1e-12]
-    tol_text = tolerance_text(comparison, tolerance)
+    metric, tol_text = comparison.metric_name, tolerance_text(comparison, tolerance)
+    candidates, notes = [], []
+    no_saving, over_budget, estimated = [], [], []
+    for v in comparison.variants:
+        if v is base or not v.ok or v.metric is None or v.energy_per_sample_j is None or v.vs_baseline is None:
+            continue
+        d = v.vs_baseline
+        if not d.measurable_saving:
+            sig = d.energy_significance
+            no_saving.append(f"{v.name}" + ("" if sig is None or sig.p_value is None else f" (p = {sig.p_value:.2g})"))
+            continue
+        test = d.metric_test
+        if test is not None and test.diff_low is not None:
+            within = test.diff_low >= -tolerance - 1e-12
+            if not within:
+                over_budget.append(f"{v.name} (95% interval of the change from {_change(comparison, test.diff_low)})")
+        else:
+            within = v.metric >= base.metric - tolerance - 1e-12
+            estimated.append(v.name)
+            if not within:
+                over_budget.append(f"{v.name} ({_change(comparison, v.metric - base.metric)})")
+        if within:
+            candidates.append(v)
+    if no_saving:
+        notes.append(f"no measurable saving (energy per sample not significantly lower than the baseline's): "
+                     f"{', '.join(no_saving)}")
+    if over_budget:
+        notes.append(f"outside the budget of {tol_text}: {', '.join(over_budget)}")
+    if estimated:
+        notes.append(f"no paired test of the {metric} change is recorded for {', '.join(estimated)} (a comparison "
+                     f"written by an older greenmeter, or a test that could not be computed): the budget was judged "
+                     "on the point estimate")
     if not candidates:
-        return Recommendation(None, f"no variant on the Pareto front keeps the {comparison.metric_name} within "
-                                    f"{tol_text} of the baseline")
-    best = min(candidates, key=lambda v: v.energy_per_sample_j.mean)  # type: ignore[union-attr]
-    if best.name == base.name:
-        return Recommendation(base.name, f"no variant within {tol_text} of the baseline's {comparison.metric_name} "
-                                         f"uses less energy per sample: keep the baseline")
-    return Recommendation(best.name, f"the least energy per sample on the Pareto front with the "
-                                     f"{comparison.metric_name} within {tol_text} of the baseline",
-                          _savings(comparison, base, best))
+        return Recommendation(base.name, f"no variant with a measurable energy saving keeps the {metric} within "
+                                         f"{tol_text} of the baseline's: keep the baseline", notes=tuple(notes))
+    best, tied, rule = _least_energy(candidates)
+    reason = (f"the least energy per sample among the variants with a measurable saving whose {metric} change stays "
+              f"within {tol_text} of the baseline at 95% confidence")
+    if rule is not None:
+        reason += (f"; tied in energy with {_names([v.name for v in tied if v is not best])}, it wins on "
+                   f"{metric if rule == 'metric' else rule}")
+        notes.insert(0, _tie_note(comparison, tied, rule))
+    return Recommendation(best.name, reason, _savings(comparison, base, best), tuple(v.name for v in tied), rule,
+                          tuple(notes))
+
+
+def _least_energy(candidates: list[VariantResult]) -> tuple[VariantResult, list[VariantResult], str | None]:
+    """The candidate of least energy, or the best of those statistically tied with it; the tied group and the rule."""
+    lowest = min(candidates, key=lambda v: v.energy_per_sample_j.mean)  # type: ignore[union-attr]
+    tied = [v for v in candidates if v is lowest or not _differs(lowest, v)]
+    if len(tied) == 1:
+        return lowest, [], None
+
+    def making(v: VariantResult) -> float:
+        return v.making.energy_j if v.making is not None else float("inf")
+
+    def energy(v: VariantResult) -> float:
+        return v.energy_per_sample_j.mean  # type: ignore[union-attr]
+
+    def rank(v: VariantResult) -> tuple[float, float, float]:
+        return (-round(v.metric / _SAME_METRIC) * _SAME_METRIC, making(v), energy(v))  # type: ignore[operator]
+
+    ranked = sorted(tied, key=rank)
+    first, second = ranked[0], ranked[1]
+    if abs(first.metric - second.metric) > _SAME_METRIC:  # type: ignore[operator]
+        rule = "metric"
+    elif making(first) != making(second):
+        rule = "making energy"
+    else:
+        rule = "energy per sample"
+    return first, ranked, rule
+
+
+def _differs(a: VariantResult, b: VariantResult) -> bool:
+    """Whether two variants' energies per sample differ significantly, by the test the comparison used."""
+    return bool(_energy_test(a, b).significant)
+
+
+def _energy_test(a: VariantResult, b: VariantResult) -> Significance:
+    sig = b.vs_baseline.energy_significance if b.vs_baseline else None
+    if sig is not None and sig.test == "bootstrap":
+        return bootstrap_test(a.energy_values_j, b.energy_values_j)
+    return welch_test(a.energy_values_j, b.energy_values_j)
+
+
+def _tie_note(comparison: Comparison, tied: list[VariantResult], rule: str) -> str:
+    """The tie in words: who was tied with whom, by which test, and how each ranked."""
+    lowest = min(tied, key=lambda v: v.energy_per_sample_j.mean)  # type: ignore[union-attr]
+    tests = []
+    for v in tied:
+        if v is not lowest:
+            t = _energy_test(lowest, v)
+            tests.append(f"{v.name} p = {t.p_value:.2g}" if t.p_value is not None else f"{v.name} untested")
+    ranked = "; ".join(
+        f"{v.name}: {_metric(comparison, v.metric)}, "  # type: ignore[arg-type]
+        f"making {'unknown' if v.making is None else f'{v.making.energy_j:.4g} J'}, "
+        f"{v.energy_per_sample_j.mean * 1e3:.3g} mJ/sample" for v in tied)  # type: ignore[union-attr]
+    by = {"metric": f"the higher {comparison.metric_name}", "making energy": "the lower making energy",
+          "energy per sample": "the lower mean energy per sample (same metric and making energy)"}[rule]
+    test = describe_test(_energy_test(lowest, tied[1] if tied[0] is lowest else tied[0]).test)
+    return (f"energy tie: {_names([v.name for v in tied])} do not differ significantly in energy per sample "
+            f"({test} against {lowest.name}, the least: {', '.join(tests)}); ranked by {comparison.metric_name}, "
+            f"then making energy: {ranked}; {by} chose {tied[0].name}")
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _metric(comparison: Comparison, value: float) -> str:
+    return f"{value * 100:.2f}%" if comparison.metric_name == "accuracy" else f"{value:.4g}"
+
+
+def _change(comparison: Comparison, value: float) -> str:
+    return f"{value * 100:+.2f} pp" if comparison.metric_name == "accuracy" else f"{value:+.4f}"
 
 
 def _savings(comparison: Comparison, base: VariantResult, best: VariantResult) -> tuple[tuple[str, str], ...]:
@@ -103,12 +247,17 @@ def _savings(comparison: Comparison, base: VariantResult, best: VariantResult) -
         out.append(("model size", f"{1 / d.size_ratio:.2f}x smaller" if 0 < d.size_ratio <= 1
                     else f"{d.size_ratio:.2f}x larger"))
     if d is not None and d.metric_change is not None:
-        scale, unit = (100, " pp") if comparison.metric_name == "accuracy" else (1, "")
-        out.append((f"{comparison.metric_name} change", f"{d.metric_change * scale:{'+.2f' if unit else '+.4f'}}{unit}"))
+        out.append((f"{comparison.metric_name} change", _change(comparison, d.metric_change)))
+        test = d.metric_test
+        if test is not None and test.diff_low is not None and test.diff_high is not None:
+            p = "" if test.p_value is None else f", p = {test.p_value:.2g}"
+            out.append((f"{comparison.metric_name} change, 95% interval",
+                        f"{_change(comparison, test.diff_low)} to {_change(comparison, test.diff_high)} "
+                        f"({describe_test(test.test)} on the same samples{p})"))
     sig = d.energy_significance if d else None
     if sig is not None and sig.p_value is not None:
         out.append(("energy difference", f"{'significant' if sig.significant else 'not significant'} "
-                                         f"({sig.test}, p = {sig.p_value:.2g})"))
+                                         f"({describe_test(sig.test)}, p = {sig.p_value:.2g})"))
     if d is not None and d.break_even_inferences is not None:
         out.append(("break-even", f"{d.break_even_inferences:,.0f} inferences repay its making energy"))
     return tuple(out)

@@ -5,17 +5,27 @@ Private to :func:`greenmeter.comparison.compare.compare`, which runs them in its
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonSettings, estimate_carbon
-from greenmeter.comparison.recipes import build_variant
-from greenmeter.records.comparison import BaselineDelta, MakingCost, VariantResult
+from greenmeter.comparison.recipes import STEP_SEPARATOR, build_variant
+from greenmeter.records.comparison import BaselineDelta, MakingCost, MakingStep, VariantResult, measurable_saving
 from greenmeter.records.measurement import LatencyStats, Measurement
-from greenmeter.stats import Significance, bootstrap_test, mean_ci, pareto_front, welch_test
+from greenmeter.stats import (
+    Significance,
+    bootstrap_test,
+    mcnemar_exact,
+    mean_ci,
+    paired_bootstrap,
+    pareto_front,
+    welch_test,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -26,10 +36,28 @@ if TYPE_CHECKING:
 Batch = tuple["torch.Tensor", "torch.Tensor"]
 Metric = Callable[["torch.Tensor", "torch.Tensor"], float]
 
+#: resamples of the paired bootstrap of a metric that is not 0/1 per sample (each one calls the metric twice)
+METRIC_RESAMPLES = 1000
+
 
 def _making_cost(m: Measurement, settings: CarbonSettings | None, trains: bool) -> MakingCost:
     co2 = m.carbon.co2e_g if m.carbon is not None else estimate_carbon(m.energy_j, settings).co2e_g
     return MakingCost(m.energy_j, m.duration_s, provenance_lines(m.domains), co2, trains)
+
+
+def _recipe_making_cost(recipe: Any, measured: Sequence[tuple[str, Measurement]],
+                        settings: CarbonSettings | None) -> MakingCost:
+    """The making cost of a recipe built in ``measured`` windows: one window, or one per step of a stacked recipe
+    (then the sum of the steps' energies and durations, with each step's figures kept in ``steps``)."""
+    if not recipe.steps:
+        return _making_cost(measured[0][1], settings, recipe.trains)
+    costs = [_making_cost(m, settings, step.trains) for (_, m), step in zip(measured, recipe.steps)]
+    return MakingCost(
+        sum(c.energy_j for c in costs), sum(c.duration_s for c in costs),
+        tuple(dict.fromkeys(line for c in costs for line in c.provenance)),
+        None if any(c.co2e_g is None for c in costs) else sum(c.co2e_g for c in costs),  # type: ignore[misc]
+        recipe.trains, tuple(MakingStep(text, c.energy_j, c.duration_s, c.co2e_g, c.trains)
+                             for (text, _), c in zip(measured, costs)))
 
 
 def provenance_lines(domains: Iterable[Any]) -> tuple[str, ...]:
@@ -51,6 +79,7 @@ class _Entry:
         self.samples, self.time_s = 0, 0.0
         self.flags: dict[str, None] = {}
         self.provenance: dict[str, None] = {}
+        self.outputs: torch.Tensor | None = None  # one pass's outputs, from the first repeat: the paired metric test
 
     def fail(self, stage: str, err: BaseException) -> None:
         self.error = f"{stage}: {type(err).__name__}: {err}"
@@ -65,6 +94,18 @@ def _forward(model: Any, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise ConfigError(f"the model returned {type(out).__name__}, not a tensor; wrap it so it returns one")
     return out
+
+
+def correct_predictions(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Whether each sample's top-1 class is its label: a bool tensor (N,) from logits (N, classes) and labels (N,).
+
+    Raises:
+        ConfigError: the outputs are not (N, classes) logits.
+    """
+    if outputs.ndim != 2:
+        raise ConfigError(f"the accuracy metric needs (N, classes) logits, got outputs of shape "
+                          f"{tuple(outputs.shape)}; pass metric= for other outputs")
+    return outputs.argmax(dim=1) == targets.to(outputs.device)
 
 
 def _check_metric(value: Any, name: str, metric_name: str) -> float:
@@ -96,16 +137,22 @@ def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str,
         entry = _Entry(key, None, spec.recipe, None)
         show(f"making {key} ({spec.recipe})")
         torch.manual_seed(seed)
+        windows: list[tuple[str, Any]] = []  # each step of a stacked recipe in its own window
+
+        @contextlib.contextmanager
+        def step_window(index: int, step: str, key: str = key, stacked: bool = STEP_SEPARATOR in spec.recipe) -> Any:
+            with meter.window(f"make:{key}/{index + 1}:{step}" if stacked else f"make:{key}") as window:
+                windows.append((step, window))
+                yield
+
         try:
-            with meter.window(f"make:{key}") as window:
-                entry.model = build_variant(spec.recipe, base_model, ctx)
+            entry.model = build_variant(spec.recipe, base_model, ctx, step_window=step_window)
         except Exception as err:  # recorded for this variant; the others go on
             entry.fail("making it", err)
-        assert window.measurement is not None
         if entry.error is None:
-            trains = entry.model.recipe.trains
-            entry.making = _making_cost(window.measurement, carbon, trains)
-            entry.flags.update(dict.fromkeys(f"making it: {f}" for f in window.measurement.flags
+            entry.making = _recipe_making_cost(entry.model.recipe, [(step, w.measurement) for step, w in windows],
+                                               carbon)
+            entry.flags.update(dict.fromkeys(f"making it: {f}" for _, w in windows for f in w.measurement.flags
                                              if "not resolved" in f))  # its making energy is uncertain
         show(f"made {key}" if entry.error is None else f"{key} FAILED: {entry.error}", advance=1)
         entries.append(entry)
@@ -151,12 +198,16 @@ def _model_facts(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets:
     entry.facts.update(params_total=counts.total, params_nonzero=counts.nonzero, params_kind=counts.kind)
     info = getattr(model, "compression_info", None)
     entry.facts["details"] = {} if info is None else {"method": info.method, **dict(info.details)}
+    # a method's own warnings about the model it made (int4 running dequantized) become the variant's flags
+    entry.flags.update(dict.fromkeys(str(f) for f in entry.facts["details"].get("flags", ())))
     example = batches[0][0]
     hooks = facts_hooks_for(model)  # the method that made it (or whose model class it is) says how it is counted
     if hooks.data_macs is not None:  # MACs that depend on the data (early exits)
         data = hooks.data_macs(model, torch.cat([b for b, _ in batches]), targets)
         entry.facts.update(macs=data.macs_per_sample, macs_method=data.method, macs_note=data.note)
         return
+    # a quantized model's int8 Linear/Conv layers are counted from their own shapes; the baseline is counted in
+    # its place only when the model runs other kernels the counter cannot see (a quantized LSTM), with a note
     float_eq = base.model if hooks.quantized else None
     macs = facts.count_macs(model, example, float_equivalent=float_eq)
     entry.facts.update(macs=macs.macs_per_sample, macs_method=macs.method, macs_note=macs.note)
@@ -192,6 +243,8 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
         entry.metric_values.append(_check_metric(metric_fn(merged, targets), entry.name, metric_name))
     except Exception as err:  # noqa: BLE001
         entry.fail(f"metric in repeat {repeat + 1}", err)
+    else:
+        _keep_outputs(entry, merged.detach().cpu())
     samples = m.samples or 0
     entry.energy.append(m.energy_j / samples)
     entry.durations.extend(m.step_durations_s)
@@ -203,14 +256,56 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
     show(f"{entry.name} repeat {repeat + 1}: {m.energy_j / max(samples, 1) * 1e3:.3g} mJ/sample", advance=1)
 
 
+def _keep_outputs(entry: _Entry, outputs: torch.Tensor) -> None:
+    """Keep the first repeat's outputs for the paired metric test; flag a variant whose outputs change later."""
+    import torch
+
+    if entry.outputs is None:
+        entry.outputs = outputs
+    elif entry.outputs.shape != outputs.shape or not torch.equal(entry.outputs, outputs):
+        entry.flags[OUTPUTS_VARY] = None
+
+
+#: the flag of a variant whose outputs differ between repeats (a model that samples, or a non-deterministic kernel)
+OUTPUTS_VARY = ("its outputs differ between repeats: the metric is the mean over the repeats, and the paired test "
+                "of its change uses the first repeat's outputs")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the metric is scored, for the paired test of each variant's change against the baseline.
+
+    Attributes:
+        metric_fn: ``metric(outputs, targets) -> float`` over the whole data set.
+        targets: the evaluation targets, in the order of the outputs.
+        zero_one: the metric is the mean of a 0/1 outcome per sample (the built-in accuracy): McNemar's exact
+            test on each sample's outcome; otherwise a paired bootstrap that recomputes the metric on
+            resampled samples (:data:`METRIC_RESAMPLES` resamples).
+    """
+
+    metric_fn: Metric
+    targets: torch.Tensor
+    zero_one: bool
+
+
 def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings | None,
-              meter: Meter, significance: str = "welch", seed: int = 0) -> tuple[VariantResult, ...]:
+              meter: Meter, significance: str = "welch", seed: int = 0,
+              scoring: Scoring | None = None) -> tuple[VariantResult, ...]:
+    """The results of every variant: figures, tests against the baseline, the Pareto front, break-even.
+
+    A variant's saving is measurable when its energy per sample is significantly lower than the baseline's
+    (the ``significance`` test at 0.05); one without a measurable saving gets no break-even and no place on the
+    front, which is computed among the baseline and the variants with a measurable saving. With ``scoring``,
+    each variant's metric change also gets a paired test on the same samples (``BaselineDelta.metric_test``).
+    """
     from greenmeter.compression._core import plain_value as _json_safe  # the same rule as CompressionInfo.config
 
     ok = [e for e in entries if e.error is None and e.energy]
-    front = dict(zip((e.name for e in ok), pareto_front(
-        [(sum(e.metric_values) / len(e.metric_values), sum(e.energy) / len(e.energy)) for e in ok])))
     base = entries[0]
+    tests = {e.name: _test(significance, base.energy, e.energy, seed) for e in ok if e is not base}
+    eligible = [e for e in ok if e is base or measurable_saving(tests[e.name])]
+    front = dict(zip((e.name for e in eligible), pareto_front(
+        [(sum(e.metric_values) / len(e.metric_values), sum(e.energy) / len(e.energy)) for e in eligible])))
     out = []
     for e in entries:
         if e.error is not None or not e.energy:
@@ -219,7 +314,10 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
             continue
         energy = mean_ci(e.energy)
         per_sample = [d / n for d, n in zip(e.durations, e.sizes)]
-        delta = None if e is base else _delta(e, base, energy.mean, _test(significance, base.energy, e.energy, seed))
+        delta = None
+        if e is not base:
+            metric_test = _metric_test(e, base, scoring, seed)
+            delta = _delta(e, base, energy.mean, tests[e.name], metric_test)
         out.append(VariantResult(
             name=e.name, status="ok", recipe=e.recipe, metric=sum(e.metric_values) / len(e.metric_values),
             metric_values=tuple(e.metric_values), energy_per_sample_j=energy, energy_values_j=tuple(e.energy),
@@ -241,10 +339,34 @@ def _test(name: str, baseline: Sequence[float], variant: Sequence[float], seed: 
     return welch_test(baseline, variant)
 
 
-def _delta(e: _Entry, base: _Entry, energy_mean: float, significance: Significance) -> BaselineDelta:
+def _metric_test(e: _Entry, base: _Entry, scoring: Scoring | None, seed: int) -> Significance | None:
+    """The paired test of the variant's metric change on the first repeat's outputs, or None (with a flag why)."""
+    if scoring is None or e.outputs is None or base.outputs is None:
+        return None
+    import torch
+
+    try:
+        if scoring.zero_one:
+            return mcnemar_exact(correct_predictions(base.outputs, scoring.targets).cpu().numpy(),
+                                 correct_predictions(e.outputs, scoring.targets).cpu().numpy())
+        targets = scoring.targets.cpu()  # the kept outputs are on the CPU
+
+        def metric_at(outputs: torch.Tensor, idx: Any) -> float:
+            index = torch.as_tensor(idx)
+            return scoring.metric_fn(outputs[index], targets[index])
+
+        return paired_bootstrap(base.outputs, e.outputs, statistic=metric_at, n_resamples=METRIC_RESAMPLES,
+                                seed=seed)
+    except Exception as err:  # noqa: BLE001 - the comparison stands; the reader is told the change is untested
+        e.flags[f"no paired test of its metric change ({type(err).__name__}: {err})"] = None
+        return None
+
+
+def _delta(e: _Entry, base: _Entry, energy_mean: float, significance: Significance,
+           metric_test: Significance | None) -> BaselineDelta:
     base_energy = sum(base.energy) / len(base.energy)
     saving = base_energy - energy_mean
-    if e.making is None or saving <= 0:
+    if e.making is None or saving <= 0 or not measurable_saving(significance):
         break_even = None
     else:
         break_even = e.making.energy_j / saving
@@ -259,4 +381,5 @@ def _delta(e: _Entry, base: _Entry, energy_mean: float, significance: Significan
         size_ratio=e.facts["size_b"] / base.facts["size_b"] if base.facts.get("size_b") else None,
         energy_significance=significance,
         break_even_inferences=break_even,
+        metric_test=metric_test,
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from greenmeter._version import __version__
-from greenmeter.comparison.recommend import DEFAULT_TOLERANCE, Recommendation, recommend
+from greenmeter.comparison.recommend import DEFAULT_TOLERANCE, Recommendation, describe_test, recommend
 from greenmeter.output.charts import ChartPoint, LatencyBar, latency_svg, metric_energy_svg
 from greenmeter.output.prose import (
     comparison_flags,
@@ -46,6 +46,11 @@ class _Line:
         return self.d.energy_significance if self.d else None
 
     @property
+    def mt(self) -> Significance | None:
+        """The paired test of the metric change."""
+        return self.d.metric_test if self.d else None
+
+    @property
     def e(self) -> Interval | None:
         return self.v.energy_per_sample_j
 
@@ -68,6 +73,31 @@ def _metric_cell(x: _Line) -> Cell:
 def _metric_change_cell(x: _Line) -> Cell:
     change = x.d.metric_change if x.d else None
     return num(None if change is None else change * x.scale, "+.2f" if x.scale == 100.0 else "+.4f")
+
+
+def _metric_ci_cell(x: _Line) -> Cell:
+    t = x.mt
+    if t is None or t.diff_low is None or t.diff_high is None:
+        return Cell("–")
+    spec = "+.2f" if x.scale == 100.0 else "+.4f"
+    return Cell(f"{t.diff_low * x.scale:{spec}} – {t.diff_high * x.scale:{spec}}", t.diff_low * x.scale)
+
+
+def _metric_p_cell(x: _Line) -> Cell:
+    t = x.mt
+    if t is None or t.p_value is None:
+        return Cell("–")
+    return Cell(f"{t.p_value:.2g} ({describe_test(t.test)})", t.p_value)
+
+
+def _saving_cell(x: _Line) -> Cell:
+    d = x.d
+    if d is None:
+        return Cell("–")
+    if d.measurable_saving:
+        return Cell("yes", 1)
+    p = x.sig.p_value if x.sig else None
+    return Cell("no measurable saving" + ("" if p is None else f" (p = {p:.2g})"), 0)
 
 
 def _ci_cell(x: _Line) -> Cell:
@@ -118,6 +148,16 @@ _COMPARISON_COLUMNS: tuple[Column[_Line], ...] = (
                      _p_cell, lambda x: x.sig.p_value if x.sig else None)),
     _measured(Column("significant", "signif.", "whether the energy difference is significant at 5%",
                      _significant_cell, lambda x: x.sig.significant if x.sig else None, numeric=False)),
+    _measured(Column("saving", "saving",
+                     "measurable when the energy per sample is significantly lower than the baseline's (p < 0.05); "
+                     "only measurable savings get a place on the front and a break-even",
+                     _saving_cell, lambda x: x.d.measurable_saving if x.d else None, numeric=False)),
+    _measured(Column("metric_change_ci", "Δ 95% CI",
+                     "95% interval of the change on the same samples (McNemar's exact test for accuracy, a paired "
+                     "bootstrap for other metrics); the budget is judged against its lower end",
+                     _metric_ci_cell, lambda x: None if x.mt is None else (x.mt.diff_low, x.mt.diff_high))),
+    _measured(Column("metric_p", "p (Δ)", "p-value of the paired test of the change (the test is named)",
+                     _metric_p_cell, lambda x: x.mt.p_value if x.mt else None)),
     _measured(Column.quantity("batch_p50_s", "p50 ms", "median latency per batch, milliseconds",
                               lambda x: x.lb.p50_s if x.lb else None, ".3g", _ms)),
     _measured(Column.quantity("batch_p95_s", "p95 ms", "95th percentile latency per batch, milliseconds",
@@ -147,9 +187,10 @@ _COMPARISON_COLUMNS: tuple[Column[_Line], ...] = (
                               "energy spent making the variant (training, calibration, conversion), joules",
                               lambda x: x.v.making.energy_j if x.v.making else None, ".4g")),
     _measured(Column.quantity("break_even_inferences", "break-even",
-                              "inferences for the energy saved to repay the making energy",
+                              "inferences for the energy saved to repay the making energy (measurable savings only)",
                               lambda x: x.d.break_even_inferences if x.d else None, ",.0f")),
-    _measured(Column("pareto_front", "front", "on the metric-versus-energy Pareto front",
+    _measured(Column("pareto_front", "front",
+                     "on the metric-versus-energy Pareto front of the baseline and the measurable savings",
                      lambda x: Cell("yes" if x.v.on_pareto_front else "no", int(x.v.on_pareto_front)),
                      lambda x: x.v.on_pareto_front, numeric=False)),
 )
@@ -172,7 +213,8 @@ def comparison_view(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE
     columns = tuple(replace(c, label=c.label.format(metric=metric_label)) for c in _COMPARISON_COLUMNS)
     if accuracy:  # a change of a percentage is in percentage points
         columns = tuple(replace(c, label="Δ pp", title="accuracy change, variant minus baseline, percentage points")
-                        if c.key == "metric_change" else c for c in columns)
+                        if c.key == "metric_change" else replace(c, label="Δ pp 95% CI")
+                        if c.key == "metric_change_ci" else c for c in columns)
     rows = tuple(_variant_row(v, comparison, rec, scale, columns) for v in comparison.variants)
     ok = [v for v in comparison.variants if v.ok]
     total_making = sum(v.making.energy_j for v in comparison.variants if v.making)
@@ -182,7 +224,7 @@ def comparison_view(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE
         ("repeats", f"{comparison.repeats} interleaved, {comparison.warmup} warm-up pass(es) each"),
         ("data", f"{comparison.samples_per_pass:,} samples per pass, {comparison.passes_per_repeat} pass(es) "
                  f"per repeat"),
-        ("Pareto front", ", ".join(comparison.pareto_front) or "–"),
+        ("Pareto front (baseline and measurable savings)", ", ".join(comparison.pareto_front) or "–"),
         ("making energy, all variants", f"{total_making:.4g} J"),
     )
     chart_views = _comparison_charts(comparison, rec, scale, metric_label) if charts else ()
@@ -208,7 +250,10 @@ def _variant_row(v: VariantResult, c: Comparison, rec: Recommendation, scale: fl
     if not v.ok:
         return Row(v.name, cells, raw, marks, note=f"failed: {v.error}")
     counted = v.macs_method if v.macs_method != "flop-counter" else None  # only say so when it is not the plain count
-    note = f"MACs: {counted}" if counted else ("MACs: see the note" if v.macs_note else None)
+    macs = f"MACs: {counted}" if counted else ("MACs: see the note" if v.macs_note else None)
+    steps = v.making.steps if v.making is not None else ()  # a stacked recipe: each step's making energy
+    making = "making: " + " + ".join(f"{s.recipe} {s.energy_j:.4g} J" for s in steps) if steps else None
+    note = "; ".join(part for part in (macs, making) if part) or None
     return Row(v.name, cells, raw, marks, note, v.macs_note)
 
 

@@ -75,13 +75,21 @@ def comparison_methodology(c: Comparison, tolerance: float) -> tuple[str, ...]:
         f"torch.manual_seed({c.seed}) before every pass.",
         "Energy per sample is the energy of a repeat's window over the samples it processed; the table gives "
         "its mean over the repeats with a 95% confidence interval (Student's t). The energy difference to the "
-        "baseline is tested over the repeats (the test is named in each row). Latency percentiles are over "
-        "every measured batch.",
+        "baseline is tested over the repeats (the test is named in each row); a variant has a measurable saving "
+        "only when its energy is significantly lower (p < 0.05). Latency percentiles are over every measured "
+        "batch.",
+        f"The {c.metric_name} change of each variant is tested on the same samples, paired: McNemar's exact test "
+        "on each sample's right-or-wrong outcome for accuracy, a paired bootstrap over the samples (the metric "
+        "recomputed on each resample) for other metrics; the table gives its 95% interval.",
         "Carbon = energy x PUE x grid intensity. The making energy is the energy measured while building a "
         "variant (training, fine-tuning, calibration, conversion); break-even = making energy / (baseline "
-        "minus variant energy per sample).",
-        f"The recommended variant lies on the Pareto front of {c.metric_name} against energy per sample, keeps "
-        f"the {c.metric_name} within {tol} of the baseline, and uses the least energy per sample among those.",
+        "minus variant energy per sample), given only for a measurable saving.",
+        f"The Pareto front of {c.metric_name} against energy per sample is drawn among the baseline and the "
+        f"variants with a measurable saving. The recommended variant has a measurable saving, keeps the lower "
+        f"end of the 95% interval of its {c.metric_name} change within {tol} of the baseline, and uses the least "
+        f"energy per sample among those; variants whose energies do not differ significantly from the least are "
+        f"tied, and a tie goes to the higher {c.metric_name}, then the lower making energy (the summary names "
+        "the tie and the rule that broke it).",
         "Where a figure is estimated rather than read from a hardware counter, the sources section says which "
         "model and constants produced it; estimates rank variants by compute but carry the model's error "
         "in absolute joules.",

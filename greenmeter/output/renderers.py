@@ -83,7 +83,8 @@ def render_csv(view: ReportView, record: Mapping[str, Any]) -> str:
 def render_json(view: ReportView, record: Mapping[str, Any]) -> str:
     """``{"report": {kind, title, recommendation, flags, sources...}, **record}`` as strict JSON (NaN -> null)."""
     summary = None if view.summary is None else {
-        "recommended": view.summary.name, "reason": view.summary.reason, "savings": dict(view.summary.savings)}
+        "recommended": view.summary.name, "reason": view.summary.reason, "savings": dict(view.summary.savings),
+        "tied": list(view.summary.tied), "tie_rule": view.summary.tie_rule, "notes": list(view.summary.notes)}
     data = {"report": {"kind": view.kind, "title": view.title, "generated_at": view.generated_at,
                        "greenmeter": view.version, "recommendation": summary, "flags": list(view.flags),
                        "sources": [{"kind": k, "line": line} for k, line in view.sources]},

@@ -18,15 +18,17 @@ from greenmeter._text import text_table
 from greenmeter.carbon.settings import CarbonEstimate
 from greenmeter.records.encoding import check_record_version, finite_json, parse_record_json
 from greenmeter.records.measurement import HostInfo, LatencyStats
-from greenmeter.stats import Interval, Significance
+from greenmeter.stats import Interval, Significance, pareto_front
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COMPARISON_SCHEMA_VERSION", "BaselineDelta", "Comparison", "MakingCost", "VariantResult"]
+__all__ = ["COMPARISON_SCHEMA_VERSION", "BaselineDelta", "Comparison", "MakingCost", "MakingStep", "VariantResult",
+           "measurable_saving"]
 
-#: Version of the comparison record layout; ``from_dict`` refuses newer versions.
-COMPARISON_SCHEMA_VERSION = 1
+#: Version of the comparison record layout; ``from_dict`` refuses newer versions. Version 2 added
+#: ``BaselineDelta.metric_test`` and put only measurable savings on the Pareto front; version 1 records load.
+COMPARISON_SCHEMA_VERSION = 2
 
 VariantStatus = Literal["ok", "failed"]
 ComparisonStatus = Literal["complete", "interrupted"]
@@ -37,15 +39,43 @@ def _opt(cls: Any, data: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class MakingStep:
+    """One step of a stacked recipe's making (``"channels:0.5"`` of ``"channels:0.5+int8-static"``).
+
+    Attributes:
+        recipe: the step's spec.
+        energy_j: energy of the step's own making window, in joules.
+        duration_s: its wall-clock duration, in seconds.
+        co2e_g: the energy as grams of CO2e with the comparison's carbon settings.
+        trains: whether the step trained.
+    """
+
+    recipe: str
+    energy_j: float
+    duration_s: float
+    co2e_g: float | None = None
+    trains: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MakingStep:
+        return cls(str(data["recipe"]), float(data["energy_j"]), float(data["duration_s"]), data.get("co2e_g"),
+                   bool(data.get("trains", False)))
+
+
+@dataclass(frozen=True)
 class MakingCost:
     """The energy spent producing a variant (training, fine-tuning, calibration, conversion).
 
     Attributes:
-        energy_j: energy of the making window, in joules.
-        duration_s: its wall-clock duration, in seconds.
+        energy_j: energy of the making window, in joules (of a stacked recipe: the sum of its steps' windows).
+        duration_s: its wall-clock duration, in seconds (of a stacked recipe: the sum of its steps').
         provenance: how the energy was obtained, one line per source (``measured: ...`` or ``estimated: ...``).
         co2e_g: the energy as grams of CO2e with the comparison's carbon settings.
         trains: whether the recipe trained (fine-tuning, distillation, QAT...), rather than only converting.
+        steps: a stacked recipe's steps, each measured in its own window, in the order applied; ``()`` otherwise.
     """
 
     energy_j: float
@@ -53,14 +83,28 @@ class MakingCost:
     provenance: tuple[str, ...]
     co2e_g: float | None = None
     trains: bool = False
+    steps: tuple[MakingStep, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "provenance": list(self.provenance)}
+        return {**self.__dict__, "provenance": list(self.provenance), "steps": [s.to_dict() for s in self.steps]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MakingCost:
         return cls(float(data["energy_j"]), float(data["duration_s"]), tuple(data["provenance"]),
-                   data.get("co2e_g"), bool(data.get("trains", False)))
+                   data.get("co2e_g"), bool(data.get("trains", False)),
+                   tuple(MakingStep.from_dict(s) for s in data.get("steps", ())))
+
+
+def measurable_saving(significance: Significance | None) -> bool:
+    """Whether an energy test shows a measurable saving: energy per sample significantly lower than the baseline's.
+
+    Args:
+        significance: the test of the variant's energy per sample against the baseline's (``None``: untested).
+
+    Returns:
+        ``True`` when the test is significant (``p < alpha``) and the variant's mean is the lower one.
+    """
+    return bool(significance is not None and significance.significant and significance.diff_mean < 0)
 
 
 @dataclass(frozen=True)
@@ -74,8 +118,11 @@ class BaselineDelta:
         size_ratio: serialized size, variant / baseline.
         energy_significance: the test of the difference in energy per sample over the repeats.
         break_even_inferences: inferences after which the energy saved per inference pays back the
-            variant's making energy; ``None`` when the variant saves no energy or its making cost is
-            unknown, ``0`` when making it cost nothing measurable.
+            variant's making energy; ``None`` when the variant has no measurable saving (see
+            :attr:`measurable_saving`) or its making cost is unknown, ``0`` when making it cost nothing measurable.
+        metric_test: the paired test of the metric change on the same samples (McNemar's exact test for the
+            built-in accuracy, a paired bootstrap for other metrics) with its interval (``diff_low``,
+            ``diff_high``); ``None`` in records written before it was kept, or when it could not be computed.
     """
 
     metric_change: float | None
@@ -84,16 +131,23 @@ class BaselineDelta:
     size_ratio: float | None
     energy_significance: Significance | None
     break_even_inferences: float | None
+    metric_test: Significance | None = None
+
+    @property
+    def measurable_saving(self) -> bool:
+        """Whether the variant's energy per sample is significantly lower than the baseline's."""
+        return measurable_saving(self.energy_significance)
 
     def to_dict(self) -> dict[str, Any]:
-        sig = self.energy_significance
-        return {**self.__dict__, "energy_significance": None if sig is None else sig.to_dict()}
+        sig, test = self.energy_significance, self.metric_test
+        return {**self.__dict__, "energy_significance": None if sig is None else sig.to_dict(),
+                "metric_test": None if test is None else test.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BaselineDelta:
         return cls(data.get("metric_change"), data.get("energy_ratio"), data.get("latency_ratio"),
                    data.get("size_ratio"), _opt(Significance, data.get("energy_significance")),
-                   data.get("break_even_inferences"))
+                   data.get("break_even_inferences"), _opt(Significance, data.get("metric_test")))
 
 
 @dataclass(frozen=True)
@@ -120,7 +174,9 @@ class VariantResult:
         provenance: the energy figures' sources, one line each.
         making: the energy spent producing the variant, when known.
         vs_baseline: the comparison with the baseline (``None`` for the baseline itself).
-        on_pareto_front: whether no other variant has both a better metric and lower energy per sample.
+        on_pareto_front: whether it is on the metric-versus-energy Pareto front, computed among the baseline and
+            the variants with a measurable saving: no other of them has a metric at least as good and energy at
+            most as high, one strictly (records of schema version 1 put every variant in the computation).
         flags: warnings a reader must see (unresolved windows, estimates, a counted float equivalent...).
         details: what the compression method reported (``compression_info.details``) and other facts.
     """
@@ -265,12 +321,15 @@ class Comparison:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Comparison:
-        check_record_version(data, COMPARISON_SCHEMA_VERSION, "comparison")
+        version = check_record_version(data, COMPARISON_SCHEMA_VERSION, "comparison")
+        variants = tuple(VariantResult.from_dict(v) for v in data["variants"])
+        if version < 2:  # written before savings had to be measurable: the front and break-even by today's rule
+            variants = _measurable_only(variants, data["baseline"])
         return cls(
             name=data["name"], created_at=data["created_at"], baseline=data["baseline"],
             metric_name=data["metric_name"], repeats=int(data["repeats"]), warmup=int(data["warmup"]),
             samples_per_pass=int(data["samples_per_pass"]), passes_per_repeat=int(data["passes_per_repeat"]),
-            variants=tuple(VariantResult.from_dict(v) for v in data["variants"]),
+            variants=variants,
             host=HostInfo.from_dict(data["host"]), backends=tuple(data["backends"]), carbon=dict(data["carbon"]),
             seed=int(data.get("seed", 0)), run_id=data.get("run_id"), flags=tuple(data.get("flags", ())),
             duration_s=data.get("duration_s"), sources=tuple(dict(x) for x in data.get("sources", ())),
@@ -299,6 +358,27 @@ class Comparison:
 
 
 
+def _measurable_only(variants: tuple[VariantResult, ...], baseline: str) -> tuple[VariantResult, ...]:
+    """The variants of a version-1 record with the front recomputed among the baseline and the measurable savings,
+    and no break-even for a variant without a measurable saving (the rule of ``summarise``)."""
+    from dataclasses import replace
+
+    def eligible(v: VariantResult) -> bool:
+        return (v.ok and v.metric is not None and v.energy_per_sample_j is not None
+                and (v.name == baseline or (v.vs_baseline is not None and v.vs_baseline.measurable_saving)))
+
+    chosen = [v for v in variants if eligible(v)]
+    front = dict(zip((v.name for v in chosen), pareto_front(
+        [(v.metric, v.energy_per_sample_j.mean) for v in chosen])))  # type: ignore[union-attr, misc]
+    out = []
+    for v in variants:
+        d = v.vs_baseline
+        if d is not None and not d.measurable_saving:
+            d = replace(d, break_even_inferences=None)
+        out.append(replace(v, on_pareto_front=front.get(v.name, False), vs_baseline=d))
+    return tuple(out)
+
+
 def _row(v: VariantResult) -> dict[str, Any]:
     e, d = v.energy_per_sample_j, v.vs_baseline
     sig = d.energy_significance if d is not None else None
@@ -317,6 +397,10 @@ def _row(v: VariantResult) -> dict[str, Any]:
         "metric_change": d.metric_change if d else None, "energy_ratio": d.energy_ratio if d else None,
         "size_ratio": d.size_ratio if d else None, "p_value": sig.p_value if sig else None,
         "significant": sig.significant if sig else None,
+        "measurable_saving": d.measurable_saving if d else None,
+        "metric_ci_low": d.metric_test.diff_low if d and d.metric_test else None,
+        "metric_ci_high": d.metric_test.diff_high if d and d.metric_test else None,
+        "metric_p_value": d.metric_test.p_value if d and d.metric_test else None,
         "break_even_inferences": d.break_even_inferences if d else None,
         "pareto": v.on_pareto_front, "error": v.error,
     }
@@ -330,7 +414,7 @@ def format_table(comparison: Comparison, metric_scale: float = 100.0) -> str:
     """The headline figures as aligned text: metric, energy per sample with its CI, latency, size, deltas."""
     percent = comparison.metric_name == "accuracy" and metric_scale == 100.0
     header = ["variant", comparison.metric_name + (" %" if percent else ""), "mJ/sample (95% CI)", "p50 ms/batch",
-              "size kB", "MACs/sample", "vs base: metric", "energy", "p", "break-even", "front"]
+              "size kB", "MACs/sample", "vs base: metric (95% CI)", "energy", "p", "saving", "break-even", "front"]
     rows: list[Sequence[str]] = [header]
     for v in comparison.variants:
         if not v.ok:
@@ -342,20 +426,26 @@ def format_table(comparison: Comparison, metric_scale: float = 100.0) -> str:
                                                              f" [{e.low * 1e3:.3g}, {e.high * 1e3:.3g}]"))
         sig = d.energy_significance if d else None
         p = "-" if sig is None or sig.p_value is None else (f"{sig.p_value:.2g}" + ("*" if sig.significant else ""))
-        change = ("-" if d is None or d.metric_change is None
-                  else format(d.metric_change * scale, "+.2f" if percent else "+.4f"))
+        spec = "+.2f" if percent else "+.4f"
+        change = "-" if d is None or d.metric_change is None else format(d.metric_change * scale, spec)
+        test = d.metric_test if d else None
+        if test is not None and test.diff_low is not None and test.diff_high is not None:
+            change += f" [{test.diff_low * scale:{spec}}, {test.diff_high * scale:{spec}}]"
+        saving = "-" if d is None else ("yes" if d.measurable_saving else "no")
         be = "-" if d is None or d.break_even_inferences is None else f"{d.break_even_inferences:,.0f}"
         rows.append([
             v.name, _fmt(None if v.metric is None else v.metric * scale, ".2f" if percent else ".4f"), ci,
             _fmt(v.latency_batch.p50_s * 1e3 if v.latency_batch else None, ".3g"),
             _fmt(v.size_b / 1e3 if v.size_b is not None else None, ".1f"),
             _fmt(v.macs_per_sample, ",.0f"), change,
-            "-" if d is None or d.energy_ratio is None else f"x{d.energy_ratio:.2f}", p, be,
+            "-" if d is None or d.energy_ratio is None else f"x{d.energy_ratio:.2f}", p, saving, be,
             "*" if v.on_pareto_front else "",
         ])
     notes = [f"baseline: {comparison.baseline}; {comparison.repeats} repeats x {comparison.passes_per_repeat} "
              f"pass(es) of {comparison.samples_per_pass} samples; p: Welch's test of energy per sample "
-             "against the baseline (* significant at 0.05); front: on the metric-energy Pareto front"]
+             "against the baseline (* significant at 0.05); saving: measurable when significantly lower; metric CI: "
+             "paired test on the same samples (McNemar's exact test for accuracy); front: on the metric-energy "
+             "Pareto front of the baseline and the measurable savings; break-even only for measurable savings"]
     if not comparison.complete:
         notes.insert(0, f"INTERRUPTED: only the {comparison.repeats} repeat(s) every variant completed are counted")
     return "\n".join([text_table(rows), *notes])
