@@ -206,8 +206,9 @@ def digits_report(r: DigitsResult, s: Settings) -> str:
         (f"- {DYN}: DynamicQuantConfig(): the 2 Linear layers int8, the convs stay float32. {STATIC}: "
          "StaticQuantConfig (FX graph mode): convs and Linears int8, per-channel weights, calibrated on the training "
          "images. This CPU has no VNNI, so int8 kernels are not expected to be faster."),
-        (f"- {INT4}: Int4WeightConfig(group_size=32): the Linear weights packed 4-bit, convs float32; dequantized on "
-         f"every call (no int4 CPU kernel). {QAT}: QATConfig, {s.qat_epochs} epochs of fake-quant fine-tuning from "
+        (f"- {INT4}: Int4WeightConfig(group_size=32): the Linear weights packed 4-bit, convs float32; the int4 "
+         f"layers ran on the {r.models[INT4].compression_info.details['path']} path here (kernel: PyTorch's int4 CPU "
+         f"kernel; dequantize: unpacked to float on every call). {QAT}: QATConfig, {s.qat_epochs} epochs of fake-quant fine-tuning from "
          "the baseline, then converted to real int8 modules."),
         (f"- early exit: exits after layers {EXITS_AFTER} of a backbone trained on the first 80% of the training "
          f"split (row '{EE_BASE}'; the early-exit drop for the goal is measured against it); heads trained with the "

@@ -1,19 +1,33 @@
-"""4-bit weight-only quantization with per-group scales and packed storage (two weights a byte).
+"""4-bit weight-only quantization with per-group scales, packed storage, and PyTorch's int4 CPU kernel.
 
 Each Linear layer's weight is split, row by row, into groups of ``group_size`` input weights; every group
-gets its own float32 scale (and, when asymmetric, a float32 offset: the group minimum). The 4-bit codes
-are packed two to a ``uint8`` byte, low nibble first, and kept as buffers of :class:`Int4Linear`, so
-``state_dict()`` and ``torch.save`` really shrink (about 6.4x for the weights at ``group_size=32``).
-The forward pass unpacks and dequantizes the weight and runs the matmul in float: torchao's int4 kernels
-need CUDA, so on the CPU this trades a little latency for memory and disk, and the latency is reported
-as measured.
+gets its own scale (and, when asymmetric, a zero point: the weight that code 8 stands for), so that a code
+``c`` in 0..15 stands for ``(c - 8) * scale + zero`` (``zero = 0`` when symmetric). Scales and zero points are
+bfloat16, the precision PyTorch's int4 kernel reads. The 4-bit codes are packed two to a ``uint8`` byte, low
+nibble first, and kept as buffers of :class:`Int4Linear`, so ``state_dict()`` and ``torch.save`` really
+shrink (about 7.1x for the weights at ``group_size=32``).
 
-Rows whose length is not a multiple of ``group_size`` are padded with zeros up to the next multiple
-(the padding is dropped again before the matmul); ``details["padded_layers"]`` names them.
+Two ways to run the forward pass, chosen per layer when it is quantized or loaded (``Int4Linear.path``):
+
+* ``"kernel"``: PyTorch's CPU int4 matmul (``aten._weight_int4pack_mm_for_cpu``: bfloat16 activations, the
+  4-bit weights unpacked inside the kernel), used where this PyTorch build has it and it computes correctly
+  (:func:`probe_int4_kernel` tries it once per process on a small known case), the layer fits it (group size
+  32, 64, 128 or 256; ``out_features`` a multiple of 16) and the input is on the CPU. The kernel's weight
+  layout depends on the CPU's vector width (AVX-512 and AVX2 builds pack differently), so it is built from the
+  portable codes when the layer is made or loaded and is not saved in the state dict.
+* ``"dequantize"``: the codes are unpacked and dequantized to float on every call and a float matmul runs:
+  smaller weights, the same compute as float plus the unpacking (slower than float on a CPU). Used where
+  the kernel is missing or does not fit (``Int4Linear.path_reason`` says why), when ``use_kernel=False``,
+  and when the input needs gradients.
+
+Both paths use the same codes, scales and zero points; they differ by the kernel's bfloat16 rounding of the
+activations and outputs, well inside the quantization error. Rows whose length is not a multiple of
+``group_size`` are padded with zeros up to the next multiple (``details["padded_layers"]`` names them).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,11 +48,17 @@ if TYPE_CHECKING:
 
     from greenmeter.comparison.recipes import RecipeContext
 
-__all__ = ["Int4Linear", "Int4WeightConfig", "pack_int4", "unpack_int4"]
+__all__ = ["Int4Linear", "Int4WeightConfig", "int4_paths", "pack_int4", "probe_int4_kernel", "unpack_int4"]
 
 
 #: The largest group size: rows are padded up to a whole group, so a larger one only wastes memory.
 MAX_GROUP_SIZE = 4096
+#: The group sizes PyTorch's int4 CPU kernel takes.
+KERNEL_GROUP_SIZES = (32, 64, 128, 256)
+#: ``out_features`` must be a multiple of this for the kernel (it packs rows in blocks of 16).
+KERNEL_ROW_BLOCK = 16
+#: The flag of a model whose int4 layers all run dequantized (the words ``compare`` shows).
+DEQUANTIZED_FLAG = "int4 runs dequantized here: saves size, not compute"
 
 
 @dataclass(frozen=True)
@@ -47,15 +67,19 @@ class Int4WeightConfig:
 
     Attributes:
         group_size: input weights sharing one scale, 2 to ``MAX_GROUP_SIZE`` (4096; a row shorter than a group
-            is padded up to it); smaller is more accurate and a little larger.
+            is padded up to it); smaller is more accurate and a little larger. PyTorch's int4 CPU kernel takes
+            32, 64, 128 or 256 only: other sizes run dequantized.
         layer_types: layer class names to quantize; only ``("Linear",)`` is supported.
-        symmetric: codes -8..7 around zero with a scale only (True), or 0..15 with a scale and an
-            offset (False), which fits groups that are not centred on zero better.
+        symmetric: codes -8..7 around zero with a scale only (True), or with a scale and a zero point (False),
+            which fits groups that are not centred on zero better.
+        use_kernel: run PyTorch's int4 CPU kernel where this build has it and a layer fits it (True), or always
+            dequantize to float and run a float matmul (False: the same codes, for comparison).
     """
 
     group_size: int = 32
     layer_types: tuple[str, ...] = ("Linear",)
     symmetric: bool = True
+    use_kernel: bool = True
 
     def __post_init__(self) -> None:
         whole_number("group_size", self.group_size, minimum=2, maximum=MAX_GROUP_SIZE)
@@ -66,8 +90,9 @@ class Int4WeightConfig:
                 f"int4 weight-only quantization supports layer_types=('Linear',) only, not {types!r}; "
                 "use StaticQuantConfig for conv layers"
             )
-        if not isinstance(self.symmetric, bool):
-            raise ConfigError(f"symmetric must be True or False, not {self.symmetric!r}")
+        for name in ("symmetric", "use_kernel"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
 
 
 def pack_int4(codes: Tensor) -> Tensor:
@@ -90,69 +115,257 @@ def unpack_int4(packed: Tensor, numel: int) -> Tensor:
     return codes[:numel]
 
 
-class Int4Linear(nn.Module):
-    """A Linear layer whose weight is stored as packed 4-bit codes with per-group float32 scales.
+# ------------------------------------------------------------------------------------- the CPU kernel
 
-    Buffers: ``qweight`` (uint8, ``ceil(out * padded_in / 2)`` bytes), ``scales`` (``[out, groups]``),
-    ``zeros`` (``[out, groups]`` group offsets, asymmetric only) and ``bias`` (float, if any).
+
+def _kernel_ops() -> tuple[Any, Any]:
+    """PyTorch's int4 CPU ops (pack, matmul); AttributeError where this build has none."""
+    aten = torch.ops.aten
+    return aten._convert_weight_to_int4pack_for_cpu, aten._weight_int4pack_mm_for_cpu
+
+
+def _dequantized(codes: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int) -> Tensor:
+    """``(codes - 8) * scale + zero`` in float32: codes ``[rows, groups * group_size]``, scales ``[rows, groups]``."""
+    rows = codes.shape[0]
+    shape = (rows, scales.shape[1], group_size)
+    w = (codes.reshape(shape).to(torch.float32) - 8.0) * scales.to(torch.float32)[..., None]
+    if zeros is not None:
+        w = w + zeros.to(torch.float32)[..., None]
+    return w.reshape(rows, -1)
+
+
+def _scales_and_zeros(scales: Tensor, zeros: Tensor | None) -> Tensor:
+    """The kernel's ``[groups, rows, 2]`` bfloat16 table of (scale, zero) from ``[rows, groups]`` tensors."""
+    zeros = torch.zeros_like(scales) if zeros is None else zeros
+    return torch.stack([scales.t(), zeros.t()], dim=-1).to(torch.bfloat16).contiguous()
+
+
+@functools.cache
+def probe_int4_kernel() -> str | None:
+    """Whether PyTorch's int4 CPU kernel can be used in this process: ``None`` if so, else why not, in words.
+
+    Looks the ops up at run time (never from the version number) and runs them once on a small known case
+    (16 x 64 weights, two groups of 32), checking the result against the dequantized weights. The answer is
+    cached for the process (``probe_int4_kernel.cache_clear()`` asks again).
     """
+    try:
+        pack, matmul = _kernel_ops()
+    except (AttributeError, RuntimeError) as err:
+        return f"this PyTorch build ({torch.__version__}) has no int4 CPU kernel ({type(err).__name__}: {err})"
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (16, 64), generator=gen, dtype=torch.int32)
+    scales = torch.rand(16, 2, generator=gen).add_(0.5).to(torch.bfloat16)
+    zeros = torch.randn(16, 2, generator=gen).to(torch.bfloat16)
+    x = torch.randn(3, 64, generator=gen).to(torch.bfloat16)
+    try:
+        got = matmul(x, pack(codes, 2), 32, _scales_and_zeros(scales, zeros)).to(torch.float32)
+    except Exception as err:  # noqa: BLE001 - whatever stops the kernel here is the reason, said in the flag
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return f"PyTorch's int4 CPU kernel does not run here ({type(err).__name__}: {first})"
+    want = x.to(torch.float32) @ _dequantized(codes, scales, zeros, 32).t()
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max())):
+        return "PyTorch's int4 CPU kernel gave results that differ from the dequantized weights on a test case"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ the layer
+
+
+def _bf16_at_least(t: Tensor) -> Tensor:
+    """``t`` (float32) rounded to bfloat16 values no smaller than it (as float32)."""
+    low = t.to(torch.bfloat16)
+    up = torch.nextafter(low, torch.full_like(low, math.inf))
+    return torch.where(low.to(torch.float32) < t, up, low).to(torch.float32)
+
+
+class Int4Linear(nn.Module):
+    """A Linear layer whose weight is stored as packed 4-bit codes with per-group bfloat16 scales.
+
+    A code ``c`` stands for ``(c - 8) * scale + zero`` (``zero`` is 0 when symmetric). Buffers saved in the
+    state dict: ``qweight`` (uint8, ``ceil(out * padded_in / 2)`` bytes, low nibble first), ``scales``
+    (``[out, groups]`` bfloat16), ``zeros`` (``[out, groups]`` bfloat16, asymmetric only) and ``bias`` (float,
+    if any). Where the layer runs PyTorch's int4 CPU kernel (``path == "kernel"``) it also holds the kernel's
+    copy of the codes in its CPU-specific layout (``kernel_weight``) and its scale table
+    (``kernel_scales_zeros``): built from the buffers above when the layer is made or loaded, never saved.
+
+    Attributes:
+        path: ``"kernel"`` or ``"dequantize"``: how the forward pass runs on a CPU input.
+        path_reason: why the layer runs dequantized, in words; ``None`` on the kernel path.
+        use_kernel: whether the kernel was asked for (``Int4WeightConfig.use_kernel``).
+    """
+
+    _version = 2  # 1: float32 scales and, when asymmetric, zeros holding the group minimum (w = c * s + min)
 
     def __init__(
         self, in_features: int, out_features: int, group_size: int = 32, symmetric: bool = True,
-        bias: bool = True,
+        bias: bool = True, use_kernel: bool = True,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.group_size, self.symmetric = group_size, symmetric
+        self.group_size, self.symmetric, self.use_kernel = group_size, symmetric, use_kernel
         self.groups = math.ceil(in_features / group_size)
         numel = out_features * self.groups * group_size
         self.register_buffer("qweight", torch.zeros(math.ceil(numel / 2), dtype=torch.uint8))
-        self.register_buffer("scales", torch.ones(out_features, self.groups))
-        self.register_buffer("zeros", None if symmetric else torch.zeros(out_features, self.groups))
+        self.register_buffer("scales", torch.ones(out_features, self.groups, dtype=torch.bfloat16))
+        self.register_buffer("zeros", None if symmetric else torch.zeros(out_features, self.groups,
+                                                                          dtype=torch.bfloat16))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("kernel_weight", None, persistent=False)
+        self.register_buffer("kernel_scales_zeros", None, persistent=False)
+        self.path, self.path_reason = "dequantize", "not quantized yet"
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int = 32, symmetric: bool = True) -> Int4Linear:
-        """Quantize ``linear``'s weight (the Linear itself is not changed)."""
-        out = cls(linear.in_features, linear.out_features, group_size, symmetric, linear.bias is not None)
-        w = linear.weight.detach().to(torch.float32)
+    def from_linear(cls, linear: nn.Linear, group_size: int = 32, symmetric: bool = True,
+                    use_kernel: bool = True) -> Int4Linear:
+        """Quantize ``linear``'s weight (the Linear itself is not changed).
+
+        Args:
+            linear: the layer to quantize.
+            group_size: input weights sharing one scale.
+            symmetric: a scale per group only (True), or a scale and a zero point (False).
+            use_kernel: run PyTorch's int4 CPU kernel where it is usable and the layer fits it.
+
+        Returns:
+            The new layer; its ``path`` says how it runs.
+        """
+        out = cls(linear.in_features, linear.out_features, group_size, symmetric, linear.bias is not None, use_kernel)
+        w = linear.weight.detach().to(device=out.qweight.device, dtype=torch.float32)
         pad = out.groups * group_size - linear.in_features
         groups = F.pad(w, (0, pad)).reshape(linear.out_features, out.groups, group_size)
-        if symmetric:
-            scales = groups.abs().amax(dim=-1) / 7.0
+        if symmetric:  # scales rounded up to bfloat16, so that -7..7 steps still span every weight
+            scales = _bf16_at_least(groups.abs().amax(dim=-1) / 7.0)
             scales = torch.where(scales > 0, scales, torch.ones_like(scales))
             codes = torch.clamp(torch.round(groups / scales[..., None]), -8, 7) + 8
-        else:
+        else:  # zero (code 8's weight) in bfloat16 first, then a step that reaches both ends of the group from it
             low, high = groups.amin(dim=-1), groups.amax(dim=-1)
-            scales = (high - low) / 15.0
+            zeros = (low + (high - low) * (8.0 / 15.0)).to(torch.bfloat16).to(torch.float32)
+            scales = _bf16_at_least(torch.maximum((high - zeros) / 7.0, (zeros - low) / 8.0))
             scales = torch.where(scales > 0, scales, torch.ones_like(scales))
-            codes = torch.clamp(torch.round((groups - low[..., None]) / scales[..., None]), 0, 15)
-            out.zeros.copy_(low)
+            codes = torch.clamp(torch.round((groups - zeros[..., None]) / scales[..., None]) + 8, 0, 15)
+            out.zeros.copy_(zeros)
         out.qweight.copy_(pack_int4(codes.to(torch.uint8)))
         out.scales.copy_(scales)
         if linear.bias is not None:
             out.bias.copy_(linear.bias.detach())
+        out._choose_path()
         return out
+
+    def _codes(self) -> Tensor:
+        shape = (self.out_features, self.groups * self.group_size)
+        return unpack_int4(self.qweight, math.prod(shape)).reshape(shape)
 
     def dequantize_weight(self) -> Tensor:
         """The float32 weight ``[out_features, in_features]`` these codes stand for."""
-        shape = (self.out_features, self.groups, self.group_size)
-        codes = unpack_int4(self.qweight, math.prod(shape)).reshape(shape).to(torch.float32)
-        if self.symmetric:
-            w = (codes - 8.0) * self.scales[..., None]
-        else:
-            w = codes * self.scales[..., None] + self.zeros[..., None]
-        return w.reshape(self.out_features, -1)[:, : self.in_features]
+        w = _dequantized(self._codes(), self.scales, self.zeros, self.group_size)
+        return w[:, : self.in_features]
+
+    def _kernel_misfit(self) -> str | None:
+        """Why this layer cannot run the int4 CPU kernel, or None."""
+        if not self.use_kernel:
+            return "the dequantizing path was asked for (use_kernel=False)"
+        why = probe_int4_kernel()
+        if why is not None:
+            return why
+        if self.group_size not in KERNEL_GROUP_SIZES:
+            sizes = ", ".join(map(str, KERNEL_GROUP_SIZES))
+            return f"group size {self.group_size}: PyTorch's int4 CPU kernel takes {sizes} only"
+        if self.out_features % KERNEL_ROW_BLOCK:
+            return (f"out_features {self.out_features} is not a multiple of {KERNEL_ROW_BLOCK}, "
+                    "as PyTorch's int4 CPU kernel needs")
+        if self.qweight.device.type != "cpu":
+            return f"the layer is on {self.qweight.device.type}; PyTorch's int4 kernel used here is for the CPU"
+        return None
+
+    def _choose_path(self) -> None:
+        """Build the kernel's copy of the weights where the kernel is usable, else say why not."""
+        self.kernel_weight = self.kernel_scales_zeros = None
+        why = self._kernel_misfit()
+        if why is not None:
+            self.path, self.path_reason = "dequantize", why
+            return
+        pack, _ = _kernel_ops()
+        self.kernel_weight = pack(self._codes().to(torch.int32).contiguous(), 2)  # inner k tiles: unused on the CPU
+        self.kernel_scales_zeros = _scales_and_zeros(self.scales, self.zeros)
+        self.path, self.path_reason = "kernel", None
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              *args: Any) -> None:
+        version = local_metadata.get("version")
+        zeros, scales = state_dict.get(prefix + "zeros"), state_dict.get(prefix + "scales")
+        if (version is None or version < 2) and zeros is not None and scales is not None:
+            # version 1 stored the group minimum (w = c * s + min); now zero is code 8's weight: min + 8 * s
+            state_dict[prefix + "zeros"] = zeros.to(torch.float32) + 8.0 * scales.to(torch.float32)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+        self._choose_path()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a pickled layer (torch.save of the whole model, deepcopy) leaves the kernel's CPU-specific copy behind
+        state = self.__dict__.copy()
+        state["_buffers"] = {k: None if k in ("kernel_weight", "kernel_scales_zeros") else v
+                             for k, v in self._buffers.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._choose_path()
 
     def forward(self, x: Tensor) -> Tensor:
+        if (self.kernel_weight is not None and x.device.type == "cpu"
+                and not (x.requires_grad and torch.is_grad_enabled())):
+            return self._kernel_forward(x)
         weight = self.dequantize_weight().to(x.dtype)
         return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+
+    def _kernel_forward(self, x: Tensor) -> Tensor:
+        _, matmul = _kernel_ops()
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        pad = self.groups * self.group_size - self.in_features
+        flat = F.pad(flat, (0, pad)) if pad else flat.contiguous()
+        table = self.kernel_scales_zeros
+        if table.dtype != torch.bfloat16:  # after model.half() or .float(), which convert floating buffers
+            table = table.to(torch.bfloat16)
+        out = matmul(flat, self.kernel_weight, self.group_size, table).to(x.dtype)
+        if self.bias is not None:
+            out = out.add_(self.bias.to(x.dtype))
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bits=4, "
-            f"group_size={self.group_size}, symmetric={self.symmetric}, bias={self.bias is not None}"
+            f"group_size={self.group_size}, symmetric={self.symmetric}, bias={self.bias is not None}, "
+            f"path={self.path}"
         )
+
+
+def int4_paths(model: nn.Module) -> dict[str, str]:
+    """How each :class:`Int4Linear` of ``model`` runs: module name -> ``"kernel"`` or ``"dequantize: why"``.
+
+    A layer used in two places is listed once, under its first name; the model itself is named ``(model)``.
+    """
+    seen: set[int] = set()
+    paths = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Int4Linear) and id(module) not in seen:
+            seen.add(id(module))
+            paths[name or "(model)"] = module.path if module.path_reason is None else (
+                f"{module.path}: {module.path_reason}")
+    return paths
+
+
+def _path_details(paths: Mapping[str, str]) -> dict[str, Any]:
+    """``path`` (kernel, dequantize or mixed), the layers on each path and the flags of a dequantized run."""
+    slow = {name: p.split(": ", 1)[1] for name, p in paths.items() if p != "kernel"}
+    fast = [name for name, p in paths.items() if p == "kernel"]
+    flags = []
+    if slow and not fast:
+        reasons = set(slow.values())
+        flags.append(DEQUANTIZED_FLAG + (f" ({reasons.pop()})" if len(reasons) == 1 else ""))
+    elif slow:
+        names = ", ".join(list(slow)[:3]) + (", ..." if len(slow) > 3 else "")
+        flags.append(f"int4 runs dequantized in {len(slow)} of {len(paths)} layers ({names}): "
+                     "those save size, not compute")
+    return {"path": "kernel" if not slow else ("dequantize" if not fast else "mixed"),
+            "kernel_layers": fast, "dequantized_layers": slow, "flags": flags}
 
 
 def _nbytes(t: Tensor | None) -> int:
@@ -179,11 +392,12 @@ def _int4_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple
     return compress(model, Int4WeightConfig(group_size=g)), {"group_size": g}
 
 
-# quantized: the MACs of a model with int4 layers are still counted directly (they run a float matmul);
-# the baseline is passed as the float equivalent in case other layers run uncountable kernels
+# quantized: the flop counter cannot see the int4 kernel; facts count such layers from their shapes (and a
+# dequantizing layer's float matmul directly); the baseline is the float equivalent for any other uncounted kernel
 @register_method("int4_weight", Int4WeightConfig,
                  facts=FactsHooks(quantized=True, count_weights={Int4Linear: _int4_weights}),
                  recipe=RecipeSpec("int4", _int4_recipe, trains=False, arg_help=_INT4_HELP, parse_arg=_int4_arg,
+                                   makes_quantized=True,
                                    description="4-bit weight-only quantization of Linear layers "
                                                "(packed, per-group scales)"))
 def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mapping[str, Any]]:
@@ -202,7 +416,7 @@ def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mappin
                 skipped.append(full)
                 continue
             if id(child) not in done:
-                done[id(child)] = Int4Linear.from_linear(child, config.group_size, config.symmetric)
+                done[id(child)] = Int4Linear.from_linear(child, config.group_size, config.symmetric, config.use_kernel)
                 float_bytes += _nbytes(child.weight)
                 if child.in_features % config.group_size:
                     padded.append(full)
@@ -225,5 +439,7 @@ def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mappin
         "weight_ratio": round(float_bytes / (packed + scale_bytes), 3),
         "padded_layers": padded,
         "skipped_layers": skipped,
-        "api": "greenmeter Int4Linear (own packing; dequantizes in float on each forward)",
+        **_path_details(int4_paths(holder[0])),
+        "api": "greenmeter Int4Linear (own packing; PyTorch's int4 CPU kernel where it runs, else dequantized "
+               "to float on each forward)",
     }

@@ -45,7 +45,7 @@ DEMO_RECIPES: dict[str, str] = {
     "ticket:0.2": "ticket:0.2",        # lottery ticket: 20% of the weights kept, rewound and retrained
     "int8-dynamic": "int8-dynamic",    # dynamic int8 (Linear layers)
     "int8-static": "int8-static",      # static int8 with calibration (conv and Linear)
-    "int4": "int4",                    # 4-bit weights, per-group scales, packed two a byte
+    "int4": "int4",                    # 4-bit weights, per-group scales; PyTorch's int4 CPU kernel where it runs
     "qat": "qat",                      # quantization-aware fine-tuning, converted to real int8
     "distill:0.5": "distill:0.5",      # a half-width student distilled from the baseline
     "early-exit:0.9": "early-exit:0.9",  # exit heads; a sample leaves at the first head 90% sure
