@@ -15,7 +15,7 @@ training is deterministic for a fixed seed, but retraining N times would cost N 
 Run: ``python benchmarks/decision_stability.py [--repeats N] [--quick] [--threads N] [--json PATH]
 [--save DIR | --from DIR]``. ``--quick`` uses the demo's quick settings (fewer epochs and repeats, shorter
 repeats); ``--threads N`` runs each comparison with ``compare(threads=N)`` (the demo keeps torch's
-setting). ``--save DIR`` keeps each comparison as ``DIR/run-N.json``; ``--from DIR`` measures nothing and
+setting); ``--significance`` picks the energy test (``paired`` by default, as ``compare``). ``--save DIR`` keeps each comparison as ``DIR/run-N.json``; ``--from DIR`` measures nothing and
 asks the recommendation again of the comparisons saved there (to see what a change of the rule does to
 the same measurements). The exit code is 0 even when the goal fails (this is a report).
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import math
 import random
@@ -36,13 +37,14 @@ import torch
 from _bench_common import load_line, progress, table
 
 import greenmeter
-from greenmeter.comparison.compare import Variant
+from greenmeter.comparison.compare import SIGNIFICANCE_TESTS, Variant
 from greenmeter.comparison.recipes import RecipeContext, build_variant
 from greenmeter.comparison.recommend import recommend
 from greenmeter.demo.digits import batches, load_digits_data, make_digits_cnn, train_classifier
 from greenmeter.demo.run import DEMO_RECIPES, FULL, QUICK
 from greenmeter.metering.meter import Meter
 from greenmeter.records.comparison import Comparison
+from greenmeter.stats import energy_test
 
 GOAL_SHARE = 0.9
 
@@ -73,6 +75,19 @@ def build_models(quick: bool) -> tuple[torch.nn.Module, dict[str, Variant], Any]
     return model, variants, data
 
 
+def retested(comparison: Comparison, significance: str) -> Comparison:
+    """The saved comparison with each variant's energy tested again against the baseline by ``significance``
+    (the recommendation reads these tests; the measurements are unchanged)."""
+    base = comparison.variant(comparison.baseline)
+    variants = []
+    for v in comparison.variants:
+        if v.vs_baseline is not None and v.energy_values_j:
+            test = energy_test(significance, base.energy_values_j, v.energy_values_j, comparison.seed)
+            v = dataclasses.replace(v, vs_baseline=dataclasses.replace(v.vs_baseline, energy_significance=test))
+        variants.append(v)
+    return dataclasses.replace(comparison, variants=tuple(variants))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="comparisons to run (default 10)")
@@ -82,13 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="compare(threads=N) (default: torch's setting, as the demo); 1 on a busy machine")
     parser.add_argument("--from", dest="source", help="re-decide the comparisons saved in DIR; measure nothing")
+    parser.add_argument("--significance", choices=SIGNIFICANCE_TESTS, default="paired",
+                        help="the energy test (default paired, compare's default); with --from, the saved "
+                             "measurements are tested again with it")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     settings = QUICK if args.quick else FULL
     print(f"decision stability of the demo's comparison: {args.repeats} runs, "
           f"{'QUICK settings' if args.quick else 'full demo settings'}; {load_line()}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; energy test: {args.significance}")
     saved = sorted(Path(args.source).glob("run-*.json"), key=lambda p: int(p.stem[4:])) if args.source else []
     if args.source:
         print(f"re-deciding {len(saved)} saved comparison(s) from {args.source}; nothing is measured")
@@ -103,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeats):
         started = time.perf_counter()
         if saved:
-            comparison = Comparison.from_json(saved[i].read_text(encoding="utf-8"))
+            comparison = retested(Comparison.from_json(saved[i].read_text(encoding="utf-8")), args.significance)
             order = [v.name for v in comparison.variants[1:]]
             took = comparison.duration_s or 0.0
         else:
@@ -112,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             comparison = greenmeter.compare(
                 {"float": model, **{name: variants[name] for name in order}}, (data.x_test, data.y_test),
                 repeats=settings.repeats, min_repeat_s=settings.min_repeat_s, seed=i, progress=False, threads=args.threads,
+                significance=args.significance,
                 name=f"decision stability {i + 1}",
             )
             took = time.perf_counter() - started

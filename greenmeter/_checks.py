@@ -8,7 +8,7 @@ a whole number as ``int``, a number as ``float``) and otherwise raises
     repeats = whole_number("repeats", repeats, minimum=1)      # "repeats must be a whole number >= 1, not 0"
     alpha = number("alpha", alpha, low=0, high=1, low_open=True, high_open=True)
     q = fraction("q", q)                                       # "q must be a fraction in [0, 1], not 95"
-    significance = choice("significance", significance, ("welch", "bootstrap"))
+    significance = choice("significance", significance, ("paired", "welch", "bootstrap"))
     name = text("name", name)
     path = output_file("--json", path)                         # its folder must exist, before the work
 

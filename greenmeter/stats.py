@@ -5,6 +5,9 @@ carries through unchanged) and return frozen records with ``to_dict``/``from_dic
 
 * :func:`mean_ci`: the mean of repeats with a Student's t confidence interval.
 * :func:`welch_test`: Welch's unequal-variance t-test of a variant against a baseline.
+* :func:`paired_ratio_test`: a paired t-test of per-round ratios, for variants measured in the same rounds.
+* :func:`energy_test`: one of those three by the name a comparison's ``significance`` setting gives;
+  :func:`describe_test` names any test in words.
 * :func:`bootstrap_test`: a percentile bootstrap of the same difference, for samples far from normal.
 * :func:`mcnemar_exact`: McNemar's exact test of two 0/1 outcomes on the same samples (an accuracy change).
 * :func:`paired_bootstrap`: a paired bootstrap over samples of any metric's change on the same samples.
@@ -29,8 +32,8 @@ from typing import Any, Literal
 from greenmeter._checks import fraction, number, whole_number
 from greenmeter._errors import ConfigError
 
-__all__ = ["Interval", "QuantileSketch", "Significance", "bootstrap_test", "mcnemar_exact", "mean_ci",
-           "paired_bootstrap", "pareto_front", "percentile", "welch_test"]
+__all__ = ["Interval", "QuantileSketch", "Significance", "bootstrap_test", "describe_test", "energy_test", "mcnemar_exact", "mean_ci",
+           "paired_bootstrap", "paired_ratio_test", "pareto_front", "percentile", "welch_test"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,17 @@ class Interval:
         )
 
 
-TestName = Literal["welch", "bootstrap", "mcnemar", "paired-bootstrap"]
+TestName = Literal["paired", "welch", "bootstrap", "mcnemar", "paired-bootstrap"]
+
+#: Each test as reports name it.
+TEST_NAMES = {"paired": "paired t-test of per-round ratios", "welch": "Welch's t-test",
+              "bootstrap": "percentile bootstrap", "mcnemar": "McNemar's exact test",
+              "paired-bootstrap": "paired bootstrap"}
+
+
+def describe_test(test: str) -> str:
+    """A test's name in words (``"welch"`` -> ``"Welch's t-test"``); unknown names as they are."""
+    return TEST_NAMES.get(test, test)
 
 
 @dataclass(frozen=True)
@@ -77,13 +90,15 @@ class Significance:
     """Whether a variant differs from the baseline: a test's p-value and the difference's interval.
 
     Attributes:
-        test: ``"welch"`` (Welch's t-test), ``"bootstrap"`` (percentile bootstrap), ``"mcnemar"`` (McNemar's
-            exact test of paired 0/1 outcomes) or ``"paired-bootstrap"`` (a bootstrap over paired samples).
+        test: ``"paired"`` (paired t-test of per-round ratios), ``"welch"`` (Welch's t-test), ``"bootstrap"``
+            (percentile bootstrap), ``"mcnemar"`` (McNemar's exact test of paired 0/1 outcomes) or
+            ``"paired-bootstrap"`` (a bootstrap over paired samples).
         p_value: the two-sided p-value; ``None`` when either side has fewer than 2 values.
-        statistic: Welch's t (variant minus baseline); for McNemar's test the number of discordant pairs;
-            ``None`` for the bootstraps, for fewer than 2 values per side, and when both sides have zero
-            variance (t would be 0/0 or infinite).
-        diff_mean: mean(variant) - mean(baseline), in the unit of the values.
+        statistic: Welch's t (variant minus baseline); the paired test's t of the log ratios; for McNemar's
+            test the number of discordant pairs; ``None`` for the bootstraps, for fewer than 2 values per side,
+            and when both sides have zero variance (t would be 0/0 or infinite).
+        diff_mean: mean(variant) - mean(baseline), in the unit of the values; for the paired ratio test, the
+            geometric-mean ratio applied to the baseline's mean (:func:`paired_ratio_test`).
         diff_low, diff_high: the ``1 - alpha`` confidence interval of that difference (95% at the default
             ``alpha=0.05``); ``None`` when either side has fewer than 2 values.
         significant: ``p_value < alpha``; ``None`` when there is no p-value.
@@ -231,6 +246,82 @@ def welch_test(baseline: Sequence[float], variant: Sequence[float], alpha: float
     p = min(1.0, float(2.0 * t.sf(abs(stat), df)))
     half = float(t.ppf(1.0 - alpha / 2.0, df)) * se
     return Significance("welch", p, stat, diff, diff - half, diff + half, p < alpha, alpha)
+
+
+def paired_ratio_test(baseline: Sequence[float], variant: Sequence[float], alpha: float = 0.05) -> Significance:
+    """A paired t-test of per-round energy ratios: the variant against the baseline measured in the same rounds.
+
+    ``compare`` measures every variant once per round, in a shuffled order, so the ``i``-th values of both
+    sides were taken minutes apart on a machine in the same state. A load that slows a whole round (another
+    process, a frequency change) moves both sides by about the same factor; pairing by round removes that
+    factor, which Welch's test, treating the two sides as independent samples, cannot.
+
+    The test is a one-sample t-test of ``d_i = ln(variant_i / baseline_i)`` against 0 (``n - 1`` degrees of
+    freedom); ``exp(mean(d))`` is the geometric-mean ratio and ``exp(mean(d) ± t * se)`` its interval. The
+    difference is reported in the values' unit as the ratio applied to the baseline's mean:
+    ``diff_mean = mean(baseline) * (exp(mean(d)) - 1)`` and each bound ``mean(baseline) * (exp(bound) - 1)``,
+    so the interval excludes zero exactly when ``p < alpha`` and its sign always agrees with ``diff_mean``. Where a value is not positive (a ratio has no
+    logarithm), the test runs on the differences ``variant_i - baseline_i`` instead, and its interval is
+    theirs.
+
+    Degenerate cases as :func:`welch_test`: fewer than 2 pairs gives ``None`` for the p-value, statistic,
+    verdict and interval; pairs whose ratios (or differences) are all equal give ``p_value=1.0`` when that
+    ratio is 1 (difference 0) and ``0.0`` otherwise, with a zero-width interval.
+
+    Args:
+        baseline, variant: one value per round for each side, the rounds in the same order.
+        alpha: significance level, in (0, 1).
+
+    Returns:
+        A :class:`Significance` with ``test="paired"`` and ``statistic`` the t of the log ratios (of the
+        differences, where a value is not positive).
+
+    Raises:
+        ConfigError: a side is empty or holds NaN or infinity; the sides have different lengths (rounds that
+            do not pair); ``alpha`` is not in (0, 1).
+    """
+    a = _finite(baseline, "paired_ratio_test baseline")
+    b = _finite(variant, "paired_ratio_test variant")
+    alpha = _level(alpha, "alpha")
+    if len(a) != len(b):
+        raise ConfigError(f"paired_ratio_test needs one value per round on both sides: the baseline has {len(a)} "
+                          f"and the variant {len(b)}")
+    mean_a, _ = _mean_var(a)
+    ratios = all(x > 0 for x in a + b)
+    d = [math.log(y / x) for x, y in zip(a, b)] if ratios else [y - x for x, y in zip(a, b)]
+    mean_d, var_d = _mean_var(d)
+
+    def scale(value: float) -> float:
+        return mean_a * math.expm1(value) if ratios else value
+
+    diff = scale(mean_d)
+    if len(a) < 2:
+        return Significance("paired", None, None, diff, None, None, None, alpha)
+    se = math.sqrt(var_d / len(d))
+    if se == 0.0:
+        p = 1.0 if mean_d == 0.0 else 0.0
+        return Significance("paired", p, None, diff, diff, diff, p < alpha, alpha)
+    from scipy.stats import t
+
+    stat = mean_d / se
+    df = len(d) - 1
+    p = min(1.0, float(2.0 * t.sf(abs(stat), df)))
+    half = float(t.ppf(1.0 - alpha / 2.0, df)) * se
+    return Significance("paired", p, stat, diff, scale(mean_d - half), scale(mean_d + half), p < alpha, alpha)
+
+
+def energy_test(name: str, baseline: Sequence[float], variant: Sequence[float], seed: int = 0) -> Significance:
+    """A comparison's energy test ``name`` (``"paired"``, ``"welch"`` or ``"bootstrap"``) of two variants' energies.
+
+    The values are one energy per sample per round, in round order (``VariantResult.energy_values_j``). The
+    paired test needs the same rounds on both sides; where their numbers differ (never in a comparison
+    ``compare`` made) Welch's test is used.
+    """
+    if name == "bootstrap":
+        return bootstrap_test(baseline, variant, seed=seed)
+    if name == "paired" and len(baseline) == len(variant):
+        return paired_ratio_test(baseline, variant)
+    return welch_test(baseline, variant)
 
 
 def bootstrap_test(

@@ -19,7 +19,9 @@ from greenmeter.stats import (
     bootstrap_test,
     mcnemar_exact,
     mean_ci,
+    energy_test,
     paired_bootstrap,
+    paired_ratio_test,
     pareto_front,
     percentile,
     welch_test,
@@ -278,6 +280,60 @@ def test_paired_bootstrap_of_a_statistic_uses_the_same_resamples() -> None:
         paired_bootstrap(base, variant[:10], statistic=lambda side, idx: 0.0)
     single = paired_bootstrap([1.0], [2.0])
     assert single.p_value is None and single.diff_mean == 1.0
+
+
+def test_paired_ratio_test_is_a_paired_t_test_of_the_log_ratios() -> None:
+    from scipy import stats
+
+    base = [0.30, 0.16, 0.15, 0.14, 0.10]
+    variant = [0.035, 0.033, 0.039, 0.035, 0.034]
+    result = paired_ratio_test(base, variant)
+    logs = [math.log(v / b) for b, v in zip(base, variant)]
+    ref = stats.ttest_1samp(logs, 0.0)
+    ci = ref.confidence_interval(0.95)
+    mean_b = sum(base) / 5
+    assert result.test == "paired" and result.p_value == pytest.approx(float(ref.pvalue))
+    assert result.statistic == pytest.approx(float(ref.statistic))
+    assert result.diff_mean == pytest.approx(mean_b * math.expm1(sum(logs) / 5))  # the geometric-mean ratio
+    assert result.diff_low == pytest.approx(mean_b * math.expm1(float(ci.low)))
+    assert result.diff_high == pytest.approx(mean_b * math.expm1(float(ci.high)))
+    assert result.significant and result.diff_high < 0
+    assert float(stats.ttest_rel(variant, base).pvalue) != pytest.approx(result.p_value)  # logs, not differences
+
+
+def test_pairing_by_round_removes_a_load_every_round_shares() -> None:
+    # Each round the machine is slower by its own factor (other work); the variant is 0.8x the baseline
+    # within every round, give or take 1%. Taken as independent samples the rounds' spread hides the saving.
+    rng = random.Random(7)
+    load = [rng.uniform(1.0, 4.0) for _ in range(5)]
+    base = [1e-4 * f for f in load]
+    variant = [1e-4 * f * 0.8 * rng.uniform(0.99, 1.01) for f in load]
+    paired = paired_ratio_test(base, variant)
+    assert paired.significant and paired.p_value < 1e-4 and paired.diff_high < 0
+    assert paired.diff_low / (sum(base) / 5) == pytest.approx(-0.2, abs=0.02)  # about the 0.8x within the rounds
+    assert welch_test(base, variant).significant is False  # the unpaired test cannot see it
+    assert energy_test("paired", base, variant) == paired and energy_test("welch", base, variant).test == "welch"
+    assert energy_test("bootstrap", base, variant, seed=2) == bootstrap_test(base, variant, seed=2)
+    assert energy_test("paired", base, variant[:4]).test == "welch"  # rounds that do not pair: unpaired
+
+
+def test_paired_ratio_test_edge_cases() -> None:
+    one = paired_ratio_test([2.0], [1.0])
+    assert one.p_value is None and one.significant is None and one.diff_mean == pytest.approx(-1.0)
+    same = paired_ratio_test([1.0, 2.0, 4.0], [0.5, 1.0, 2.0])  # exactly half in every round
+    assert (same.p_value, same.significant, same.statistic) == (0.0, True, None)
+    assert same.diff_mean == same.diff_low == same.diff_high == pytest.approx(-7 / 6)
+    equal = paired_ratio_test([1.0, 2.0], [1.0, 2.0])
+    assert (equal.p_value, equal.significant, equal.diff_mean) == (1.0, False, 0.0)
+    zero = paired_ratio_test([0.0, 1.0, 2.0], [0.5, 1.4, 2.6])  # no ratio of a 0: the differences instead
+    from scipy import stats
+
+    assert zero.p_value == pytest.approx(float(stats.ttest_rel([0.5, 1.4, 2.6], [0.0, 1.0, 2.0]).pvalue))
+    assert zero.diff_mean == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="one value per round on both sides: the baseline has 3 and the variant 2"):
+        paired_ratio_test([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ConfigError, match="finite"):
+        paired_ratio_test([1.0, float("nan")], [1.0, 2.0])
 
 
 def test_pareto_front_with_ties_and_nan() -> None:

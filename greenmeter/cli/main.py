@@ -142,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("config", help="the comparison's TOML file")
     comp.add_argument("--repeats", type=int, default=None, help="override compare.repeats (1 to 1000)")
-    comp.add_argument("--significance", choices=("welch", "bootstrap"), default=None,
+    comp.add_argument("--significance", choices=("paired", "welch", "bootstrap"), default=None,
                       help="override compare.significance: the test of each variant's energy against the baseline")
     comp.add_argument("--threads", type=int, default=None, metavar="N",
                       help="override compare.threads: PyTorch threads for the comparison (default: torch's setting)")

@@ -12,7 +12,8 @@ and the others go on::
     print(result.table())
 
 Energy per sample is reported as a mean with a 95% confidence interval over the repeats, and each
-variant's difference from the baseline is tested with Welch's t-test.
+variant's difference from the baseline is tested by a paired t-test of the per-round ratios (every round
+measures every variant once, so a load the round shares cancels); Welch's t-test or a bootstrap on request.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ MAX_WARMUP = 100
 MAX_MIN_REPEAT_S = 3600.0
 MAX_THREADS = 1024
 MAX_SEED = 2**32 - 1
+#: The tests of each variant's energy against the baseline's: ``significance=`` of :func:`compare`.
+SIGNIFICANCE_TESTS = ("paired", "welch", "bootstrap")
 
 
 def check_settings(*, repeats: Any = 5, warmup: Any = 1, batch_size: Any = 256, seed: Any = 0,
-                   min_repeat_s: Any = None, significance: Any = "welch", threads: Any = None,
+                   min_repeat_s: Any = None, significance: Any = "paired", threads: Any = None,
                    label: Callable[[str], str] = str) -> dict[str, Any]:
     """Check :func:`compare`'s numeric and named settings, before any work; each has a range.
 
@@ -73,7 +76,7 @@ def check_settings(*, repeats: Any = 5, warmup: Any = 1, batch_size: Any = 256, 
         batch_size: a whole number >= 1.
         seed: a whole number in [0, MAX_SEED].
         min_repeat_s: seconds in [0, MAX_MIN_REPEAT_S], or ``None``.
-        significance: ``"welch"`` or ``"bootstrap"``.
+        significance: one of :data:`SIGNIFICANCE_TESTS`.
         threads: a whole number in [1, MAX_THREADS], or ``None``.
         label: ``label(key) -> str``, the name of a setting in the message (``"compare.repeats"``,
             ``"--repeats"``); the key itself by default.
@@ -91,7 +94,7 @@ def check_settings(*, repeats: Any = 5, warmup: Any = 1, batch_size: Any = 256, 
         "seed": whole_number(label("seed"), seed, minimum=0, maximum=MAX_SEED),
         "min_repeat_s": number(label("min_repeat_s"), min_repeat_s, low=0, high=MAX_MIN_REPEAT_S, unit="seconds",
                                optional=True),
-        "significance": choice(label("significance"), significance, ("welch", "bootstrap")),
+        "significance": choice(label("significance"), significance, SIGNIFICANCE_TESTS),
         "threads": whole_number(label("threads"), threads, minimum=1, maximum=MAX_THREADS, optional=True,
                                 note="None keeps torch's setting"),
     }
@@ -177,7 +180,7 @@ def compare(
     store: Any = None,
     min_repeat_s: float | None = None,
     seed: int = 0,
-    significance: str = "welch",
+    significance: str = "paired",
     threads: int | None = None,
     name: str = "comparison",
     progress: bool | Callable[[str], None] = True,
@@ -207,8 +210,11 @@ def compare(
             and at least 0.2 s); repeats pass over the data several times to reach it.
         seed: ``torch.manual_seed`` before every pass and before building recipes; 0 to 2**32 - 1.
         significance: the test of each variant's energy against the baseline's over the repeats:
-            ``"welch"`` (Welch's t-test, the default) or ``"bootstrap"`` (percentile bootstrap, 10,000
-            resamples, seeded with ``seed``; for repeats far from normal, and at least 5 a side).
+            ``"paired"`` (the default: a paired t-test of the per-round ratios variant / baseline, which
+            removes the load a round shares, :func:`greenmeter.stats.paired_ratio_test`), ``"welch"``
+            (Welch's t-test, the repeats taken as independent samples) or ``"bootstrap"`` (percentile
+            bootstrap, 10,000 resamples, seeded with ``seed``; for repeats far from normal, and at least 5
+            a side). The same test decides which variants are statistically tied in energy.
         threads: PyTorch's intra-op threads for the whole comparison, 1 to 1024 (``torch.set_num_threads``;
             restored afterwards); ``None`` keeps the current setting. The number used is kept in
             ``Comparison.torch_threads``. On a machine that other work keeps busy, fewer threads than the

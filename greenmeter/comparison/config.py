@@ -92,7 +92,7 @@ class CompareConfig:
     warmup: int = 1
     seed: int = 0
     min_repeat_s: float | None = None
-    significance: str = "welch"
+    significance: str = "paired"
     threads: int | None = None
     carbon: Mapping[str, Any] = field(default_factory=dict)
 

@@ -3,8 +3,8 @@
 The rule (:func:`recommend`, and docs/methodology.md, "The recommendation"):
 
 1. **Measurable saving.** Only a variant whose energy per sample is significantly lower than the
-   baseline's (the comparison's test, Welch's by default, at 0.05) is a candidate; the others have "no
-   measurable saving".
+   baseline's (the comparison's test, the paired test of per-round ratios by default, at 0.05) is a
+   candidate; the others have "no measurable saving".
 2. **Within the budget.** The metric change's paired test on the same samples (McNemar's exact test for
    accuracy, a paired bootstrap for other metrics) gives a 95% interval; the variant is within the budget
    when the interval's lower bound is no more than ``tolerance`` below zero: the drop is at most the
@@ -25,19 +25,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import number
-from greenmeter.stats import Significance, bootstrap_test, welch_test
+from greenmeter.stats import Significance, describe_test, energy_test
 
 if TYPE_CHECKING:
     from greenmeter.records.comparison import Comparison, VariantResult
 
-__all__ = ["DEFAULT_TOLERANCE", "Recommendation", "check_tolerance", "describe_test", "recommend", "tolerance_text"]
+__all__ = ["DEFAULT_TOLERANCE", "Recommendation", "check_tolerance", "recommend", "tolerance_text"]
 
 #: Default metric tolerance of the recommendation: 0.01 of the metric (1 percentage point of accuracy).
 DEFAULT_TOLERANCE = 0.01
-
-#: The tests as the reports name them.
-_TEST_NAMES = {"welch": "Welch's t-test", "bootstrap": "percentile bootstrap", "mcnemar": "McNemar's exact test",
-               "paired-bootstrap": "paired bootstrap"}
 
 #: metric values closer than this are equal when ranking a tie (accuracies are fractions of whole samples)
 _SAME_METRIC = 1e-9
@@ -84,11 +80,6 @@ def tolerance_text(comparison: Comparison, tolerance: float) -> str:
     if comparison.metric_name == "accuracy":
         return f"{tolerance * 100:g} percentage point{'s' if tolerance != 0.01 else ''}"
     return f"{tolerance:g}"
-
-
-def describe_test(test: str) -> str:
-    """A test's name in words (``"welch"`` -> ``"Welch's t-test"``); unknown names as they are."""
-    return _TEST_NAMES.get(test, test)
 
 
 def recommend(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE) -> Recommendation:
@@ -192,9 +183,7 @@ def _differs(a: VariantResult, b: VariantResult) -> bool:
 
 def _energy_test(a: VariantResult, b: VariantResult) -> Significance:
     sig = b.vs_baseline.energy_significance if b.vs_baseline else None
-    if sig is not None and sig.test == "bootstrap":
-        return bootstrap_test(a.energy_values_j, b.energy_values_j)
-    return welch_test(a.energy_values_j, b.energy_values_j)
+    return energy_test("welch" if sig is None else sig.test, a.energy_values_j, b.energy_values_j)
 
 
 def _tie_note(comparison: Comparison, tied: list[VariantResult], rule: str) -> str:

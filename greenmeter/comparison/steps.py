@@ -19,12 +19,11 @@ from greenmeter.records.comparison import BaselineDelta, MakingCost, MakingStep,
 from greenmeter.records.measurement import LatencyStats, Measurement
 from greenmeter.stats import (
     Significance,
-    bootstrap_test,
+    energy_test,
     mcnemar_exact,
     mean_ci,
     paired_bootstrap,
     pareto_front,
-    welch_test,
 )
 
 if TYPE_CHECKING:
@@ -289,7 +288,7 @@ class Scoring:
 
 
 def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings | None,
-              meter: Meter, significance: str = "welch", seed: int = 0,
+              meter: Meter, significance: str = "paired", seed: int = 0,
               scoring: Scoring | None = None) -> tuple[VariantResult, ...]:
     """The results of every variant: figures, tests against the baseline, the Pareto front, break-even.
 
@@ -302,7 +301,7 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
 
     ok = [e for e in entries if e.error is None and e.energy]
     base = entries[0]
-    tests = {e.name: _test(significance, base.energy, e.energy, seed) for e in ok if e is not base}
+    tests = {e.name: energy_test(significance, base.energy, e.energy, seed) for e in ok if e is not base}
     eligible = [e for e in ok if e is base or measurable_saving(tests[e.name])]
     front = dict(zip((e.name for e in eligible), pareto_front(
         [(sum(e.metric_values) / len(e.metric_values), sum(e.energy) / len(e.energy)) for e in eligible])))
@@ -332,11 +331,6 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
         ))
     return tuple(out)
 
-
-def _test(name: str, baseline: Sequence[float], variant: Sequence[float], seed: int) -> Significance:
-    if name == "bootstrap":
-        return bootstrap_test(baseline, variant, seed=seed)
-    return welch_test(baseline, variant)
 
 
 def _metric_test(e: _Entry, base: _Entry, scoring: Scoring | None, seed: int) -> Significance | None:

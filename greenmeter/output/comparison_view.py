@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from greenmeter._version import __version__
-from greenmeter.comparison.recommend import DEFAULT_TOLERANCE, Recommendation, describe_test, recommend
+from greenmeter.comparison.recommend import DEFAULT_TOLERANCE, Recommendation, recommend
 from greenmeter.output.charts import ChartPoint, LatencyBar, latency_svg, metric_energy_svg
 from greenmeter.output.prose import (
     comparison_flags,
@@ -20,6 +20,7 @@ from greenmeter.output.prose import (
     source_constants,
 )
 from greenmeter.output.view import Cell, ChartView, Column, ReportView, Row, now, num, ratio
+from greenmeter.stats import describe_test
 
 if TYPE_CHECKING:
     from greenmeter.records.comparison import BaselineDelta, Comparison, VariantResult

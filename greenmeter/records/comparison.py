@@ -18,7 +18,7 @@ from greenmeter._text import text_table
 from greenmeter.carbon.settings import CarbonEstimate
 from greenmeter.records.encoding import check_record_version, finite_json, parse_record_json
 from greenmeter.records.measurement import HostInfo, LatencyStats
-from greenmeter.stats import Interval, Significance, pareto_front
+from greenmeter.stats import Interval, Significance, describe_test, pareto_front
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -406,6 +406,13 @@ def _row(v: VariantResult) -> dict[str, Any]:
     }
 
 
+def _energy_tests(comparison: Comparison) -> str:
+    """The energy test(s) the comparison's variants were judged by, in words (``"Welch's t-test"``)."""
+    tests = dict.fromkeys(describe_test(v.vs_baseline.energy_significance.test) for v in comparison.variants
+                          if v.vs_baseline is not None and v.vs_baseline.energy_significance is not None)
+    return " / ".join(tests) or "the energy test"
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
@@ -442,7 +449,7 @@ def format_table(comparison: Comparison, metric_scale: float = 100.0) -> str:
             "*" if v.on_pareto_front else "",
         ])
     notes = [f"baseline: {comparison.baseline}; {comparison.repeats} repeats x {comparison.passes_per_repeat} "
-             f"pass(es) of {comparison.samples_per_pass} samples; p: Welch's test of energy per sample "
+             f"pass(es) of {comparison.samples_per_pass} samples; p: {_energy_tests(comparison)} of energy per sample "
              "against the baseline (* significant at 0.05); saving: measurable when significantly lower; metric CI: "
              "paired test on the same samples (McNemar's exact test for accuracy); front: on the metric-energy "
              "Pareto front of the baseline and the measurable savings; break-even only for measurable savings"]

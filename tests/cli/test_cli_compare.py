@@ -84,7 +84,8 @@ def test_compare_runs_a_toml_config_stores_and_writes_json(tmp_path: Path,
     ("[model]\nfactory = 'greenmeter.demo.digits:trained_digits_cnn'\n[data]\neval = 'greenmeter.demo.digits:eval_data'\n"
      "[compare]\nrecipes = ['int4']\n[carbon]\ncountry = 'FRA'\nintensity = 50\n", "at most one of"),
     ("[model]\nfactory = 'greenmeter.demo.digits:trained_digits_cnn'\n[data]\neval = 'greenmeter.demo.digits:eval_data'\n"
-     "[compare]\nrecipes = ['int4']\nsignificance = 'anova'\n", "compare.significance must be 'welch' or 'bootstrap'"),
+     "[compare]\nrecipes = ['int4']\nsignificance = 'anova'\n",
+     "compare.significance must be one of 'paired', 'welch', 'bootstrap', not 'anova'"),
     ("[model]\nfactory = 'greenmeter.demo.digits:trained_digits_cnn'\n[data]\neval = 'greenmeter.demo.digits:eval_data'\n"
      "[compare]\nrecipes = ['int4']\nthreads = 0\n", "compare.threads must be a whole number >= 1"),
 ])

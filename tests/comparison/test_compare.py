@@ -86,7 +86,7 @@ def test_compressed_variants_show_what_the_method_did(result: Comparison) -> Non
     assert base.macs_method == "flop-counter" and base.macs_per_sample > 1e5
     for v in (pruned, int8):
         sig = v.vs_baseline.energy_significance
-        assert sig is not None and sig.test == "welch" and 0.0 <= sig.p_value <= 1.0
+        assert sig is not None and sig.test == "paired" and 0.0 <= sig.p_value <= 1.0
         assert v.vs_baseline.energy_ratio == pytest.approx(v.energy_per_sample_j.mean / base.energy_per_sample_j.mean)
         assert v.making is not None and v.making.energy_j >= 0 and not v.making.trains
 
@@ -136,6 +136,7 @@ def test_json_round_trip_and_frame(result: Comparison) -> None:
     assert frame.loc["broken", "status"] == "failed"
     table = result.table()
     assert "int8" in table and "FAILED" in table and "break-even" in table
+    assert "p: paired t-test of per-round ratios of energy per sample against the baseline" in table
 
 
 def test_a_trained_variant_keeps_its_making_cost_and_break_even(digits: DigitsData, trained: nn.Module) -> None:
@@ -190,7 +191,7 @@ def test_bad_input_is_refused_clearly(digits: DigitsData, trained: nn.Module) ->
         compare({"a": "int8-dynamic"}, data, **FAST)
     with pytest.raises(ConfigError, match="repeats"):
         compare({"a": trained}, data, repeats=0, progress=False)
-    with pytest.raises(ConfigError, match="significance must be 'welch' or 'bootstrap'"):
+    with pytest.raises(ConfigError, match="significance must be one of 'paired', 'welch', 'bootstrap', not 't-test'"):
         compare({"a": trained}, data, significance="t-test", **FAST)
     with pytest.raises(ConfigError, match="not a torch.nn.Module"):
         compare({"a": trained, "b": 42}, data, **FAST)

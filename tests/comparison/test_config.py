@@ -81,7 +81,7 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     ("warmup = 1000", "compare.warmup must be a whole number >= 0 and <= 100, not 1000"),
     ("seed = -1", "compare.seed must be a whole number >= 0 and <= 4294967295, not -1"),
     ("threads = 100000", "compare.threads must be a whole number >= 1 and <= 1024"),
-    ("significance = 'anova'", "compare.significance must be 'welch' or 'bootstrap', not 'anova'"),
+    ("significance = 'anova'", "compare.significance must be one of 'paired', 'welch', 'bootstrap', not 'anova'"),
 ])
 def test_settings_out_of_range_are_refused_with_the_range(tmp_path: Path, line: str, message: str) -> None:
     path = write(tmp_path, config_text(compare=line))

@@ -8,12 +8,18 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from greenmeter._errors import ConfigError  # noqa: E402
-from greenmeter.comparison.compare import MAX_REPEATS, MAX_SEED, check_settings, compare  # noqa: E402
+from greenmeter.comparison.compare import (  # noqa: E402
+    MAX_REPEATS,
+    MAX_SEED,
+    SIGNIFICANCE_TESTS,
+    check_settings,
+    compare,
+)
 
 
 def test_the_defaults_pass_and_come_back_normalised() -> None:
     assert check_settings() == {"repeats": 5, "warmup": 1, "batch_size": 256, "seed": 0, "min_repeat_s": None,
-                                "significance": "welch", "threads": None}
+                                "significance": "paired", "threads": None}
     got = check_settings(repeats=MAX_REPEATS, seed=MAX_SEED, min_repeat_s=3600, threads=1)
     assert got["repeats"] == 1000 and got["seed"] == 2**32 - 1 and got["min_repeat_s"] == 3600.0
     assert isinstance(got["min_repeat_s"], float)
@@ -29,7 +35,7 @@ def test_the_defaults_pass_and_come_back_normalised() -> None:
     ({"min_repeat_s": float("nan")}, "min_repeat_s must be a number of seconds in [0, 3600] or None, not nan"),
     ({"min_repeat_s": 1e300}, "min_repeat_s must be a number of seconds in [0, 3600] or None, not 1e+300"),
     ({"threads": 0}, "threads must be a whole number >= 1 and <= 1024 or None (None keeps torch's setting), not 0"),
-    ({"significance": "t"}, "significance must be 'welch' or 'bootstrap', not 't'"),
+    ({"significance": "t"}, "significance must be one of 'paired', 'welch', 'bootstrap', not 't'"),
 ])
 def test_each_setting_out_of_range_names_its_range(given: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -56,3 +62,11 @@ def test_compare_refuses_huge_repeats_before_any_work() -> None:
     with pytest.raises(ConfigError, match="seed must be a whole number >= 0"):
         compare({"a": Model(2, 2)}, data, seed=-1, progress=False)
     assert built == []
+
+
+def test_the_command_line_offers_the_same_energy_tests(capsys: pytest.CaptureFixture[str]) -> None:
+    from greenmeter.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert f"--significance {{{','.join(SIGNIFICANCE_TESTS)}}}" in capsys.readouterr().out

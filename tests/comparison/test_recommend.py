@@ -9,7 +9,7 @@ import pytest
 from greenmeter.comparison.recommend import recommend
 from greenmeter.records.comparison import BaselineDelta, Comparison, MakingCost, VariantResult
 from greenmeter.records.measurement import HostInfo
-from greenmeter.stats import Significance, mcnemar_exact, mean_ci, welch_test
+from greenmeter.stats import Significance, mcnemar_exact, mean_ci, paired_ratio_test, welch_test
 
 BASE_ENERGY = (1.00e-4, 1.02e-4, 0.98e-4, 1.01e-4, 0.99e-4)
 
@@ -126,3 +126,25 @@ def test_a_record_without_paired_tests_falls_back_to_point_estimates_and_says_so
     assert rec.name == "int8"  # -0.5 pp as a point estimate: within 1 pp
     assert any("judged on the point estimate" in n and "int8" in n for n in rec.notes)
     assert recommend(_comparison(old), tolerance=0.004).name == "float"
+
+
+def test_with_the_paired_test_ties_are_judged_by_the_same_rounds() -> None:
+    # Rounds 1 and 2 ran on a loaded machine: every variant's energy is higher there. Paired by round,
+    # int8-static is 0.28x and qat 0.36x the baseline in every round: a measurable difference, no tie.
+    load = (3.0, 2.5, 1.0, 1.1, 0.9)
+    base = tuple(e * f for e, f in zip(BASE_ENERGY, load))
+    static = tuple(e * 0.28 for e in base)
+    qat = tuple(e * 0.36 for e in (base[0] * 1.01, base[1] * 0.99, *base[2:]))
+
+    def paired(name: str, energy: tuple[float, ...], metric: float, test: Significance) -> VariantResult:
+        v = _variant(name, metric, energy, metric_test=test)
+        return dataclasses.replace(v, vs_baseline=dataclasses.replace(
+            v.vs_baseline, energy_significance=paired_ratio_test(base, energy)))
+
+    c = _comparison(paired("qat", qat, 0.97 + 2 / 450, _paired(0, 2)), paired("int8-static", static, 0.97, _paired(0, 0)))
+    c = dataclasses.replace(c, variants=(dataclasses.replace(c.variants[0], energy_values_j=base,
+                                                             energy_per_sample_j=mean_ci(base)), *c.variants[1:]))
+    assert welch_test(static, qat).significant is False  # unpaired, the loaded rounds hide the difference
+    rec = recommend(c)
+    assert rec.name == "int8-static" and rec.tied == () and rec.tie_rule is None  # paired: no tie, least energy
+    assert dict(rec.savings)["energy difference"].startswith("significant (paired t-test of per-round ratios, p = ")
