@@ -37,11 +37,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from greenmeter._checks import whole_number
+from greenmeter._checks import module_names, whole_number
 from greenmeter._errors import ConfigError, UnsupportedModelError
 from greenmeter.compression._core import compress
 from greenmeter.compression.quantization import require_eval
-from greenmeter.compression.registry import FactsHooks, RecipeSpec, WeightCount, recipe_number, register_method
+from greenmeter.compression.registry import (
+    FactsHooks, RecipeSpec, WeightCount, check_kept_layers, recipe_number, register_method,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -74,12 +76,16 @@ class Int4WeightConfig:
             which fits groups that are not centred on zero better.
         use_kernel: run PyTorch's int4 CPU kernel where this build has it and a layer fits it (True), or always
             dequantize to float and run a float matmul (False: the same codes, for comparison).
+        keep_layers: qualified module names (as in ``model.named_modules()``, e.g. ``("classifier.2",)``) of
+            Linear layers left as they are: float ``nn.Linear``. Each must be a Linear this method would
+            quantize (checked when the model is known), and not all of them.
     """
 
     group_size: int = 32
     layer_types: tuple[str, ...] = ("Linear",)
     symmetric: bool = True
     use_kernel: bool = True
+    keep_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         whole_number("group_size", self.group_size, minimum=2, maximum=MAX_GROUP_SIZE)
@@ -93,6 +99,7 @@ class Int4WeightConfig:
         for name in ("symmetric", "use_kernel"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        object.__setattr__(self, "keep_layers", module_names("Int4WeightConfig.keep_layers", self.keep_layers))
 
 
 def pack_int4(codes: Tensor) -> Tensor:
@@ -389,7 +396,7 @@ def _int4_arg(arg: str | None) -> int:
 
 def _int4_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
     g = _int4_arg(arg)
-    return compress(model, Int4WeightConfig(group_size=g)), {"group_size": g}
+    return compress(model, Int4WeightConfig(group_size=g, keep_layers=ctx.keep_layers)), {"group_size": g}
 
 
 # quantized: the flop counter cannot see the int4 kernel; facts count such layers from their shapes (and a
@@ -397,7 +404,7 @@ def _int4_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple
 @register_method("int4_weight", Int4WeightConfig,
                  facts=FactsHooks(quantized=True, count_weights={Int4Linear: _int4_weights}),
                  recipe=RecipeSpec("int4", _int4_recipe, trains=False, arg_help=_INT4_HELP, parse_arg=_int4_arg,
-                                   makes_quantized=True,
+                                   makes_quantized=True, keeps_layers=True,
                                    description="4-bit weight-only quantization of Linear layers "
                                                "(packed, per-group scales)"))
 def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mapping[str, Any]]:
@@ -407,20 +414,23 @@ def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mappin
     skipped: list[str] = []
     float_bytes = 0
     padded: list[str] = []
-    for parent_name, parent in list(holder.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if not isinstance(child, nn.Linear):
-                continue
-            full = f"{parent_name}.{child_name}".split(".", 1)[1] if parent_name else "(model)"
-            if isinstance(parent, nn.MultiheadAttention):  # it reads out_proj.weight directly
-                skipped.append(full)
-                continue
-            if id(child) not in done:
-                done[id(child)] = Int4Linear.from_linear(child, config.group_size, config.symmetric, config.use_kernel)
-                float_bytes += _nbytes(child.weight)
-                if child.in_features % config.group_size:
-                    padded.append(full)
-            setattr(parent, child_name, done[id(child)])
+    linears = [(parent, child_name, child, f"{parent_name}.{child_name}".split(".", 1)[1] if parent_name else "(model)")
+               for parent_name, parent in list(holder.named_modules())
+               for child_name, child in list(parent.named_children()) if isinstance(child, nn.Linear)]
+    check_kept_layers("Int4WeightConfig.keep_layers", "int4 weight-only quantization", model, config.keep_layers,
+                      [full for parent, _, _, full in linears if not isinstance(parent, nn.MultiheadAttention)])
+    for parent, child_name, child, full in linears:
+        if full in config.keep_layers:
+            continue
+        if isinstance(parent, nn.MultiheadAttention):  # it reads out_proj.weight directly
+            skipped.append(full)
+            continue
+        if id(child) not in done:
+            done[id(child)] = Int4Linear.from_linear(child, config.group_size, config.symmetric, config.use_kernel)
+            float_bytes += _nbytes(child.weight)
+            if child.in_features % config.group_size:
+                padded.append(full)
+        setattr(parent, child_name, done[id(child)])
     if not done:
         raise UnsupportedModelError(
             f"int4 weight-only quantization found no Linear layer in {type(model).__name__}"
@@ -439,6 +449,7 @@ def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mappin
         "weight_ratio": round(float_bytes / (packed + scale_bytes), 3),
         "padded_layers": padded,
         "skipped_layers": skipped,
+        **({"kept_layers": list(config.keep_layers)} if config.keep_layers else {}),
         **_path_details(int4_paths(holder[0])),
         "api": "greenmeter Int4Linear (own packing; PyTorch's int4 CPU kernel where it runs, else dequantized "
                "to float on each forward)",

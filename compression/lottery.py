@@ -25,11 +25,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from greenmeter._checks import fraction, whole_number
+from greenmeter._checks import fraction, module_names, whole_number
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
 from greenmeter.compression._core import compress
 from greenmeter.compression.pruning import (
-    DEFAULT_LAYER_TYPES, check_layer_types, check_scope, layer_sparsity, no_layers_error, prunable_layers,
+    DEFAULT_LAYER_TYPES, check_layer_types, check_scope, layer_sparsity, layers_to_prune, no_layers_error,
+    prunable_layers,
 )
 from greenmeter.compression.registry import RecipeSpec, recipe_fraction, register_method
 
@@ -77,6 +78,9 @@ class LotteryTicketConfig:
         scope: ``"global"`` ranks all prunable weights together, ``"layer"`` prunes each layer by ``rate``.
         layer_types: class names of the layers whose ``weight`` is pruned.
         seed: seed of the random re-initialisation (the global RNG state is left as it was).
+        keep_layers: qualified module names (as in ``model.named_modules()``) of prunable layers never pruned:
+            out of every round's ranking (they are still trained and rewound); ``rate`` applies to the other
+            layers. Each must be a layer of ``layer_types`` (checked when the model is known), and not all of them.
     """
 
     train_fn: Callable[[nn.Module], None]
@@ -88,6 +92,7 @@ class LotteryTicketConfig:
     scope: Literal["global", "layer"] = "global"
     layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES
     seed: int = 0
+    keep_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not callable(self.train_fn):
@@ -111,6 +116,7 @@ class LotteryTicketConfig:
         object.__setattr__(self, "scope", check_scope("LotteryTicketConfig.scope", self.scope))
         object.__setattr__(self, "layer_types", check_layer_types("LotteryTicketConfig.layer_types", self.layer_types))
         whole_number("LotteryTicketConfig.seed", self.seed, minimum=None)
+        object.__setattr__(self, "keep_layers", module_names("LotteryTicketConfig.keep_layers", self.keep_layers))
 
 
 def _rewind_point(model: nn.Module, given: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -185,19 +191,22 @@ def _ticket_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tup
     rounds = max(1, math.ceil(math.log(keep) / math.log(0.5) - 1e-9))
     rate = 1 - keep ** (1 / rounds)
     train = ctx.trainer("ticket")
-    config = LotteryTicketConfig(train_fn=lambda m: train(m, None), rounds=rounds, rate=rate, seed=ctx.seed)
+    config = LotteryTicketConfig(train_fn=lambda m: train(m, None), rounds=rounds, rate=rate, seed=ctx.seed,
+                                 keep_layers=ctx.keep_layers)
     # rewinds to the baseline's trained weights: iterative magnitude pruning with fine-tuning
     return compress(model, config), {"keep": keep, "rounds": rounds, "rate": rate, "rewind": "baseline weights",
                                      **ctx.trainer_details()}
 
 
 @register_method("lottery_ticket", LotteryTicketConfig, recipe=RecipeSpec(
-    "ticket", _ticket_recipe, trains=True, arg_help=_TICKET_HELP, parse_arg=_ticket_arg,
+    "ticket", _ticket_recipe, trains=True, arg_help=_TICKET_HELP, parse_arg=_ticket_arg, keeps_layers=True,
     description="lottery ticket: iterative magnitude pruning with rewinding and retraining"))
 def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, dict[str, Any]]:
     layers = prunable_layers(model, config.layer_types)
     if not layers:
         raise no_layers_error("lottery_ticket (LotteryTicketConfig)", model, config.layer_types)
+    pruned = layers_to_prune("LotteryTicketConfig.keep_layers", "lottery ticket pruning", model, layers,
+                             config.keep_layers)
     already = [name for name, m in layers if prune.is_pruned(m)]
     if already:
         raise UnsupportedModelError(f"lottery_ticket (LotteryTicketConfig): layers {already[:5]} already carry "
@@ -205,22 +214,23 @@ def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, 
     modes = {m: m.training for m in model.modules()}
     point = _rewind_point(model, config.rewind_state)
     fresh = _fresh_init(model, config.seed) if config.reinit else None
-    for _, module in layers:
+    for _, module in pruned:
         prune.identity(module, "weight")  # every round trains the same structure: weight_orig * weight_mask
     records = []
     for step in range(config.rounds + 1):
-        acc = _train(model, layers, config)
+        acc = _train(model, pruned, config)
         records.append({"round": step, "sparsity": layer_sparsity(layers)[0], "accuracy": acc})
         if step == config.rounds:
             break
-        _prune_step(layers, config)
+        _prune_step(pruned, config)
         last = step == config.rounds - 1
         _rewind(model, fresh if (last and fresh is not None) else point)
-    for _, module in layers:
+    for _, module in pruned:
         prune.remove(module, "weight")
     for module, training in modes.items():  # the result keeps the input model's train/eval modes
         module.train(training)
     real, zeros, total, per_layer = layer_sparsity(layers)
+    kept = {"kept_layers": list(config.keep_layers)} if config.keep_layers else {}
     return model, {
         "rounds": records,
         "prune_steps": config.rounds,
@@ -234,4 +244,5 @@ def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, 
         "accuracy": records[-1]["accuracy"],
         "rewind": "init" if config.rewind_state is None else "rewind_state",
         "reinit": config.reinit,
+        **kept,
     }

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from greenmeter._checks import fraction
+from greenmeter._checks import fraction, module_names
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
 from greenmeter.compression._core import compress
-from greenmeter.compression.registry import RecipeSpec, recipe_fraction, register_method
+from greenmeter.compression.registry import RecipeSpec, check_kept_layers, recipe_fraction, register_method
 
 if TYPE_CHECKING:
     from greenmeter.comparison.recipes import RecipeContext
@@ -129,17 +129,35 @@ class PruneConfig:
         scope: ``"global"`` ranks all prunable weights together (layers end up with different sparsities);
             ``"layer"`` prunes each layer to ``sparsity`` on its own.
         layer_types: class names of the layers whose ``weight`` is pruned (subclasses count too).
+        keep_layers: qualified module names (as in ``model.named_modules()``, e.g. ``("0", "classifier.2")``) of
+            prunable layers left as they are: out of the ranking, their weights untouched; ``sparsity`` applies
+            to the weights of the other layers. Each must be a layer of ``layer_types`` (checked when the model
+            is known), and not all of them.
     """
 
     sparsity: float
     scope: Literal["global", "layer"] = "global"
     layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES
+    keep_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", fraction("PruneConfig.sparsity", self.sparsity, high_open=True,
                                                       note="the fraction removed"))
         object.__setattr__(self, "scope", check_scope("PruneConfig.scope", self.scope))
         object.__setattr__(self, "layer_types", check_layer_types("PruneConfig.layer_types", self.layer_types))
+        object.__setattr__(self, "keep_layers", module_names("PruneConfig.keep_layers", self.keep_layers))
+
+
+def layers_to_prune(owner: str, method: str, model: nn.Module, layers: list[tuple[str, nn.Module]],
+                    keep: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    """The prunable ``layers`` less those named in ``keep``, after checking each kept name is one of them.
+
+    Raises:
+        ConfigError: a kept name is no prunable layer of the model, or every prunable layer is kept
+            (:func:`~greenmeter.compression.registry.check_kept_layers`).
+    """
+    check_kept_layers(owner, method, model, keep, [name for name, _ in layers])
+    return [(name, m) for name, m in layers if name not in keep]
 
 
 _PRUNE_HELP = "S, the fraction of Linear/Conv weights set to zero, a number in [0, 1) (default 0.5)"
@@ -150,17 +168,18 @@ _prune_arg = functools.partial(recipe_fraction, "prune", default=0.5, expected=_
 
 def _prune_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
     s = _prune_arg(arg)
-    return compress(model, PruneConfig(sparsity=s)), {"sparsity": s}
+    return compress(model, PruneConfig(sparsity=s, keep_layers=ctx.keep_layers)), {"sparsity": s}
 
 
 @register_method("prune", PruneConfig, recipe=RecipeSpec(
-    "prune", _prune_recipe, trains=False, arg_help=_PRUNE_HELP, parse_arg=_prune_arg,
+    "prune", _prune_recipe, trains=False, arg_help=_PRUNE_HELP, parse_arg=_prune_arg, keeps_layers=True,
     description="unstructured global magnitude pruning (weights zeroed, shapes kept)"))
 def _prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, dict[str, Any]]:
     layers = prunable_layers(model, config.layer_types)
     if not layers:
         raise no_layers_error("prune (PruneConfig)", model, config.layer_types)
-    params = [(module, "weight") for _, module in layers]
+    pruned = layers_to_prune("PruneConfig.keep_layers", "pruning (PruneConfig)", model, layers, config.keep_layers)
+    params = [(module, "weight") for _, module in pruned]
     if config.sparsity > 0:
         if config.scope == "global":
             prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=config.sparsity)
@@ -171,7 +190,7 @@ def _prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, dict[str, 
         if prune.is_pruned(module):
             prune.remove(module, name)  # bake the mask into the weight: no hooks, weight_orig or weight_mask left
     real, zeros, total, per_layer = layer_sparsity(layers)
-    return model, {
+    details = {
         "scope": config.scope,
         "requested_sparsity": config.sparsity,
         "sparsity": real,
@@ -179,6 +198,9 @@ def _prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, dict[str, 
         "prunable_weights": total,
         "layer_sparsity": per_layer,
     }
+    if config.keep_layers:
+        details["kept_layers"] = list(config.keep_layers)
+    return model, details
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: two configs are equal only if they are the same object
@@ -193,8 +215,11 @@ class ChannelPruneConfig:
         importance: channel score, the ``"l2"`` or ``"l1"`` norm of the channel's weights across its group.
         fine_tune: the user's training function, called as ``fine_tune(model)`` on the pruned model to train it
             in place (compression never owns data). ``None`` skips fine-tuning.
-        ignored_layers: qualified module names (as in ``model.named_modules()``) whose outputs are kept whole.
-            The layers producing the model's output are always kept whole.
+        ignored_layers: qualified module names (as in ``model.named_modules()``) whose outputs are kept whole
+            (the ``keep_layers`` of the other methods; the ``channels`` recipe's ``[keep=...]``): layers whose
+            channels it would remove (Conv, Linear), layers it cannot follow, or modules holding them. A
+            normalisation layer follows its conv and cannot be kept on its own; a module without parameters is
+            refused, as it has nothing to keep. The layers producing the model's output are always kept whole.
     """
 
     ratio: float
@@ -309,10 +334,9 @@ def _remove_channels(model: nn.Module, config: ChannelPruneConfig, method: str) 
         ) from err
     inputs = _inputs(config)
     by_name = dict(model.named_modules())
-    unknown = [n for n in config.ignored_layers if n not in by_name]
-    if unknown:
-        raise ConfigError(f"ChannelPruneConfig.ignored_layers names no module of the model: {unknown}; "
-                          f"module names are e.g. {[n for n in by_name if n][:8]}")
+    followers = tuple(t for t in _STRUCTURED_SUPPORTED if t not in (nn.modules.conv._ConvNd, nn.Linear))
+    keepable = [n for n, m in by_name.items() if n and not isinstance(m, followers) and any(True for _ in m.parameters())]
+    check_kept_layers("ChannelPruneConfig.ignored_layers", "channel pruning", model, config.ignored_layers, keepable)
     ignored = [by_name[n] for n in config.ignored_layers]
     model.eval()  # tracing must not move BatchNorm running statistics
     executed, heads, before_out = _trace_run(model, inputs)
@@ -353,12 +377,13 @@ _channels_arg = functools.partial(recipe_fraction, "channels", default=0.5, expe
 def _channels_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
     r = _channels_arg(arg)
     train = ctx.trainer("channels")
-    config = ChannelPruneConfig(ratio=r, example_input=ctx.example_input[:1], fine_tune=lambda m: train(m, None))
+    config = ChannelPruneConfig(ratio=r, example_input=ctx.example_input[:1], fine_tune=lambda m: train(m, None),
+                                ignored_layers=ctx.keep_layers)
     return compress(model, config), {"ratio": r, **ctx.trainer_details()}
 
 
 @register_method("channel_prune", ChannelPruneConfig, recipe=RecipeSpec(
-    "channels", _channels_recipe, trains=True, arg_help=_CHANNELS_HELP, parse_arg=_channels_arg,
+    "channels", _channels_recipe, trains=True, arg_help=_CHANNELS_HELP, parse_arg=_channels_arg, keeps_layers=True,
     description="structured pruning: channels and neurons removed, then fine-tuned"))
 def _channel_prune(model: nn.Module, config: ChannelPruneConfig) -> tuple[nn.Module, dict[str, Any]]:
     modes = {m: m.training for m in model.modules()}
@@ -371,6 +396,7 @@ def _channel_prune(model: nn.Module, config: ChannelPruneConfig) -> tuple[nn.Mod
         config.fine_tune(model)  # handed over in the input model's modes; trains in place
         _restore(modes)  # the result keeps the input model's train/eval modes
     params_after, widths_after = sum(p.numel() for p in model.parameters()), _widths(model)
+    kept_layers = {"kept_layers": list(config.ignored_layers)} if config.ignored_layers else {}
     return model, {
         "ratio": config.ratio,
         "importance": config.importance,
@@ -380,4 +406,5 @@ def _channel_prune(model: nn.Module, config: ChannelPruneConfig) -> tuple[nn.Mod
         "channels": {n: {"before": w["out"], "after": widths_after.get(n, w)["out"]} for n, w in widths_before.items()},
         "kept_whole": kept,
         "fine_tuned": config.fine_tune is not None,
+        **kept_layers,
     }

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from greenmeter._checks import module_names
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
 from greenmeter.compression._core import compress
 from greenmeter.compression.quantization import (
@@ -21,9 +22,11 @@ from greenmeter.compression.quantization import (
     TORCH_AO_API,
     check_engine,
     integer_modules,
+    keep_float_fx,
     quantized_engine,
     resolve_engine,
     torch_ao_notices,
+    unwrap_kept_fx,
 )
 from greenmeter.compression.registry import RecipeSpec, register_method
 
@@ -43,24 +46,31 @@ class QATConfig:
         train_fn: ``train_fn(model) -> None`` fine-tunes the fake-quantized model in place; it gets the
             model in training mode (a few epochs at a lowered learning rate is typical).
         engine: ``"auto"`` or a quantized engine name (see ``QUANT_ENGINES``).
+        keep_layers: qualified module names (as in ``model.named_modules()``, e.g. ``("classifier.2",)``) of
+            layers left in float: no fake quantization, not fused with their neighbours, the same module in the
+            result (``train_fn`` still trains its weights). Each must be a layer that this method quantizes
+            (Linear, Conv, BatchNorm, ...; checked when the model is known), and not all of them.
     """
 
     train_fn: Callable[[nn.Module], Any]
     engine: str = "auto"
+    keep_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not callable(self.train_fn):
             raise ConfigError(f"train_fn must be a callable train_fn(model), not {type(self.train_fn).__name__}")
         check_engine(self.engine)
+        object.__setattr__(self, "keep_layers", module_names("QATConfig.keep_layers", self.keep_layers))
 
 
 def _qat_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
     train = ctx.trainer("qat")
-    return compress(model, QATConfig(train_fn=lambda m: train(m, None))), ctx.trainer_details()
+    config = QATConfig(train_fn=lambda m: train(m, None), keep_layers=ctx.keep_layers)
+    return compress(model, config), ctx.trainer_details()
 
 
 @register_method("qat_int8", QATConfig, facts=INT8_FACTS, recipe=RecipeSpec(
-    "qat", _qat_recipe, trains=True, makes_quantized=True, description="quantization-aware fine-tuning, converted to int8"))
+    "qat", _qat_recipe, trains=True, makes_quantized=True, keeps_layers=True, description="quantization-aware fine-tuning, converted to int8"))
 def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, Any]]:
     engine = resolve_engine(config.engine)
     notices: list[str] = []
@@ -69,8 +79,11 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
         model.train()
+        mapping = get_default_qat_qconfig_mapping(engine)
+        custom = keep_float_fx(model, config.keep_layers, mapping, "QATConfig.keep_layers",
+                               "quantization-aware training")
         try:
-            prepared = prepare_qat_fx(model, get_default_qat_qconfig_mapping(engine), example_inputs=())
+            prepared = prepare_qat_fx(model, mapping, example_inputs=(), prepare_custom_config=custom)
         except Exception as err:  # FX tracing fails in many ways (TraceError, TypeError, ...)
             raise UnsupportedModelError(
                 f"quantization-aware training (FX graph mode) cannot trace {type(model).__name__}: {err}"
@@ -79,7 +92,7 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
         prepared.train()
         config.train_fn(prepared)
         prepared.eval()
-        result = convert_fx(prepared)
+        result = unwrap_kept_fx(convert_fx(prepared))
     left = [type(m).__name__ for m in result.modules() if isinstance(m, FakeQuantizeBase)]
     counts = integer_modules(result)
     if left or not counts:
@@ -87,7 +100,7 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
             f"QAT conversion left {len(left)} fake-quantize modules and {sum(counts.values())} integer "
             "modules; the model is not really quantized"
         )
-    return result.eval(), {
+    details = {
         "api": TORCH_AO_API.format("quantize_fx.prepare_qat_fx/convert_fx"),
         "engine": engine,
         "fake_quant_modules_trained": fake,
@@ -95,3 +108,6 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
         "quantized_layers": sum(counts.values()),
         "notices": notices,
     }
+    if config.keep_layers:
+        details["kept_layers"] = list(config.keep_layers)
+    return result.eval(), details

@@ -24,12 +24,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
+from greenmeter._checks import module_names
 from greenmeter._errors import CompressionError, ConfigError, EngineUnavailableError, UnsupportedModelError
 from greenmeter.compression._core import compress
-from greenmeter.compression.registry import FactsHooks, RecipeSpec, register_method
+from greenmeter.compression.registry import FactsHooks, RecipeSpec, check_kept_layers, register_method
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
+    from torch import Tensor
 
     from greenmeter.comparison.recipes import RecipeContext
 
@@ -65,11 +68,15 @@ class DynamicQuantConfig:
         per_channel: one weight scale per output row of each Linear, LSTM, GRU or cell layer (more
             accurate where rows differ in range, same storage to within the scales) rather than one per
             tensor. Embedding tables always get one scale and offset per row.
+        keep_layers: qualified module names (as in ``model.named_modules()``, e.g. ``("classifier.2",)``) of
+            layers left in float, as they are. Each must be a layer of ``layer_types`` (checked when the model
+            is known), and not all of them.
     """
 
     layer_types: tuple[str, ...] = ("Linear", "LSTM")
     engine: str = "auto"
     per_channel: bool = True
+    keep_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         types = (self.layer_types,) if isinstance(self.layer_types, str) else tuple(self.layer_types)
@@ -82,6 +89,7 @@ class DynamicQuantConfig:
         check_engine(self.engine)
         if not isinstance(self.per_channel, bool):
             raise ConfigError(f"per_channel must be True or False, not {self.per_channel!r}")
+        object.__setattr__(self, "keep_layers", module_names("DynamicQuantConfig.keep_layers", self.keep_layers))
 
 
 @dataclass(frozen=True)
@@ -94,11 +102,17 @@ class StaticQuantConfig:
             ``calibration(prepared_model)`` that runs batches through the model itself. Iterated once.
         engine: ``"auto"`` or a quantized engine name (see :data:`QUANT_ENGINES`).
         per_channel: one weight scale per output channel (more accurate) rather than per tensor.
+        keep_layers: qualified module names (as in ``model.named_modules()``, e.g. ``("classifier.2",)``) of
+            layers left in float, as they are: each stays the module it was (an ``nn.Conv2d`` keeps its own
+            weights, with no BatchNorm folded into it; the BatchNorm after it is then quantized on its own), and
+            the model quantizes and dequantizes around it. Each must be a layer that this method quantizes
+            (Linear, Conv, BatchNorm, ...; checked when the model is known), and not all of them.
     """
 
     calibration: Iterable[Tensor] | Callable[[nn.Module], Any]
     engine: str = "auto"
     per_channel: bool = True
+    keep_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.calibration, (str, bytes)) or not (
@@ -111,6 +125,7 @@ class StaticQuantConfig:
         check_engine(self.engine)
         if not isinstance(self.per_channel, bool):
             raise ConfigError(f"per_channel must be True or False, not {self.per_channel!r}")
+        object.__setattr__(self, "keep_layers", module_names("StaticQuantConfig.keep_layers", self.keep_layers))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,6 +213,58 @@ def integer_modules(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+class _KeptFloat(nn.Module):
+    """Holds a module that FX graph mode leaves in float: a leaf to its tracer, so neither fused nor observed."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner(*args, **kwargs)
+
+
+def keep_float_fx(model: nn.Module, keep: tuple[str, ...], mapping: Any, owner: str, method: str) -> Any:
+    """Set up FX graph mode int8 (static, QAT) to leave the modules ``keep`` names in float, as they are.
+
+    Each kept module is checked to be one FX quantizes here (a module with a weight whose type torch.ao maps to
+    a quantized one: Linear, Conv, BatchNorm, ...), gets no qconfig in ``mapping`` (changed in place) and is
+    wrapped in ``model`` (changed in place) in a holder that the tracer does not enter, so that FX neither fuses
+    it with its neighbours (a conv keeps its weights, no BatchNorm folded in) nor observes it. Call
+    :func:`unwrap_kept_fx` on the converted model.
+
+    Returns:
+        The ``PrepareCustomConfig`` to pass to ``prepare_fx`` / ``prepare_qat_fx``.
+
+    Raises:
+        ConfigError: a name is no module FX quantizes here, or they cover all of them (the message lists them).
+    """
+    import torch
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+    from torch.ao.quantization.quantization_mappings import get_default_static_quant_module_mappings
+
+    quantized = get_default_static_quant_module_mappings()
+    touched = [n for n, m in model.named_modules()
+               if n and type(m) in quantized and isinstance(getattr(m, "weight", None), torch.Tensor)]
+    check_kept_layers(owner, method, model, keep, touched)
+    for name in keep:
+        parent, _, child = name.rpartition(".")
+        holder = model.get_submodule(parent)
+        inner = getattr(holder, child)
+        setattr(holder, child, _KeptFloat(inner).train(inner.training))
+        mapping.set_module_name(name, None)
+    return PrepareCustomConfig().set_non_traceable_module_classes([_KeptFloat])
+
+
+def unwrap_kept_fx(model: nn.Module) -> nn.Module:
+    """Put back, in place, each module :func:`keep_float_fx` wrapped, under its own name; returns ``model``."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, _KeptFloat):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.inner)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------------
 # handlers
 
@@ -207,11 +274,11 @@ INT8_FACTS = FactsHooks(quantized=True)
 
 
 def _int8_dynamic_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> nn.Module:
-    return compress(model, DynamicQuantConfig())
+    return compress(model, DynamicQuantConfig(keep_layers=ctx.keep_layers))
 
 
 @register_method("dynamic_int8", DynamicQuantConfig, facts=INT8_FACTS, recipe=RecipeSpec(
-    "int8-dynamic", _int8_dynamic_recipe, trains=False, makes_quantized=True,
+    "int8-dynamic", _int8_dynamic_recipe, trains=False, makes_quantized=True, keeps_layers=True,
     description="dynamic int8 quantization of Linear/LSTM layers (int8 kernels)"))
 def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, Mapping[str, Any]]:
     import torch
@@ -225,18 +292,22 @@ def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, M
             f"dynamic int8 quantization found no {'/'.join(config.layer_types)} layer in "
             f"{type(model).__name__}; use StaticQuantConfig for conv nets"
         )
+    check_kept_layers("DynamicQuantConfig.keep_layers", "dynamic int8 quantization", model, config.keep_layers,
+                      [n for n, m in model.named_modules() if n and isinstance(m, wanted)])
     notices: list[str] = []
     with torch_ao_notices(notices), quantized_engine(engine):
         from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
         weights = per_channel_dynamic_qconfig if config.per_channel else default_dynamic_qconfig
-        spec = {t: float_qparams_weight_only_qconfig if t in (nn.Embedding, nn.EmbeddingBag) else weights for t in wanted}
+        spec: dict[Any, Any] = {
+            t: float_qparams_weight_only_qconfig if t in (nn.Embedding, nn.EmbeddingBag) else weights for t in wanted}
+        spec.update({f"0.{name}": None for name in config.keep_layers})  # by name inside the holder: left in float
         holder = nn.Sequential(model)  # quantize_dynamic swaps children only; this lets the root be swapped
         quantize_dynamic(holder, spec, dtype=torch.qint8, inplace=True)
         result = holder[0]
     counts = integer_modules(result)
-    return result, {
+    details = {
         "api": TORCH_AO_API.format("quantize_dynamic"),
         "engine": engine,
         "weight_dtype": "int8",
@@ -245,6 +316,9 @@ def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, M
         "quantized_layers": sum(counts.values()),
         "notices": notices,
     }
+    if config.keep_layers:
+        details["kept_layers"] = list(config.keep_layers)
+    return result, details
 
 
 def _calibration_batches(source: Iterable[Any]) -> Iterator[Tensor]:
@@ -285,12 +359,12 @@ def static_qconfig_mapping(engine: str, per_channel: bool) -> Any:
 def _int8_static_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
     inputs = ctx.calibration_inputs()
     source = "example_input" if ctx.train_data is None else "train_data"
-    return compress(model, StaticQuantConfig(calibration=inputs)), {
+    return compress(model, StaticQuantConfig(calibration=inputs, keep_layers=ctx.keep_layers)), {
         "calibration": source, "calibration_batches": len(inputs), "calibration_samples": sum(len(x) for x in inputs)}
 
 
 @register_method("static_int8", StaticQuantConfig, facts=INT8_FACTS, recipe=RecipeSpec(
-    "int8-static", _int8_static_recipe, trains=False, makes_quantized=True,
+    "int8-static", _int8_static_recipe, trains=False, makes_quantized=True, keeps_layers=True,
     description="static int8 quantization, calibrated on the first training batches"))
 def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Mapping[str, Any]]:
     import torch
@@ -303,8 +377,10 @@ def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Map
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
         mapping = static_qconfig_mapping(engine, config.per_channel)
+        custom = keep_float_fx(model, config.keep_layers, mapping, "StaticQuantConfig.keep_layers",
+                               "static int8 quantization")
         try:
-            prepared = prepare_fx(model, mapping, example_inputs=())
+            prepared = prepare_fx(model, mapping, example_inputs=(), prepare_custom_config=custom)
         except Exception as err:  # FX tracing fails in many ways (TraceError, TypeError, ...)
             raise UnsupportedModelError(
                 f"static int8 quantization (FX graph mode) cannot trace {type(model).__name__}: {err}; "
@@ -322,7 +398,7 @@ def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Map
                     samples += len(x)
                 if batches == 0:
                     raise ConfigError("calibration yielded no batches; static int8 needs some input data")
-        result = convert_fx(prepared)
+        result = unwrap_kept_fx(convert_fx(prepared))
     counts = integer_modules(result)
     if not counts:
         raise UnsupportedModelError(
@@ -338,4 +414,6 @@ def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Map
     }
     if batches >= 0:
         details.update(calibration_batches=batches, calibration_samples=samples)
+    if config.keep_layers:
+        details["kept_layers"] = list(config.keep_layers)
     return result.eval(), details

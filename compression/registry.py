@@ -28,7 +28,7 @@ is registered as it is loaded.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from greenmeter.comparison.recipes import RecipeContext
 
 __all__ = [
-    "DataMacs", "FactsHooks", "Method", "RecipeSpec", "WeightCount", "facts_hooks", "facts_hooks_for",
-    "method_for_config", "methods", "recipe_fraction", "recipe_number", "recipe_specs", "register_method", "register_recipe_spec",
+    "DataMacs", "FactsHooks", "Method", "RecipeSpec", "WeightCount", "check_kept_layers", "facts_hooks",
+    "facts_hooks_for", "method_for_config", "methods", "recipe_fraction", "recipe_number", "recipe_specs", "register_method", "register_recipe_spec",
     "registered_methods", "unregister_method", "unregister_recipe_spec", "weight_counters",
 ]
 
@@ -86,6 +86,11 @@ class RecipeSpec:
         makes_quantized: whether the model it makes holds quantized or packed weights (int8, int4) that a later
             step needing float weights cannot work on. ``False`` by default; a method whose ``FactsHooks`` say
             ``quantized=True`` gets ``True`` when it registers the recipe.
+        keeps_layers: whether the recipe honours the step modifier ``[keep=NAME,...]``
+            (``"int8-static[keep=classifier.2]"``): ``build`` then reads the module names from
+            ``ctx.keep_layers`` and leaves those modules as they are (unpruned, in float), refusing a name that is
+            no module it would change (:func:`check_kept_layers`). ``False`` by default: such a recipe is refused
+            with a ``[keep=...]`` before any work.
     """
 
     name: str
@@ -97,6 +102,7 @@ class RecipeSpec:
     parse_arg: Callable[[str | None], Any] | None = None
     needs_float: bool = True
     makes_quantized: bool = False
+    keeps_layers: bool = False
 
     def __post_init__(self) -> None:
         name = self.name
@@ -112,7 +118,7 @@ class RecipeSpec:
             raise ConfigError(f"recipe {name!r}: arg_help must be a string or None, got {self.arg_help!r}")
         if self.parse_arg is not None and not callable(self.parse_arg):
             raise ConfigError(f"recipe {name!r}: parse_arg must be callable as parse_arg(arg) or None")
-        for flag in ("needs_float", "makes_quantized"):
+        for flag in ("needs_float", "makes_quantized", "keeps_layers"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"recipe {name!r}: {flag} must be True or False, got {getattr(self, flag)!r}")
 
@@ -433,3 +439,41 @@ def recipe_number(recipe: str, arg: str | None, default: float, expected: str, o
 def recipe_fraction(recipe: str, arg: str | None, default: float, expected: str, zero_ok: bool = True) -> float:
     """A recipe's argument as a fraction in [0, 1) (``zero_ok``) or (0, 1); see :func:`recipe_number`."""
     return recipe_number(recipe, arg, default, expected, lambda v: (0 <= v if zero_ok else 0 < v) and v < 1)
+
+
+# ------------------------------------------------------------------------------------------ kept layers
+
+#: How many module names the message of :func:`check_kept_layers` lists before "...".
+_LISTED = 12
+
+
+def check_kept_layers(owner: str, method: str, model: nn.Module, keep: Iterable[str], touched: Iterable[str]) -> None:
+    """Check, when the model is known, that each module a method is asked to keep is one it would change.
+
+    Args:
+        owner: the config field, for the message (``"StaticQuantConfig.keep_layers"``).
+        method: what the method does, in words, for the message (``"static int8 quantization"``).
+        model: the model being compressed; its ``named_modules()`` names are the names a user may give.
+        keep: the module names to leave as they are.
+        touched: the names of the modules the method would change in this model, in model order.
+
+    Raises:
+        ConfigError: a name is no module of the model, names one that the method leaves as it is anyway (a
+            ReLU), or the names cover every module it changes; the message lists the modules it would change
+            (the first 12, then "...").
+    """
+    keep, touched = tuple(keep), list(dict.fromkeys(touched))
+    shown = ", ".join(touched[:_LISTED]) + (", ..." if len(touched) > _LISTED else "") or "none"
+    modules = dict(model.named_modules())
+    unknown = [n for n in keep if n not in modules]
+    if unknown:
+        raise ConfigError(f"{owner} names no module of the model: {', '.join(map(repr, unknown))}; the modules "
+                          f"{method} changes in {type(model).__name__} are: {shown}")
+    idle = [n for n in keep if n not in touched]
+    if idle:
+        what = ", ".join(f"{n!r} ({type(modules[n]).__name__})" for n in idle)
+        raise ConfigError(f"{owner} names {what}, which {method} leaves as it is anyway; the modules it changes in "
+                          f"{type(model).__name__} are: {shown}")
+    if keep and all(n in keep for n in touched):
+        raise ConfigError(f"{owner} keeps every module that {method} changes in {type(model).__name__} ({shown}), "
+                          "so it would do nothing; keep fewer")

@@ -10,6 +10,7 @@ a whole number as ``int``, a number as ``float``) and otherwise raises
     q = fraction("q", q)                                       # "q must be a fraction in [0, 1], not 95"
     significance = choice("significance", significance, ("paired", "welch", "bootstrap"))
     name = text("name", name)
+    keep = module_names("keep_layers", keep)                   # ("features.0", "classifier.2"); a bare str is refused
     path = output_file("--json", path)                         # its folder must exist, before the work
 
 ``bool`` is never a number here (``True`` is not a count of anything), and neither are NaN, infinity
@@ -28,7 +29,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from greenmeter._errors import ConfigError
 
-__all__ = ["choice", "fraction", "number", "output_file", "registry_name", "text", "whole_number"]
+__all__ = ["choice", "fraction", "module_names", "number", "output_file", "registry_name", "text", "whole_number"]
 
 T = TypeVar("T")
 
@@ -202,6 +203,30 @@ def text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty string, not {value!r}")
     return value
+
+
+def module_names(name: str, value: Any) -> tuple[str, ...]:
+    """Check qualified module names (as in ``model.named_modules()``, e.g. ``("features.0", "classifier.2")``).
+
+    Whether the names are modules of a model is checked where the model is known, not here.
+
+    Returns:
+        The names as a tuple, in the order given (a list is accepted too); ``()`` for none.
+
+    Raises:
+        ConfigError: a single ``str`` (write ``("fc",)``), not a tuple or list, an item that is not a non-empty
+            string without spaces, or a name given twice: ``"<name> must be a tuple of module names such as
+            ('features.0', 'classifier.2'), not 'fc'"``.
+    """
+    if isinstance(value, (tuple, list)) and all(isinstance(v, str) and v and not any(c.isspace() for c in v)
+                                                for v in value):
+        twice = sorted({v for v in value if value.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{name} names {', '.join(map(repr, twice))} more than once; give each module once")
+        return tuple(value)
+    hint = f"; write ({value!r},) for one module" if isinstance(value, str) else ""
+    raise ConfigError(f"{name} must be a tuple of module names such as ('features.0', 'classifier.2'), "
+                      f"not {value!r}{hint}")
 
 
 _REGISTRY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")

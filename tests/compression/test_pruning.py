@@ -398,3 +398,39 @@ def test_config_records_are_plain() -> None:
     model = copy.deepcopy(make_digits_cnn(width=0.25))
     info = compress(model, PruneConfig(0.3)).compression_info.to_dict()
     assert info["method"] == "prune" and info["config"]["sparsity"] == 0.3
+
+
+@pytest.mark.parametrize("make", [lambda keep: PruneConfig(0.5, keep_layers=keep),
+                                  lambda keep: LotteryTicketConfig(lambda m: None, rounds=1, keep_layers=keep)],
+                         ids=["prune", "ticket"])
+def test_keep_layers_must_be_a_tuple_of_module_names(make) -> None:  # type: ignore[no-untyped-def]
+    assert make(["3", "10"]).keep_layers == ("3", "10") and make(()).keep_layers == ()
+    owner = f"{type(make(())).__name__}.keep_layers"
+    for bad in ("10", ("",), ("3", 3), ("a b",), None):
+        with pytest.raises(ConfigError, match=rf"^{owner} must be a tuple of module names"):
+            make(bad)
+    with pytest.raises(ConfigError, match=rf"^{owner} names '3' more than once"):
+        make(("3", "3"))
+
+
+def test_a_lottery_ticket_never_prunes_a_kept_layer_layer_by_layer(baseline: nn.Module) -> None:
+    rounds: list[int] = []
+    config = LotteryTicketConfig(lambda m: rounds.append(1), rounds=2, rate=0.5, scope="layer", keep_layers=("3",))
+    ticket = compress(baseline, config)
+    assert len(rounds) == 3 and torch.equal(ticket[3].weight, baseline[3].weight)  # trained nothing: rewound as it was
+    details = ticket.compression_info.details
+    assert details["layer_sparsity"]["3"] == 0 and details["kept_layers"] == ["3"]
+    assert all(details["layer_sparsity"][n] == pytest.approx(0.75, abs=0.01) for n in ("0", "8", "10"))
+    with pytest.raises(ConfigError, match=r"LotteryTicketConfig.keep_layers names '1' \(BatchNorm2d\), which "
+                                          r"lottery ticket pruning leaves as it is anyway; .* are: 0, 3, 8, 10$"):
+        compress(baseline, LotteryTicketConfig(lambda m: None, rounds=1, keep_layers=("1",)))
+    with pytest.raises(ConfigError, match=r"PruneConfig.keep_layers keeps every module that pruning"):
+        compress(baseline, PruneConfig(0.5, keep_layers=("0", "3", "8", "10")))
+
+
+@needs_torch_pruning
+def test_ignored_layers_must_be_layers_whose_channels_it_would_remove(baseline: nn.Module) -> None:
+    for name, what in (("2", "ReLU"), ("1", "BatchNorm2d")):  # nothing to keep; a BatchNorm follows its conv
+        with pytest.raises(ConfigError, match=rf"ChannelPruneConfig.ignored_layers names '{name}' \({what}\), which "
+                                              r"channel pruning leaves as it is anyway; .* are: 0, 3, 8, 10$"):
+            compress(baseline, ChannelPruneConfig(ratio=0.5, example_input=X1, ignored_layers=(name,)))

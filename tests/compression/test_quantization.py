@@ -233,6 +233,51 @@ def test_configs_validate_themselves(make) -> None:  # type: ignore[no-untyped-d
         make()
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda keep: DynamicQuantConfig(keep_layers=keep),
+        lambda keep: StaticQuantConfig(calibration=[torch.zeros(1, 1, 8, 8)], keep_layers=keep),
+        lambda keep: QATConfig(train_fn=print, keep_layers=keep),
+        lambda keep: Int4WeightConfig(keep_layers=keep),
+    ],
+    ids=["dynamic", "static", "qat", "int4"],
+)
+def test_keep_layers_must_be_a_tuple_of_module_names(make) -> None:  # type: ignore[no-untyped-def]
+    assert make(["8", "10"]).keep_layers == ("8", "10") and make(()).keep_layers == ()
+    owner = f"{type(make(())).__name__}.keep_layers"
+    with pytest.raises(ConfigError, match=rf"^{owner} must be a tuple of module names .*not '10'; write \('10',\)"):
+        make("10")
+    for bad in (("",), ("8", None), ("a b",), 8, None):
+        with pytest.raises(ConfigError, match=rf"^{owner} must be a tuple of module names"):
+            make(bad)
+    with pytest.raises(ConfigError, match=rf"^{owner} names '8' more than once"):
+        make(("8", "8"))
+
+
+def test_a_kept_conv_stays_a_float_conv_with_its_own_weights_not_fused(baseline, digits) -> None:  # type: ignore[no-untyped-def]
+    calibration = calibration_batches(digits)
+    static = compress(baseline, StaticQuantConfig(calibration=calibration, keep_layers=("0",)))
+
+    def observe(model: nn.Module) -> None:  # runs the observers, trains no weight
+        with torch.no_grad():
+            for x in calibration:
+                model(x)
+
+    qat = compress(baseline, QATConfig(train_fn=observe, keep_layers=("0",)))
+    for model in (static, qat):
+        got = dict(model.named_modules())
+        assert type(got["0"]) is nn.Conv2d and torch.equal(got["0"].weight, baseline[0].weight)  # no BatchNorm folded
+        assert type(got["1"]) is torch.ao.nn.intrinsic.quantized.BNReLU2d  # its BatchNorm is quantized on its own
+        assert type(got["3"]) is torch.ao.nn.intrinsic.quantized.ConvReLU2d
+        assert model.compression_info.details["kept_layers"] == ["0"]
+        assert agreement(model, baseline, digits.x_test) > 0.95
+    # a kept BatchNorm: its conv is quantized alone, the BatchNorm stays float
+    bn = dict(compress(baseline, StaticQuantConfig(calibration=calibration, keep_layers=("1",))).named_modules())
+    assert type(bn["1"]) is nn.BatchNorm2d and type(bn["0"]) is nnq.Conv2d
+    assert torch.equal(bn["1"].running_mean, baseline[1].running_mean)
+
+
 # --- int4 weight-only -------------------------------------------------------------------------------
 
 
