@@ -1,0 +1,463 @@
+"""Saving a variant where a user can deploy it, and loading the deployable program back.
+
+:func:`save_model` writes one directory::
+
+    state_dict.pt           torch.save(model.state_dict()): the weights, for a model built by the same recipe
+    model.pt2               the program, by torch.export (any batch size: dimension 0 is exported dynamic) ...
+    model.torchscript.pt    ... or, where torch.export cannot handle the model, TorchScript (traced, else scripted)
+    manifest.json           what was saved and how (:class:`SavedModel`), with each file's sha256
+
+The program formats are tried in order: ``torch.export``, then ``torchscript-trace`` (``torch.jit.trace``),
+then ``torchscript-script`` (``torch.jit.script``). A trace that warns that it may be wrong (data-dependent
+control flow: a tensor turned into a Python number or bool, as in early-exit inference) counts as failed, so
+the script is tried next. Each program is written, loaded back from its file and run on ``example_input``; one
+whose outputs differ from the model's counts as failed too. The manifest names the format written and, for
+each format tried before it, why it failed (exception type and first line). If none works, no program is
+written and the manifest says why: never silently. The model is exported in eval mode, without gradients,
+which is how it is deployed (and how int4 layers take PyTorch's int4 kernel).
+
+What each built-in recipe gets on torch 2.13 CPU (``tests/comparison/test_export.py`` checks it): float,
+``prune``, ``channels``, ``distill`` and ``int4`` export with torch.export; the int8 recipes (``int8-dynamic``,
+``int8-static``, ``qat`` and stacks ending in one) are traced to TorchScript, because torch.export cannot
+flatten their packed-parameter objects; ``early-exit`` gets no program (its batched inference branches on the
+data, so the trace would be wrong, and it cannot be scripted): reload it from its state dict.
+
+:func:`load_model` returns the program as a module in eval mode, after checking every file's sha256 against
+the manifest. The state dict needs the architecture, so it is loaded into a model built by the same recipe::
+
+    variant = build_variant(saved.recipe, baseline, ctx)     # saved = read_manifest(directory)
+    variant.load_state_dict(read_state_dict(directory))      # torch.load(..., weights_only=True)
+
+Nothing here unpickles code: the state dict is read with ``weights_only=True``, the programs by
+``torch.export.load`` and ``torch.jit.load``, which read their own formats. Nothing goes to the network.
+This module imports torch (it is only about torch models); ``import greenmeter`` does not import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from greenmeter._checks import choice, text
+from greenmeter._errors import ConfigError
+from greenmeter._version import __version__
+from greenmeter.records.encoding import check_record_version, finite_json, parse_record_json
+
+import torch
+from torch import nn
+
+__all__ = ["PROGRAM_FORMATS", "ExportedModule", "SavedModel", "load_model", "read_manifest", "read_state_dict",
+           "save_model"]
+
+#: The manifest's ``format``: what marks a directory as a greenmeter save.
+FORMAT = "greenmeter-saved-model"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+STATE_DICT = "state_dict.pt"
+#: The program formats, in the order :func:`save_model` tries them, and the file each writes.
+PROGRAM_FORMATS = {"torch.export": "model.pt2", "torchscript-trace": "model.torchscript.pt",
+                   "torchscript-script": "model.torchscript.pt"}
+_OWN_FILES = frozenset({MANIFEST, STATE_DICT, *PROGRAM_FORMATS.values()})
+# how close the reloaded program's outputs must be to the model's on example_input
+_RTOL, _ATOL = 1e-3, 1e-5
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """A saved variant's manifest (``manifest.json``) as a record.
+
+    Attributes:
+        recipe: the recipe spec the variant was built by (``"channels:0.5+int8-static"``), ``None`` if unknown.
+        model_class: the model's class, ``module.QualName``.
+        input_shape: the shape of the ``example_input`` it was saved with (the program takes any batch size
+            where its format allows; ``torch.export`` programs do).
+        input_dtype: that input's dtype (``"float32"``).
+        program: the program format written (``"torch.export"``, ``"torchscript-trace"`` or
+            ``"torchscript-script"``), ``None`` when none could be.
+        program_file: its file name in the directory, ``None`` without a program.
+        failures: each format tried before ``program`` (all of them when there is none) and why it failed:
+            ``"ExceptionType: first line"``, in the order tried.
+        max_abs_diff: the largest difference between the reloaded program's outputs and the model's on
+            ``example_input`` (``None`` without a program).
+        files: each file written (the manifest aside) and its sha256.
+        compression: the compression method's ``{"method", "config", "details"}`` (``model.compression_info``),
+            JSON-safe; ``None`` for a model no method made.
+        metric: the metric given to :func:`save_model` (``{"name": "accuracy", "value": 0.98}``), as given.
+        extra: anything else given to :func:`save_model`, JSON-safe.
+        greenmeter_version: the greenmeter that saved it.
+        torch_version: the torch that saved it (a program is best loaded by the same).
+        saved_at: when, ISO 8601 UTC.
+        schema_version: the manifest's schema version.
+    """
+
+    recipe: str | None
+    model_class: str
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    program: str | None
+    program_file: str | None
+    failures: Mapping[str, str]
+    max_abs_diff: float | None
+    files: Mapping[str, str]
+    compression: Mapping[str, Any] | None = None
+    metric: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] | None = None
+    greenmeter_version: str = __version__
+    torch_version: str = ""
+    saved_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+    format: str = field(default=FORMAT, init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as plain JSON values."""
+        return finite_json({
+            "format": self.format, "schema_version": self.schema_version,
+            "greenmeter_version": self.greenmeter_version, "torch_version": self.torch_version,
+            "saved_at": self.saved_at, "recipe": self.recipe, "model_class": self.model_class,
+            "input": {"shape": list(self.input_shape), "dtype": self.input_dtype},
+            "program": self.program, "program_file": self.program_file, "failures": dict(self.failures),
+            "max_abs_diff": self.max_abs_diff, "files": dict(self.files),
+            "compression": None if self.compression is None else dict(self.compression),
+            "metric": None if self.metric is None else dict(self.metric),
+            "extra": None if self.extra is None else dict(self.extra),
+        })
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SavedModel:
+        """Read a manifest written by :meth:`to_dict`.
+
+        Raises:
+            ConfigError: not a greenmeter saved-model manifest, a newer schema, or a field missing.
+        """
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise ConfigError(f"not a greenmeter saved-model manifest (its 'format' is not {FORMAT!r})")
+        version = check_record_version(data, SCHEMA_VERSION, "saved-model manifest")
+        try:
+            return cls(
+                recipe=data["recipe"], model_class=data["model_class"],
+                input_shape=tuple(int(n) for n in data["input"]["shape"]), input_dtype=data["input"]["dtype"],
+                program=data["program"], program_file=data["program_file"], failures=dict(data["failures"]),
+                max_abs_diff=data["max_abs_diff"], files=dict(data["files"]), compression=data.get("compression"),
+                metric=data.get("metric"), extra=data.get("extra"), greenmeter_version=data["greenmeter_version"],
+                torch_version=data["torch_version"], saved_at=data.get("saved_at", ""), schema_version=version)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"a greenmeter saved-model manifest with a missing or malformed field: {err!r}") from err
+
+    def describe(self) -> str:
+        """One paragraph: what was saved, in which program format, why other formats failed, and its metric."""
+        what = f"the {self.recipe!r} variant" if self.recipe else "a model"
+        method = f" (method {self.compression['method']})" if self.compression and "method" in self.compression else ""
+        shape = "x".join(str(n) for n in self.input_shape)
+        parts = [f"{what}{method}, a {self.model_class.rsplit('.', 1)[-1]}, saved by greenmeter "
+                 f"{self.greenmeter_version} with torch {self.torch_version} for {self.input_dtype} inputs of "
+                 f"shape {shape}"]
+        failed = "; ".join(f"{name} failed ({why})" for name, why in self.failures.items())
+        if self.program is None:
+            parts.append(f"no deployable program: {failed}; load {STATE_DICT} into a model built by the same recipe")
+        else:
+            parts.append(f"program {self.program_file} ({self.program}; it reproduced the model's outputs on the "
+                         f"example input, largest difference {self.max_abs_diff:.3g})"
+                         + (f", written after {failed}" if failed else ""))
+            parts.append(f"weights in {STATE_DICT}")
+        if self.metric:
+            parts.append("metric " + ", ".join(f"{k} {v}" for k, v in self.metric.items()))
+        paragraph = ". ".join(parts) + "."
+        return paragraph[0].upper() + paragraph[1:]
+
+
+class ExportedModule(nn.Module):
+    """A ``torch.export`` program as a ``torch.nn.Module`` in eval mode (what :func:`load_model` returns for one).
+
+    ``ExportedProgram.module()`` refuses ``.eval()`` and ``.train()``; this wrapper accepts ``.eval()`` (and
+    ``.train(False)``), so code that switches a model to eval mode runs it unchanged, and refuses
+    ``.train()`` with a ConfigError: the program was exported for inference.
+
+    Attributes:
+        program: the ``torch.export.ExportedProgram`` (for AOTInductor and other deployment tools).
+        graph_module: ``program.module()``, which ``forward`` calls.
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        super().__init__()
+        self.program = program
+        self.graph_module = program.module()
+        self.training = False
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.graph_module(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> ExportedModule:
+        """``train(False)`` (what ``.eval()`` calls) returns the module; ``train(True)`` raises ConfigError."""
+        if mode:
+            raise ConfigError("an exported program runs as it was exported, in eval mode, and cannot train: "
+                              f"load {STATE_DICT} into a model built by the same recipe to train it")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ saving
+
+def save_model(model: nn.Module, directory: str | Path, *, example_input: torch.Tensor, recipe: str | None = None,
+               metric: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> SavedModel:
+    """Save ``model`` where a user can deploy it: its state dict, a program, and a manifest.
+
+    Args:
+        model: the variant (a ``build_variant`` result, or any ``torch.nn.Module``); it is exported in eval mode
+            and without gradients, and left in the mode it was in.
+        directory: where to write; created if missing. It must be empty or a previous greenmeter save (whose
+            files are replaced; files of other names in it are left alone).
+        example_input: one input batch ``[N, ...]``: exports and traces run on it, and the reloaded program must
+            reproduce the model's outputs on it (within 1e-5 + 1e-3 x the largest output). The ``torch.export``
+            program takes any batch size (a batch of one is exported as two copies, so as not to fix the size).
+        recipe: the recipe spec to record; ``None``: ``model.recipe.spec`` when the model has one.
+        metric: what the variant scored (``{"name": "accuracy", "value": 0.98}``), recorded as given (JSON-safe).
+        extra: anything else to record (JSON-safe: other values are written as their text).
+
+    Returns:
+        The manifest written, as a :class:`SavedModel` (``describe()`` says what was saved and why).
+
+    Raises:
+        ConfigError: ``model`` is not a module, ``example_input`` not a tensor batch, ``recipe`` not a non-empty
+            string, ``metric``/``extra`` not mappings, or ``directory`` a file or a non-empty directory that is
+            not a greenmeter save.
+    """
+    from greenmeter.compression._core import plain_value
+
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"save_model needs a torch.nn.Module, not {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1 or len(example_input) < 1:
+        raise ConfigError("save_model's example_input must be a tensor batch [N, ...] with N >= 1")
+    if recipe is None:
+        recipe = getattr(getattr(model, "recipe", None), "spec", None)
+    else:
+        text("save_model's recipe", recipe)
+    for name, value in (("metric", metric), ("extra", extra)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"save_model's {name} must be a mapping (e.g. {{'name': 'accuracy', 'value': 0.98}}) "
+                              f"or None, not {type(value).__name__}")
+    root = _prepare(Path(directory))
+    info = getattr(model, "compression_info", None)
+    compression = None if info is None else plain_value(
+        {"method": info.method, "config": dict(info.config), "details": dict(info.details)})
+
+    torch.save(model.state_dict(), root / STATE_DICT)
+    was_training = model.training
+    model.eval()
+    try:
+        program, failures, diff = _write_program(model, example_input, root)
+    finally:
+        model.train(was_training)
+    names = [STATE_DICT] + ([PROGRAM_FORMATS[program]] if program else [])
+    saved = SavedModel(
+        recipe=recipe, model_class=f"{type(model).__module__}.{type(model).__qualname__}",
+        input_shape=tuple(example_input.shape), input_dtype=str(example_input.dtype).removeprefix("torch."),
+        program=program, program_file=PROGRAM_FORMATS[program] if program else None, failures=failures,
+        max_abs_diff=diff, files={name: _sha256(root / name) for name in names}, compression=compression,
+        metric=None if metric is None else plain_value(metric), extra=None if extra is None else plain_value(extra),
+        torch_version=torch.__version__, saved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    (root / MANIFEST).write_text(json.dumps(saved.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return saved
+
+
+def _prepare(root: Path) -> Path:
+    """The directory to write into, created; a previous save's files removed; anything else refused."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"cannot save a model into {root}: it is a file, not a directory")
+    if root.is_dir() and any(root.iterdir()):
+        manifest = root / MANIFEST
+        try:
+            read_manifest(root)
+        except (ConfigError, OSError) as err:
+            why = "it has no manifest.json" if not manifest.exists() else f"its manifest.json is not one ({err})"
+            raise ConfigError(f"cannot save a model into {root}: the directory is not empty and is not a previous "
+                              f"greenmeter save ({why}); choose an empty or new directory") from err
+        for name in _OWN_FILES:
+            (root / name).unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _write_program(model: nn.Module, example: torch.Tensor, root: Path) -> tuple[str | None, dict[str, str],
+                                                                                   float | None]:
+    """Try each program format in turn; the first that writes, reloads and reproduces the outputs is kept."""
+    failures: dict[str, str] = {}
+    with torch.no_grad():
+        expected = model(example)
+        for fmt, name in PROGRAM_FORMATS.items():
+            path = root / name
+            try:
+                _WRITERS[fmt](model, example, path)
+                diff = _max_abs_diff(expected, _load_program(fmt, path)(example))
+            except Exception as err:  # every failure is recorded in the manifest: never hidden
+                path.unlink(missing_ok=True)
+                failures[fmt] = _first_line(err)
+                continue
+            if diff is None or not diff <= _ATOL + _RTOL * _max_abs(expected):
+                path.unlink(missing_ok=True)
+                failures[fmt] = ("ProgramMismatch: the reloaded program's outputs differ from the model's on "
+                                 "example_input" + ("" if diff is None else f" by up to {diff:.3g}"))
+                continue
+            return fmt, failures, diff
+    return None, failures, None
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    if len(example) == 1:  # a batch of one would be specialised to size 1: export on two copies of it
+        example = example.repeat(2, *([1] * (example.dim() - 1)))
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    torch.export.save(program, path)
+
+
+def _trace(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, (example,))
+    doubts = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    for w in caught:  # the others are not ours to keep
+        if not issubclass(w.category, torch.jit.TracerWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if doubts:  # a tensor turned into a Python value: the trace froze the path this example took
+        first = str(doubts[0].message).strip().split(". ")[0].rstrip(".")
+        raise _TraceDoubt(f"torch.jit.trace warned that the trace may be wrong for other inputs: {first}")
+    torch.jit.save(traced, path)
+
+
+def _script(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    torch.jit.save(torch.jit.script(model), path)
+
+
+class _TraceDoubt(Exception):
+    """torch.jit.trace warned that the trace may be wrong (named ``UnreliableTrace`` in the manifest)."""
+
+
+_TraceDoubt.__name__ = "UnreliableTrace"
+_WRITERS = {"torch.export": _export, "torchscript-trace": _trace, "torchscript-script": _script}
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else '(no message)'}"
+
+
+def _leaves(out: Any) -> list[Any]:
+    if isinstance(out, (tuple, list)):
+        return [leaf for item in out for leaf in _leaves(item)]
+    if isinstance(out, Mapping):
+        return [leaf for key in sorted(out) for leaf in _leaves(out[key])]
+    return [out]
+
+
+def _max_abs_diff(expected: Any, got: Any) -> float | None:
+    """The largest absolute difference of two outputs' tensors; ``None`` when their structure differs."""
+    want, have = _leaves(expected), _leaves(got)
+    if len(want) != len(have):
+        return None
+    worst = 0.0
+    for a, b in zip(want, have):
+        if not isinstance(a, torch.Tensor):
+            if a != b:
+                return None
+            continue
+        if not isinstance(b, torch.Tensor) or a.shape != b.shape:
+            return None
+        if a.numel():
+            worst = max(worst, float((a.double() - b.double()).abs().max()))
+    return worst if math.isfinite(worst) else None
+
+
+def _max_abs(out: Any) -> float:
+    return max((float(t.double().abs().max()) for t in _leaves(out) if isinstance(t, torch.Tensor) and t.numel()),
+               default=0.0)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+def read_manifest(directory: str | Path) -> SavedModel:
+    """The manifest of a directory :func:`save_model` wrote.
+
+    Raises:
+        ConfigError: the directory has no ``manifest.json``, or it is not a greenmeter saved-model manifest
+            (or one of a newer schema than this greenmeter reads).
+    """
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{directory} is not a greenmeter saved model: it has no {MANIFEST}")
+    return SavedModel.from_dict(parse_record_json(path.read_text(encoding="utf-8"), "saved-model manifest", "format"))
+
+
+def load_model(directory: str | Path, *, prefer: str = "program") -> nn.Module:
+    """Load the deployable program :func:`save_model` wrote, in eval mode, after checking every file's sha256.
+
+    Args:
+        directory: the directory :func:`save_model` wrote.
+        prefer: ``"program"``: whichever program was written; ``"torch.export"`` or ``"torchscript"``: only that
+            format (a deployment whose runtime needs one), a ConfigError if the save holds the other.
+
+    Returns:
+        A callable module in eval mode: an :class:`ExportedModule` for a ``torch.export`` program, a
+        ``torch.jit.ScriptModule`` for TorchScript.
+
+    Raises:
+        ConfigError: not a greenmeter save, a file missing or changed since it was saved (its sha256 differs from
+            the manifest's), no program in the save (the message gives the manifest's reasons and says to load
+            the state dict into a model built by the same recipe), or a program of another format than
+            ``prefer``.
+    """
+    choice("load_model's prefer", prefer, ("program", "torch.export", "torchscript"))
+    root = Path(directory)
+    saved = read_manifest(root)
+    _check_files(root, saved)
+    if saved.program is None:
+        why = "; ".join(f"{fmt}: {reason}" for fmt, reason in saved.failures.items())
+        raise ConfigError(f"{root} holds no deployable program ({why}); load {STATE_DICT} into a model built by "
+                          f"recipe {saved.recipe!r} instead (see read_state_dict)")
+    if prefer != "program" and not saved.program.startswith(prefer):
+        raise ConfigError(f"{root} holds a {saved.program} program, not {prefer}: it was saved as {saved.program} "
+                          f"because {'; '.join(saved.failures.values()) or 'that format was tried first'}")
+    with torch.no_grad():
+        return _load_program(saved.program, root / str(saved.program_file))
+
+
+def read_state_dict(directory: str | Path) -> dict[str, Any]:
+    """The saved state dict, after checking its sha256, read with ``torch.load(..., weights_only=True)``.
+
+    Load it into a model built by the same recipe: ``variant.load_state_dict(read_state_dict(directory))``.
+
+    Raises:
+        ConfigError: not a greenmeter save, or the state dict missing or changed since it was saved.
+    """
+    root = Path(directory)
+    _check_files(root, read_manifest(root), only=STATE_DICT)
+    return torch.load(root / STATE_DICT, map_location="cpu", weights_only=True)
+
+
+def _check_files(root: Path, saved: SavedModel, only: str | None = None) -> None:
+    for name, digest in saved.files.items():
+        if only is not None and name != only:
+            continue
+        path = root / name
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing: the saved model in {root} is incomplete; save it again")
+        if _sha256(path) != digest:
+            raise ConfigError(f"{path} was changed after it was saved (its sha256 differs from {MANIFEST}'s): "
+                              "do not load it; save the model again")
+
+
+def _load_program(fmt: str, path: Path) -> nn.Module:
+    if fmt == "torch.export":
+        return ExportedModule(torch.export.load(path))
+    return torch.jit.load(path, map_location="cpu").eval()
