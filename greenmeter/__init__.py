@@ -63,7 +63,9 @@ from greenmeter.metering.meter import Window
 if TYPE_CHECKING:
     from greenmeter.records.comparison import Comparison, VariantResult
     from greenmeter.comparison.compare import Variant, compare
-    from greenmeter.output.report import comparison_report, run_report, store_report, write_report
+    from greenmeter.comparison.optimize import optimize
+    from greenmeter.records.optimization import OptimizeResult
+    from greenmeter.output.report import comparison_report, optimize_report, run_report, store_report, write_report
     from greenmeter.store.database import Store
 
 # Loaded on first use, so that ``import greenmeter`` stays cheap for code that only measures.
@@ -72,7 +74,10 @@ _LAZY = {
     "VariantResult": "greenmeter.records.comparison",
     "Variant": "greenmeter.comparison.compare",
     "compare": "greenmeter.comparison.compare",
+    "optimize": "greenmeter.comparison.optimize",
+    "OptimizeResult": "greenmeter.records.optimization",
     "comparison_report": "greenmeter.output.report",
+    "optimize_report": "greenmeter.output.report",
     "run_report": "greenmeter.output.report",
     "store_report": "greenmeter.output.report",
     "write_report": "greenmeter.output.report",
@@ -113,6 +118,7 @@ __all__ = [
     "Measurement",
     "MeasurementError",
     "Meter",
+    "OptimizeResult",
     "Provenance",
     "Store",
     "StoreError",
@@ -127,6 +133,8 @@ __all__ = [
     "default_meter",
     "estimate_carbon",
     "measure",
+    "optimize",
+    "optimize_report",
     "run_report",
     "store_report",
     "track",

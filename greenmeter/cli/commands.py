@@ -219,6 +219,41 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """``greenmeter optimize CONFIG``: the variant with the least measured energy within the budget."""
+    from greenmeter._checks import output_file
+    from greenmeter._text import terminal_text
+    from greenmeter.comparison.config import load_optimize_config
+    from greenmeter.comparison.optimize import optimize
+
+    json_path = None if args.json is None else output_file("--json", args.json)
+    config = load_optimize_config(args.config)
+    kwargs = config.optimize_kwargs()
+    for key, value in (("max_drop", args.max_drop), ("time_budget_s", args.time_budget), ("save_to", args.save_to)):
+        if value is not None:
+            kwargs[key] = value
+    store = None if args.no_store else _store(args)
+    try:
+        result = optimize(**kwargs, store=store, progress=not args.quiet)
+    finally:
+        if store is not None:
+            store.close()
+    print(result.comparison.table())
+    print()
+    print(result.table())
+    print()
+    for line in result.summary().splitlines():
+        print(terminal_text(line))
+    for flag in result.flags:
+        print(f"note: {terminal_text(flag)}")
+    if json_path is not None:
+        json_path.write_text(result.to_json() + "\n", encoding="utf-8")
+        print(f"wrote {terminal_text(args.json)}")
+    if store is not None:
+        print(f"stored in {terminal_text(store.path)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``greenmeter demo``: train, compress, compare and report on bundled data; print the table and the paths."""
     from greenmeter._text import terminal_text
@@ -226,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from greenmeter.comparison.recommend import recommend
 
     result = run_demo(args.out, quick=args.quick, carbon=carbon_settings(args),
-                      progress=not args.quiet)
+                      progress=not args.quiet, optimize=not args.no_optimize)
     c = result.comparison
     print(c.table())
     notes = list(c.flags) + list(dict.fromkeys(f for v in c.variants for f in v.flags))[:3]
@@ -240,6 +275,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {label}: {value}")
     for note in rec.notes:  # the energy tie and the rule that broke it, the variants left out and why
         print(f"  - {terminal_text(note)}")
+    if result.optimization is not None:
+        print()
+        for line in result.optimization.summary().splitlines():
+            print(terminal_text(line))
+        for flag in result.optimization.flags:
+            print(f"note: {terminal_text(flag)}")
     print(f"\ndemo finished in {result.duration_s:.0f} s; files:")
     for label, path in result.files.items():
         print(f"  {label:<16} {terminal_text(path)}")

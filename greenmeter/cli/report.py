@@ -1,4 +1,5 @@
-"""``greenmeter report`` and ``greenmeter comparisons``: render and list what the run store holds."""
+"""``greenmeter report``, ``greenmeter comparisons`` and ``greenmeter optimizations``: render and list what the
+run store holds."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from greenmeter._errors import ConfigError
 from greenmeter.cli.arguments import LIMIT_MAX, whole_number_arg
 from greenmeter.output.formats import REPORT_SUBJECTS, format_for_path, format_names, get_format
 
-__all__ = ["FormatChoices", "add_report_commands", "cmd_comparisons", "cmd_report"]
+__all__ = ["FormatChoices", "add_report_commands", "cmd_comparisons", "cmd_optimizations", "cmd_report"]
 
 
 class FormatChoices:
@@ -35,17 +36,22 @@ class FormatChoices:
 
 
 def add_report_commands(commands: argparse._SubParsersAction, store_help: str) -> None:  # type: ignore[type-arg]
-    """Register ``report`` and ``comparisons`` on the command line's sub-commands."""
+    """Register ``report``, ``comparisons`` and ``optimizations`` on the command line's sub-commands."""
     report = commands.add_parser(
-        "report", help="render a stored comparison or run as a self-contained HTML page (or md, csv, json)",
-        description="Render what the run store holds (nothing is re-run): a comparison or a run by id or "
-                    "unique prefix, or --last (the latest comparison, else the latest run).",
+        "report", help="render a stored comparison, optimization or run as a self-contained HTML page (or md, csv, "
+                       "json)",
+        description="Render what the run store holds (nothing is re-run): a comparison, an optimization or a run "
+                    "by id or unique prefix, --last (the latest comparison, else the latest run), --last-run or "
+                    "--last-optimization. An optimization's report is its final comparison's with a decision "
+                    "section; csv does not render one.",
     )
     report.add_argument("ident", nargs="?", metavar="ID",
-                        help="a comparison or run id, or a unique prefix (see `greenmeter comparisons`, "
-                             "`greenmeter runs`)")
+                        help="a comparison, optimization or run id, or a unique prefix (see `greenmeter "
+                             "comparisons`, `greenmeter optimizations`, `greenmeter runs`)")
     report.add_argument("--last", action="store_true", help="the latest comparison (else the latest run)")
     report.add_argument("--last-run", action="store_true", help="the latest run")
+    report.add_argument("--last-optimization", action="store_true",
+                        help="the latest optimization (`greenmeter optimize`, greenmeter.optimize)")
     report.add_argument("-o", "--output", default=None,
                         help="file to write (default greenmeter-report with the format's extension; '-' for "
                              "standard output)")
@@ -53,7 +59,8 @@ def add_report_commands(commands: argparse._SubParsersAction, store_help: str) -
                         help="output format: %(choices)s (default: from the --output suffix, else html)")
     report.add_argument("--tolerance", type=float, default=None,
                         help="metric tolerance of the recommendation, in the metric's unit "
-                             "(default 0.01 = 1 percentage point of accuracy)")
+                             "(default 0.01 = 1 percentage point of accuracy); an optimization is judged at its "
+                             "own budget")
     report.add_argument("--store", default=None, help=store_help)
     report.set_defaults(handler=cmd_report)
 
@@ -62,6 +69,12 @@ def add_report_commands(commands: argparse._SubParsersAction, store_help: str) -
     listing.add_argument("--limit", type=whole_number_arg("limit", minimum=0, maximum=LIMIT_MAX), default=20,
                          help="how many to show (default 20)")
     listing.set_defaults(handler=cmd_comparisons)
+
+    optimizations = commands.add_parser("optimizations", help="list stored optimizations, newest first")
+    optimizations.add_argument("--store", default=None, help=store_help)
+    optimizations.add_argument("--limit", type=whole_number_arg("limit", minimum=0, maximum=LIMIT_MAX), default=20,
+                               help="how many to show (default 20)")
+    optimizations.set_defaults(handler=cmd_optimizations)
 
 
 def _format(args: argparse.Namespace) -> str:
@@ -81,15 +94,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Render the chosen record and write it (or print it with ``-o -``; on a terminal, control characters
     are shown as escapes)."""
     from greenmeter._text import terminal_text
-    from greenmeter.output.report import store_report, write_report
+    from greenmeter.output.report import optimize_report, store_report, write_report
     from greenmeter._checks import output_file
     from greenmeter.comparison.recommend import DEFAULT_TOLERANCE, check_tolerance
     from greenmeter.store.database import Store
 
-    chosen = [x for x in (args.ident, args.last or None, args.last_run or None) if x]
+    chosen = [x for x in (args.ident, args.last or None, args.last_run or None, args.last_optimization or None) if x]
     if len(chosen) != 1:
-        raise ConfigError("name one thing to report: an ID, --last or --last-run")
+        raise ConfigError("name one thing to report: an ID, --last, --last-run or --last-optimization")
     fmt = _format(args)
+    if args.last_optimization:
+        get_format(fmt, "optimization")  # csv renders no decision: refused before the store is read
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else check_tolerance(args.tolerance)
     if args.output != "-":  # writable (write_report makes missing folders) before anything is read or rendered
         output_file("--output", args.output or f"greenmeter-report{get_format(fmt).extension}", make_folders=True)
@@ -99,6 +114,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             if run is None:
                 raise ConfigError(f"the store {store.path} holds no run yet")
             kind, text = store_report(store, run.id, fmt, tolerance=tolerance)
+        elif args.last_optimization:
+            result = store.last_optimization()
+            if result is None:
+                raise ConfigError(f"the store {store.path} holds no optimization yet: run `greenmeter optimize` "
+                                  "(or greenmeter.optimize with a store) first")
+            kind, text = "optimization", optimize_report(result, fmt)
         else:
             kind, text = store_report(store, args.ident, fmt, tolerance=tolerance)
     if args.output == "-":
@@ -125,5 +146,26 @@ def cmd_comparisons(args: argparse.Namespace) -> int:
     print(f"{'id':<12}  {'created (UTC)':<19}  {'variants':>8}  {'status':<11}  name")
     for cid, name, created, count, status in rows:
         print(f"{cid[:12]:<12}  {created[:19].replace('T', ' '):<19}  {count:>8}  {status:<11}  "
+              f"{terminal_text(name)}")
+    return 0
+
+
+def cmd_optimizations(args: argparse.Namespace) -> int:
+    """List stored optimizations: id, creation time, the chosen variant, name (read-only; a missing store holds
+    none)."""
+    from greenmeter._text import terminal_text
+    from greenmeter.store.database import Store, store_path
+
+    path = store_path(args.store)
+    rows = []
+    if path.exists():
+        with Store(path, readonly=True) as store:
+            rows = store.list_optimizations(limit=args.limit)
+    if not rows:
+        print(f"no optimizations stored in {terminal_text(path)}")
+        return 0
+    print(f"{'id':<12}  {'created (UTC)':<19}  {'chosen':<24}  name")
+    for oid, name, created, chosen, _ in rows:
+        print(f"{oid[:12]:<12}  {created[:19].replace('T', ' '):<19}  {terminal_text(chosen):<24}  "
               f"{terminal_text(name)}")
     return 0

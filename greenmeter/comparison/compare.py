@@ -42,8 +42,8 @@ from greenmeter.records.measurement import Measurement
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MAX_MIN_REPEAT_S", "MAX_REPEATS", "MAX_SEED", "MAX_THREADS", "MAX_WARMUP", "Variant", "accuracy_metric",
-           "check_settings", "compare"]
+__all__ = ["MAX_MIN_REPEAT_S", "MAX_REPEATS", "MAX_SEED", "MAX_THREADS", "MAX_WARMUP", "SIGNIFICANCE_TESTS", "Variant",
+           "accuracy_metric", "check_settings", "compare", "evaluation_batches"]
 
 Metric = Callable[["torch.Tensor", "torch.Tensor"], float]
 log = logging.getLogger("greenmeter")
@@ -137,8 +137,17 @@ def accuracy_metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     return float(correct_predictions(outputs, targets).float().mean())
 
 
-def _batches(data: Any, batch_size: int) -> list[Batch]:
-    """The evaluation data as a fixed list of (inputs, targets) batches, so every pass sees the same data."""
+def evaluation_batches(data: Any, batch_size: int) -> list[Batch]:
+    """The evaluation data as a fixed list of (inputs, targets) batches, so every pass sees the same data.
+
+    Args:
+        data: ``(inputs, targets)`` tensors (cut into batches of ``batch_size``) or an iterable of
+            ``(inputs, targets, ...)`` batches (kept as they are).
+        batch_size: samples per batch for tensors, >= 1.
+
+    Raises:
+        ConfigError: inputs and targets of different lengths, a batch that is not a pair, empty data.
+    """
     import torch
 
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
@@ -255,7 +264,7 @@ def compare(
             raise ConfigError(f"variant {key!r} is a {type(spec.model).__name__}, not a torch.nn.Module or a recipe")
     metric_fn = metric or accuracy_metric
     metric_name = metric_name or ("accuracy" if metric is None else getattr(metric, "__name__", "metric"))
-    batches = _batches(data, batch_size)
+    batches = evaluation_batches(data, batch_size)
     n_samples = sum(len(x) for x, _ in batches)
     targets = torch.cat([y for _, y in batches])
     recipes = {k: s.recipe for k, s in specs.items() if s.recipe is not None}

@@ -59,16 +59,18 @@ from greenmeter.carbon.settings import CarbonSettings
 from greenmeter.comparison.compare import check_settings
 from greenmeter.comparison.recipes import check_recipe
 
-__all__ = ["CompareConfig", "load_compare_config", "resolve_object"]
+__all__ = ["CompareConfig", "load_compare_config", "load_optimize_config", "resolve_object"]
 
 _SECTIONS: dict[str, set[str]] = {
-    "": {"name", "model", "data", "training", "compare", "carbon"},
+    "": {"name", "model", "data", "training", "compare", "optimize", "carbon"},
     "model": {"factory", "kwargs", "weights", "name"},
     "data": {"eval", "train", "val", "batch_size"},
     "training": {"function"},
     "compare": {"baseline", "recipes", "variants", "repeats", "warmup", "seed", "min_repeat_s", "significance",
                 "threads"},
     "carbon": {"country", "cloud", "intensity", "pue"},
+    "optimize": {"max_drop", "max_latency_ratio", "max_size_ratio", "recipes", "time_budget_s", "screen_repeats",
+                 "final_repeats", "finalists", "eta", "probes", "save_to"},
 }
 
 
@@ -95,6 +97,7 @@ class CompareConfig:
     significance: str = "paired"
     threads: int | None = None
     carbon: Mapping[str, Any] = field(default_factory=dict)
+    optimize: Mapping[str, Any] = field(default_factory=dict)
 
     def carbon_settings(self) -> Any:
         """The ``[carbon]`` table as validated :class:`~greenmeter.carbon.settings.CarbonSettings` (or ``None``)."""
@@ -105,6 +108,26 @@ class CompareConfig:
         if "intensity" in table:
             table["intensity_g_per_kwh"] = table.pop("intensity")
         return CarbonSettings(**table)
+
+    def optimize_kwargs(self) -> dict[str, Any]:
+        """Import everything and return keyword arguments for :func:`greenmeter.optimize` (``model``, ``data``...).
+
+        The ``[optimize]`` table gives the search's settings (``save_to`` relative to the TOML file); ``[model]``,
+        ``[data]``, ``[training]`` and ``[carbon]`` are read as for ``compare``, and from ``[compare]`` the
+        ``seed``, ``min_repeat_s``, ``significance`` and ``threads``.
+        """
+        kwargs = self.build()
+        variants = kwargs.pop("variants")
+        out = {key: kwargs[key] for key in ("data", "seed", "batch_size", "name", "carbon", "min_repeat_s",
+                                            "significance", "threads", "train_data", "val_data", "train_fn")
+               if key in kwargs}
+        out["model"] = variants[self.baseline]
+        table = dict(self.optimize)
+        if "save_to" in table:
+            table["save_to"] = self.path.parent / str(table["save_to"])
+        if "probes" in table:
+            table["probes"] = tuple(table["probes"])
+        return {**out, **table}
 
     def build(self) -> dict[str, Any]:
         """Import everything and return keyword arguments for :func:`greenmeter.compare` (``variants``, ``data``...)."""
@@ -238,6 +261,24 @@ def load_compare_config(path: str | Path) -> CompareConfig:
         ConfigError: the file is missing, is not UTF-8 TOML, or has a missing, unknown or wrong-typed key, a
             setting out of range, or a recipe that is unknown or whose argument it refuses.
     """
+    return _load(path, "compare")
+
+
+def load_optimize_config(path: str | Path) -> CompareConfig:
+    """Read and check the TOML file of ``greenmeter optimize``: the comparison file's tables and ``[optimize]``.
+
+    ``[optimize]`` takes ``max_drop``, ``max_latency_ratio``, ``max_size_ratio``, ``recipes`` (default: the
+    candidates :func:`greenmeter.comparison.optimize.default_candidates` proposes), ``time_budget_s``,
+    ``screen_repeats``, ``final_repeats``, ``finalists``, ``eta``, ``probes`` and ``save_to`` (a folder,
+    relative to the TOML file); ``[compare]`` needs no recipes here.
+
+    Raises:
+        ConfigError: as :func:`load_compare_config`, and an ``[optimize]`` setting of the wrong type or range.
+    """
+    return _load(path, "optimize")
+
+
+def _load(path: str | Path, purpose: str) -> CompareConfig:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10
@@ -255,7 +296,7 @@ def load_compare_config(path: str | Path) -> CompareConfig:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
     _check_keys(doc, "", path)
     tables = {}
-    for section in ("model", "data", "training", "compare", "carbon"):
+    for section in ("model", "data", "training", "compare", "carbon", "optimize"):
         table = doc.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
@@ -275,7 +316,7 @@ def load_compare_config(path: str | Path) -> CompareConfig:
     if not isinstance(named, dict) or not all(isinstance(v, str) for v in named.values()):
         raise ConfigError(f"{path}: [compare.variants] must map names to recipe specs")
     recipes.update(named)
-    if not recipes:
+    if not recipes and purpose == "compare":
         raise ConfigError(f"{path}: nothing to compare: give compare.recipes or [compare.variants]")
     for key, spec in recipes.items():
         try:
@@ -300,7 +341,43 @@ def load_compare_config(path: str | Path) -> CompareConfig:
         weights=None if weights is None else (path.parent / str(weights)),
         baseline=str(compare_t.get("baseline", model.get("name", "baseline"))), recipes=recipes,
         eval_data=data["eval"], train_data=data.get("train"), val_data=data.get("val"),
-        train_fn=tables["training"].get("function"), carbon=tables["carbon"], **settings,
+        train_fn=tables["training"].get("function"), carbon=tables["carbon"],
+        optimize=_optimize_table(tables["optimize"], path), **settings,
     )
     config.carbon_settings()  # validate the carbon table now, before any work
     return config
+
+
+def _optimize_table(table: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The ``[optimize]`` table, each setting checked as :func:`greenmeter.optimize` checks it, before any work."""
+    from greenmeter._checks import number, whole_number
+
+    def label(key: str) -> str:
+        return f"{path}: optimize.{key}"
+
+    out: dict[str, Any] = {}
+    for key in ("max_drop", "max_latency_ratio", "max_size_ratio", "time_budget_s"):
+        if key in table:
+            out[key] = number(label(key), table[key], low=0, low_open=key != "max_drop")
+    for key, low in (("screen_repeats", 2), ("final_repeats", 2), ("finalists", 1), ("eta", 2)):
+        if key in table:
+            out[key] = whole_number(label(key), table[key], minimum=low)
+    for key in ("recipes", "probes"):
+        if key in table:
+            listed = table[key]
+            if not isinstance(listed, list) or not all(isinstance(r, str) for r in listed) or (
+                    key == "recipes" and not listed):
+                example = "['int8-static', 'channels:0.5+int8-static']" if key == "recipes" else (
+                    "['int8', 'prune:0.5'] ([] skips the sensitivity)")
+                raise ConfigError(f"{label(key)} must be a {'non-empty ' if key == 'recipes' else ''}list of strings "
+                                  f"such as {example}")
+            if key == "recipes":
+                for spec in listed:
+                    try:
+                        check_recipe(spec)
+                    except ConfigError as err:
+                        raise ConfigError(f"{label(key)}: {err}") from err
+            out[key] = list(listed)
+    if "save_to" in table:
+        out["save_to"] = text(label("save_to"), table["save_to"])
+    return out

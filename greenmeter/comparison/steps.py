@@ -84,7 +84,12 @@ class _Entry:
         self.error = f"{stage}: {type(err).__name__}: {err}"
 
 
-def _forward(model: Any, x: torch.Tensor) -> torch.Tensor:
+def model_output(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` as one tensor: the first item of a tuple or list output (early exits return more).
+
+    Raises:
+        ConfigError: the model returned something other than a tensor.
+    """
     import torch
 
     out = model(x)
@@ -118,10 +123,41 @@ def _check_metric(value: Any, name: str, metric_name: str) -> float:
     return number
 
 
-def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str, str], ctx: Any, meter: Meter,
-           carbon: CarbonSettings | None, seed: int, show: Progress) -> list[_Entry]:
+def build_measured(key: str, recipe: str, baseline: Any, ctx: Any, meter: Meter, carbon: CarbonSettings | None,
+                   seed: int) -> tuple[Any, MakingCost, tuple[str, ...]]:
+    """Build the variant ``recipe`` from ``baseline`` with its making energy measured on ``meter``.
+
+    Each step of a stacked recipe runs in its own window (``make:KEY/2:int8-static``), one-step recipes in
+    ``make:KEY``; torch is seeded with ``seed`` first.
+
+    Returns:
+        The variant, its :class:`MakingCost` (for a stacked recipe the sum of its steps, each kept in
+        ``steps``), and flags about the making windows (a window too short for its source to resolve).
+
+    Raises:
+        Whatever :func:`greenmeter.comparison.recipes.build_variant` raises.
+    """
     import torch
 
+    torch.manual_seed(seed)
+    windows: list[tuple[str, Any]] = []  # each step of a stacked recipe in its own window
+    stacked = STEP_SEPARATOR in recipe
+
+    @contextlib.contextmanager
+    def step_window(index: int, step: str) -> Any:
+        with meter.window(f"make:{key}/{index + 1}:{step}" if stacked else f"make:{key}") as window:
+            windows.append((step, window))
+            yield
+
+    model = build_variant(recipe, baseline, ctx, step_window=step_window)
+    making = _recipe_making_cost(model.recipe, [(step, w.measurement) for step, w in windows], carbon)
+    flags = tuple(dict.fromkeys(f"making it: {f}" for _, w in windows for f in w.measurement.flags
+                                if "not resolved" in f))  # its making energy is uncertain
+    return model, making, flags
+
+
+def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str, str], ctx: Any, meter: Meter,
+           carbon: CarbonSettings | None, seed: int, show: Progress) -> list[_Entry]:
     base_model = specs[baseline].model
     entries = []
     for key in [baseline] + [k for k in specs if k != baseline]:
@@ -135,24 +171,11 @@ def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str,
 
         entry = _Entry(key, None, spec.recipe, None)
         show(f"making {key} ({spec.recipe})")
-        torch.manual_seed(seed)
-        windows: list[tuple[str, Any]] = []  # each step of a stacked recipe in its own window
-
-        @contextlib.contextmanager
-        def step_window(index: int, step: str, key: str = key, stacked: bool = STEP_SEPARATOR in spec.recipe) -> Any:
-            with meter.window(f"make:{key}/{index + 1}:{step}" if stacked else f"make:{key}") as window:
-                windows.append((step, window))
-                yield
-
         try:
-            entry.model = build_variant(spec.recipe, base_model, ctx, step_window=step_window)
+            entry.model, entry.making, flags = build_measured(key, spec.recipe, base_model, ctx, meter, carbon, seed)
+            entry.flags.update(dict.fromkeys(flags))
         except Exception as err:  # recorded for this variant; the others go on
             entry.fail("making it", err)
-        if entry.error is None:
-            entry.making = _recipe_making_cost(entry.model.recipe, [(step, w.measurement) for step, w in windows],
-                                               carbon)
-            entry.flags.update(dict.fromkeys(f"making it: {f}" for _, w in windows for f in w.measurement.flags
-                                             if "not resolved" in f))  # its making energy is uncertain
         show(f"made {key}" if entry.error is None else f"{key} FAILED: {entry.error}", advance=1)
         entries.append(entry)
     return entries
@@ -172,7 +195,7 @@ def prepare(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: torc
                 torch.manual_seed(seed)
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    outs = [_forward(model, x) for x, _ in batches]
+                    outs = [model_output(model, x) for x, _ in batches]
                 t_pass = min(t_pass, time.perf_counter() - t0)
             shape = tuple(outs[0].shape[1:])
             if entry is not base and shape != base.facts["output_shape"]:
@@ -227,7 +250,7 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
             for p in range(passes):
                 torch.manual_seed(seed)
                 for x, _ in batches:
-                    out = _forward(model, x)
+                    out = model_output(model, x)
                     meter.step(samples=len(x))
                     if p == 0:
                         outs.append(out)

@@ -7,8 +7,12 @@
    energy of making each one measured.
 3. Compare the baseline and the variants side by side: interleaved repeats, confidence intervals,
    significance, Pareto front, break-even.
-4. Write the HTML report of the comparison (the main output), the training run's report, and the
-   comparison as JSON, CSV and Markdown; print the table and where the files are.
+4. Ask :func:`greenmeter.optimize` for the cheapest variant within half a point of accuracy: per-layer
+   sensitivity, single and stacked recipes, screened on measured energy, the finalists compared side by side
+   (in a time budget that keeps the whole demo within a few minutes).
+5. Write the HTML report of the comparison (the main output), the report of the optimize decision, the
+   training run's report, and the comparison as JSON, CSV and Markdown; print the table, the decision and
+   where the files are.
 
 ``--quick`` runs a smaller version (fewer epochs and repeats) for CI and a first look.
 """
@@ -28,13 +32,14 @@ from greenmeter.comparison.progress import progress_printer
 from greenmeter.comparison.recipes import RecipeContext
 from greenmeter.demo.digits import accuracy, batches, load_digits_data, make_digits_cnn, train_classifier
 from greenmeter.metering.meter import Meter
-from greenmeter.output.report import comparison_report, run_report, write_report
+from greenmeter.output.report import comparison_report, optimize_report, run_report, write_report
 from greenmeter.store.database import Store
 
 if TYPE_CHECKING:
     from greenmeter.carbon.settings import CarbonSettings
     from greenmeter.records.comparison import Comparison
     from greenmeter.records.measurement import Measurement
+    from greenmeter.records.optimization import OptimizeResult
 
 __all__ = ["DEMO_RECIPES", "DemoResult", "DemoSettings", "run_demo"]
 
@@ -61,10 +66,14 @@ class DemoSettings:
     fine_tune_epochs: int
     train_epochs: int
     min_repeat_s: float | None
+    optimize_budget_s: float = 120.0
 
 
-FULL = DemoSettings(epochs=20, repeats=5, fine_tune_epochs=3, train_epochs=10, min_repeat_s=None)
-QUICK = DemoSettings(epochs=4, repeats=3, fine_tune_epochs=1, train_epochs=2, min_repeat_s=0.1)
+#: The accuracy budget of the demo's optimize step: half a percentage point.
+OPTIMIZE_MAX_DROP = 0.005
+
+FULL = DemoSettings(epochs=20, repeats=5, fine_tune_epochs=3, train_epochs=10, min_repeat_s=None, optimize_budget_s=120)
+QUICK = DemoSettings(epochs=4, repeats=3, fine_tune_epochs=1, train_epochs=2, min_repeat_s=0.1, optimize_budget_s=25)
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class DemoResult:
     baseline_accuracy: float
     files: dict[str, Path]
     duration_s: float
+    optimization: OptimizeResult | None = None
 
 
 def _remove_old_store(path: Path) -> None:
@@ -103,7 +113,8 @@ def _remove_old_store(path: Path) -> None:
 
 
 def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, carbon: CarbonSettings | None = None,
-             progress: bool | Callable[[str], None] = True, recipes: dict[str, str] | None = None) -> DemoResult:
+             progress: bool | Callable[[str], None] = True, recipes: dict[str, str] | None = None,
+             optimize: bool = True) -> DemoResult:
     """Run the demo and write its files to ``out_dir`` (created if missing).
 
     Args:
@@ -113,6 +124,7 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
         progress: ``True`` for progress on standard error, ``False`` for none, or a callable given each line
             (as :func:`greenmeter.compare` takes it, and passed on to it).
         recipes: the variants to build (default :data:`DEMO_RECIPES`).
+        optimize: also run :func:`greenmeter.optimize` (budget :data:`OPTIMIZE_MAX_DROP`) after the comparison.
 
     Raises:
         ConfigError: ``out_dir`` cannot be created or written; it holds a ``runs.db`` that is not a
@@ -179,6 +191,15 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
             repeats=settings.repeats, min_repeat_s=settings.min_repeat_s, name="demo: digits CNN and its variants",
             progress=progress,
         )
+        optimization = None
+        if optimize:
+            say(f"optimize: the least energy within {OPTIMIZE_MAX_DROP * 100:g} pp of accuracy "
+                f"(time budget {settings.optimize_budget_s:.0f} s)")
+            optimization = greenmeter.optimize(
+                model, (data.x_test, data.y_test), max_drop=OPTIMIZE_MAX_DROP, recipe_context=context, store=store,
+                carbon=carbon, time_budget_s=settings.optimize_budget_s, final_repeats=settings.repeats,
+                min_repeat_s=settings.min_repeat_s, name="demo: optimize", progress=progress,
+            )
         files = {
             "report": write_report(comparison_report(comparison), out / "report.html"),
             "training report": write_report(
@@ -188,6 +209,9 @@ def run_demo(out_dir: str | Path = "greenmeter-demo", *, quick: bool = False, ca
             "json": write_report(comparison.to_json() + "\n", out / "comparison.json"),
             "store": store_path,
         }
+        if optimization is not None:
+            files["decision report"] = write_report(optimize_report(optimization), out / "optimize.html")
+            files["optimize json"] = write_report(optimization.to_json() + "\n", out / "optimize.json")
     finally:
         store.close()
-    return DemoResult(comparison, training, base_acc, files, time.perf_counter() - started)
+    return DemoResult(comparison, training, base_acc, files, time.perf_counter() - started, optimization)

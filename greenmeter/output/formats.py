@@ -5,19 +5,22 @@ one renderer per subject it applies to:
 
 - ``"comparison"``: a stored comparison (:func:`~greenmeter.output.report.comparison_report`);
 - ``"run"``: a stored run with its windows and power samples (:func:`~greenmeter.output.report.run_report`);
-- ``"runs"``: a set of stored runs (:func:`~greenmeter.output.export.export_runs`, ``greenmeter export``).
+- ``"runs"``: a set of stored runs (:func:`~greenmeter.output.export.export_runs`, ``greenmeter export``);
+- ``"optimization"``: an :class:`~greenmeter.records.optimization.OptimizeResult`
+  (:func:`~greenmeter.output.report.optimize_report`): its final comparison's report with a decision section.
 
-A comparison or run renderer is called as ``renderer(view, record)``: ``view`` is the
+A comparison, run or optimization renderer is called as ``renderer(view, record)``: ``view`` is the
 :class:`~greenmeter.output.view.ReportView` (every figure already formatted, the table's raw values in
-SI units) and ``record`` the stored record as JSON-ready dicts under its kind (``{"comparison": ...}``
-or ``{"run": ..., "windows": [...], "power_samples": [...]}``). A runs renderer is called as
+SI units; an optimization's view is its final comparison's with ``decision`` set) and ``record`` the stored
+record as JSON-ready dicts under its kind (``{"comparison": ...}``, ``{"optimization": ...}`` or
+``{"run": ..., "windows": [...], "power_samples": [...]}``). A runs renderer is called as
 ``renderer(runs, options)`` with the :class:`~greenmeter.store.database.RunRecord` list and the
 :class:`ExportOptions`. Each returns the text. A renderer is a callable, or a ``"module:function"``
 string imported the first time the format renders, so listing formats (the command line does so when
 it starts) imports no renderer.
 
-The built-ins are ``html``, ``md``, ``csv``, ``json`` (comparisons and runs; ``csv`` and ``json`` also
-sets of runs), ``codecarbon`` and ``model-card`` (sets of runs). Third-party packages add formats with
+The built-ins are ``html``, ``md``, ``csv``, ``json`` (comparisons and runs; ``html``, ``md`` and ``json``
+also optimize results, which have no one table for ``csv``; ``csv`` and ``json`` also sets of runs), ``codecarbon`` and ``model-card`` (sets of runs). Third-party packages add formats with
 an entry point in the ``greenmeter.formats`` group naming a :class:`Format` object (see
 :mod:`greenmeter.plugins`); they are loaded the first time the registry is used, never at
 ``import greenmeter``. :func:`register_format` adds one in-process.
@@ -56,14 +59,15 @@ __all__ = [
     "unregister_format",
 ]
 
-#: What a format can apply to: a comparison, a stored run, a set of stored runs.
-SUBJECTS = ("comparison", "run", "runs")
+#: What a format can apply to: a comparison, a stored run, a set of stored runs, an optimize result.
+SUBJECTS = ("comparison", "run", "runs", "optimization")
 #: The subjects of a report (``greenmeter report``); a set of runs is exported (``greenmeter export``).
-REPORT_SUBJECTS = ("comparison", "run")
+REPORT_SUBJECTS = ("comparison", "run", "optimization")
 
-_SUBJECT_WORDS = {"comparison": "a comparison", "run": "a stored run", "runs": "a set of stored runs"}
+_SUBJECT_WORDS = {"comparison": "a comparison", "run": "a stored run", "runs": "a set of stored runs",
+                  "optimization": "an optimize result"}
 
-#: ``renderer(view, record) -> text`` for a comparison or a run.
+#: ``renderer(view, record) -> text`` for a comparison, a run or an optimize result.
 ViewRenderer = Callable[["ReportView", Mapping[str, Any]], str]
 #: ``renderer(runs, options) -> text`` for a set of stored runs.
 RunsRenderer = Callable[[Sequence["RunRecord"], "ExportOptions"], str]
@@ -97,9 +101,11 @@ class Format:
         comparison: the renderer of a comparison (a :data:`ViewRenderer`), or ``None``.
         run: the renderer of a stored run (a :data:`ViewRenderer`), or ``None``.
         runs: the renderer of a set of stored runs (a :data:`RunsRenderer`), or ``None``.
-        charts: whether the comparison and run renderers show charts, so the view must draw them
-            (matplotlib; slow, so only formats that show them ask).
+        charts: whether the comparison, run and optimization renderers show charts, so the view must draw
+            them (matplotlib; slow, so only formats that show them ask).
         other_extensions: more extensions :func:`format_for_path` recognises (``(".htm",)``).
+        optimization: the renderer of an optimize result (a :data:`ViewRenderer`; its view has a
+            ``decision``), or ``None``.
 
     Raises:
         ConfigError: a malformed name, extension or description, no renderer, or a renderer that is
@@ -114,6 +120,7 @@ class Format:
     runs: RunsRenderer | str | None = None
     charts: bool = False
     other_extensions: tuple[str, ...] = ()
+    optimization: ViewRenderer | str | None = None
 
     def __post_init__(self) -> None:
         registry_name("Format.name", self.name)
@@ -172,13 +179,16 @@ _RUNS = "greenmeter.output.export"
 
 _BUILTINS = (
     Format("html", ".html", "one self-contained page: summary, charts, table, sources, methodology, model card",
-           comparison=f"{_VIEWS}:render_html", run=f"{_VIEWS}:render_html", charts=True, other_extensions=(".htm",)),
+           comparison=f"{_VIEWS}:render_html", run=f"{_VIEWS}:render_html", charts=True, other_extensions=(".htm",),
+           optimization=f"{_VIEWS}:render_html"),
     Format("md", ".md", "the report as Markdown: summary, flags, table, sources, methodology, model card",
-           comparison=f"{_VIEWS}:render_markdown", run=f"{_VIEWS}:render_markdown"),
+           comparison=f"{_VIEWS}:render_markdown", run=f"{_VIEWS}:render_markdown",
+           optimization=f"{_VIEWS}:render_markdown"),
     Format("csv", ".csv", "a table in SI units: one row per variant, window or run",
            comparison=f"{_VIEWS}:render_csv", run=f"{_VIEWS}:render_csv", runs=f"{_RUNS}:render_runs_csv"),
     Format("json", ".json", "the stored record(s) in SI units, with the report's summary for a comparison or run",
-           comparison=f"{_VIEWS}:render_json", run=f"{_VIEWS}:render_json", runs=f"{_RUNS}:render_runs_json"),
+           comparison=f"{_VIEWS}:render_json", run=f"{_VIEWS}:render_json", runs=f"{_RUNS}:render_runs_json",
+           optimization=f"{_VIEWS}:render_json"),
     Format("codecarbon", ".csv", "CodeCarbon's emissions.csv columns in its units (kWh, kg CO2e, W)",
            runs=f"{_RUNS}:render_codecarbon"),
     Format("model-card", ".yaml", "the Hugging Face model-card co2_eq_emissions YAML block, summed over the runs",
@@ -224,7 +234,7 @@ def _applies(fmt: Format, subjects: tuple[str, ...]) -> bool:
 
 
 def _kind(subjects: tuple[str, ...]) -> str:
-    if set(subjects) <= {"comparison", "run"}:
+    if set(subjects) <= {"comparison", "run", "optimization"}:
         return "report format"
     return "export format" if subjects == ("runs",) else "format"
 

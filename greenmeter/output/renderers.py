@@ -47,7 +47,8 @@ def _jinja_env() -> Any:
 def render_html(view: ReportView, record: Mapping[str, Any]) -> str:
     """One self-contained HTML page (``record`` is not used: the page shows the view)."""
     return _jinja_env().get_template("report.html.j2").render(
-        view=view, title=view.title, version=view.version, css=read_template("report.css"),
+        view=view, title=view.title, version=view.version,
+        css=read_template("report.css") + (read_template("decision.css") if view.decision is not None else ""),
         script=read_template("sort.js"))
 
 

@@ -2,8 +2,9 @@
 
 Renderers read what the store holds and never re-run anything (like pyinstrument's renderers of a
 saved session): :func:`comparison_report` renders a :class:`~greenmeter.records.comparison.Comparison`,
-:func:`run_report` a stored run with its windows and power samples, :func:`store_report` whatever a
-store holds under an id (or the latest). Each builds the view model
+:func:`run_report` a stored run with its windows and power samples, :func:`optimize_report` an
+:class:`~greenmeter.records.optimization.OptimizeResult` (its final comparison's report with a decision
+section), :func:`store_report` whatever a store holds under an id (or the latest). Each builds the view model
 (:mod:`greenmeter.output.comparison_view`, :mod:`greenmeter.output.run_view`) and hands it to the format's
 renderer from the registry in :mod:`greenmeter.output.formats`; the built-in HTML page is one
 self-contained file (charts, CSS and its one script inlined) that opens offline and prints.
@@ -14,12 +15,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError, StoreError
 from greenmeter.comparison.recommend import DEFAULT_TOLERANCE
 from greenmeter.output.comparison_view import comparison_view
+from greenmeter.output.decision_view import decision_view
 from greenmeter.output.formats import REPORT_SUBJECTS, format_for_path, get_format
 from greenmeter.output.run_view import run_view
 from greenmeter.output.view import ReportView
@@ -27,10 +30,11 @@ from greenmeter.output.view import ReportView
 if TYPE_CHECKING:
     from greenmeter.records.comparison import Comparison
     from greenmeter.records.measurement import Measurement
+    from greenmeter.records.optimization import OptimizeResult
     from greenmeter.records.run import RunRecord
     from greenmeter.store.database import Store
 
-__all__ = ["comparison_report", "render", "run_report", "store_report", "write_report"]
+__all__ = ["comparison_report", "optimize_report", "render", "run_report", "store_report", "write_report"]
 
 _HTML_PAGE = re.compile(r"\A\s*<!doctype html", re.IGNORECASE)
 
@@ -43,8 +47,8 @@ def render(view: ReportView, fmt: str = "html", record: dict[str, Any] | None = 
             :func:`~greenmeter.output.run_view.run_view`.
         fmt: a format that applies to the view's kind: ``"html"``, ``"md"``, ``"csv"``, ``"json"`` or a
             plug-in's (see :func:`~greenmeter.output.formats.format_names`).
-        record: the stored record under its kind (``{"comparison": ...}`` or ``{"run": ...}``), for
-            formats that carry it (JSON).
+        record: the stored record under its kind (``{"comparison": ...}``, ``{"run": ...}`` or
+            ``{"optimization": ...}``), for formats that carry it (JSON).
 
     Raises:
         ConfigError: an unknown format, or one that does not apply to the view's kind.
@@ -67,6 +71,28 @@ def comparison_report(comparison: Comparison, fmt: str = "html", *, tolerance: f
     return form.renderer("comparison")(view, {"comparison": comparison.to_dict()})
 
 
+def optimize_report(result: OptimizeResult, fmt: str = "html", *, generated_at: str | None = None) -> str:
+    """An optimize result as a report in ``fmt``: its final comparison's report, judged at the result's budget
+    (``tolerance=result.max_drop``), with the decision section (:func:`~greenmeter.output.decision_view.decision_view`)
+    right after the summary. JSON carries ``{"optimization": result.to_dict()}``.
+
+    Args:
+        result: from :func:`greenmeter.optimize`, or :meth:`~greenmeter.store.database.Store.get_optimization`.
+        fmt: a format of :func:`~greenmeter.output.formats.format_names` ``("optimization")``: ``"html"``,
+            ``"md"``, ``"json"`` or a plug-in's (``csv`` has no one table for a decision: render the comparison,
+            ``comparison_report(result.comparison, "csv")``).
+        generated_at: the report's timestamp (default: now, UTC).
+
+    Raises:
+        ConfigError: an unknown format, or one that does not render an optimize result (the message lists
+            those that do).
+    """
+    form = get_format(fmt, "optimization")
+    view = comparison_view(result.comparison, result.max_drop, charts=form.charts, generated_at=generated_at)
+    view = replace(view, kind="optimization", title=f"Optimization: {result.name}", decision=decision_view(result))
+    return form.renderer("optimization")(view, {"optimization": result.to_dict()})
+
+
 def run_report(run: RunRecord, windows: Sequence[Measurement], samples: Sequence[tuple[float, str, float]] = (),
                fmt: str = "html", *, generated_at: str | None = None) -> str:
     """A stored run (with its windows and power samples ``(seconds since start, domain key, watts)``) as a
@@ -84,10 +110,11 @@ def run_report(run: RunRecord, windows: Sequence[Measurement], samples: Sequence
 
 def store_report(store: Store, ident: str | None = None, fmt: str = "html", *,
                  tolerance: float = DEFAULT_TOLERANCE, generated_at: str | None = None) -> tuple[str, str]:
-    """Render what the store holds under ``ident`` (a comparison or a run id, or a unique prefix of one).
+    """Render what the store holds under ``ident`` (a comparison, optimization or run id, or a unique prefix of one).
 
     With ``ident=None`` the latest comparison is rendered, or the latest run when the store holds no
-    comparison. Returns ``(kind, text)`` with kind ``"comparison"`` or ``"run"``.
+    comparison. Returns ``(kind, text)`` with kind ``"comparison"``, ``"optimization"`` or ``"run"``. An
+    optimization is judged at its own budget (``max_drop``), not at ``tolerance``.
 
     Raises:
         ConfigError: an unknown format, or one that renders neither a comparison nor a run, or not the
@@ -104,13 +131,17 @@ def store_report(store: Store, ident: str | None = None, fmt: str = "html", *,
             raise StoreError(f"the store {store.path} holds no comparison and no run yet: run `greenmeter compare` "
                              f"or `greenmeter run` first")
         return "run", _stored_run(store, run.id, fmt, generated_at)
-    comparison_ids = [cid for cid, *_ in store.list_comparisons()]
-    matches = [cid for cid in comparison_ids if cid.startswith(ident)]
+    matches = [("comparison", cid) for cid, *_ in store.list_comparisons() if cid.startswith(ident)]
+    matches += [("optimization", oid) for oid, *_ in store.list_optimizations() if oid.startswith(ident)]
     if len(matches) == 1:
-        return "comparison", comparison_report(store.get_comparison(matches[0]), fmt, tolerance=tolerance,
-                                               generated_at=generated_at)
+        kind, found = matches[0]
+        if kind == "optimization":
+            return kind, optimize_report(store.get_optimization(found), fmt, generated_at=generated_at)
+        return kind, comparison_report(store.get_comparison(found), fmt, tolerance=tolerance,
+                                       generated_at=generated_at)
     if len(matches) > 1:
-        raise StoreError(f"{ident!r} is the start of {len(matches)} comparison ids: give more characters")
+        kinds = " and ".join(dict.fromkeys(f"{kind} ids" for kind, _ in matches))
+        raise StoreError(f"{ident!r} is the start of {len(matches)} {kinds}: give more characters")
     return "run", _stored_run(store, ident, fmt, generated_at)
 
 

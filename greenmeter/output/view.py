@@ -1,7 +1,8 @@
 """View models of a report: plain frozen records that templates render, and the cell formatting they share.
 
 Builders fill them from stored results: :mod:`greenmeter.output.comparison_view` from a comparison,
-:mod:`greenmeter.output.run_view` from a stored run. Every figure shown is formatted once, in a builder, so
+:mod:`greenmeter.output.run_view` from a stored run, :mod:`greenmeter.output.decision_view` the decision
+section of an optimize result. Every figure shown is formatted once, in a builder, so
 the HTML, Markdown and CSV outputs say the same thing.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 from greenmeter.comparison.recommend import Recommendation
 
-__all__ = ["Cell", "ChartView", "Column", "ReportView", "Row", "now", "num", "ratio"]
+__all__ = ["Cell", "ChartView", "Column", "DecisionView", "ReportView", "Row", "TableView", "now", "num", "ratio"]
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,58 @@ class ChartView:
 
 
 @dataclass(frozen=True)
+class TableView:
+    """A small plain table of text (not sortable): its caption, headings and rows, already formatted.
+
+    Attributes:
+        caption: what the table holds, in one line.
+        headers: one heading per column.
+        numeric: per column, whether it holds numbers (right-aligned).
+        rows: the cells of each row, as text.
+        marks: per row, a CSS class (``"chosen"``, ``"failed"``...) or ``""``; empty for none.
+    """
+
+    caption: str
+    headers: tuple[str, ...]
+    numeric: tuple[bool, ...]
+    rows: tuple[tuple[str, ...], ...]
+    marks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DecisionView:
+    """The decision of an optimize result (:func:`greenmeter.optimize`), formatted for its report section.
+
+    Attributes:
+        question: what was asked, as ``(label, value)`` pairs: the metric budget, the limits, the data the
+            candidates were chosen on, the time budget.
+        chosen: the chosen variant's recipe spec, or ``None`` when the baseline is kept.
+        baseline: the baseline's name.
+        reason: why, in one sentence.
+        figures: the choice against the baseline and the search, as ``(label, value)`` pairs.
+        candidates: every candidate: spec, status, round, metric change, energy ratio, making energy, why.
+        rounds: the screening rounds of successive halving, or ``None`` when there were none.
+        sensitivity: the per-layer sensitivity table, or ``None`` when none was measured.
+        sensitivity_note: what the sensitivity table's figures are, or ``None``.
+        flags: what to keep in mind when reading the decision.
+    """
+
+    question: tuple[tuple[str, str], ...]
+    chosen: str | None
+    baseline: str
+    reason: str
+    figures: tuple[tuple[str, str], ...]
+    candidates: TableView
+    rounds: TableView | None
+    sensitivity: TableView | None
+    sensitivity_note: str | None
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ReportView:
-    """Everything a report shows, formatted. ``kind`` is ``"comparison"`` or ``"run"``."""
+    """Everything a report shows, formatted. ``kind`` is ``"comparison"``, ``"run"`` or ``"optimization"`` (a
+    comparison's view with its ``decision`` section)."""
 
     kind: str
     title: str
@@ -106,6 +157,7 @@ class ReportView:
     model_card: str
     flags: tuple[str, ...]
     version: str
+    decision: DecisionView | None = None
 
 
 # ---- formatting -----------------------------------------------------------------------------------

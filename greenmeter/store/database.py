@@ -11,8 +11,10 @@ it creates nothing, refuses every write, and writes only to upgrade a store from
 
 Tables: ``runs`` (status, times, command, host, carbon settings, whole-run measurement and CO2e as JSON),
 ``windows`` (each window's ``Measurement.to_json()``), ``steps`` (per-step durations in s, of the windows that
-kept them whole: see ``Meter(keep_steps=...)``; others hold a bounded sketch in their measurement) and
-``power_samples`` (the power timeline: s since the run started, domain key, W).
+kept them whole: see ``Meter(keep_steps=...)``; others hold a bounded sketch in their measurement),
+``power_samples`` (the power timeline: s since the run started, domain key, W), ``comparisons`` (each
+:class:`~greenmeter.records.comparison.Comparison` as JSON) and ``optimizations`` (each
+:class:`~greenmeter.records.optimization.OptimizeResult` as JSON, with the id of its final comparison).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from greenmeter._errors import ConfigError, CorruptStoreError, StoreError
 from greenmeter.carbon.settings import CarbonEstimate, CarbonSettings
 from greenmeter.records.comparison import Comparison
 from greenmeter.records.measurement import HostInfo, Measurement
+from greenmeter.records.optimization import OptimizeResult
 from greenmeter.records.run import RunRecord
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "RunRecord", "Store", "default_store_path", "migrate",
@@ -49,6 +52,13 @@ COMPARISONS_MIGRATION = (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL, run_id TEXT,
         variants INTEGER NOT NULL, data TEXT NOT NULL)""",
     "CREATE INDEX comparisons_by_time ON comparisons (created_at)",
+)
+#: Schema migration 2 -> 3: the optimizations table (``comparison_id``: the final comparison stored with it).
+OPTIMIZATIONS_MIGRATION = (
+    """CREATE TABLE optimizations (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL, run_id TEXT, chosen TEXT NOT NULL,
+        comparison_id TEXT, data TEXT NOT NULL)""",
+    "CREATE INDEX optimizations_by_time ON optimizations (created_at)",
 )
 #: ``MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1`` (statements run in one transaction).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -74,10 +84,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX power_samples_by_run ON power_samples (run_id, t_s)",
     ),
     COMPARISONS_MIGRATION,
+    OPTIMIZATIONS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 30.0
-_TABLES = frozenset({"runs", "windows", "steps", "power_samples", "comparisons"})
+_TABLES = frozenset({"runs", "windows", "steps", "power_samples", "comparisons", "optimizations"})
 _KINDS = ("run", "api")
 _FINAL = ("ok", "failed", "interrupted")
 _MAGIC = b"SQLite format 3\x00"
@@ -484,18 +495,8 @@ class Store:
             StoreError: none or several match (the message says how to list them).
             CorruptStoreError: its stored JSON cannot be read.
         """
-        prefix = str(comparison_id).strip().lower()
-        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
-            raise StoreError(f"{comparison_id!r} is not a comparison id (ids are hex digits); "
-                             "run `greenmeter runs --comparisons` to see them")
-        rows = self._query("find a comparison", "SELECT id, data FROM comparisons WHERE id LIKE ? "
-                           "ORDER BY created_at DESC LIMIT 2", (prefix + "%",))
-        if not rows:
-            raise StoreError(f"no comparison with an id starting with {prefix!r} in {self.path}; "
-                             "run `greenmeter runs --comparisons` to see the stored ids")
-        if len(rows) > 1:
-            raise StoreError(f"comparison id prefix {prefix!r} is ambiguous in {self.path}; give more characters")
-        return self._comparison(rows[0][0], rows[0][1])
+        found, text = self._find("comparison", "comparisons", comparison_id, "run `greenmeter runs --comparisons`")
+        return self._comparison(found, text)
 
     def last_comparison(self) -> Comparison | None:
         """The most recent comparison, or ``None`` when none is stored."""
@@ -520,6 +521,77 @@ class Store:
             return Comparison.from_dict(json.loads(text))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise self._corrupt(f"holds an unreadable comparison {comparison_id} ({err})") from err
+
+    def _find(self, what: str, table: str, ident: str, listing: str) -> tuple[str, str]:
+        """``(id, data)`` of the row of ``table`` whose id is ``ident`` or starts with it (``what`` names the
+        record in errors, ``listing`` says how to see the stored ids)."""
+        prefix = str(ident).strip().lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            raise StoreError(f"{ident!r} is not {'an' if what[0] in 'aeiou' else 'a'} {what} id (ids are hex "
+                             f"digits); {listing} to see them")
+        rows = self._query(f"find {'an' if what[0] in 'aeiou' else 'a'} {what}", f"SELECT id, data FROM {table} "
+                           "WHERE id LIKE ? ORDER BY created_at DESC LIMIT 2", (prefix + "%",))
+        if not rows:
+            raise StoreError(f"no {what} with an id starting with {prefix!r} in {self.path}; "
+                             f"{listing} to see the stored ids")
+        if len(rows) > 1:
+            raise StoreError(f"{what} id prefix {prefix!r} is ambiguous in {self.path}; give more characters")
+        return str(rows[0][0]), str(rows[0][1])
+
+    def add_optimization(self, result: OptimizeResult) -> str:
+        """Store an optimize result in one transaction; returns its id (32 hex digits).
+
+        Its ``comparison_id`` is the stored comparison that is ``result.comparison`` (same run, name and
+        creation time), when :func:`greenmeter.optimize` stored it in this store, else ``NULL``.
+
+        Raises:
+            ConfigError: ``result`` is not an :class:`~greenmeter.records.optimization.OptimizeResult`.
+        """
+        if not isinstance(result, OptimizeResult):
+            raise ConfigError(f"add_optimization takes a greenmeter OptimizeResult, not {type(result).__name__}")
+        optimization_id = uuid.uuid4().hex
+        final = result.comparison
+        with self._lock, self._sqlite_errors("store an optimization"), self._write() as conn:
+            found = conn.execute("SELECT id FROM comparisons WHERE run_id IS ? AND name = ? AND created_at = ? "
+                                 "ORDER BY rowid DESC LIMIT 1", (final.run_id, final.name, final.created_at)).fetchone()
+            conn.execute("INSERT INTO optimizations (id, name, created_at, run_id, chosen, comparison_id, data) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (optimization_id, result.name, result.created_at, final.run_id, result.chosen,
+                          None if found is None else found[0], result.to_json(indent=None)))
+        return optimization_id
+
+    def get_optimization(self, optimization_id: str) -> OptimizeResult:
+        """The optimize result with this id or unique id prefix.
+
+        Raises:
+            StoreError: none or several match.
+            CorruptStoreError: its stored JSON cannot be read.
+        """
+        found, text = self._find("optimization", "optimizations", optimization_id, "run `greenmeter optimizations`")
+        return self._optimization(found, text)
+
+    def last_optimization(self) -> OptimizeResult | None:
+        """The most recent optimize result, or ``None`` when none is stored."""
+        rows = self._query("read an optimization", "SELECT id, data FROM optimizations "
+                           "ORDER BY created_at DESC, rowid DESC LIMIT 1")
+        return self._optimization(rows[0][0], rows[0][1]) if rows else None
+
+    def list_optimizations(self, limit: int | None = None) -> list[tuple[str, str, str, str, str | None]]:
+        """Stored optimize results, newest first: ``(id, name, created_at, chosen, comparison_id)``.
+
+        ``comparison_id`` is the stored final comparison's id, or ``None`` when it was not stored here.
+        """
+        limit = whole_number("limit", limit, minimum=0, optional=True)
+        rows = self._query("list optimizations", "SELECT id, name, created_at, chosen, comparison_id "
+                           "FROM optimizations ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                           (-1 if limit is None else limit,))
+        return [(str(i), str(n), str(c), str(ch), None if cid is None else str(cid)) for i, n, c, ch, cid in rows]
+
+    def _optimization(self, optimization_id: str, text: str) -> OptimizeResult:
+        try:
+            return OptimizeResult.from_dict(json.loads(text))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise self._corrupt(f"holds an unreadable optimization {optimization_id} ({err})") from err
 
     def close(self) -> None:
         """Close the connection (the last one to close checkpoints the WAL into the file). Idempotent."""

@@ -72,10 +72,11 @@ def test_the_reports_and_the_store_are_written(demo: tuple[Path, str]) -> None:
     assert (out / "report.md").read_text().startswith("# Comparison: demo: digits CNN and its variants")
     with Store(out / "runs.db") as store:
         runs = {r.name: r for r in store.list_runs()}
-        assert set(runs) == {"demo: train the baseline", "demo: digits CNN and its variants"}
+        assert set(runs) == {"demo: train the baseline", "demo: digits CNN and its variants", "demo: optimize"}
         train = next(w for w in store.windows(runs["demo: train the baseline"].id) if w.name == "train-baseline")
         assert len(train.epochs) == 4 and train.steps == 4 * math.ceil(1347 / 64) and train.energy_j > 0
-        assert store.last_comparison().to_dict() == c.to_dict()
+        ids = {name: cid for cid, name, *_ in store.list_comparisons()}  # the optimize step's come after it
+        assert store.get_comparison(ids["demo: digits CNN and its variants"]).to_dict() == c.to_dict()
     # the printed summary: the table, the recommendation and the paths
     assert "int8-static" in stdout and "recommended:" in stdout and str(out / "report.html") in stdout
     assert json.loads((out / "comparison.json").read_text())["repeats"] == 3
@@ -110,3 +111,25 @@ def test_a_runs_db_that_is_not_a_greenmeter_store_is_never_deleted(
     assert err.count("\n") == 1 and str(path) in err and "not a greenmeter run store" in err, err
     assert "choose another output folder" in err
     assert sorted((p.name, p.is_dir() or p.read_bytes()) for p in tmp_path.iterdir()) == before  # nothing touched
+
+
+def test_the_demo_asks_optimize_for_the_cheapest_variant_within_half_a_point(demo: tuple[Path, str]) -> None:
+    from greenmeter.demo.run import OPTIMIZE_MAX_DROP
+    from greenmeter.records.optimization import OptimizeResult
+
+    out, stdout = demo
+    result = OptimizeResult.from_json((out / "optimize.json").read_text())
+    assert result.max_drop == OPTIMIZE_MAX_DROP == 0.005 and result.name == "demo: optimize"
+    assert result.sensitivity is not None and result.sensitivity.layers  # the per-layer table came first
+    assert result.candidates and all(c.reason for c in result.candidates)
+    assert result.comparison.repeats == 3 and result.comparison.variants[0].name == "baseline"
+    tried = [c for c in result.candidates if c.status != "not tried"]
+    assert tried, "the quick budget builds at least one candidate"
+    if result.improved:
+        chosen = result.comparison.variant(result.chosen)
+        assert chosen.vs_baseline.measurable_saving and chosen.vs_baseline.metric_test.diff_low >= -0.005
+    assert result.summary().splitlines()[0] in stdout
+    html = (out / "optimize.html").read_text()
+    assert html.startswith("<!doctype html>") and "Decision" in html and result.chosen in html
+    with Store(out / "runs.db") as store:
+        assert "demo: optimize" in {row[1] for row in store.list_comparisons()}  # the final comparison, stored

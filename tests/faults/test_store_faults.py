@@ -252,7 +252,7 @@ def test_an_older_store_the_user_may_not_write_says_it_needs_an_upgrade(tmp_path
         os.chmod(folder, 0o755)
         os.chmod(path, 0o644)
     assert proc.returncode == 1 and err.count("\n") == 1 and str(path) in err, err
-    assert "needs an upgrade (schema version 1 to 2)" in err and "write access" in err
+    assert f"needs an upgrade (schema version 1 to {database.SCHEMA_VERSION})" in err and "write access" in err
     assert path.read_bytes() == before and os.listdir(folder) == ["runs.db"]
 
 

@@ -99,7 +99,7 @@ def test_unknown_formats_list_the_known_ones_for_the_subject() -> None:
         export_runs([], "xlsx")
     with pytest.raises(ConfigError, match=r"the model-card format does not render a comparison"):
         comparison_report(None, "model-card")  # type: ignore[arg-type]  # refused before the comparison is read
-    with pytest.raises(ConfigError, match="subject must be one of 'comparison', 'run', 'runs', not 'table'"):
+    with pytest.raises(ConfigError, match="subject must be one of 'comparison', 'run', 'runs', 'optimization', not 'table'"):
         format_names("table")
 
 

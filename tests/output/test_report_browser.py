@@ -121,3 +121,28 @@ def test_the_training_run_report_draws_power_and_epochs(tmp_path: Path) -> None:
     shares = chart_shares(page.screenshot, page.js_result["rects"], tmp_path)
     assert len(shares) == 2 and min(shares) > 0.02, shares
     assert "Energy per epoch" in page.text and "train #5" in page.text
+
+
+def test_the_optimize_report_shows_its_decision_and_keeps_hostile_reasons_as_text(
+        tmp_path: Path, comparison: Comparison) -> None:
+    from greenmeter.output.report import optimize_report
+    from tests.output.conftest import HOSTILE_REASON, make_optimization
+
+    require_chromium()
+    result = make_optimization(comparison)
+    page_path = tmp_path / "optimize.html"
+    page_path.write_text(optimize_report(result), encoding="utf-8")
+    page = open_page(page_path, tmp_path / "optimize.png",
+                     run_js="const s = document.querySelector('#decision'); const b = s.getBoundingClientRect(); "
+                            "return {scripts: document.querySelectorAll('script').length, height: b.height, "
+                            "candidates: [...document.querySelectorAll('#candidates tbody tr')].map(r => "
+                            "[...r.children].map(c => c.textContent)), "
+                            "chosen: getComputedStyle(document.querySelector('#candidates tr.chosen')).backgroundColor};")
+    assert page.console_errors == () and page.requests == ()
+    assert page.title == "Optimization: digits-optimize · greenmeter"
+    assert page.js_result["scripts"] == 1 and page.js_result["height"] > 300  # laid out, not collapsed
+    assert [row[0] for row in page.js_result["candidates"]] == [c.spec for c in result.candidates]
+    assert [row[-1] for row in page.js_result["candidates"]] == [c.reason for c in result.candidates]
+    assert HOSTILE_REASON in page.js_result["candidates"][4]  # shown literally: no script ran, no markup made
+    assert page.js_result["chosen"] == "rgb(228, 242, 232)"  # the decision CSS is applied
+    assert "Chosen: channels:0.5" in page.text and "Per-layer sensitivity" in page.text
