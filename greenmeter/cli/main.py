@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="train, compress, compare and report on bundled data (digits), in one command",
         description="Train a CNN on scikit-learn's digits under @greenmeter.track, build every compression variant, "
                     "compare them side by side, ask optimize for the cheapest variant within 0.5 pp of accuracy, and "
-                    "write the HTML reports. About 4 minutes on 2 cores (--quick: about 1.5 minutes).",
+                    "write the HTML reports. About 3 minutes on 2 cores (--quick: about 70 s).",
     )
     demo.add_argument("--quick", action="store_true", help="a smaller run (fewer epochs and repeats), for CI")
     demo.add_argument("--out", default="greenmeter-demo", help="output folder (default ./greenmeter-demo)")

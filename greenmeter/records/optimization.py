@@ -143,12 +143,11 @@ class OptimizeResult:
             if d is not None and d.energy_ratio:
                 lines.append(f"  energy per sample: {d.energy_ratio:.3f}x the baseline's ({1 / d.energy_ratio:.1f}x less)")
             if d is not None and d.metric_change is not None:
-                scale, unit = (100, " pp") if self.metric_name == "accuracy" else (1, "")
                 test = d.metric_test
                 band = "" if test is None or test.diff_low is None else (
-                    f", 95% interval {test.diff_low * scale:+.2f} to {test.diff_high * scale:+.2f}{unit}")
-                lines.append(f"  {self.metric_name} change: {d.metric_change * scale:+.2f}{unit}{band} "
-                             f"(budget {self.max_drop * scale:g}{unit})")
+                    f", 95% interval {self._change(test.diff_low)} to {self._change(test.diff_high)}")
+                budget = f"{self.max_drop * 100:g} pp" if self.metric_name == "accuracy" else f"{self.max_drop:g}"
+                lines.append(f"  {self.metric_name} change: {self._change(d.metric_change)}{band} (budget {budget})")
         if self.versus_best_single is not None:
             single, test = self.versus_best_single
             verdict = "significantly lower" if test.significant and test.diff_mean < 0 else "not significantly lower"
@@ -167,14 +166,16 @@ class OptimizeResult:
             lines.append(f"  saved to {self.saved.get('directory', '?')} ({program})")
         return "\n".join(line for line in lines if line)
 
+    def _change(self, value: float) -> str:
+        """A metric change as the reports write it: ``-0.22 pp`` for accuracy, four significant digits otherwise."""
+        return f"{value * 100:+.2f} pp" if self.metric_name == "accuracy" else f"{value:+.4g}"
+
     def table(self) -> str:
         """Every candidate: status, rung, metric change, energy ratio, making cost, and why."""
-        scale, unit = (100, " pp") if self.metric_name == "accuracy" else (1, "")
         rows = []
         for c in self.candidates:
             rows.append([
-                c.spec, c.status, str(c.rung),
-                "-" if c.metric_change is None else f"{c.metric_change * scale:+.2f}{unit}",
+                c.spec, c.status, str(c.rung), "-" if c.metric_change is None else self._change(c.metric_change),
                 "-" if c.energy_ratio is None else f"x{c.energy_ratio:.3f}",
                 "-" if c.making_j is None else f"{c.making_j:.3g} J",
                 c.reason,
