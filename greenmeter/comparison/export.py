@@ -53,8 +53,8 @@ from greenmeter.records.encoding import check_record_version, finite_json, parse
 import torch
 from torch import nn
 
-__all__ = ["PROGRAM_FORMATS", "ExportedModule", "SavedModel", "load_model", "read_manifest", "read_state_dict",
-           "save_model"]
+__all__ = ["PROGRAM_FORMATS", "ExportedModule", "SavedModel", "check_save_directory", "load_model", "read_manifest",
+           "read_state_dict", "save_model"]
 
 #: The manifest's ``format``: what marks a directory as a greenmeter save.
 FORMAT = "greenmeter-saved-model"
@@ -265,8 +265,19 @@ def save_model(model: nn.Module, directory: str | Path, *, example_input: torch.
     return saved
 
 
-def _prepare(root: Path) -> Path:
-    """The directory to write into, created; a previous save's files removed; anything else refused."""
+def check_save_directory(directory: str | Path) -> Path:
+    """Check, before any work, that :func:`save_model` could write into ``directory``; nothing is changed.
+
+    The directory may be new (its nearest existing parent must be a directory), empty, or a previous greenmeter
+    save (whose files a new save replaces).
+
+    Returns:
+        The directory as a :class:`~pathlib.Path`.
+
+    Raises:
+        ConfigError: ``directory`` is a file, a non-empty directory that is not a previous save, or below a file.
+    """
+    root = Path(directory)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"cannot save a model into {root}: it is a file, not a directory")
     if root.is_dir() and any(root.iterdir()):
@@ -277,6 +288,18 @@ def _prepare(root: Path) -> Path:
             why = "it has no manifest.json" if not manifest.exists() else f"its manifest.json is not one ({err})"
             raise ConfigError(f"cannot save a model into {root}: the directory is not empty and is not a previous "
                               f"greenmeter save ({why}); choose an empty or new directory") from err
+    parent = root.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot save a model into {root}: {parent} is a file, not a directory")
+    return root
+
+
+def _prepare(root: Path) -> Path:
+    """The directory to write into, created; a previous save's files removed; anything else refused."""
+    check_save_directory(root)
+    if root.is_dir() and any(root.iterdir()):
         for name in _OWN_FILES:
             (root / name).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)

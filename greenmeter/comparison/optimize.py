@@ -254,6 +254,10 @@ def optimize(
         for spec in recipes:
             check_recipe(spec)
     probes = tuple(probes or ())
+    if save_to is not None:  # a search of many minutes must not end on a directory it cannot write
+        from greenmeter.comparison.export import check_save_directory
+
+        save_to = check_save_directory(save_to)
     show = progress_printer(progress, prefix="[optimize] ")
     metric_fn = metric or accuracy_metric
     metric_name = metric_name or ("accuracy" if metric is None else getattr(metric, "__name__", "metric"))

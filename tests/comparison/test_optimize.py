@@ -248,3 +248,20 @@ def test_the_chosen_model_is_saved_and_reloads_with_its_accuracy(digits: DigitsD
     assert accuracy == pytest.approx(result.comparison.variant("int8-static").metric)
     assert manifest.metric == {"name": "accuracy", "value": result.comparison.variant("int8-static").metric}
     assert "saved to" in result.summary()
+
+
+def test_a_save_directory_it_cannot_use_is_refused_before_any_work(digits: DigitsData, trained: nn.Module,
+                                                                  tmp_path) -> None:  # noqa: ANN001
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    lines: list[str] = []
+    with pytest.raises(ConfigError, match="not empty and is not a previous greenmeter save"):
+        optimize(trained, (digits.x_test, digits.y_test), recipes=["int8-dynamic"], save_to=foreign,
+                 progress=lines.append)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        optimize(trained, (digits.x_test, digits.y_test), recipes=["int8-dynamic"], save_to=blocker / "sub" / "dir",
+                 progress=lines.append)
+    assert lines == [] and (foreign / "todo.txt").read_text() == "mine"  # nothing measured, nothing touched
