@@ -67,7 +67,8 @@ def compress(model: nn.Module, config: Any) -> nn.Module:
         config: one method's config object (e.g. ``PruneConfig(sparsity=0.5)``).
 
     Returns:
-        The compressed model, with ``compression_info`` (:class:`CompressionInfo`) attached.
+        The compressed model, with ``compression_info`` (:class:`CompressionInfo`) attached; its details hold
+        ``kept_layers`` when the config's ``keep_layers`` named any.
 
     Raises:
         ConfigError: ``config`` is not a registered method's config.
@@ -83,5 +84,9 @@ def compress(model: nn.Module, config: Any) -> nn.Module:
         raise ConfigError(f"{type(config).__name__} is not a compression config; known methods: {known}")
     work = copy.deepcopy(model)
     result, details = method.handler(work, config)
-    result.compression_info = CompressionInfo(method.name, _config_dict(config), dict(details))
+    details = dict(details)
+    kept = getattr(config, "keep_layers", ())
+    if kept:  # every method with a keep_layers field: the layers it left as they were
+        details.setdefault("kept_layers", list(kept))
+    result.compression_info = CompressionInfo(method.name, _config_dict(config), details)
     return result

@@ -449,7 +449,6 @@ def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mappin
         "weight_ratio": round(float_bytes / (packed + scale_bytes), 3),
         "padded_layers": padded,
         "skipped_layers": skipped,
-        **({"kept_layers": list(config.keep_layers)} if config.keep_layers else {}),
         **_path_details(int4_paths(holder[0])),
         "api": "greenmeter Int4Linear (own packing; PyTorch's int4 CPU kernel where it runs, else dequantized "
                "to float on each forward)",

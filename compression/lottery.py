@@ -230,7 +230,6 @@ def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, 
     for module, training in modes.items():  # the result keeps the input model's train/eval modes
         module.train(training)
     real, zeros, total, per_layer = layer_sparsity(layers)
-    kept = {"kept_layers": list(config.keep_layers)} if config.keep_layers else {}
     return model, {
         "rounds": records,
         "prune_steps": config.rounds,
@@ -244,5 +243,4 @@ def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, 
         "accuracy": records[-1]["accuracy"],
         "rewind": "init" if config.rewind_state is None else "rewind_state",
         "reinit": config.reinit,
-        **kept,
     }

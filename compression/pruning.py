@@ -198,8 +198,6 @@ def _prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, dict[str, 
         "prunable_weights": total,
         "layer_sparsity": per_layer,
     }
-    if config.keep_layers:
-        details["kept_layers"] = list(config.keep_layers)
     return model, details
 
 

@@ -108,6 +108,4 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
         "quantized_layers": sum(counts.values()),
         "notices": notices,
     }
-    if config.keep_layers:
-        details["kept_layers"] = list(config.keep_layers)
     return result.eval(), details

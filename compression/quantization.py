@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from greenmeter.comparison.recipes import RecipeContext
 
-__all__ = ["QUANT_ENGINES", "DynamicQuantConfig", "StaticQuantConfig"]
+__all__ = ["QUANT_ENGINES", "DynamicQuantConfig", "StaticQuantConfig", "calibration_batches"]
 
 #: Engines a config may name; ``"auto"`` picks the first one this PyTorch build supports.
 QUANT_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
@@ -316,12 +316,16 @@ def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, M
         "quantized_layers": sum(counts.values()),
         "notices": notices,
     }
-    if config.keep_layers:
-        details["kept_layers"] = list(config.keep_layers)
     return result, details
 
 
-def _calibration_batches(source: Iterable[Any]) -> Iterator[Tensor]:
+def calibration_batches(source: Iterable[Any]) -> Iterator[Tensor]:
+    """The input tensors of calibration data: a tensor (one batch), or an iterable of tensors or of ``(x, ...)``
+    tuples whose first item is the input.
+
+    Raises:
+        ConfigError: an item that is neither (raised when it is reached).
+    """
     import torch
 
     if isinstance(source, torch.Tensor):
@@ -392,7 +396,7 @@ def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Map
                 config.calibration(prepared)
                 batches = -1
             else:
-                for x in _calibration_batches(config.calibration):
+                for x in calibration_batches(config.calibration):
                     prepared(x)
                     batches += 1
                     samples += len(x)
@@ -414,6 +418,4 @@ def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Map
     }
     if batches >= 0:
         details.update(calibration_batches=batches, calibration_samples=samples)
-    if config.keep_layers:
-        details["kept_layers"] = list(config.keep_layers)
     return result.eval(), details

@@ -190,17 +190,11 @@ def _calibration_inputs(calibration: Any, batches: Sequence[tuple[Any, Any]]) ->
         inputs = [x for x, _ in batches[:CALIBRATION_BATCHES]]
         where = f"the first {len(inputs)} evaluation batches"
     else:
-        if isinstance(calibration, torch.Tensor):
-            calibration = [calibration]
-        if isinstance(calibration, (str, bytes)) or not isinstance(calibration, Iterable):
+        from greenmeter.compression.quantization import calibration_batches  # int8-static's own reading
+
+        if isinstance(calibration, (str, bytes)) or not isinstance(calibration, (torch.Tensor, Iterable)):
             raise ConfigError(f"calibration must be an iterable of input tensors, not {type(calibration).__name__}")
-        inputs = []
-        for item in calibration:
-            x = item[0] if isinstance(item, (tuple, list)) and item else item
-            if not isinstance(x, torch.Tensor):
-                raise ConfigError(f"calibration must yield input tensors (or (x, ...) tuples), got "
-                                  f"{type(item).__name__}")
-            inputs.append(x)
+        inputs = list(calibration_batches(calibration))
         if not inputs:
             raise ConfigError("calibration yielded no batches; give at least one input tensor or leave it None")
         where = f"{len(inputs)} given batches"
