@@ -34,6 +34,8 @@ from _bench_common import load_line, progress
 from greenmeter.comparison.optimize import optimize
 from greenmeter.demo.digits import batches, load_digits_data, make_digits_cnn, train_classifier
 from greenmeter.demo.run import FULL, QUICK
+from greenmeter.records.comparison import measurable_saving
+from greenmeter.records.optimization import OptimizeResult
 
 GOAL_RATIO = 10.0
 
@@ -66,16 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         train_data=lambda: batches(train_part.x_train, train_part.y_train, 64, shuffle=True),
         val_data=(val.x_test, val.y_test), time_budget_s=args.time_budget, threads=args.threads,
         final_repeats=settings.repeats, min_repeat_s=settings.min_repeat_s, name="digits optimize",
-        progress=lambda line: progress(line),
+        progress=progress,
     )
     took = time.perf_counter() - started
-    print(result.table())
-    print()
-    print(result.comparison.table())
-    print()
-    print(result.summary())
-    for flag in result.flags:
-        print(f"note: {flag}")
+    show(result)
     print()
     if result.improved:
         chosen = result.comparison.variant(result.chosen)
@@ -86,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"goal: >= {GOAL_RATIO:g}x less energy per sample than float: nothing chosen (FAIL)")
     if result.versus_best_single is not None:
         single, test = result.versus_best_single
-        lower = bool(test.significant and test.diff_mean < 0)
+        lower = measurable_saving(test)
         print(f"goal: lower energy than the best one-step recipe ({single}) with significance: "
               f"p = {test.p_value:.2g}, {'lower' if test.diff_mean < 0 else 'higher'} ({'PASS' if lower else 'FAIL'})")
     else:
@@ -96,6 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(result.to_json(), encoding="utf-8")
     return 0
+
+
+def show(result: OptimizeResult) -> None:
+    """Every candidate, the final comparison, the decision and the search's flags."""
+    print(result.table())
+    print()
+    print(result.comparison.table())
+    print()
+    print(result.summary())
+    for flag in result.flags:
+        print(f"note: {flag}")
 
 
 def minilm(args: argparse.Namespace) -> int:
@@ -116,15 +123,9 @@ def minilm(args: argparse.Namespace) -> int:
     result = optimize(
         model, (packed, targets), max_drop=0.03, metric=cosine_to_float, metric_name="cosine to float",
         probes=("int8",), time_budget_s=args.time_budget, threads=args.threads, batch_size=32,
-        final_repeats=3 if args.quick else 5, name="MiniLM optimize", progress=lambda line: progress(line),
+        final_repeats=3 if args.quick else 5, name="MiniLM optimize", progress=progress,
     )
-    print(result.table())
-    print()
-    print(result.comparison.table())
-    print()
-    print(result.summary())
-    for flag in result.flags:
-        print(f"note: {flag}")
+    show(result)
     if result.improved:
         v = result.comparison.variant(result.chosen)
         print(f"best within cosine >= 0.97: {result.chosen}, cosine {v.metric:.4f}, energy per sentence "

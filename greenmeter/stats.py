@@ -362,10 +362,18 @@ def bootstrap_test(
 
     rng = np.random.default_rng(seed)
     diffs = _resampled_means(np.asarray(b), n_resamples, rng) - _resampled_means(np.asarray(a), n_resamples, rng)
+    return _percentile_verdict("bootstrap", diffs, diff, alpha)
+
+
+def _percentile_verdict(test: TestName, diffs: Any, diff: float, alpha: float) -> Significance:
+    """A bootstrap's verdict from its resampled differences: the percentile interval and the p-value that
+    inverts it, ``min(1, 2 * min(k_le + 1, k_ge + 1) / (R + 1))``."""
+    import numpy as np
+
     k_le, k_ge = int(np.count_nonzero(diffs <= 0.0)), int(np.count_nonzero(diffs >= 0.0))
-    p = min(1.0, 2.0 * (min(k_le, k_ge) + 1) / (n_resamples + 1))
+    p = min(1.0, 2.0 * (min(k_le, k_ge) + 1) / (len(diffs) + 1))
     low, high = np.quantile(diffs, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return Significance("bootstrap", p, None, diff, float(low), float(high), p < alpha, alpha)
+    return Significance(test, p, None, diff, float(low), float(high), p < alpha, alpha)
 
 
 def _resampled_means(values: Any, n_resamples: int, rng: Any) -> Any:
@@ -506,10 +514,7 @@ def paired_bootstrap(
         for i in range(n_resamples):
             idx = rng.integers(0, n, size=n)
             diffs[i] = _statistic(statistic, variant, idx) - _statistic(statistic, baseline, idx)
-    k_le, k_ge = int(np.count_nonzero(diffs <= 0.0)), int(np.count_nonzero(diffs >= 0.0))
-    p = min(1.0, 2.0 * (min(k_le, k_ge) + 1) / (n_resamples + 1))
-    low, high = np.quantile(diffs, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return Significance("paired-bootstrap", p, None, diff, float(low), float(high), p < alpha, alpha)
+    return _percentile_verdict("paired-bootstrap", diffs, diff, alpha)
 
 
 def _statistic(statistic: Callable[[Any, Any], float], side: Any, idx: Any) -> float:

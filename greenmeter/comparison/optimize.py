@@ -56,11 +56,12 @@ from greenmeter.comparison.compare import (
 from greenmeter.comparison.progress import progress_printer
 from greenmeter.comparison.recipes import STEP_SEPARATOR, RecipeContext, check_recipe
 from greenmeter.comparison.recommend import recommend
-from greenmeter.comparison.steps import build_measured, correct_predictions, model_output
+from greenmeter.comparison.steps import Scoring, build_measured, model_output, paired_metric_test, stacked_making
 from greenmeter.metering.interrupts import signals_deferred
 from greenmeter.metering.meter import Meter
+from greenmeter.records.comparison import change_text, metric_text
 from greenmeter.records.optimization import CandidateOutcome, OptimizeResult, Rung
-from greenmeter.stats import energy_test, mcnemar_exact
+from greenmeter.stats import energy_test
 
 if TYPE_CHECKING:
     import torch
@@ -150,10 +151,6 @@ def _score(model: Any, batches: Sequence[tuple[Any, Any]], metric_fn: Metric) ->
         outputs = torch.cat([model_output(model, x) for x, _ in batches])
     targets = torch.cat([y for _, y in batches])
     return float(metric_fn(outputs, targets)), outputs
-
-
-def _change(metric_name: str, value: float) -> str:
-    return f"{value * 100:+.2f} pp" if metric_name == "accuracy" else f"{value:+.4g}"
 
 
 def optimize(
@@ -289,7 +286,7 @@ def optimize(
         base_metric, base_outputs = _score(model, select_batches, metric_fn)
         select_targets = torch.cat([y for _, y in select_batches])
         show(f"baseline {metric_name} on the {'validation' if val_data is not None else 'evaluation'} data: "
-             f"{_metric_text(metric_name, base_metric)}")
+             f"{metric_text(metric_name, base_metric)}")
         sensitivity = None
         if probes:
             from greenmeter.comparison.sensitivity import layer_sensitivity
@@ -337,20 +334,18 @@ def optimize(
                 continue
             change = value - base_metric
             low = None
-            if metric is None:
-                test = mcnemar_exact(correct_predictions(base_outputs, select_targets).int().tolist(),
-                                     correct_predictions(outputs, select_targets).int().tolist())
-                low = test.diff_low
+            if metric is None:  # McNemar's exact test of the accuracy change, as the comparison gives it
+                low = paired_metric_test(base_outputs, outputs, Scoring(metric_fn, select_targets, True)).diff_low
             outcome.update(metric=value, metric_change=change, metric_low=low, making_j=making.energy_j,
                            making_s=making.duration_s)
             if change < -max_drop - 1e-12:
                 over.add(spec)
-                outcome.update(status="over budget", reason=f"{metric_name} {_change(metric_name, change)} on the "
-                                                            f"selection data, beyond the budget")
-                show(f"{spec}: {_change(metric_name, change)}, over budget")
+                outcome.update(status="over budget", reason=f"{metric_name} {change_text(metric_name, change)} on "
+                                                            "the selection data, beyond the budget")
+                show(f"{spec}: {change_text(metric_name, change)}, over budget")
                 continue
             built[spec] = (variant, making)
-            show(f"{spec}: {_change(metric_name, change)}, making {making.energy_j:.3g} J")
+            show(f"{spec}: {change_text(metric_name, change)}, making {making.energy_j:.3g} J")
 
         # --------------------------------------------------------------------- successive halving on energy
         alive = list(built)
@@ -476,26 +471,15 @@ def _build_on(spec: str, first: tuple[Any, MakingCost], last: str, baseline: Any
     ``recipe`` lists every step. A ``distill`` step learns from the baseline, as in a stack built whole.
     """
     from greenmeter.comparison.recipes import Recipe
-    from greenmeter.records.comparison import MakingCost, MakingStep
 
     before, before_cost = first
     if ctx.teacher is None:
         ctx = replace(ctx, teacher=baseline)
     variant, step_cost, _ = build_measured(spec, last, before, ctx, meter, carbon, seed)
-    earlier = before_cost.steps or (MakingStep(before.recipe.spec, before_cost.energy_j, before_cost.duration_s,
-                                               before_cost.co2e_g, before_cost.trains),)
-    steps = (*earlier, MakingStep(last, step_cost.energy_j, step_cost.duration_s, step_cost.co2e_g, step_cost.trains))
-    co2 = None if before_cost.co2e_g is None or step_cost.co2e_g is None else before_cost.co2e_g + step_cost.co2e_g
-    making = MakingCost(before_cost.energy_j + step_cost.energy_j, before_cost.duration_s + step_cost.duration_s,
-                        tuple(dict.fromkeys((*before_cost.provenance, *step_cost.provenance))), co2,
-                        before_cost.trains or step_cost.trains, steps)
+    making = stacked_making([(before.recipe.spec, before_cost), (last, step_cost)])
     recipes = (*(before.recipe.steps or (before.recipe,)), variant.recipe)
     variant.recipe = Recipe(spec, None, making.trains, ", then ".join(r.description for r in recipes), steps=recipes)
     return variant, making
-
-
-def _metric_text(metric_name: str, value: float) -> str:
-    return f"{value * 100:.2f}%" if metric_name == "accuracy" else f"{value:.4g}"
 
 
 def _limit_broken(v: Any, max_latency_ratio: float | None, max_size_ratio: float | None) -> str | None:
@@ -522,7 +506,7 @@ def _why_not(spec: str, final: Comparison, rec: Any, max_drop: float) -> str:
     test = d.metric_test
     if test is not None and test.diff_low is not None and test.diff_low < -max_drop - 1e-12:
         return (f"the 95% interval of its {final.metric_name} change reaches "
-                f"{_change(final.metric_name, test.diff_low)}, beyond the budget")
+                f"{change_text(final.metric_name, test.diff_low)}, beyond the budget")
     if spec in rec.tied:
         return f"tied in energy with {rec.name}, ranked lower ({rec.tie_rule})"
     return f"more energy per sample than {rec.name} (x{d.energy_ratio:.3f} of the baseline's)"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import number
+from greenmeter.records.comparison import change_text, metric_text
 from greenmeter.stats import Significance, describe_test, energy_test
 
 if TYPE_CHECKING:
@@ -118,12 +119,12 @@ def recommend(comparison: Comparison, tolerance: float = DEFAULT_TOLERANCE) -> R
         if test is not None and test.diff_low is not None:
             within = test.diff_low >= -tolerance - 1e-12
             if not within:
-                over_budget.append(f"{v.name} (95% interval of the change from {_change(comparison, test.diff_low)})")
+                over_budget.append(f"{v.name} (95% interval of the change from {change_text(comparison.metric_name, test.diff_low)})")
         else:
             within = v.metric >= base.metric - tolerance - 1e-12
             estimated.append(v.name)
             if not within:
-                over_budget.append(f"{v.name} ({_change(comparison, v.metric - base.metric)})")
+                over_budget.append(f"{v.name} ({change_text(comparison.metric_name, v.metric - base.metric)})")
         if within:
             candidates.append(v)
     if no_saving:
@@ -195,7 +196,7 @@ def _tie_note(comparison: Comparison, tied: list[VariantResult], rule: str) -> s
             t = _energy_test(lowest, v)
             tests.append(f"{v.name} p = {t.p_value:.2g}" if t.p_value is not None else f"{v.name} untested")
     ranked = "; ".join(
-        f"{v.name}: {_metric(comparison, v.metric)}, "  # type: ignore[arg-type]
+        f"{v.name}: {metric_text(comparison.metric_name, v.metric)}, "  # type: ignore[arg-type]
         f"making {'unknown' if v.making is None else f'{v.making.energy_j:.4g} J'}, "
         f"{v.energy_per_sample_j.mean * 1e3:.3g} mJ/sample" for v in tied)  # type: ignore[union-attr]
     by = {"metric": f"the higher {comparison.metric_name}", "making energy": "the lower making energy",
@@ -208,14 +209,6 @@ def _tie_note(comparison: Comparison, tied: list[VariantResult], rule: str) -> s
 
 def _names(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def _metric(comparison: Comparison, value: float) -> str:
-    return f"{value * 100:.2f}%" if comparison.metric_name == "accuracy" else f"{value:.4g}"
-
-
-def _change(comparison: Comparison, value: float) -> str:
-    return f"{value * 100:+.2f} pp" if comparison.metric_name == "accuracy" else f"{value:+.4f}"
 
 
 def _savings(comparison: Comparison, base: VariantResult, best: VariantResult) -> tuple[tuple[str, str], ...]:
@@ -236,12 +229,12 @@ def _savings(comparison: Comparison, base: VariantResult, best: VariantResult) -
         out.append(("model size", f"{1 / d.size_ratio:.2f}x smaller" if 0 < d.size_ratio <= 1
                     else f"{d.size_ratio:.2f}x larger"))
     if d is not None and d.metric_change is not None:
-        out.append((f"{comparison.metric_name} change", _change(comparison, d.metric_change)))
+        out.append((f"{comparison.metric_name} change", change_text(comparison.metric_name, d.metric_change)))
         test = d.metric_test
         if test is not None and test.diff_low is not None and test.diff_high is not None:
             p = "" if test.p_value is None else f", p = {test.p_value:.2g}"
             out.append((f"{comparison.metric_name} change, 95% interval",
-                        f"{_change(comparison, test.diff_low)} to {_change(comparison, test.diff_high)} "
+                        f"{change_text(comparison.metric_name, test.diff_low)} to {change_text(comparison.metric_name, test.diff_high)} "
                         f"({describe_test(test.test)} on the same samples{p})"))
     sig = d.energy_significance if d else None
     if sig is not None and sig.p_value is not None:

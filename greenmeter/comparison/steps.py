@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonSettings, estimate_carbon
 from greenmeter.comparison.recipes import STEP_SEPARATOR, build_variant
-from greenmeter.records.comparison import BaselineDelta, MakingCost, MakingStep, VariantResult, measurable_saving
+from greenmeter.records.comparison import (
+    BaselineDelta,
+    MakingCost,
+    MakingStep,
+    VariantResult,
+    measurable_saving,
+    with_measurable_front,
+)
 from greenmeter.records.measurement import LatencyStats, Measurement
 from greenmeter.stats import (
     Significance,
@@ -23,7 +30,6 @@ from greenmeter.stats import (
     mcnemar_exact,
     mean_ci,
     paired_bootstrap,
-    pareto_front,
 )
 
 if TYPE_CHECKING:
@@ -50,13 +56,26 @@ def _recipe_making_cost(recipe: Any, measured: Sequence[tuple[str, Measurement]]
     (then the sum of the steps' energies and durations, with each step's figures kept in ``steps``)."""
     if not recipe.steps:
         return _making_cost(measured[0][1], settings, recipe.trains)
-    costs = [_making_cost(m, settings, step.trains) for (_, m), step in zip(measured, recipe.steps)]
+    return stacked_making([(text, _making_cost(m, settings, step.trains))
+                           for (text, m), step in zip(measured, recipe.steps)])
+
+
+def stacked_making(parts: Sequence[tuple[str, MakingCost]]) -> MakingCost:
+    """The making cost of a stacked recipe from its parts' costs, in the order applied: the sums of their
+    energies, durations and CO2e (``None`` when any is unknown), their provenance lines once each, and every step
+    in ``steps`` (a part that is itself stacked contributes its own steps).
+
+    Args:
+        parts: ``(step spec, its MakingCost)`` pairs.
+    """
+    steps = tuple(step for text, c in parts for step in (
+        c.steps or (MakingStep(text, c.energy_j, c.duration_s, c.co2e_g, c.trains),)))
+    costs = [c for _, c in parts]
     return MakingCost(
         sum(c.energy_j for c in costs), sum(c.duration_s for c in costs),
         tuple(dict.fromkeys(line for c in costs for line in c.provenance)),
         None if any(c.co2e_g is None for c in costs) else sum(c.co2e_g for c in costs),  # type: ignore[misc]
-        recipe.trains, tuple(MakingStep(text, c.energy_j, c.duration_s, c.co2e_g, c.trains)
-                             for (text, _), c in zip(measured, costs)))
+        any(c.trains for c in costs), steps)
 
 
 def provenance_lines(domains: Iterable[Any]) -> tuple[str, ...]:
@@ -325,9 +344,6 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
     ok = [e for e in entries if e.error is None and e.energy]
     base = entries[0]
     tests = {e.name: energy_test(significance, base.energy, e.energy, seed) for e in ok if e is not base}
-    eligible = [e for e in ok if e is base or measurable_saving(tests[e.name])]
-    front = dict(zip((e.name for e in eligible), pareto_front(
-        [(sum(e.metric_values) / len(e.metric_values), sum(e.energy) / len(e.energy)) for e in eligible])))
     out = []
     for e in entries:
         if e.error is not None or not e.energy:
@@ -350,9 +366,9 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
             params_kind=e.facts["params_kind"], macs_per_sample=e.facts["macs"], macs_method=e.facts["macs_method"],
             macs_note=e.facts["macs_note"], carbon_per_million=estimate_carbon(energy.mean * 1e6, carbon),
             provenance=tuple(e.provenance), making=e.making, vs_baseline=delta,
-            on_pareto_front=front.get(e.name, False), flags=tuple(e.flags), details=_json_safe(e.facts["details"]),
+            flags=tuple(e.flags), details=_json_safe(e.facts["details"]),
         ))
-    return tuple(out)
+    return with_measurable_front(tuple(out), base.name)
 
 
 
@@ -360,23 +376,36 @@ def _metric_test(e: _Entry, base: _Entry, scoring: Scoring | None, seed: int) ->
     """The paired test of the variant's metric change on the first repeat's outputs, or None (with a flag why)."""
     if scoring is None or e.outputs is None or base.outputs is None:
         return None
-    import torch
-
     try:
-        if scoring.zero_one:
-            return mcnemar_exact(correct_predictions(base.outputs, scoring.targets).cpu().numpy(),
-                                 correct_predictions(e.outputs, scoring.targets).cpu().numpy())
-        targets = scoring.targets.cpu()  # the kept outputs are on the CPU
-
-        def metric_at(outputs: torch.Tensor, idx: Any) -> float:
-            index = torch.as_tensor(idx)
-            return scoring.metric_fn(outputs[index], targets[index])
-
-        return paired_bootstrap(base.outputs, e.outputs, statistic=metric_at, n_resamples=METRIC_RESAMPLES,
-                                seed=seed)
+        return paired_metric_test(base.outputs, e.outputs, scoring, seed)
     except Exception as err:  # noqa: BLE001 - the comparison stands; the reader is told the change is untested
         e.flags[f"no paired test of its metric change ({type(err).__name__}: {err})"] = None
         return None
+
+
+def paired_metric_test(base_outputs: torch.Tensor, outputs: torch.Tensor, scoring: Scoring,
+                       seed: int = 0) -> Significance:
+    """The paired test of a metric change, variant minus baseline, on the same samples' outputs.
+
+    McNemar's exact test on each sample's correctness for a 0/1 metric (``scoring.zero_one``), else a paired
+    bootstrap that recomputes the metric on :data:`METRIC_RESAMPLES` resamples of the samples.
+
+    Raises:
+        ConfigError: outputs the metric cannot score (not (N, classes) logits for accuracy; a metric that is
+            not a finite number on a resample).
+    """
+    import torch
+
+    if scoring.zero_one:
+        return mcnemar_exact(correct_predictions(base_outputs, scoring.targets).cpu().numpy(),
+                             correct_predictions(outputs, scoring.targets).cpu().numpy())
+    targets = scoring.targets.cpu()  # the kept outputs are on the CPU
+
+    def metric_at(side: torch.Tensor, idx: Any) -> float:
+        index = torch.as_tensor(idx)
+        return scoring.metric_fn(side[index], targets[index])
+
+    return paired_bootstrap(base_outputs, outputs, statistic=metric_at, n_resamples=METRIC_RESAMPLES, seed=seed)
 
 
 def _delta(e: _Entry, base: _Entry, energy_mean: float, significance: Significance,

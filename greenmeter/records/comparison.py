@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["COMPARISON_SCHEMA_VERSION", "BaselineDelta", "Comparison", "MakingCost", "MakingStep", "VariantResult",
-           "measurable_saving"]
+           "change_text", "measurable_saving", "metric_text", "with_measurable_front"]
 
 #: Version of the comparison record layout; ``from_dict`` refuses newer versions. Version 2 added
 #: ``BaselineDelta.metric_test`` and put only measurable savings on the Pareto front; version 1 records load.
@@ -324,7 +324,7 @@ class Comparison:
         version = check_record_version(data, COMPARISON_SCHEMA_VERSION, "comparison")
         variants = tuple(VariantResult.from_dict(v) for v in data["variants"])
         if version < 2:  # written before savings had to be measurable: the front and break-even by today's rule
-            variants = _measurable_only(variants, data["baseline"])
+            variants = with_measurable_front(variants, data["baseline"])
         return cls(
             name=data["name"], created_at=data["created_at"], baseline=data["baseline"],
             metric_name=data["metric_name"], repeats=int(data["repeats"]), warmup=int(data["warmup"]),
@@ -358,9 +358,10 @@ class Comparison:
 
 
 
-def _measurable_only(variants: tuple[VariantResult, ...], baseline: str) -> tuple[VariantResult, ...]:
-    """The variants of a version-1 record with the front recomputed among the baseline and the measurable savings,
-    and no break-even for a variant without a measurable saving (the rule of ``summarise``)."""
+def with_measurable_front(variants: tuple[VariantResult, ...], baseline: str) -> tuple[VariantResult, ...]:
+    """The variants with ``on_pareto_front`` computed among the baseline and the measurable savings (mean metric
+    against mean energy per sample), and no break-even for a variant without a measurable saving: the rule of
+    every comparison (``summarise``), applied again to version-1 records, written before it."""
     from dataclasses import replace
 
     def eligible(v: VariantResult) -> bool:
@@ -411,6 +412,16 @@ def _energy_tests(comparison: Comparison) -> str:
     tests = dict.fromkeys(describe_test(v.vs_baseline.energy_significance.test) for v in comparison.variants
                           if v.vs_baseline is not None and v.vs_baseline.energy_significance is not None)
     return " / ".join(tests) or "the energy test"
+
+
+def metric_text(metric_name: str, value: float) -> str:
+    """A metric as reports write it: ``98.67%`` for accuracy, four significant digits otherwise."""
+    return f"{value * 100:.2f}%" if metric_name == "accuracy" else f"{value:.4g}"
+
+
+def change_text(metric_name: str, value: float) -> str:
+    """A metric change as reports write it: ``-0.22 pp`` for accuracy, ``+0.0232`` otherwise."""
+    return f"{value * 100:+.2f} pp" if metric_name == "accuracy" else f"{value:+.4f}"
 
 
 def _fmt(value: float | None, spec: str) -> str:

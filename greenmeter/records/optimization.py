@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from greenmeter._text import text_table
-from greenmeter.records.comparison import Comparison
+from greenmeter.records.comparison import Comparison, change_text, measurable_saving
 from greenmeter.records.encoding import check_record_version, finite_json, parse_record_json
 from greenmeter.records.sensitivity import Sensitivity
 from greenmeter.stats import Significance, describe_test
@@ -145,12 +145,14 @@ class OptimizeResult:
             if d is not None and d.metric_change is not None:
                 test = d.metric_test
                 band = "" if test is None or test.diff_low is None else (
-                    f", 95% interval {self._change(test.diff_low)} to {self._change(test.diff_high)}")
+                    f", 95% interval {change_text(self.metric_name, test.diff_low)} to "
+                    f"{change_text(self.metric_name, test.diff_high)}")
                 budget = f"{self.max_drop * 100:g} pp" if self.metric_name == "accuracy" else f"{self.max_drop:g}"
-                lines.append(f"  {self.metric_name} change: {self._change(d.metric_change)}{band} (budget {budget})")
+                lines.append(f"  {self.metric_name} change: {change_text(self.metric_name, d.metric_change)}{band} "
+                             f"(budget {budget})")
         if self.versus_best_single is not None:
             single, test = self.versus_best_single
-            verdict = "significantly lower" if test.significant and test.diff_mean < 0 else "not significantly lower"
+            verdict = "significantly lower" if measurable_saving(test) else "not significantly lower"
             p = "" if test.p_value is None else f", p = {test.p_value:.2g}"
             lines.append(f"  against the best one-step recipe ({single}): energy {verdict} "
                          f"({describe_test(test.test)}{p})")
@@ -166,16 +168,13 @@ class OptimizeResult:
             lines.append(f"  saved to {self.saved.get('directory', '?')} ({program})")
         return "\n".join(line for line in lines if line)
 
-    def _change(self, value: float) -> str:
-        """A metric change as the reports write it: ``-0.22 pp`` for accuracy, four significant digits otherwise."""
-        return f"{value * 100:+.2f} pp" if self.metric_name == "accuracy" else f"{value:+.4g}"
-
     def table(self) -> str:
         """Every candidate: status, rung, metric change, energy ratio, making cost, and why."""
         rows = []
         for c in self.candidates:
             rows.append([
-                c.spec, c.status, str(c.rung), "-" if c.metric_change is None else self._change(c.metric_change),
+                c.spec, c.status, str(c.rung),
+                "-" if c.metric_change is None else change_text(self.metric_name, c.metric_change),
                 "-" if c.energy_ratio is None else f"x{c.energy_ratio:.3f}",
                 "-" if c.making_j is None else f"{c.making_j:.3g} J",
                 c.reason,
