@@ -8,11 +8,14 @@ output stays clean.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from greenmeter._errors import ConfigError
 
@@ -54,6 +57,17 @@ def _store(args: argparse.Namespace, *, readonly: bool = False):  # type: ignore
     return Store(args.store, readonly=readonly)
 
 
+@contextlib.contextmanager
+def _store_unless_off(args: argparse.Namespace) -> Iterator[Any]:
+    """The store a recording verb writes to (``None`` with ``--no-store``), closed when the block ends."""
+    store = None if args.no_store else _store(args)
+    try:
+        yield store
+    finally:
+        if store is not None:
+            store.close()
+
+
 #: What ``greenmeter runs`` says of a run that never finished and has no note of its own.
 _UNFINISHED = ("never finished: it is still running, or the process was killed or could not write its end "
                "to the store (the windows stored before are kept)")
@@ -69,17 +83,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         command = command[1:]
     settings = carbon_settings(args)
     settings.resolve_intensity()  # an unknown country fails here, before the command runs
-    store = None if args.no_store else _store(args)
-    # Fallbacks are printed with the summary's flags; the start-up warnings would say them twice.
-    logging.getLogger("greenmeter").setLevel(logging.ERROR)
-    meter = Meter(mode=args.mode, sync=None, carbon=settings)
-    try:
-        result = run_command(command, meter=meter, carbon=settings, store=store, name=args.name,
-                             interval_s=args.interval)
-    finally:
-        meter.close()
-        if store is not None:
-            store.close()
+    with _store_unless_off(args) as store:
+        # Fallbacks are printed with the summary's flags; the start-up warnings would say them twice.
+        logging.getLogger("greenmeter").setLevel(logging.ERROR)
+        meter = Meter(mode=args.mode, sync=None, carbon=settings)
+        try:
+            result = run_command(command, meter=meter, carbon=settings, store=store, name=args.name,
+                                 interval_s=args.interval)
+        finally:
+            meter.close()
     m = result.measurement
     if args.json:
         payload = {"run_id": result.run_id, "exit_code": result.exit_code,
@@ -197,12 +209,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                  if getattr(args, key) is not None}
     check_settings(**overrides, label=lambda key: f"--{key}")
     kwargs = {**config.build(), **overrides}
-    store = None if args.no_store else _store(args)
-    try:
+    with _store_unless_off(args) as store:
         result = compare(**kwargs, store=store, progress=not args.quiet)
-    finally:
-        if store is not None:
-            store.close()
     print(result.table())
     for flag in dict.fromkeys(f for v in result.variants for f in v.flags):
         print(f"note: {terminal_text(flag)}")
@@ -232,12 +240,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     for key, value in (("max_drop", args.max_drop), ("time_budget_s", args.time_budget), ("save_to", args.save_to)):
         if value is not None:
             kwargs[key] = value
-    store = None if args.no_store else _store(args)
-    try:
+    with _store_unless_off(args) as store:
         result = optimize(**kwargs, store=store, progress=not args.quiet)
-    finally:
-        if store is not None:
-            store.close()
     print(result.comparison.table())
     print()
     print(result.table())

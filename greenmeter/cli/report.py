@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from greenmeter._errors import ConfigError
 from greenmeter.cli.arguments import LIMIT_MAX, whole_number_arg
@@ -130,16 +132,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_comparisons(args: argparse.Namespace) -> int:
-    """List stored comparisons: id, creation time, variant count, status, name (read-only; a missing store holds none)."""
-    from greenmeter._text import terminal_text
+def _stored_rows(args: argparse.Namespace, listing: Callable[[Any], list[Any]]) -> tuple[Path, list[Any]]:
+    """``listing(store)`` of the store ``--store`` names, opened read-only, and its path; a missing store holds
+    nothing and is not created."""
     from greenmeter.store.database import Store, store_path
 
     path = store_path(args.store)
-    rows = []
-    if path.exists():
-        with Store(path, readonly=True) as store:
-            rows = store.list_comparisons(limit=args.limit)
+    if not path.exists():
+        return path, []
+    with Store(path, readonly=True) as store:
+        return path, listing(store)
+
+
+def cmd_comparisons(args: argparse.Namespace) -> int:
+    """List stored comparisons: id, creation time, variant count, status, name (read-only; a missing store holds none)."""
+    from greenmeter._text import terminal_text
+
+    path, rows = _stored_rows(args, lambda store: store.list_comparisons(limit=args.limit))
     if not rows:
         print(f"no comparisons stored in {terminal_text(path)}")
         return 0
@@ -154,13 +163,8 @@ def cmd_optimizations(args: argparse.Namespace) -> int:
     """List stored optimizations: id, creation time, the chosen variant, name (read-only; a missing store holds
     none)."""
     from greenmeter._text import terminal_text
-    from greenmeter.store.database import Store, store_path
 
-    path = store_path(args.store)
-    rows = []
-    if path.exists():
-        with Store(path, readonly=True) as store:
-            rows = store.list_optimizations(limit=args.limit)
+    path, rows = _stored_rows(args, lambda store: store.list_optimizations(limit=args.limit))
     if not rows:
         print(f"no optimizations stored in {terminal_text(path)}")
         return 0

@@ -496,13 +496,11 @@ class Store:
             CorruptStoreError: its stored JSON cannot be read.
         """
         found, text = self._find("comparison", "comparisons", comparison_id, "run `greenmeter runs --comparisons`")
-        return self._comparison(found, text)
+        return self._decoded(Comparison, "comparison", found, text)
 
     def last_comparison(self) -> Comparison | None:
         """The most recent comparison, or ``None`` when none is stored."""
-        rows = self._query("read a comparison", "SELECT id, data FROM comparisons "
-                           "ORDER BY created_at DESC, rowid DESC LIMIT 1")
-        return self._comparison(rows[0][0], rows[0][1]) if rows else None
+        return self._latest(Comparison, "comparison", "comparisons")
 
     def list_comparisons(self, limit: int | None = None) -> list[tuple[str, str, str, int, str]]:
         """Stored comparisons, newest first: ``(id, name, created_at, number of variants, status)``.
@@ -516,11 +514,18 @@ class Store:
                            "ORDER BY created_at DESC, rowid DESC LIMIT ?", (-1 if limit is None else limit,))
         return [(str(i), str(n), str(c), int(v), str(st)) for i, n, c, v, st in rows]
 
-    def _comparison(self, comparison_id: str, text: str) -> Comparison:
+    def _decoded(self, cls: Any, what: str, ident: str, text: str) -> Any:
+        """The record ``cls`` (a Comparison, an OptimizeResult) stored as JSON ``text`` under ``ident``."""
         try:
-            return Comparison.from_dict(json.loads(text))
+            return cls.from_dict(json.loads(text))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise self._corrupt(f"holds an unreadable comparison {comparison_id} ({err})") from err
+            raise self._corrupt(f"holds an unreadable {what} {ident} ({err})") from err
+
+    def _latest(self, cls: Any, what: str, table: str) -> Any:
+        """The newest record of ``table``, or ``None`` when it holds none."""
+        rows = self._query(f"read {'an' if what[0] in 'aeiou' else 'a'} {what}",
+                           f"SELECT id, data FROM {table} ORDER BY created_at DESC, rowid DESC LIMIT 1")
+        return self._decoded(cls, what, rows[0][0], rows[0][1]) if rows else None
 
     def _find(self, what: str, table: str, ident: str, listing: str) -> tuple[str, str]:
         """``(id, data)`` of the row of ``table`` whose id is ``ident`` or starts with it (``what`` names the
@@ -568,13 +573,11 @@ class Store:
             CorruptStoreError: its stored JSON cannot be read.
         """
         found, text = self._find("optimization", "optimizations", optimization_id, "run `greenmeter optimizations`")
-        return self._optimization(found, text)
+        return self._decoded(OptimizeResult, "optimization", found, text)
 
     def last_optimization(self) -> OptimizeResult | None:
         """The most recent optimize result, or ``None`` when none is stored."""
-        rows = self._query("read an optimization", "SELECT id, data FROM optimizations "
-                           "ORDER BY created_at DESC, rowid DESC LIMIT 1")
-        return self._optimization(rows[0][0], rows[0][1]) if rows else None
+        return self._latest(OptimizeResult, "optimization", "optimizations")
 
     def list_optimizations(self, limit: int | None = None) -> list[tuple[str, str, str, str, str | None]]:
         """Stored optimize results, newest first: ``(id, name, created_at, chosen, comparison_id)``.
@@ -586,12 +589,6 @@ class Store:
                            "FROM optimizations ORDER BY created_at DESC, rowid DESC LIMIT ?",
                            (-1 if limit is None else limit,))
         return [(str(i), str(n), str(c), str(ch), None if cid is None else str(cid)) for i, n, c, ch, cid in rows]
-
-    def _optimization(self, optimization_id: str, text: str) -> OptimizeResult:
-        try:
-            return OptimizeResult.from_dict(json.loads(text))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise self._corrupt(f"holds an unreadable optimization {optimization_id} ({err})") from err
 
     def close(self) -> None:
         """Close the connection (the last one to close checkpoints the WAL into the file). Idempotent."""
