@@ -495,7 +495,7 @@ class Store:
             StoreError: none or several match (the message says how to list them).
             CorruptStoreError: its stored JSON cannot be read.
         """
-        found, text = self._find("comparison", "comparisons", comparison_id, "run `greenmeter runs --comparisons`")
+        found, text = self._find("comparison", "comparisons", comparison_id, "run `greenmeter comparisons`")
         return self._decoded(Comparison, "comparison", found, text)
 
     def last_comparison(self) -> Comparison | None:

@@ -73,7 +73,7 @@ def test_lookups_and_writes_of_optimizations_fail_clearly(tmp_path: Path, compar
             store.add_optimization(comparison)  # type: ignore[arg-type]
         with pytest.raises(StoreError, match="'xyz' is not an optimization id"):
             store.get_optimization("xyz")
-        with pytest.raises(StoreError, match="is not a comparison id"):  # the comparison lookup it shares
+        with pytest.raises(StoreError, match="is not a comparison id .*run `greenmeter comparisons` to see them"):
             store.get_comparison("xyz")
         oid = store.add_optimization(make_optimization(comparison))
     conn = sqlite3.connect(path, isolation_level=None)
