@@ -240,8 +240,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     for key, value in (("max_drop", args.max_drop), ("time_budget_s", args.time_budget), ("save_to", args.save_to)):
         if value is not None:
             kwargs[key] = value
+    if args.resume and args.no_store:
+        raise ConfigError("--resume reads the search back from the store: drop --no-store")
     with _store_unless_off(args) as store:
-        result = optimize(**kwargs, store=store, progress=not args.quiet)
+        result = optimize(**kwargs, store=store, progress=not args.quiet, resume=args.resume)
     print(result.comparison.table())
     print()
     print(result.table())

@@ -166,8 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--save-to", default=None, metavar="DIR", help="save the chosen model (state dict, recipe, "
                                                                      "exported program) in DIR")
     opt.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON to PATH")
+    opt.add_argument("--resume", action="store_true",
+                     help="go on with the unfinished search of the same config journaled in the store (an interrupted "
+                          "one): its sensitivity, built candidates and screening rounds are read back")
     opt.add_argument("--store", default=None, help=store_help)
-    opt.add_argument("--no-store", action="store_true", help="do not store the comparisons")
+    opt.add_argument("--no-store", action="store_true", help="do not store the comparisons (nor journal the search, "
+                                                             "which then cannot be resumed)")
     opt.add_argument("--quiet", action="store_true", help="no progress on standard error")
     opt.set_defaults(handler=cc.cmd_optimize)
 

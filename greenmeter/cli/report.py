@@ -160,16 +160,23 @@ def cmd_comparisons(args: argparse.Namespace) -> int:
 
 
 def cmd_optimizations(args: argparse.Namespace) -> int:
-    """List stored optimizations: id, creation time, the chosen variant, name (read-only; a missing store holds
-    none)."""
+    """List stored optimizations: id, creation time, the chosen variant, name; then the unfinished searches a
+    ``--resume`` can go on with (read-only; a missing store holds none)."""
     from greenmeter._text import terminal_text
 
-    path, rows = _stored_rows(args, lambda store: store.list_optimizations(limit=args.limit))
+    path, found = _stored_rows(args, lambda store: [(store.list_optimizations(limit=args.limit),
+                                                     store.unfinished_searches())])
+    rows, unfinished = found[0] if found else ([], [])
     if not rows:
         print(f"no optimizations stored in {terminal_text(path)}")
-        return 0
-    print(f"{'id':<12}  {'created (UTC)':<19}  {'chosen':<24}  name")
-    for oid, name, created, chosen, _ in rows:
-        print(f"{oid[:12]:<12}  {created[:19].replace('T', ' '):<19}  {terminal_text(chosen):<24}  "
-              f"{terminal_text(name)}")
+    else:
+        print(f"{'id':<12}  {'created (UTC)':<19}  {'chosen':<24}  name")
+        for oid, name, created, chosen, _ in rows:
+            print(f"{oid[:12]:<12}  {created[:19].replace('T', ' '):<19}  {terminal_text(chosen):<24}  "
+                  f"{terminal_text(name)}")
+    if unfinished:  # interrupted searches: what each holds, and how to go on
+        print("\nunfinished searches (run the same config with `greenmeter optimize CONFIG --resume` to go on):")
+        for _, name, updated, _, spent_s, steps in unfinished:
+            print(f"  {terminal_text(name)}: {steps} step(s) journaled, {spent_s:.0f} s spent, last at "
+                  f"{updated[:19].replace('T', ' ')}")
     return 0

@@ -184,6 +184,7 @@ def optimize(
     save_to: Any = None,
     name: str = "optimize",
     progress: bool | Callable[[str], None] = True,
+    resume: bool = False,
 ) -> OptimizeResult:
     """Find the variant with the lowest measured energy per sample whose metric stays within ``max_drop``.
 
@@ -219,15 +220,24 @@ def optimize(
             :func:`greenmeter.comparison.export.save_model`); ``None``: not saved.
         name: the name of the search, its comparisons and its run.
         progress: ``True`` (lines on standard error), ``False`` or a callable given each line.
+        resume: go on with the unfinished search of the same name, baseline, data and settings journaled in the
+            store (:mod:`greenmeter.comparison.journal`): its sensitivity, built candidates and screening rounds
+            are read back, not done again, and ``time_budget_s`` counts the time it already spent. Needs a store.
+            When ``False``, an unfinished journal of the same search is discarded. With a store every search is
+            journaled step by step, so an interrupted one can be resumed.
 
     Returns:
         An :class:`~greenmeter.records.optimization.OptimizeResult`; ``chosen`` is the baseline's name when no
         candidate has a measurable saving within the budget.
 
     Raises:
-        ConfigError: a bad argument or recipe (before any work); the baseline cannot be evaluated.
+        ConfigError: a bad argument or recipe (before any work); ``resume`` without a store; the baseline
+            cannot be evaluated.
     """
     import torch
+
+    from greenmeter.comparison.journal import SearchJournal, fingerprint
+    from greenmeter.records.comparison import MakingCost
 
     # ----------------------------------------------------------------------------------- checks, before work
     max_drop = number("max_drop", max_drop, low=0, note="in the metric's unit: 0.005 = half a percentage point of "
@@ -267,9 +277,9 @@ def optimize(
     compare_kwargs = {"metric": metric, "metric_name": metric_name, "batch_size": settings["batch_size"],
                       "min_repeat_s": settings["min_repeat_s"], "seed": settings["seed"],
                       "significance": settings["significance"], "carbon": carbon}
-    started = time.perf_counter()
-    deadline = started + time_budget_s
     created_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    if resume and meter is None and store in (None, False):
+        raise ConfigError(_NO_STORE)
     own_meter = meter is None
     if meter is None:
         meter = Meter(carbon=carbon, store=store, name=name)
@@ -279,16 +289,38 @@ def optimize(
         flags.append("the candidates were chosen on the same data the final comparison judges them on: its figures "
                      "are optimistic for unseen data; pass val_data to choose on held-out data")
     model.eval()
+    journal = None
     try:
         if settings["threads"] is not None:
             torch.set_num_threads(settings["threads"])
+        meter.start()  # opens its store
+        if resume and meter.store is None:
+            raise ConfigError(_NO_STORE)
+        journal = SearchJournal(meter.store, name, fingerprint(model, eval_batches, select_batches, train_data, {
+            "max_drop": max_drop, "max_latency_ratio": max_latency_ratio, "max_size_ratio": max_size_ratio,
+            "recipes": None if recipes is None else list(recipes), "probes": list(probes), "metric": metric_name,
+            "train_fn": None if train_fn is None else getattr(train_fn, "__qualname__", type(train_fn).__name__),
+            "screen_repeats": screen_repeats, "final_repeats": final_repeats, "finalists": finalists, "eta": eta,
+            **settings}), resume=resume, show=show)
+        deadline = time.perf_counter() + time_budget_s - journal.spent_before_s
+        if journal.resumed:
+            flags.append(f"resumed from the store's journal ({journal.summary()}); the making energy of the "
+                         "candidates read back was measured in the earlier run")
+            if str(journal.fingerprint["training data"]).startswith("unchecked"):
+                flags.append("resumed with training data greenmeter cannot hash: it was not checked to be the same "
+                             "as in the earlier run")
         # ------------------------------------------------------------------------- baseline and sensitivity
         base_metric, base_outputs = _score(model, select_batches, metric_fn)
         select_targets = torch.cat([y for _, y in select_batches])
         show(f"baseline {metric_name} on the {'validation' if val_data is not None else 'evaluation'} data: "
              f"{metric_text(metric_name, base_metric)}")
         sensitivity = None
-        if probes:
+        if probes and journal.get("sensitivity") is not None:
+            from greenmeter.records.sensitivity import Sensitivity
+
+            sensitivity = Sensitivity.from_dict(journal.get("sensitivity"))
+            show("per-layer sensitivity: read back from the journal")
+        elif probes:
             from greenmeter.comparison.sensitivity import layer_sensitivity
 
             show(f"per-layer sensitivity ({', '.join(probes)})")
@@ -296,6 +328,7 @@ def optimize(
             sensitivity = layer_sensitivity(model, selection_data, metric=metric, metric_name=metric_name,
                                             probes=probes, batch_size=settings["batch_size"],
                                             calibration=recipe_context.calibration_inputs(), progress=False)
+            journal.record("sensitivity", sensitivity.to_dict())
         can_train = recipe_context.can_train
         planned = ([(spec, "user") for spec in recipes] if recipes is not None else
                    default_candidates(sensitivity, max_drop, can_train=can_train, has_val=val_data is not None))
@@ -315,10 +348,29 @@ def optimize(
                 outcome.update(status="over budget", reason=f"not built: its first step {first} already left the "
                                                             f"{metric_name} budget")
                 continue
-            if time.perf_counter() > deadline:
+            step = f"candidate:{spec}"
+            old = journal.get(step)
+            if old is not None:
+                outcome.update(old["outcome"])
+                if outcome.get("status") == "over budget":
+                    over.add(spec)
+                if old.get("making") is None:  # it failed or left the budget: not done again
+                    show(f"{spec}: {outcome.get('status')} (from the journal)")
+                    continue
+                stored = journal.model(step)
+                if not isinstance(stored, str):
+                    value, _ = _score(stored, select_batches, metric_fn)
+                    if value == outcome.get("metric"):
+                        built[spec] = (stored, MakingCost.from_dict(old["making"]))
+                        show(f"{spec}: read back from the journal")
+                        continue
+                    stored = "its stored model no longer gives the metric journaled for it"
+                show(f"[{i + 1}/{len(planned)}] making {spec} again: {stored}")
+            elif time.perf_counter() > deadline:
                 outcome.update(status="not tried", reason="the time budget ran out before it was built")
                 continue
-            show(f"[{i + 1}/{len(planned)}] making {spec}")
+            else:
+                show(f"[{i + 1}/{len(planned)}] making {spec}")
             try:
                 prefix, _, last = spec.rpartition(STEP_SEPARATOR)
                 if prefix.strip() in built:  # a stack on a model already made: only its last step is built
@@ -331,6 +383,7 @@ def optimize(
             except Exception as err:  # noqa: BLE001 - recorded for this candidate; the others go on
                 outcome.update(status="failed", reason=f"{type(err).__name__}: {err}".splitlines()[0])
                 show(f"{spec} FAILED: {outcome['reason']}")
+                journal.record(step, {"outcome": outcome})
                 continue
             change = value - base_metric
             low = None
@@ -343,8 +396,10 @@ def optimize(
                 outcome.update(status="over budget", reason=f"{metric_name} {change_text(metric_name, change)} on "
                                                             "the selection data, beyond the budget")
                 show(f"{spec}: {change_text(metric_name, change)}, over budget")
+                journal.record(step, {"outcome": outcome})
                 continue
             built[spec] = (variant, making)
+            journal.record(step, {"outcome": outcome, "making": making.to_dict()}, model=variant)
             show(f"{spec}: {change_text(metric_name, change)}, making {making.energy_j:.3g} J")
 
         # --------------------------------------------------------------------- successive halving on energy
@@ -353,6 +408,16 @@ def optimize(
         repeats = screen_repeats
         last_ratio: dict[str, float] = {}
         while len(alive) > finalists:
+            old = journal.get(f"round:{len(rungs) + 1}")
+            if old is not None and set(old["rung"]["measured"]) <= set(alive):  # done before: read back
+                for spec, outcome in old["outcomes"].items():
+                    outcomes[spec].update(outcome)
+                last_ratio.update(old["last_ratio"])
+                alive = list(old["rung"]["kept"])
+                rungs.append(Rung.from_dict(old["rung"]))
+                show(f"screening round {len(rungs)}: read back from the journal, {len(alive)} went on")
+                repeats *= eta
+                continue
             if time.perf_counter() > deadline:
                 flags.append(f"the time budget ran out after {len(rungs)} screening round(s): {len(alive)} candidates "
                              f"were left, the final comparison took the {finalists} of lowest energy so far")
@@ -360,6 +425,7 @@ def optimize(
             index = len(rungs) + 1
             round_started = time.perf_counter()
             show(f"screening round {index}: {len(alive)} candidates, {repeats} repeats")
+            in_round = list(alive)
             result = compare({"baseline": model, **{s: Variant(model=built[s][0], making=built[s][1]) for s in alive}},
                              data, baseline="baseline", repeats=repeats, meter=meter,
                              name=f"{name}: screening round {index}", progress=False, **compare_kwargs)
@@ -386,6 +452,8 @@ def optimize(
                     f"round {index} ({repeats} repeats); the {keep} lowest went on"))
             alive = measured[:keep]
             rungs.append(Rung(index, repeats, tuple(measured), tuple(alive), time.perf_counter() - round_started))
+            journal.record(f"round:{index}", {"rung": rungs[-1].to_dict(), "last_ratio": last_ratio,
+                                              "outcomes": {spec: outcomes[spec] for spec in in_round}})
             repeats *= eta
         alive.sort(key=lambda s: last_ratio.get(s, math.inf))
         for spec in alive[finalists:]:
@@ -448,18 +516,27 @@ def optimize(
             limits={k: v for k, v in (("max_latency_ratio", max_latency_ratio), ("max_size_ratio", max_size_ratio))
                     if v is not None},
             selection="validation data" if val_data is not None else "evaluation data",
-            versus_best_single=versus, time_budget_s=time_budget_s, duration_s=time.perf_counter() - started,
+            versus_best_single=versus, time_budget_s=time_budget_s, duration_s=journal.spent_s,
             flags=tuple(flags), saved=saved,
         )
         show(f"chose {chosen} in {result.duration_s:.0f} s")
         if meter.store is not None:
             with signals_deferred():  # stored whole, then a Ctrl-C that came meanwhile is raised
-                meter.store.add_optimization(result)
+                meter.store.add_optimization(result, finished_search=journal.key)
         return result
+    except KeyboardInterrupt:
+        if journal is not None and journal.store is not None:
+            show("interrupted: what the search finished is journaled in the store; run the same search with "
+                 "resume=True (greenmeter optimize CONFIG --resume) to go on from there")
+        raise
     finally:
         torch.set_num_threads(threads_before)
         if own_meter:
             meter.close()
+
+
+_NO_STORE = ("resume=True reads the search back from a run store: pass store= (a Store, a path or True), or a "
+             "meter made with one")
 
 
 def _build_on(spec: str, first: tuple[Any, MakingCost], last: str, baseline: Any, ctx: RecipeContext, meter: Meter,

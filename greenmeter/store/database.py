@@ -14,7 +14,8 @@ Tables: ``runs`` (status, times, command, host, carbon settings, whole-run measu
 kept them whole: see ``Meter(keep_steps=...)``; others hold a bounded sketch in their measurement),
 ``power_samples`` (the power timeline: s since the run started, domain key, W), ``comparisons`` (each
 :class:`~greenmeter.records.comparison.Comparison` as JSON) and ``optimizations`` (each
-:class:`~greenmeter.records.optimization.OptimizeResult` as JSON, with the id of its final comparison).
+:class:`~greenmeter.records.optimization.OptimizeResult` as JSON, with the id of its final comparison), and the
+journal of unfinished optimize searches, ``searches`` and ``search_steps`` (see :meth:`Store.save_search_step`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ OPTIMIZATIONS_MIGRATION = (
         comparison_id TEXT, data TEXT NOT NULL)""",
     "CREATE INDEX optimizations_by_time ON optimizations (created_at)",
 )
+#: Schema migration 3 -> 4: the journal of unfinished optimize searches, which a resumed search reads back.
+#: ``searches``: one row per search (``key``: the hash of its fingerprint; ``fingerprint``: what it must match, as
+#: JSON; ``spent_s``: seconds of its time budget spent so far). ``search_steps``: each finished step of it
+#: (``data``: JSON; ``model``: the candidate model it built, serialized by the optimizer, when it could be).
+SEARCHES_MIGRATION = (
+    """CREATE TABLE searches (
+        key TEXT PRIMARY KEY, name TEXT NOT NULL, started_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        fingerprint TEXT NOT NULL, spent_s REAL NOT NULL)""",
+    """CREATE TABLE search_steps (
+        key TEXT NOT NULL, step TEXT NOT NULL, data TEXT NOT NULL, model BLOB, PRIMARY KEY (key, step))""",
+)
 #: ``MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1`` (statements run in one transaction).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -85,10 +97,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     COMPARISONS_MIGRATION,
     OPTIMIZATIONS_MIGRATION,
+    SEARCHES_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 30.0
-_TABLES = frozenset({"runs", "windows", "steps", "power_samples", "comparisons", "optimizations"})
+_TABLES = frozenset({"runs", "windows", "steps", "power_samples", "comparisons", "optimizations", "searches",
+                     "search_steps"})
 _KINDS = ("run", "api")
 _FINAL = ("ok", "failed", "interrupted")
 _MAGIC = b"SQLite format 3\x00"
@@ -543,11 +557,13 @@ class Store:
             raise StoreError(f"{what} id prefix {prefix!r} is ambiguous in {self.path}; give more characters")
         return str(rows[0][0]), str(rows[0][1])
 
-    def add_optimization(self, result: OptimizeResult) -> str:
+    def add_optimization(self, result: OptimizeResult, *, finished_search: str | None = None) -> str:
         """Store an optimize result in one transaction; returns its id (32 hex digits).
 
         Its ``comparison_id`` is the stored comparison that is ``result.comparison`` (same run, name and
         creation time), when :func:`greenmeter.optimize` stored it in this store, else ``NULL``.
+        ``finished_search``: the key of the search journal this result ends; it is deleted in the same
+        transaction, so a search is either resumable or stored whole, never neither.
 
         Raises:
             ConfigError: ``result`` is not an :class:`~greenmeter.records.optimization.OptimizeResult`.
@@ -563,6 +579,8 @@ class Store:
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (optimization_id, result.name, result.created_at, final.run_id, result.chosen,
                           None if found is None else found[0], result.to_json(indent=None)))
+            if finished_search is not None:
+                self._drop_search(conn, finished_search)
         return optimization_id
 
     def get_optimization(self, optimization_id: str) -> OptimizeResult:
@@ -589,6 +607,73 @@ class Store:
                            "FROM optimizations ORDER BY created_at DESC, rowid DESC LIMIT ?",
                            (-1 if limit is None else limit,))
         return [(str(i), str(n), str(c), str(ch), None if cid is None else str(cid)) for i, n, c, ch, cid in rows]
+
+    # The journal of unfinished optimize searches ----------------------------------------------------------------
+    def save_search_step(self, key: str, name: str, fingerprint: Mapping[str, Any], spent_s: float, step: str,
+                         data: Mapping[str, Any], model: bytes | None = None) -> None:
+        """Journal one finished step of an optimize search (committed at once, with the search's header).
+
+        Args:
+            key: the search's key (the hash of ``fingerprint``).
+            name: the search's name.
+            fingerprint: what a resumed search must match (model, data and settings hashes), JSON-able.
+            spent_s: seconds of its time budget spent so far, this step included.
+            step: the step's name, unique in the search (``"sensitivity"``, ``"candidate:int8-static"``, ...);
+                a step saved again replaces the old one.
+            data: the step's result, JSON-able.
+            model: the model the step built, serialized by the caller, or ``None``.
+        """
+        now = _now()
+        with self._lock, self._sqlite_errors("journal an optimize search"), self._write() as conn:
+            conn.execute("INSERT INTO searches (key, name, started_at, updated_at, fingerprint, spent_s) "
+                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at, "
+                         "spent_s = excluded.spent_s", (key, name, now, now, json.dumps(dict(fingerprint)),
+                                                        float(spent_s)))
+            conn.execute("INSERT OR REPLACE INTO search_steps (key, step, data, model) VALUES (?, ?, ?, ?)",
+                         (key, step, json.dumps(dict(data)), None if model is None else sqlite3.Binary(model)))
+
+    def search_journal(self, key: str) -> tuple[dict[str, Any], dict[str, tuple[dict[str, Any], bytes | None]]] | None:
+        """The journal of the unfinished search ``key``: its header (``name``, ``started_at``, ``updated_at``,
+        ``fingerprint``, ``spent_s``) and its steps (``step -> (data, model bytes or None)``); ``None`` when there
+        is none.
+
+        Raises:
+            CorruptStoreError: its stored JSON cannot be read.
+        """
+        rows = self._query("read an optimize search", "SELECT name, started_at, updated_at, fingerprint, spent_s "
+                           "FROM searches WHERE key = ?", (key,))
+        if not rows:
+            return None
+        steps = self._query("read an optimize search", "SELECT step, data, model FROM search_steps WHERE key = ?",
+                            (key,))
+        try:
+            name, started_at, updated_at, fingerprint, spent_s = rows[0]
+            header = {"name": name, "started_at": started_at, "updated_at": updated_at,
+                      "fingerprint": json.loads(fingerprint), "spent_s": float(spent_s)}
+            return header, {str(step): (json.loads(data), None if model is None else bytes(model))
+                            for step, data, model in steps}
+        except (json.JSONDecodeError, TypeError, ValueError) as err:
+            raise self._corrupt(f"holds an unreadable optimize search journal {key} ({err})") from err
+
+    def unfinished_searches(self) -> list[tuple[str, str, str, dict[str, Any], float, int]]:
+        """Unfinished optimize searches, newest first: ``(key, name, updated_at, fingerprint, spent_s, steps)``."""
+        rows = self._query("list optimize searches", "SELECT s.key, s.name, s.updated_at, s.fingerprint, s.spent_s, "
+                           "(SELECT count(*) FROM search_steps t WHERE t.key = s.key) FROM searches s "
+                           "ORDER BY s.updated_at DESC, s.rowid DESC")
+        try:
+            return [(str(k), str(n), str(u), json.loads(f), float(sp), int(c)) for k, n, u, f, sp, c in rows]
+        except (json.JSONDecodeError, TypeError, ValueError) as err:
+            raise self._corrupt(f"holds an unreadable optimize search journal ({err})") from err
+
+    def drop_search(self, key: str) -> None:
+        """Delete the journal of the search ``key`` (nothing happens when there is none)."""
+        with self._lock, self._sqlite_errors("delete an optimize search"), self._write() as conn:
+            self._drop_search(conn, key)
+
+    @staticmethod
+    def _drop_search(conn: sqlite3.Connection, key: str) -> None:
+        conn.execute("DELETE FROM search_steps WHERE key = ?", (key,))
+        conn.execute("DELETE FROM searches WHERE key = ?", (key,))
 
     def close(self) -> None:
         """Close the connection (the last one to close checkpoints the WAL into the file). Idempotent."""

@@ -87,3 +87,19 @@ def test_a_compare_file_without_recipes_is_still_refused_by_compare(tmp_path: Pa
     assert load_optimize_config(config).optimize["recipes"] == ["int8-dynamic", "int4", "int8-static"]
     with pytest.raises(ConfigError, match="nothing to compare"):
         load_compare_config(config)
+
+
+def test_resume_goes_on_from_the_journal_or_says_there_is_nothing_to_resume(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "optimize.toml"
+    config.write_text(CONFIG)
+    store = tmp_path / "runs.db"
+    assert main(["optimize", str(config), "--store", str(store), "--resume", "--no-store"]) != 0
+    assert "--resume reads the search back from the store: drop --no-store" in capsys.readouterr().err
+    code = main(["optimize", str(config), "--store", str(store), "--resume"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "[optimize] nothing to resume: starting a new search" in captured.err
+    with Store(store) as s:
+        assert s.unfinished_searches() == []  # finished: stored whole, no journal left
+        assert len(s.list_optimizations()) == 1

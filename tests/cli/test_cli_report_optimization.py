@@ -77,3 +77,16 @@ def test_optimizations_lists_the_stored_ones(
     assert main(["optimizations", "--store", str(tmp_path / "none.db")]) == 0
     assert capsys.readouterr().out == f"no optimizations stored in {tmp_path / 'none.db'}\n"
     assert not (tmp_path / "none.db").exists()
+
+
+def test_optimizations_lists_the_unfinished_searches_a_resume_can_go_on_with(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "runs.db"
+    with Store(path) as store:
+        for step in ("sensitivity", "candidate:int4", "candidate:int8-static"):
+            store.save_search_step("k", "digits-optimize", {"settings": {}}, 42.4, step, {})
+    assert main(["optimizations", "--store", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"no optimizations stored in {path}"
+    assert "greenmeter optimize CONFIG --resume" in out[2]
+    assert out[3].startswith("  digits-optimize: 3 step(s) journaled, 42 s spent, last at 20")

@@ -1,4 +1,5 @@
-"""Optimize results in the run store: the optimizations table (schema 3), its migration, lookups, damage."""
+"""Optimize results in the run store: the optimizations table (schema 3) and the search journal (schema 4), their
+migrations, lookups, damage."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import pytest
 from greenmeter import ConfigError, CorruptStoreError, StoreError
 from greenmeter.records.comparison import Comparison
 from greenmeter.records.optimization import OptimizeResult
-from greenmeter.store.database import MIGRATIONS, OPTIMIZATIONS_MIGRATION, SCHEMA_VERSION, Store, migrate
+from greenmeter.store.database import (
+    MIGRATIONS,
+    OPTIMIZATIONS_MIGRATION,
+    SCHEMA_VERSION,
+    SEARCHES_MIGRATION,
+    Store,
+    migrate,
+)
 from tests.faults.test_run_faults import TIMEOUT_S, _env, _greenmeter, _unprivileged
 from tests.output.conftest import FIXTURE, make_optimization
 
@@ -29,8 +37,9 @@ def comparison(tmp_path: Path) -> Comparison:
     return found
 
 
-def test_schema_3_adds_the_optimizations_table_last() -> None:
-    assert MIGRATIONS[-1] is OPTIMIZATIONS_MIGRATION and SCHEMA_VERSION == len(MIGRATIONS) == 3
+def test_schema_3_adds_the_optimizations_table_and_schema_4_the_search_journal() -> None:
+    assert MIGRATIONS[2] is OPTIMIZATIONS_MIGRATION and MIGRATIONS[3] is SEARCHES_MIGRATION
+    assert SCHEMA_VERSION == len(MIGRATIONS) == 4
 
 
 def test_an_optimization_round_trips_and_points_at_its_stored_final_comparison(
@@ -136,7 +145,7 @@ def test_a_schema_2_store_is_migrated_keeping_its_runs_and_comparisons(tmp_path:
         assert store.list_optimizations()[0][4] == "cd34"  # the stored comparison it rests on
         assert store.get_optimization(oid).chosen == "channels:0.5"
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     conn.close()
 
 
@@ -147,7 +156,7 @@ def test_a_schema_2_store_opened_for_reading_is_upgraded_where_it_may_be_written
     with Store(path, readonly=True) as store:
         assert store.last_optimization() is None and store.get_comparison("cd") == comparison
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
     conn.close()
 
 
@@ -168,5 +177,64 @@ def test_a_schema_2_store_the_user_may_not_write_says_it_needs_an_upgrade(
         os.chmod(folder, 0o755)
         os.chmod(path, 0o644)
     assert proc.returncode == 1 and out == "" and err.count("\n") == 1 and str(path) in err, err
-    assert "needs an upgrade (schema version 2 to 3)" in err and "write access" in err
+    assert "needs an upgrade (schema version 2 to 4)" in err and "write access" in err
     assert path.read_bytes() == before and os.listdir(folder) == ["runs.db"]
+
+
+FP = {"model": "ab", "evaluation data": "cd", "selection data": "cd", "training data": None, "settings": {"seed": 0}}
+
+
+def test_a_search_journal_keeps_each_step_until_its_result_is_stored(tmp_path: Path, comparison: Comparison) -> None:
+    with Store(tmp_path / "runs.db") as store:
+        assert store.search_journal("k1") is None and store.unfinished_searches() == []
+        store.save_search_step("k1", "digits", FP, 1.5, "sensitivity", {"layers": []})
+        store.save_search_step("k1", "digits", FP, 3.0, "candidate:int4", {"outcome": {"spec": "int4"}}, b"\x00model")
+        store.save_search_step("k1", "digits", FP, 4.0, "candidate:int4", {"outcome": {"spec": "int4", "metric": 0.9}},
+                               b"\x01model")  # saved again: replaced
+        store.save_search_step("k2", "other", FP, 9.0, "sensitivity", {})
+        header, steps = store.search_journal("k1")
+        assert header["name"] == "digits" and header["fingerprint"] == FP and header["spent_s"] == 4.0
+        assert header["started_at"] <= header["updated_at"]
+        assert steps == {"sensitivity": ({"layers": []}, None),
+                         "candidate:int4": ({"outcome": {"spec": "int4", "metric": 0.9}}, b"\x01model")}
+        rows = store.unfinished_searches()
+        assert [(r[0], r[1], r[4], r[5]) for r in rows] == [("k2", "other", 9.0, 1), ("k1", "digits", 4.0, 2)]
+        store.add_optimization(make_optimization(comparison), finished_search="k1")  # one transaction: stored, gone
+        assert store.search_journal("k1") is None and [r[0] for r in store.unfinished_searches()] == ["k2"]
+        store.drop_search("k2")
+        store.drop_search("nothing")  # no journal: nothing happens
+        assert store.unfinished_searches() == []
+        assert len(store.list_optimizations()) == 1
+
+
+def test_a_damaged_search_journal_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    with Store(path) as store:
+        store.save_search_step("k1", "digits", FP, 1.0, "sensitivity", {})
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE search_steps SET data = '{cut'")
+    conn.close()
+    with Store(path) as store, pytest.raises(CorruptStoreError, match="unreadable optimize search journal k1"):
+        store.search_journal("k1")
+
+
+def test_a_schema_3_store_is_migrated_keeping_its_optimizations(tmp_path: Path, comparison: Comparison) -> None:
+    path = tmp_path / "runs.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    assert migrate(conn, MIGRATIONS[:3]) == 0
+    conn.execute("COMMIT")
+    conn.close()
+    with Store(path) as store:
+        oid = store.add_optimization(make_optimization(comparison))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA user_version = 3")
+    conn.execute("DROP TABLE search_steps")
+    conn.execute("DROP TABLE searches")
+    conn.close()
+    with Store(path) as store:
+        assert store.get_optimization(oid).chosen == "channels:0.5" and store.unfinished_searches() == []
+        store.save_search_step("k", "n", FP, 1.0, "sensitivity", {})
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    conn.close()
