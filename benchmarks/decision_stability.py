@@ -38,10 +38,10 @@ from _bench_common import load_line, progress, table
 
 import greenmeter
 from greenmeter.comparison.compare import SIGNIFICANCE_TESTS, Variant
-from greenmeter.comparison.recipes import RecipeContext, build_variant
+from greenmeter.comparison.recipes import build_variant
 from greenmeter.comparison.recommend import recommend
-from greenmeter.demo.digits import batches, load_digits_data, make_digits_cnn, train_classifier
-from greenmeter.demo.run import DEMO_RECIPES, FULL, QUICK
+from greenmeter.demo.digits import load_digits_data, make_digits_cnn, train_classifier
+from greenmeter.demo.run import DEMO_RECIPES, FULL, QUICK, demo_context
 from greenmeter.metering.meter import Meter
 from greenmeter.records.comparison import Comparison
 from greenmeter.stats import energy_test
@@ -52,17 +52,10 @@ GOAL_SHARE = 0.9
 def build_models(quick: bool) -> tuple[torch.nn.Module, dict[str, Variant], Any]:
     """The demo's trained baseline and its variants (each with its measured making energy), built once."""
     settings = QUICK if quick else FULL
-    data = load_digits_data()
+    data, val = load_digits_data().validation_split()  # as the demo splits it
     progress(f"training the baseline ({settings.epochs} epochs)")
     model = train_classifier(make_digits_cnn(seed=0), data, epochs=settings.epochs)
-
-    def train_fn(m: torch.nn.Module, loss_fn: Any = None, epochs: int | None = None) -> None:
-        train_classifier(m, data, epochs=epochs or settings.fine_tune_epochs, loss_fn=loss_fn)
-
-    context = RecipeContext(
-        example_input=data.x_test[:64], train_data=lambda: batches(data.x_train, data.y_train, 64, shuffle=True),
-        train_fn=train_fn, fine_tune_epochs=settings.fine_tune_epochs, train_epochs=settings.train_epochs,
-    )
+    context = demo_context(data, val, settings)
     variants: dict[str, Variant] = {}
     meter = Meter(name="decision stability: making the variants")
     with meter:

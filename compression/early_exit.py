@@ -26,9 +26,10 @@ reaches the end also paid for every head it passed. At ``threshold=1.0`` the hea
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,8 @@ from greenmeter.compression.registry import DataMacs, FactsHooks, RecipeSpec, re
 if TYPE_CHECKING:
     from greenmeter.comparison.recipes import RecipeContext
 
-__all__ = ["EarlyExitConfig", "MultiExitModel"]  # calibrate_threshold and exit_report: see the package's __all__
+__all__ = ["EarlyExitConfig", "ExitCosts", "ExitHead", "MultiExitModel", "choose_exits", "measure_exit_costs"]
+# calibrate_threshold and exit_report: see the package's __all__
 
 CRITERIA = ("max_softmax", "entropy")
 
@@ -86,13 +88,36 @@ def _count_macs(module: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
     return total, out
 
 
+class ExitHead(nn.Module):
+    """An exit's classifier: ``[C, H, W]`` features average-pooled to at most 4x4 (a coarse layout, which the
+    shallow exits need; a global pool loses it) and flattened, then one Linear layer; ``[F]`` features go to the
+    Linear layer as they are. One module call: at batch 1 each call's overhead costs as much as the work.
+
+    Args:
+        pool: the pooled ``(H, W)``, or ``None`` for ``[F]`` features.
+        fc: the Linear layer (called as a module, so MAC-counting hooks see it).
+    """
+
+    def __init__(self, pool: tuple[int, int] | None, fc: nn.Linear) -> None:
+        super().__init__()
+        self.pool = pool
+        self.fc = fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = F.adaptive_avg_pool2d(x, self.pool).flatten(1)
+        return self.fc(x)
+
+    def extra_repr(self) -> str:
+        return f"pool={self.pool}"
+
+
 def _make_head(features: torch.Tensor, classes: int, index: int) -> nn.Module:
     if features.dim() == 4:
-        # A 4x4 average pool keeps coarse layout, which the shallow exits need (a global pool loses it).
         pool = (min(4, features.shape[2]), min(4, features.shape[3]))
-        return nn.Sequential(nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(features.shape[1] * pool[0] * pool[1], classes))
+        return ExitHead(pool, nn.Linear(features.shape[1] * pool[0] * pool[1], classes))
     if features.dim() == 2:
-        return nn.Linear(features.shape[1], classes)
+        return ExitHead(None, nn.Linear(features.shape[1], classes))
     raise UnsupportedModelError(
         f"early exit: the features after layer {index} have shape {tuple(features.shape[1:])}; heads need "
         "[C, H, W] or [F] features")
@@ -130,6 +155,7 @@ class MultiExitModel(nn.Module):
         self.exits_after = tuple(cuts)
         self._threshold, self.criterion = float(threshold), criterion
         self.backbone_frozen = False
+        self.example_input = example_input[:1].detach().clone()  # to size heads again (with_exits), not state
         was = backbone.training
         backbone.eval()
         try:
@@ -187,7 +213,8 @@ class MultiExitModel(nn.Module):
         return outs
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
-        return self.forward_all(x) if self.training else self.infer(x)[0]
+        # eval: the model's own threshold, checked when it was set, so no per-call checks or exit bookkeeping
+        return self.forward_all(x) if self.training else self._route(x, self._threshold, self.criterion, False)[0]
 
     def infer(self, x: torch.Tensor, threshold: float | None = None,
               criterion: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,22 +231,27 @@ class MultiExitModel(nn.Module):
         check_threshold(threshold, criterion, "MultiExitModel.infer")
         if self.training:
             raise CompressionError("MultiExitModel.infer needs eval mode (batch norm, dropout): call model.eval() first")
+        return self._route(x, threshold, criterion, True)  # type: ignore[return-value]
+
+    def _route(self, x: torch.Tensor, threshold: float, criterion: str,
+               exits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``infer`` without its checks; the exit indices only when ``exits`` (the eval ``forward`` needs none)."""
         n = x.shape[0]
         last = self.num_exits - 1
         h = x
         if threshold >= 1.0:  # nobody can exit early: the backbone alone, heads skipped
             for block in self.blocks:
                 h = block(h)
-            return h, torch.full((n,), last, dtype=torch.long, device=x.device)
-        if n == 1:  # one sample: no bookkeeping of who is still running
+            return h, torch.full((n,), last, dtype=torch.long, device=x.device) if exits else None
+        if n == 1:  # one sample: no bookkeeping of who is still running, one host sync per exit passed
             for k, block in enumerate(self.blocks):
                 h = block(h)
                 if k == last:
                     break
                 out = self.heads[k](h)
-                if bool(confidence(out, criterion) > threshold):
-                    return out, torch.full((1,), k, dtype=torch.long, device=x.device)
-            return h, torch.full((1,), last, dtype=torch.long, device=x.device)
+                if bool(confidence(out, criterion) > threshold):  # as the batched rule compares, in float32
+                    return out, torch.full((1,), k, dtype=torch.long, device=x.device) if exits else None
+            return h, torch.full((1,), last, dtype=torch.long, device=x.device) if exits else None
         exit_index = torch.full((n,), last, dtype=torch.long, device=x.device)
         logits: torch.Tensor | None = None
         alive = torch.arange(n, device=x.device)
@@ -257,6 +289,21 @@ class MultiExitModel(nn.Module):
             return torch.full(exit_index.shape, self.full_macs, dtype=torch.long)
         table = torch.tensor(self.exit_macs, dtype=torch.long)
         return table[exit_index.cpu()]
+
+    def with_exits(self, exits_after: Sequence[int]) -> MultiExitModel:
+        """A model with exits at ``exits_after``, a subset of this one's, sharing its layers and a copy of the
+        heads kept (the backbone's layers are shared, not copied); threshold and criterion as here."""
+        missing = [c for c in exits_after if c not in self.exits_after]
+        if missing:
+            raise ConfigError(f"with_exits: {missing} are not exits of this model (it has exits after "
+                              f"{list(self.exits_after)})")
+        backbone = nn.Sequential(*(layer for block in self.blocks for layer in block))
+        new = MultiExitModel(backbone, exits_after, self.example_input, self._threshold, self.criterion)
+        for j, cut in enumerate(new.exits_after):
+            new.heads[j].load_state_dict(self.heads[self.exits_after.index(cut)].state_dict())
+        if self.backbone_frozen:
+            new.freeze_backbone()
+        return new.train(self.training)
 
     def extra_repr(self) -> str:
         return f"exits_after={self.exits_after}, threshold={self._threshold}, criterion={self.criterion!r}"
@@ -301,6 +348,11 @@ class EarlyExitConfig:
         threshold: exit confidence threshold in (0, 1] used by the returned model in eval mode.
         criterion: ``"max_softmax"`` or ``"entropy"``.
         seed: seed of the heads' initial weights and of the built-in loop.
+        self_distill: weight of self-distillation (>= 0; 0 = none): each early exit also learns the final
+            exit's outputs softened at temperature :data:`SELF_DISTILL_TEMPERATURE` (KL divergence, scaled by T²),
+            as in Zhang et al., "Be Your Own Teacher" (ICCV 2019). With ``freeze_backbone=False`` this is joint
+            training with self-distillation; with the backbone frozen, the heads learn from the backbone's own
+            soft outputs.
     """
 
     exits_after: Sequence[int]
@@ -314,6 +366,7 @@ class EarlyExitConfig:
     threshold: float = 0.9
     criterion: str = "max_softmax"
     seed: int = 0
+    self_distill: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.example_input, torch.Tensor) or self.example_input.dim() < 2 or len(self.example_input) < 1:
@@ -321,6 +374,7 @@ class EarlyExitConfig:
         _check_exits(self.exits_after, None)
         check_training_source(self.train_fn, self.data, self.epochs, self.lr, "EarlyExitConfig")
         check_threshold(self.threshold, self.criterion, "EarlyExitConfig")
+        number("EarlyExitConfig.self_distill", self.self_distill, low=0, note="0 = no self-distillation")
         if self.exit_weights is not None:
             weights = list(self.exit_weights)
             if len(weights) != len(self.exits_after) + 1:
@@ -331,10 +385,23 @@ class EarlyExitConfig:
                 raise ConfigError(f"EarlyExitConfig.exit_weights must be >= 0 and not all zero, got {weights}")
 
 
-def _joint_loss(weights: Sequence[float]) -> Callable[..., torch.Tensor]:
+#: The temperature of self-distillation (``EarlyExitConfig.self_distill``).
+SELF_DISTILL_TEMPERATURE = 3.0
+
+
+def _joint_loss(weights: Sequence[float], self_distill: float = 0.0) -> Callable[..., torch.Tensor]:
+    """The weighted sum of every exit's cross-entropy (BranchyNet), plus, with ``self_distill``, each early exit's
+    KL divergence to the final exit's softened outputs (the final exit is the teacher; no gradient flows to it)."""
+    t = SELF_DISTILL_TEMPERATURE
+
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         outs = model.forward_all(x)  # type: ignore[operator]
-        return sum(w * F.cross_entropy(o, y) for w, o in zip(weights, outs) if w)  # type: ignore[return-value]
+        loss = sum(w * F.cross_entropy(o, y) for w, o in zip(weights, outs) if w)
+        if self_distill:
+            soft = F.softmax(outs[-1].detach() / t, dim=1)
+            loss = loss + self_distill * t * t * sum(
+                F.kl_div(F.log_softmax(o / t, dim=1), soft, reduction="batchmean") for o in outs[:-1])
+        return loss  # type: ignore[return-value]
 
     return loss_fn
 
@@ -399,7 +466,11 @@ def calibrate_threshold(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tens
         raise ConfigError(f"calibrate_threshold: max_drop must be >= 0, got {max_drop}")
     if estimate not in ESTIMATES:
         raise ConfigError(f"calibrate_threshold: estimate must be one of {', '.join(ESTIMATES)}, not {estimate!r}")
-    outs = _all_exit_logits(model, x_val)
+    return _calibrated(_all_exit_logits(model, x_val), y_val, max_drop, criterion, estimate)
+
+
+def _calibrated(outs: list[torch.Tensor], y_val: torch.Tensor, max_drop: float, criterion: str, estimate: str) -> float:
+    """:func:`calibrate_threshold` from the per-exit logits ``outs`` (the last is the final exit's)."""
     y = y_val.to(outs[-1].device)
     final_right = (outs[-1].argmax(dim=1) == y).float()
     target = float(final_right.mean()) - max_drop
@@ -484,7 +555,139 @@ def exit_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: f
     }
 
 
+# ------------------------------------------------------------------------------------------ exits chosen by measured cost
+
+@dataclass(frozen=True)
+class ExitCosts:
+    """Measured seconds per call of each backbone layer and of each head, at one batch size, on this machine.
+
+    Attributes:
+        layer_s: seconds of each layer of the backbone (``nn.Sequential`` order), on its real input.
+        head_s: seconds of each exit's head with its confidence check, by the layer index it follows.
+        batch_size: the batch size they were measured at.
+        source: how they were measured, in words.
+    """
+
+    layer_s: tuple[float, ...]
+    head_s: Mapping[int, float]
+    batch_size: int
+    source: str
+
+    def exit_s(self, exits_after: Sequence[int]) -> list[float]:
+        """Seconds for a sample leaving at each exit of a model with exits at ``exits_after`` (the final exit
+        last): the layers up to the exit and every head it passed."""
+        out, heads = [], 0.0
+        for cut in exits_after:
+            heads += self.head_s[cut]
+            out.append(sum(self.layer_s[:cut + 1]) + heads)
+        return [*out, sum(self.layer_s) + heads]
+
+
+def _seconds(call: Callable[[], Any], rounds: int) -> float:
+    """The least mean seconds per call over ``rounds`` timed rounds (the least is the run the machine disturbed
+    least); each round has enough calls to last about 2 ms."""
+    import time
+
+    call()
+    start = time.perf_counter()
+    call()
+    reps = max(1, min(1000, int(0.002 / max(time.perf_counter() - start, 1e-7))))
+    best = math.inf
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(reps):
+            call()
+        best = min(best, (time.perf_counter() - start) / reps)
+    return best
+
+
+def measure_exit_costs(model: MultiExitModel, example_input: torch.Tensor, batch_size: int = 1,
+                       rounds: int = 7) -> ExitCosts:
+    """Time every backbone layer and every head of ``model`` at ``batch_size`` on this machine (in eval mode,
+    without gradients, at the current thread count), on the example input repeated to the batch size.
+
+    Wall-clock seconds, the least of ``rounds`` rounds. Per-call costs that MACs do not count (framework
+    dispatch, memory traffic, the confidence check and its host synchronisation) are in them: at batch 1 they
+    are most of the cost of a small model. Does not change ``model`` (its mode is restored).
+    """
+    if not isinstance(model, MultiExitModel):
+        raise ConfigError(f"measure_exit_costs needs a MultiExitModel, not {type(model).__name__}")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ConfigError(f"measure_exit_costs: batch_size must be >= 1, got {batch_size}")
+    x = example_input[:1].expand(batch_size, *example_input.shape[1:]).contiguous()
+    was = model.training
+    model.eval()
+    layer_s, head_s = [], {}
+    try:
+        with torch.inference_mode():
+            h = x
+            index = 0
+            for k, block in enumerate(model.blocks):
+                for layer in block:
+                    layer_s.append(_seconds(lambda layer=layer, h=h: layer(h), rounds))
+                    h = layer(h)
+                    index += 1
+                if k < len(model.heads):
+                    head = model.heads[k]
+                    head_s[index - 1] = _seconds(
+                        lambda head=head, h=h: bool((confidence(head(h), model.criterion) > model.threshold).all()),
+                        rounds)
+    finally:
+        model.train(was)
+    return ExitCosts(tuple(layer_s), head_s, batch_size,
+                     f"wall-clock seconds per call at batch {batch_size}, {torch.get_num_threads()} thread(s), the "
+                     f"least of {rounds} rounds, measured on this machine")
+
+
+def choose_exits(model: MultiExitModel, x_val: torch.Tensor, y_val: torch.Tensor, costs: ExitCosts,
+                 max_drop: float = 0.005, estimate: str = "confidence") -> tuple[MultiExitModel, dict[str, Any]]:
+    """The subset of ``model``'s exits, and its threshold, with the least expected cost per sample.
+
+    For every non-empty subset of the exits, the threshold is calibrated on ``(x_val, y_val)`` as by
+    :func:`calibrate_threshold` (within ``max_drop`` of the final exit's accuracy), the validation samples are
+    routed, and the expected seconds per sample come from ``costs`` (:meth:`ExitCosts.exit_s`: the layers up to
+    each sample's exit and the heads it passed). The cheapest subset wins (ties: fewer exits, then earlier).
+
+    Returns:
+        The chosen model (:meth:`MultiExitModel.with_exits`, its threshold set) and what was compared:
+        ``exits_after``, ``threshold``, ``expected_s``, ``backbone_s`` (the backbone alone), ``cost_ratio``
+        (expected over backbone), ``exit_histogram`` (validation samples per exit), and ``subsets`` (each
+        subset's exits, threshold and cost ratio).
+
+    Raises:
+        CompressionError: the model is in training mode.
+    """
+    criterion = model.criterion
+    outs = _all_exit_logits(model, x_val)
+    backbone_s = sum(costs.layer_s)
+    tried = []
+    for r in range(1, len(model.exits_after) + 1):
+        for subset in itertools.combinations(range(len(model.exits_after)), r):
+            cuts = [model.exits_after[i] for i in subset]
+            sub = [outs[i] for i in subset] + [outs[-1]]
+            threshold = _calibrated(sub, y_val, max_drop, criterion, estimate)
+            _, exits = _simulate(sub, threshold, criterion)
+            per_exit = costs.exit_s(cuts) if threshold < 1.0 else [backbone_s] * (len(cuts) + 1)
+            expected = float(torch.tensor(per_exit, dtype=torch.float64)[exits].mean())
+            histogram = torch.bincount(exits, minlength=len(cuts) + 1).tolist()
+            tried.append((expected, len(cuts), cuts, threshold, histogram))
+    expected, _, cuts, threshold, histogram = min(tried, key=lambda t: (t[0], t[1], t[2]))
+    chosen = model.with_exits(cuts)
+    chosen.threshold = threshold
+    return chosen, {
+        "exits_after": cuts, "threshold": threshold, "expected_s": expected, "backbone_s": backbone_s,
+        "cost_ratio": expected / backbone_s if backbone_s else None, "exit_histogram": histogram,
+        "subsets": [{"exits_after": c, "threshold": t, "cost_ratio": e / backbone_s if backbone_s else None}
+                    for e, _, c, t, _ in sorted(tried, key=lambda t: (t[0], t[1], t[2]))],
+        "cost_source": costs.source,
+    }
+
+
 # ------------------------------------------------------------------------------------------ recipe and facts
+
+#: How many places ``early-exit:auto`` trains heads at before it keeps the cheapest subset.
+AUTO_CANDIDATES = 5
 
 _EXIT_HELP = ("T, the exit confidence threshold in (0, 1] (default 0.9), or 'auto' to calibrate it on val_data "
               "(accuracy within 0.5 points of the final exit)")
@@ -497,7 +700,7 @@ def _is_follower(module: nn.Module) -> bool:
         ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout", "LocalResponseNorm"))
 
 
-def exit_positions(model: nn.Module, example_input: torch.Tensor) -> list[int]:
+def exit_positions(model: nn.Module, example_input: torch.Tensor, candidates: int = 0) -> list[int]:
     """Layer indices after which ``early-exit`` attaches heads: two cuts nearest 1/3 and 2/3 of the backbone's MACs.
 
     A cut may follow any layer of the ``nn.Sequential`` except the last, where the next layer is not a norm,
@@ -505,6 +708,9 @@ def exit_positions(model: nn.Module, example_input: torch.Tensor) -> list[int]:
     ``[F]``. Of the possible pairs, the one whose cumulative MAC shares are closest (summed distance) to 1/3
     and 2/3 wins; MACs (Conv and Linear layers) are counted on one example sample, and a model without any
     uses the layer count. A model with a single possible cut gets one. Does not change ``model``.
+
+    With ``candidates > 0``, every possible cut instead, or ``candidates`` of them nearest evenly spaced shares
+    of the MACs when there are more: the places :func:`choose_exits` chooses from by measured cost.
 
     Raises:
         UnsupportedModelError: the model is not an ``nn.Sequential`` of at least two layers, or has no such cut.
@@ -549,6 +755,11 @@ def exit_positions(model: nn.Module, example_input: torch.Tensor) -> list[int]:
     def share(i: int) -> float:
         return cumulative[i] / total if total else (i + 1) / n
 
+    if candidates:  # every possible cut, at most ``candidates`` of them, spread evenly over the compute
+        if len(cuts) <= candidates:
+            return cuts
+        marks = [(k + 1) / (candidates + 1) for k in range(candidates)]
+        return sorted({min(cuts, key=lambda c: (abs(share(c) - m), c)) for m in marks})
     if len(cuts) == 1:
         return cuts
     pairs = itertools.combinations(cuts, 2)
@@ -569,15 +780,26 @@ def _early_exit_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) ->
         raise ConfigError("recipe 'early-exit:auto' calibrates the threshold on held-out data: give val_data "
                           "in the RecipeContext, or a threshold such as 'early-exit:0.9'")
     threshold = 0.9 if auto else float(value)
-    exits = exit_positions(model, ctx.example_input)
+    # auto: heads at up to AUTO_CANDIDATES places, then the subset cheapest in measured time at batch 1
+    exits = exit_positions(model, ctx.example_input, candidates=AUTO_CANDIDATES if auto else 0)
     train = ctx.trainer("early-exit")
     config = EarlyExitConfig(exits_after=exits, example_input=ctx.example_input[:1], threshold=threshold,
                              train_fn=lambda m, loss: train(m, loss), seed=ctx.seed)
     variant = compress(model, config)
+    details: dict[str, Any] = {}
     if auto:
         variant.eval()
-        variant.threshold = calibrate_threshold(variant, *ctx.val_data)  # type: ignore[misc]
-    return variant, {"exits_after": exits, "threshold": variant.threshold, "calibrated": auto,
+        costs = measure_exit_costs(variant, ctx.example_input, batch_size=1)
+        info = variant.compression_info
+        variant, choice_info = choose_exits(variant, *ctx.val_data, costs)  # type: ignore[misc]
+        variant.compression_info = dataclasses.replace(info, details={  # the kept exits' figures, not the candidates'
+            **info.details, "exits_after": list(variant.exits_after), "exit_macs": list(variant.exit_macs),
+            "head_parameters": sum(p.numel() for p in variant.heads.parameters()), "threshold": variant.threshold})
+        details = {"candidate_exits": exits, "chosen_by": "least expected time per sample at batch 1, measured here",
+                   "expected_time_ratio": choice_info["cost_ratio"], "validation_exit_histogram":
+                   choice_info["exit_histogram"], "cost_source": choice_info["cost_source"]}
+        exits = choice_info["exits_after"]
+    return variant, {"exits_after": exits, "threshold": variant.threshold, "calibrated": auto, **details,
                      **ctx.trainer_details()}
 
 
@@ -593,7 +815,8 @@ def _data_macs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> DataMacs:
 @register_method("early_exit", EarlyExitConfig, facts=FactsHooks(data_macs=_data_macs, model_types=(MultiExitModel,)),
                  recipe=RecipeSpec(
     "early-exit", _early_exit_recipe, trains=True, arg_help=_EXIT_HELP, parse_arg=_early_exit_arg,
-    description="early exits after about 1/3 and 2/3 of the compute (heads trained, backbone frozen)"))
+    description="early exits (heads trained, backbone frozen): after about 1/3 and 2/3 of the MACs, or with 'auto' "
+                "the exits and threshold of least measured time at batch 1 within 0.5 pp on val_data"))
 def _early_exit(model: nn.Module, config: EarlyExitConfig) -> tuple[nn.Module, dict[str, Any]]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -601,7 +824,7 @@ def _early_exit(model: nn.Module, config: EarlyExitConfig) -> tuple[nn.Module, d
     if config.freeze_backbone:
         multi.freeze_backbone()
     weights = list(config.exit_weights) if config.exit_weights is not None else [1.0] * multi.num_exits
-    loss_fn = _joint_loss(weights)
+    loss_fn = _joint_loss(weights, config.self_distill)
     if config.train_fn is None:
         params = [p for p in multi.parameters() if p.requires_grad]
         history = fit(multi, loss_fn, params, config.data, config.epochs, config.lr, config.seed)
@@ -613,6 +836,7 @@ def _early_exit(model: nn.Module, config: EarlyExitConfig) -> tuple[nn.Module, d
         "exits_after": list(multi.exits_after),
         "exit_weights": weights,
         "freeze_backbone": config.freeze_backbone,
+        "self_distill": config.self_distill,
         "trainer": "built-in" if config.train_fn is None else "train_fn",
         "epoch_losses": history,
         "final_loss": history[-1] if history else None,

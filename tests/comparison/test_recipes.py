@@ -190,14 +190,22 @@ def test_early_exit_builds_a_multi_exit_model_after_a_third_and_two_thirds_of_th
     built: Callable[[str], nn.Module], baseline: nn.Module, ctx: RecipeContext,
 ) -> None:
     fixed, auto = built("early-exit:0.9"), built("early-exit:auto")
-    for variant in (fixed, auto):
-        assert isinstance(variant, MultiExitModel)
-        # conv1 is ~1% of the MACs, conv2 brings it to ~90%: after the first and the second conv block
-        assert variant.exits_after == (2, 5) and variant.recipe.details["exits_after"] == [2, 5]
+    assert isinstance(fixed, MultiExitModel) and isinstance(auto, MultiExitModel)
+    # conv1 is ~1% of the MACs, conv2 brings it to ~90%: after the first and the second conv block
+    assert fixed.exits_after == (2, 5) and fixed.recipe.details["exits_after"] == [2, 5]
     assert fixed.threshold == 0.9 and fixed.recipe.details["calibrated"] is False
-    assert 0 < auto.threshold <= 1
-    assert auto.recipe.details["calibrated"] is True and auto.recipe.details["threshold"] == auto.threshold
     assert exit_positions(baseline, ctx.example_input) == [2, 5]
+    # auto: heads at every possible place, then the subset of least measured time at batch 1
+    details = auto.recipe.details
+    assert details["candidate_exits"] == exit_positions(baseline, ctx.example_input, candidates=5) == [2, 5, 6, 7, 9]
+    assert set(auto.exits_after) <= set(details["candidate_exits"]) and list(auto.exits_after) == details["exits_after"]
+    assert 0 < auto.threshold <= 1
+    assert details["calibrated"] is True and details["threshold"] == auto.threshold
+    assert details["expected_time_ratio"] > 0 and "batch 1" in details["chosen_by"]
+    assert sum(details["validation_exit_histogram"]) == len(ctx.val_data[0])
+    info = auto.compression_info.details  # the kept exits' figures, not the candidates'
+    assert info["exits_after"] == list(auto.exits_after) and info["exit_macs"] == list(auto.exit_macs)
+    assert len(auto.heads) == len(auto.exits_after)
 
 
 # ------------------------------------------------------------------------------------ exit placement

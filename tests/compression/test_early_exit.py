@@ -214,3 +214,87 @@ def test_bad_inputs_are_clear_errors(baseline: nn.Module, multi: nn.Module, digi
         EarlyExitConfig(exits_after=EXITS, example_input=x1)
     with pytest.raises(ConfigError, match="MultiExitModel"):
         exit_report(baseline, digits.x_test, digits.y_test)
+
+
+# ------------------------------------------------------------------------------------ exits chosen by measured cost
+
+def test_exit_costs_add_the_layers_up_to_each_exit_and_the_heads_passed() -> None:
+    from greenmeter.compression.early_exit import ExitCosts
+
+    costs = ExitCosts(layer_s=(1.0, 2.0, 3.0, 4.0, 5.0), head_s={1: 0.5, 3: 0.25}, batch_size=1, source="test")
+    assert costs.exit_s([1, 3]) == [1.0 + 2.0 + 0.5, 1.0 + 2.0 + 3.0 + 4.0 + 0.5 + 0.25, 15.0 + 0.75]
+    assert costs.exit_s([3]) == [10.0 + 0.25, 15.0 + 0.25]
+
+
+def test_measured_exit_costs_cover_every_layer_and_head(multi: nn.Module, digits: DigitsData) -> None:
+    from greenmeter.compression.early_exit import measure_exit_costs
+
+    model = copy.deepcopy(multi).train()
+    costs = measure_exit_costs(model, digits.x_test[:3], batch_size=4, rounds=2)
+    assert len(costs.layer_s) == 11 and all(s > 0 for s in costs.layer_s)
+    assert set(costs.head_s) == {2, 5} and all(s > 0 for s in costs.head_s.values())
+    assert costs.batch_size == 4 and "batch 4" in costs.source
+    assert model.training  # its mode is restored
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        measure_exit_costs(multi, digits.x_test[:1], batch_size=0)
+
+
+@pytest.mark.parametrize("cheap", [2, 5])
+def test_choose_exits_keeps_the_subset_of_least_expected_cost(
+        multi: nn.Module, digits: DigitsData, split: tuple[DigitsData, DigitsData], cheap: int) -> None:
+    from greenmeter.compression.early_exit import ExitCosts, _all_exit_logits, _calibrated, _simulate, choose_exits
+
+    _, val = split
+    # a made-up machine where the head at `cheap` is free and the other costs more than the whole backbone
+    heads = {2: 0.0, 5: 100.0} if cheap == 2 else {2: 100.0, 5: 0.0}
+    costs = ExitCosts(layer_s=(1.0,) * 11, head_s=heads, batch_size=1, source="test")
+    chosen, info = choose_exits(multi, val.x_test, val.y_test, costs, max_drop=0.005)
+    assert info["exits_after"] == [cheap] and chosen.exits_after == (cheap,)
+    # its expected cost, from the validation samples' exits, by hand
+    outs = _all_exit_logits(multi, val.x_test)
+    sub = [outs[multi.exits_after.index(cheap)], outs[-1]]
+    threshold = _calibrated(sub, val.y_test, 0.005, multi.criterion, "confidence")
+    _, exits = _simulate(sub, threshold, multi.criterion)
+    per_exit = [cheap + 1.0, 11.0]
+    expected = sum(per_exit[int(e)] for e in exits) / len(exits)
+    assert info["threshold"] == chosen.threshold == threshold
+    assert info["expected_s"] == pytest.approx(expected) and info["cost_ratio"] == pytest.approx(expected / 11)
+    assert info["exit_histogram"] == torch.bincount(exits, minlength=2).tolist()
+    ratios = [s["cost_ratio"] for s in info["subsets"]]
+    assert ratios == sorted(ratios) and len(ratios) == 3  # {2}, {5}, {2, 5}
+    # the kept head is the trained one, routing as in the model it came from
+    with torch.inference_mode():
+        every = multi.forward_all(digits.x_test[:50])
+        logits, where = chosen.infer(digits.x_test[:50])
+    k = multi.exits_after.index(cheap)
+    for i in range(50):
+        assert torch.allclose(logits[i], (every[k] if where[i] == 0 else every[-1])[i], atol=1e-5)
+    assert chosen.backbone_frozen and all(p is q for p, q in zip(chosen.blocks.parameters(), multi.blocks.parameters()))
+
+
+def test_with_exits_refuses_exits_the_model_does_not_have(multi: nn.Module) -> None:
+    with pytest.raises(ConfigError, match=r"with_exits: \[3\] are not exits of this model"):
+        multi.with_exits([3])
+
+
+def test_self_distillation_adds_the_kl_to_the_final_exit_and_trains_the_heads(
+        baseline: nn.Module, digits: DigitsData) -> None:
+    from torch.nn import functional as F
+
+    from greenmeter.compression.early_exit import SELF_DISTILL_TEMPERATURE, _joint_loss
+
+    model = MultiExitModel(baseline, [2], digits.x_train[:1]).train()
+    x, y = digits.x_train[:16], digits.y_train[:16]
+    outs = model.forward_all(x)
+    t = SELF_DISTILL_TEMPERATURE
+    kl = F.kl_div(F.log_softmax(outs[0] / t, 1), F.softmax(outs[1].detach() / t, 1), reduction="batchmean")
+    plain = F.cross_entropy(outs[0], y) + F.cross_entropy(outs[1], y)
+    assert float(_joint_loss([1.0, 1.0], 0.5)(model, x, y).detach()) == pytest.approx(float((plain + 0.5 * t * t * kl).detach()), rel=1e-5)
+    assert float(_joint_loss([1.0, 1.0])(model, x, y).detach()) == pytest.approx(float(plain.detach()), rel=1e-5)
+    data = list(batches(digits.x_train, digits.y_train, 64, shuffle=True))
+    trained = compress(baseline, EarlyExitConfig(exits_after=[2], example_input=digits.x_train[:1], data=data,
+                                                 epochs=1, self_distill=1.0))
+    assert trained.compression_info.details["self_distill"] == 1.0
+    assert exit_report(trained, digits.x_test, digits.y_test)["final_exit_accuracy"] >= 0.97  # backbone frozen
+    with pytest.raises(ConfigError, match="self_distill must be a number >= 0"):
+        EarlyExitConfig(exits_after=[2], example_input=digits.x_train[:1], data=data, self_distill=-1.0)

@@ -51,7 +51,7 @@ def test_every_variant_is_built_measured_and_compared(demo: tuple[Path, str]) ->
     for name in ("int8-dynamic", "int8-static", "int4", "qat"):
         assert c.variant(name).size_b < 0.4 * base.size_b, name
     assert c.variant("distill:0.5").params_total < base.params_total / 2
-    for name in ("channels:0.5", "ticket:0.2", "qat", "distill:0.5", "early-exit:0.9"):
+    for name in ("channels:0.5", "ticket:0.2", "qat", "distill:0.5", "early-exit:auto"):
         assert c.variant(name).making.trains, name
     assert c.carbon["country"] == "FRA"
     assert c.pareto_front
@@ -74,7 +74,7 @@ def test_the_reports_and_the_store_are_written(demo: tuple[Path, str]) -> None:
         runs = {r.name: r for r in store.list_runs()}
         assert set(runs) == {"demo: train the baseline", "demo: digits CNN and its variants", "demo: optimize"}
         train = next(w for w in store.windows(runs["demo: train the baseline"].id) if w.name == "train-baseline")
-        assert len(train.epochs) == 4 and train.steps == 4 * math.ceil(1347 / 64) and train.energy_j > 0
+        assert len(train.epochs) == 4 and train.steps == 4 * math.ceil(1078 / 64) and train.energy_j > 0  # 80% trains
         ids = {name: cid for cid, name, *_ in store.list_comparisons()}  # the optimize step's come after it
         assert store.get_comparison(ids["demo: digits CNN and its variants"]).to_dict() == c.to_dict()
     # the printed summary: the table, the recommendation and the paths
