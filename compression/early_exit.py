@@ -423,13 +423,24 @@ def _all_exit_logits(model: Any, x: torch.Tensor, batch_size: int = 256) -> list
 
 def _simulate(outs: list[torch.Tensor], threshold: float, criterion: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictions and exits that ``infer`` would give, from precomputed per-exit logits."""
-    last = len(outs) - 1
-    exit_index = torch.full((len(outs[0]),), last, dtype=torch.long)
-    if threshold < 1.0:
-        for k in range(last - 1, -1, -1):  # backwards, so the earliest confident exit wins
-            exit_index[confidence(outs[k], criterion) > threshold] = k
     preds = torch.stack([o.argmax(dim=1) for o in outs], dim=1)
+    exit_index = _exits(_confidences(outs, criterion), threshold)
     return preds.gather(1, exit_index[:, None]).squeeze(1), exit_index
+
+
+def _confidences(outs: list[torch.Tensor], criterion: str) -> torch.Tensor:
+    """``[N, exits - 1]``: each sample's confidence at each early exit."""
+    return torch.stack([confidence(o, criterion) for o in outs[:-1]], dim=1)
+
+
+def _exits(conf: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Each sample's exit: the first whose confidence ``conf[:, k]`` is above ``threshold`` (compared in the
+    confidences' dtype, as ``infer`` compares), else the last."""
+    last = conf.shape[1]
+    if threshold >= 1.0 or last == 0:
+        return torch.full((conf.shape[0],), last, dtype=torch.long)
+    above = conf > threshold
+    return torch.where(above.any(dim=1), above.to(torch.uint8).argmax(dim=1), torch.tensor(last))
 
 
 #: Ways ``calibrate_threshold`` judges a threshold (see its docstring).
@@ -469,25 +480,50 @@ def calibrate_threshold(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tens
     return _calibrated(_all_exit_logits(model, x_val), y_val, max_drop, criterion, estimate)
 
 
-def _calibrated(outs: list[torch.Tensor], y_val: torch.Tensor, max_drop: float, criterion: str, estimate: str) -> float:
-    """:func:`calibrate_threshold` from the per-exit logits ``outs`` (the last is the final exit's)."""
+@dataclass(frozen=True)
+class _Scores:
+    """Per sample and exit (the final exit last): confidence at the early exits, right or wrong, and with the
+    ``"confidence"`` estimate the probability that the exit is right (temperature-scaled max softmax)."""
+
+    conf: torch.Tensor  # [N, exits - 1]
+    right: torch.Tensor  # [N, exits], float 0/1
+    p_right: torch.Tensor | None  # [N, exits]
+
+    def only(self, early: Sequence[int]) -> _Scores:
+        """The scores of a model keeping only the early exits ``early`` (indices) and the final one."""
+        cols = [*early, self.right.shape[1] - 1]
+        return _Scores(self.conf[:, list(early)], self.right[:, cols],
+                       None if self.p_right is None else self.p_right[:, cols])
+
+
+def _scores(outs: list[torch.Tensor], y_val: torch.Tensor, criterion: str, estimate: str) -> _Scores:
     y = y_val.to(outs[-1].device)
-    final_right = (outs[-1].argmax(dim=1) == y).float()
-    target = float(final_right.mean()) - max_drop
-    p_right = None  # per sample and exit, the probability that the exit is right: temperature-scaled max softmax
+    right = torch.stack([(o.argmax(dim=1) == y).float() for o in outs], dim=1)
+    p_right = None
     if estimate == "confidence":
         p_right = torch.stack([torch.softmax(o / fit_temperature(o, y), dim=1).amax(dim=1) for o in outs[:-1]]
-                              + [final_right], dim=1)
-    confs = torch.cat([confidence(o, criterion) for o in outs[:-1]]).unique()
+                              + [right[:, -1]], dim=1)
+    return _Scores(_confidences(outs, criterion), right, p_right)
+
+
+def _calibrated(outs: list[torch.Tensor], y_val: torch.Tensor, max_drop: float, criterion: str, estimate: str) -> float:
+    """:func:`calibrate_threshold` from the per-exit logits ``outs`` (the last is the final exit's)."""
+    return _threshold_for(_scores(outs, y_val, criterion, estimate), max_drop)
+
+
+def _threshold_for(scores: _Scores, max_drop: float) -> float:
+    """:func:`calibrate_threshold`'s rule on precomputed scores."""
+    target = float(scores.right[:, -1].mean()) - max_drop
+    confs = scores.conf.reshape(-1).unique()
     if len(confs) > 2000:  # large validation sets: an evenly spaced subset of the distinct confidences
         confs = confs[torch.linspace(0, len(confs) - 1, 2000).long()]
     candidates = sorted({1.0, *(c for c in confs.tolist() if c > 0.0)}, reverse=True)
     best = 1.0
     for t in candidates:
-        preds, exits = _simulate(outs, t, criterion)  # type: ignore[arg-type]
-        if float((preds == y).float().mean()) < target - 1e-9:
+        exits = _exits(scores.conf, t)[:, None]
+        if float(scores.right.gather(1, exits).mean()) < target - 1e-9:
             break
-        if p_right is not None and float(p_right.gather(1, exits[:, None]).mean()) < target - 1e-9:
+        if scores.p_right is not None and float(scores.p_right.gather(1, exits).mean()) < target - 1e-9:
             break
         best = t
     return float(best)
@@ -658,16 +694,17 @@ def choose_exits(model: MultiExitModel, x_val: torch.Tensor, y_val: torch.Tensor
     Raises:
         CompressionError: the model is in training mode.
     """
-    criterion = model.criterion
-    outs = _all_exit_logits(model, x_val)
+    if estimate not in ESTIMATES:
+        raise ConfigError(f"choose_exits: estimate must be one of {', '.join(ESTIMATES)}, not {estimate!r}")
+    scores = _scores(_all_exit_logits(model, x_val), y_val, model.criterion, estimate)  # once, for every subset
     backbone_s = sum(costs.layer_s)
     tried = []
     for r in range(1, len(model.exits_after) + 1):
         for subset in itertools.combinations(range(len(model.exits_after)), r):
             cuts = [model.exits_after[i] for i in subset]
-            sub = [outs[i] for i in subset] + [outs[-1]]
-            threshold = _calibrated(sub, y_val, max_drop, criterion, estimate)
-            _, exits = _simulate(sub, threshold, criterion)
+            kept = scores.only(subset)
+            threshold = _threshold_for(kept, max_drop)
+            exits = _exits(kept.conf, threshold)
             per_exit = costs.exit_s(cuts) if threshold < 1.0 else [backbone_s] * (len(cuts) + 1)
             expected = float(torch.tensor(per_exit, dtype=torch.float64)[exits].mean())
             histogram = torch.bincount(exits, minlength=len(cuts) + 1).tolist()
