@@ -35,7 +35,7 @@ def multi(_trained_baseline: nn.Module, digits: DigitsData, split: tuple[DigitsD
 def test_mac_counts_match_a_hand_count(multi: nn.Module) -> None:
     conv1, conv2 = 8 * 8 * 32 * 9, 8 * 8 * 64 * 32 * 9
     fc1, fc2 = 1024 * 128, 128 * 10
-    head1, head2 = 32 * 16 * 10, 64 * 16 * 10  # 4x4 average pool, then Linear to 10 classes
+    head1, head2 = 32 * 64 * 10, 64 * 64 * 10  # the 4x4 average pool folded into the Linear layer to 10 classes
     assert multi.block_macs == (conv1, conv2, fc1 + fc2)
     assert multi.head_macs == (head1, head2)
     assert multi.full_macs == conv1 + conv2 + fc1 + fc2 == 1_330_432
@@ -298,3 +298,24 @@ def test_self_distillation_adds_the_kl_to_the_final_exit_and_trains_the_heads(
     assert exit_report(trained, digits.x_test, digits.y_test)["final_exit_accuracy"] >= 0.97  # backbone frozen
     with pytest.raises(ConfigError, match="self_distill must be a number >= 0"):
         EarlyExitConfig(exits_after=[2], example_input=digits.x_train[:1], data=data, self_distill=-1.0)
+
+
+def test_a_head_folds_its_pool_into_its_linear_layer_for_inference(multi: nn.Module, digits: DigitsData) -> None:
+    import pickle
+
+    head = copy.deepcopy(multi.heads[0])
+    with torch.no_grad():
+        features = multi.blocks[0](digits.x_test[:20])
+    with torch.inference_mode():
+        folded = head(features)
+        assert head._folded is not None  # the folded weight, made on the first call
+    with torch.enable_grad():
+        pooled = head(features)  # gradients: the pool runs
+    assert torch.allclose(folded, pooled, atol=1e-5) and pooled.requires_grad
+    assert head.folded_weight((32, 8, 8)).shape == (10, 32 * 64)
+    with torch.no_grad():
+        head.fc.weight.mul_(2)  # a changed weight makes a new folded weight
+        assert torch.allclose(head(features), 2 * pooled.detach() - head.fc.bias, atol=1e-4)
+    again = pickle.loads(pickle.dumps(head))
+    assert again._folded is None and head._folded is not None  # the cache is not saved, nor dropped from the head
+    assert set(head.state_dict()) == {"fc.weight", "fc.bias"}
