@@ -22,10 +22,11 @@ from greenmeter.compression.lottery import *  # noqa: F403
 from greenmeter.compression.pruning import *  # noqa: F403
 from greenmeter.compression.qat import *  # noqa: F403
 from greenmeter.compression.quantization import *  # noqa: F403
-from greenmeter.compression import distillation, early_exit, int4, lottery, pruning, qat, quantization
+from greenmeter.compression.sparse import *  # noqa: F403
+from greenmeter.compression import distillation, early_exit, int4, lottery, pruning, qat, quantization, sparse
 
 __all__ = sorted(
     ["CompressionInfo", "calibrate_threshold", "compress", "exit_report", "register_method", "registered_methods"]
     + distillation.__all__ + early_exit.__all__ + int4.__all__ + lottery.__all__
-    + pruning.__all__ + qat.__all__ + quantization.__all__
+    + pruning.__all__ + qat.__all__ + quantization.__all__ + sparse.__all__
 )

@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from greenmeter._checks import fraction, module_names, whole_number
+from greenmeter._checks import choice, fraction, module_names, whole_number
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
 from greenmeter.compression._core import compress
 from greenmeter.compression.pruning import (
-    DEFAULT_LAYER_TYPES, check_layer_types, check_scope, layer_sparsity, layers_to_prune, no_layers_error,
-    prunable_layers,
+    DEFAULT_LAYER_TYPES, SPARSE_EXECUTION, check_layer_types, check_scope, layer_sparsity, layers_to_prune,
+    no_layers_error, prunable_layers, run_pruned,
 )
 from greenmeter.compression.registry import RecipeSpec, recipe_fraction, register_method
 
@@ -81,6 +81,9 @@ class LotteryTicketConfig:
         keep_layers: qualified module names (as in ``model.named_modules()``) of prunable layers never pruned:
             out of every round's ranking (they are still trained and rewound); ``rate`` applies to the other
             layers. Each must be a layer of ``layer_types`` (checked when the model is known), and not all of them.
+        sparse_execution: ``"off"`` (the ticket's zeros run dense kernels; its flags say so) or ``"auto"`` (its
+            pruned Linear layers run on sparse kernels where measured faster here), as in ``PruneConfig``.
+        sparse_batch: rows per forward call to time the layers at when ``sparse_execution="auto"``, >= 1.
     """
 
     train_fn: Callable[[nn.Module], None]
@@ -93,6 +96,8 @@ class LotteryTicketConfig:
     layer_types: tuple[str, ...] = DEFAULT_LAYER_TYPES
     seed: int = 0
     keep_layers: tuple[str, ...] = ()
+    sparse_execution: Literal["off", "auto"] = "off"
+    sparse_batch: int = 1
 
     def __post_init__(self) -> None:
         if not callable(self.train_fn):
@@ -117,6 +122,8 @@ class LotteryTicketConfig:
         object.__setattr__(self, "layer_types", check_layer_types("LotteryTicketConfig.layer_types", self.layer_types))
         whole_number("LotteryTicketConfig.seed", self.seed, minimum=None)
         object.__setattr__(self, "keep_layers", module_names("LotteryTicketConfig.keep_layers", self.keep_layers))
+        choice("LotteryTicketConfig.sparse_execution", self.sparse_execution, SPARSE_EXECUTION)
+        whole_number("LotteryTicketConfig.sparse_batch", self.sparse_batch, minimum=1)
 
 
 def _rewind_point(model: nn.Module, given: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -230,6 +237,7 @@ def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, 
     for module, training in modes.items():  # the result keeps the input model's train/eval modes
         module.train(training)
     real, zeros, total, per_layer = layer_sparsity(layers)
+    model, execution = run_pruned(model, pruned, config.sparse_execution, config.sparse_batch)
     return model, {
         "rounds": records,
         "prune_steps": config.rounds,
@@ -243,4 +251,5 @@ def _lottery(model: nn.Module, config: LotteryTicketConfig) -> tuple[nn.Module, 
         "accuracy": records[-1]["accuracy"],
         "rewind": "init" if config.rewind_state is None else "rewind_state",
         "reinit": config.reinit,
+        **execution,
     }

@@ -33,6 +33,7 @@ from greenmeter.compression.registry import (  # noqa: E402
     unregister_method,
     weight_counters,
 )
+from greenmeter.compression.sparse import SparseLinear, count_sparse_weights  # noqa: E402
 from tests.compression.frozen_method import (  # noqa: E402
     METHOD,
     RECIPE,
@@ -69,8 +70,9 @@ def test_every_builtin_recipe_is_its_methods_and_the_methods_carry_their_facts_h
     assert {name for name, m in registered.items() if m.facts.quantized} == {
         "dynamic_int8", "static_int8", "qat_int8", "int4_weight"}
     assert {name for name, m in registered.items() if m.facts.data_macs is not None} == {"early_exit"}
-    assert set(weight_counters()) == {Int4Linear}
-    assert facts_hooks("prune") == FactsHooks() and facts_hooks(None) == FactsHooks()
+    assert set(weight_counters()) == {Int4Linear, SparseLinear}  # SparseLinear: prune's (sparse execution)
+    assert facts_hooks("prune") == FactsHooks(count_weights={SparseLinear: count_sparse_weights})
+    assert facts_hooks("channel_prune") == FactsHooks() and facts_hooks(None) == FactsHooks()
     assert facts_hooks("no-such-method") == FactsHooks()
 
 
