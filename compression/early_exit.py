@@ -862,7 +862,7 @@ def _early_exit_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) ->
     threshold = 0.9 if auto else float(value)
     # auto: heads at up to AUTO_CANDIDATES places, then the subset cheapest in measured time at batch 1
     exits = exit_positions(model, ctx.example_input, candidates=AUTO_CANDIDATES if auto else 0)
-    train = ctx.trainer("early-exit")
+    train = ctx.trainer("early-exit", ctx.train_epochs)  # the heads are new: trained from scratch
     config = EarlyExitConfig(exits_after=exits, example_input=ctx.example_input[:1], threshold=threshold,
                              train_fn=lambda m, loss: train(m, loss), seed=ctx.seed)
     variant = compress(model, config)
@@ -880,7 +880,7 @@ def _early_exit_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) ->
                    choice_info["exit_histogram"], "cost_source": choice_info["cost_source"]}
         exits = choice_info["exits_after"]
     return variant, {"exits_after": exits, "threshold": variant.threshold, "calibrated": auto, **details,
-                     **ctx.trainer_details()}
+                     **ctx.trainer_details(ctx.train_epochs)}
 
 
 def _data_macs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> DataMacs:
