@@ -132,7 +132,7 @@ class ExitHead(nn.Module):
     def folded_weight(self, features: tuple[int, ...]) -> torch.Tensor:
         """The weight of the pool and ``fc`` as one Linear layer on flattened ``[C, H, W]`` features."""
         w = self.fc.weight
-        key = (features, w._version, w.data_ptr(), w.dtype, w.device)
+        key = (features, id(w), w._version, w.dtype, w.device)  # no data_ptr(): export traces with fake tensors
         if self._folded is None or self._folded[0] != key:
             c, h, wd = features
             with torch.no_grad():

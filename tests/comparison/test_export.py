@@ -122,7 +122,7 @@ def test_early_exit_gets_no_program_and_the_manifest_says_why(baseline: nn.Modul
     assert list(saved.failures) == ["torch.export", "torchscript-trace", "torchscript-script"]
     assert saved.failures["torch.export"].startswith("GuardOnDataDependentSymNode: ")
     assert saved.failures["torchscript-trace"].startswith("UnreliableTrace: torch.jit.trace warned that the trace may be wrong")
-    assert saved.failures["torchscript-script"].startswith("NotSupportedError: ")
+    assert saved.failures["torchscript-script"].split(": ")[0] in {"NotSupportedError", "RuntimeError"}  # its code
     assert {p.name for p in tmp_path.iterdir()} == {"manifest.json", "state_dict.pt"}
     assert "no deployable program" in saved.describe()
     with pytest.raises(ConfigError, match="holds no deployable program .*GuardOnDataDependentSymNode.*"
