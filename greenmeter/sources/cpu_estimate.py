@@ -5,7 +5,9 @@ The model (Cloud Carbon Footprint's, after Etsy's Cloud Jewels): one logical CPU
 read without blocking, so cumulative energy at a read is:
 
 - ``mode="process"`` (default): ``E = t_cpu * P_max_vcpu``, where ``t_cpu`` is the user + system time of
-  this process and of its children that have been waited for (``os.times``) since the backend was made.
+  this process and of its children that have been waited for (``os.times``), plus that of its live
+  descendants (DataLoader workers, pool processes, subprocesses: :mod:`greenmeter.sources.process_tree`),
+  since the backend was made.
   While the process runs on a vCPU that vCPU is busy, so the process is charged a busy vCPU's power; the
   idle power of the rest of the machine is not the process's doing and is not counted. So in this mode
   *the estimated energy is CPU time times a modelled power*.
@@ -30,8 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenmeter._errors import ConfigError, CounterReadError
-from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
+from greenmeter.sources.base import AnomalyLog, Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
 from greenmeter.sources.cpu_model import CpuFacts, is_generic_model_name, lookup_tdp, read_cpu_facts
+from greenmeter.sources.process_tree import snapshot
 
 __all__ = [
     "CCF_COEFFICIENTS",
@@ -82,7 +85,7 @@ _SOURCE = "CPU power model (cpu-estimate)"
 _METHODS = {
     "process": (
         "linear CPU-utilisation model over process CPU time (os.times: user + system of this process "
-        "and its waited-for children), charged at a busy vCPU's modelled power"
+        "and its waited-for children) plus its live descendants' (psutil), charged at a busy vCPU's modelled power"
     ),
     "machine": (
         "linear CPU-utilisation model over machine busy CPU time (psutil.cpu_times: user, nice, system, "
@@ -230,24 +233,6 @@ def build_power_model(
     return PowerModel(model_idle, model_max, constants, tuple(notes))
 
 
-def _tree_cpu_s(root: Any) -> float:
-    """CPU seconds of a live psutil process tree: each process's own and its reaped children's time."""
-    import psutil
-
-    try:
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0  # the root is gone (reaped): its time is in os.times() now
-    total = 0.0
-    for process in processes:
-        try:
-            t = process.cpu_times()
-        except psutil.Error:
-            continue  # exited and reaped between listing and reading: counted by its parent
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
-
-
 def _busy_s(times: Any) -> float:
     """Busy seconds from a psutil ``scputimes`` (Linux folds guest time into user and nice)."""
     busy = times.user + times.system
@@ -324,9 +309,10 @@ class CpuEstimateBackend(Backend):
         self.domain = Domain(_KEY, "cpu", True, provenance, resolution_s)
         self._unavailable = ""
         self._cpu_times: Any = None
-        self._followed: Any = None
+        self._anomalies = AnomalyLog()
+        self._tree_problem = ""
         if mode == "process":
-            self._cpu0 = process_cpu_s()
+            self._cpu0 = self._process_tree_cpu_s()
             self._t0 = time.monotonic()
         else:
             try:
@@ -346,8 +332,8 @@ class CpuEstimateBackend(Backend):
         notes = list(self.power_model.notes)
         if self.mode == "process":
             notes.append(
-                "process mode counts this process and children it has waited for; live worker processes "
-                "(e.g. DataLoader workers) are counted only once they have been joined"
+                "process mode counts this process, the children it has waited for and its live descendants "
+                "(DataLoader workers, pool processes, subprocesses)"
             )
         return ProbeResult(self.name, True, domains=(self.domain,), notes=tuple(notes))
 
@@ -360,9 +346,7 @@ class CpuEstimateBackend(Backend):
         if self._cpu_times is None:
             if self._unavailable:
                 raise CounterReadError(self._unavailable)
-            cpu = process_cpu_s()
-            if self._followed is not None:
-                cpu += _tree_cpu_s(self._followed)
+            cpu = self._process_tree_cpu_s()
             return Reading(time.monotonic(), {_KEY: (cpu - self._cpu0) * self._p_max})
         try:
             busy = _busy_s(self._cpu_times())
@@ -373,13 +357,32 @@ class CpuEstimateBackend(Backend):
         energy = idle_j + (busy - self._cpu0) * (self._p_max - self._p_idle)
         return Reading(now, {_KEY: energy})
 
-    def follow(self, pid: int) -> None:
-        """Count the live process tree rooted at ``pid`` too, while it runs (process mode).
+    def _process_tree_cpu_s(self) -> float:
+        """CPU seconds of this process, its waited-for children and its live descendants; a descendant that
+        cannot be read is recorded as an anomaly, for the flags of the windows it falls in."""
+        tree = snapshot(memory=False)
+        problem = ""
+        if tree.error is not None:
+            problem = f"child processes are not counted in the CPU estimate: {tree.error}"
+        elif tree.unreadable:
+            problem = (f"{tree.unreadable} child process{'es' if tree.unreadable > 1 else ''} could not be read "
+                       "(permissions): their CPU time is not counted in the CPU estimate")
+        if problem and problem != self._tree_problem:
+            self._anomalies.add(problem)
+        self._tree_problem = problem
+        return process_cpu_s() + tree.cpu_s
 
-        ``os.times()`` counts a child only once it has been reaped; following its tree with psutil
-        makes readings taken while it runs (a power timeline) include its CPU time. When the child is
-        reaped its time moves into ``os.times()`` and leaves the tree, so nothing is counted twice
-        provided the reaping and the reads happen in one thread, as ``greenmeter run`` does.
+    def anomalies_since(self, t0: float) -> tuple[str, ...]:
+        """Child processes that could not be counted since ``t0``, or at the last read (see
+        :meth:`Backend.anomalies_since`)."""
+        current = (self._tree_problem,) if self._tree_problem else ()
+        return tuple(dict.fromkeys(self._anomalies.since(t0) + current))
+
+    def follow(self, pid: int) -> None:
+        """Check that ``pid`` is a live process that process mode will count (it counts every live descendant).
+
+        Kept for ``greenmeter run`` and older callers: the command it starts is a child of this process, so its
+        tree is counted with every other descendant, once.
 
         Raises:
             ConfigError: in machine mode (which counts every process already) or for a missing pid.
@@ -388,10 +391,8 @@ class CpuEstimateBackend(Backend):
             raise ConfigError("follow() applies to process mode; machine mode already counts every process")
         import psutil
 
-        try:
-            self._followed = psutil.Process(pid)
-        except psutil.NoSuchProcess as err:
-            raise ConfigError(f"cannot follow process {pid}: it does not exist") from err
+        if not psutil.pid_exists(pid):
+            raise ConfigError(f"cannot follow process {pid}: it does not exist")
 
     def close(self) -> None:
         """Nothing to release."""

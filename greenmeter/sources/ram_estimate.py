@@ -1,7 +1,9 @@
 """An estimate of memory (DRAM) energy from memory size and a power-per-gigabyte constant.
 
-- ``mode="process"`` (default): the resident set size (RSS) of *this process only* (children, such as
-  DataLoader workers, are not included), sampled by :meth:`RamEstimateBackend.poll` every
+- ``mode="process"`` (default): the resident set size (RSS) of this process plus the unique memory (USS: the
+  pages no other process maps, so a forked worker's pages shared with this process are not counted twice) of
+  its live descendants, such as DataLoader workers (:mod:`greenmeter.sources.process_tree`), sampled by
+  :meth:`RamEstimateBackend.poll` every
   ``sample_interval_s``. Energy is integrated sample-and-hold: each sample's RSS is taken to hold until
   the next one, ``E = sum(rss_i * W_per_GB * (t_{i+1} - t_i))``, and a read between samples extends the
   last sample to the read's time. So a read is cheap (no system call but the clock) and cumulative energy
@@ -23,6 +25,7 @@ from typing import Any
 
 from greenmeter._errors import ConfigError, CounterReadError
 from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
+from greenmeter.sources.process_tree import snapshot
 
 __all__ = ["BYTES_PER_GB", "WATTS_PER_GB", "WATTS_PER_GB_SOURCE", "RamEstimateBackend"]
 
@@ -93,7 +96,8 @@ class RamEstimateBackend(Backend):
         }
         if mode == "process":
             self.poll_interval_s: float | None = self.sample_interval_s
-            self._rss_reader = self._statm_rss if os.path.exists(_STATM) else self._psutil_rss
+            own = self._statm_rss if os.path.exists(_STATM) else self._psutil_rss
+            self._rss_reader = lambda: own() + snapshot(cpu=False).rss_b
             try:
                 rss = self._rss_reader()
             except (OSError, ImportError) as err:
@@ -102,8 +106,8 @@ class RamEstimateBackend(Backend):
             self._last = (time.monotonic(), rss)
             constants["sample_interval_s"] = self.sample_interval_s
             method = (
-                "resident set size of this process (plus the process tree it follows, if any; other children "
-                "excluded) sampled every "
+                "resident set size of this process plus the unique memory (USS) of its live descendants, sampled "
+                "every "
                 f"{self.sample_interval_s:g} s, integrated sample-and-hold, times a power per GB"
             )
             # The energy grows with the clock between samples (last RSS held), so a short window is
@@ -133,7 +137,7 @@ class RamEstimateBackend(Backend):
             return int(handle.read().split()[1]) * self._page
 
     def follow(self, pid: int) -> None:
-        """Add the resident memory of the live process tree rooted at ``pid`` to this process's (process mode).
+        """Check that ``pid`` is a live process that process mode will count (it counts every live descendant).
 
         Raises:
             ConfigError: in machine mode, or for a missing pid.
@@ -142,26 +146,8 @@ class RamEstimateBackend(Backend):
             raise ConfigError("follow() applies to process mode; machine mode counts all installed memory")
         import psutil
 
-        try:
-            root = psutil.Process(pid)
-        except psutil.NoSuchProcess as err:
-            raise ConfigError(f"cannot follow process {pid}: it does not exist") from err
-        own = self._rss_reader
-
-        def tree_rss() -> int:
-            total = own()
-            try:
-                processes = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                return total
-            for process in processes:
-                try:
-                    total += int(process.memory_info().rss)
-                except psutil.Error:
-                    continue
-            return total
-
-        self._rss_reader = tree_rss
+        if not psutil.pid_exists(pid):
+            raise ConfigError(f"cannot follow process {pid}: it does not exist")
 
     @staticmethod
     def _psutil_rss() -> int:
@@ -182,8 +168,7 @@ class RamEstimateBackend(Backend):
         notes = ()
         if self.mode == "process":
             notes = (
-                "process mode counts this process's resident memory only (plus a followed process tree, as "
-                "`greenmeter run` does), not other child processes; "
+                "process mode counts this process's resident memory and its live descendants' unique memory; "
                 "DRAM draws power for all installed memory, so this is an attribution, not a measurement",
             )
         return ProbeResult(self.name, True, domains=(self.domain,), notes=notes)

@@ -56,7 +56,7 @@ def test_process_domain_and_provenance():
     assert prov.constants["w_per_gb"] == 0.392
     assert "Cloud Carbon Footprint" in prov.constants["w_per_gb_source"]
     assert prov.constants["bytes_per_gb"] == 2**30
-    assert any("child processes" in note for note in probe.notes)
+    assert any("live descendants" in note for note in probe.notes)
     json.dumps(prov.to_dict())
 
 
