@@ -416,7 +416,9 @@ def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mappin
     padded: list[str] = []
     linears = [(parent, child_name, child, f"{parent_name}.{child_name}".split(".", 1)[1] if parent_name else "(model)")
                for parent_name, parent in list(holder.named_modules())
-               for child_name, child in list(parent.named_children()) if isinstance(child, nn.Linear)]
+               # _modules, not named_children(): that names a Linear used twice in one parent once, and its second
+               # use would stay float
+               for child_name, child in list(parent._modules.items()) if isinstance(child, nn.Linear)]
     check_kept_layers("Int4WeightConfig.keep_layers", "int4 weight-only quantization", model, config.keep_layers,
                       [full for parent, _, _, full in linears if not isinstance(parent, nn.MultiheadAttention)])
     for parent, child_name, child, full in linears:

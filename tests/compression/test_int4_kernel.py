@@ -296,3 +296,15 @@ def test_a_pickled_model_rebuilds_the_kernel_layout_where_it_is_loaded(
         elsewhere = torch.load(buf, weights_only=False)
         assert [m.path for m in int4_layers(elsewhere)] == ["dequantize", "dequantize"]
         assert torch.allclose(elsewhere(x), y, rtol=0.02, atol=0.02 * float(y.abs().max()))
+
+
+def test_a_linear_used_twice_in_one_parent_is_quantized_in_both_places() -> None:
+    torch.manual_seed(0)
+    shared = nn.Linear(64, 64)
+    model = nn.Sequential(shared, nn.ReLU(), shared).eval()  # named_children() names `shared` once
+    q = compress(model, Int4WeightConfig(use_kernel=False))
+    assert isinstance(q[0], Int4Linear) and q[2] is q[0]  # both uses, and still one layer
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        expected = q[0](torch.relu(q[0](x)))
+        assert torch.equal(q(x), expected)
