@@ -37,6 +37,7 @@ full comparison.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import time
@@ -45,7 +46,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import number, text, whole_number
-from greenmeter._errors import ConfigError
+from greenmeter._errors import ConfigError, GreenmeterError
 from greenmeter.comparison.compare import (
     Variant,
     accuracy_metric,
@@ -526,6 +527,8 @@ def optimize(
         return result
     except KeyboardInterrupt:
         if journal is not None and journal.store is not None:
+            with signals_deferred(), contextlib.suppress(GreenmeterError):  # the time spent, for the budget
+                journal.record("interrupted", {"at": _dt.datetime.now(_dt.timezone.utc).isoformat()})
             show("interrupted: what the search finished is journaled in the store; run the same search with "
                  "resume=True (greenmeter optimize CONFIG --resume) to go on from there")
         raise
