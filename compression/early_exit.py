@@ -464,13 +464,6 @@ def _all_exit_logits(model: Any, x: torch.Tensor, batch_size: int = 256) -> list
     return [torch.cat(p) for p in parts]
 
 
-def _simulate(outs: list[torch.Tensor], threshold: float, criterion: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictions and exits that ``infer`` would give, from precomputed per-exit logits."""
-    preds = torch.stack([o.argmax(dim=1) for o in outs], dim=1)
-    exit_index = _exits(_confidences(outs, criterion), threshold)
-    return preds.gather(1, exit_index[:, None]).squeeze(1), exit_index
-
-
 def _confidences(outs: list[torch.Tensor], criterion: str) -> torch.Tensor:
     """``[N, exits - 1]``: each sample's confidence at each early exit."""
     return torch.stack([confidence(o, criterion) for o in outs[:-1]], dim=1)

@@ -33,14 +33,12 @@ class TreeSnapshot:
     Attributes:
         cpu_s: their CPU seconds: user + system of each, plus its waited-for children's.
         rss_b: their unique resident memory (USS), in bytes.
-        count: how many were read.
         unreadable: how many could not be read (permissions); 0 normally.
         error: why the tree could not be listed at all (psutil missing), else ``None``.
     """
 
     cpu_s: float = 0.0
     rss_b: int = 0
-    count: int = 0
     unreadable: int = 0
     error: str | None = None
 
@@ -108,7 +106,7 @@ def snapshot(pid: int | None = None, *, cpu: bool = True, memory: bool = True) -
         processes = live_descendants(pid)
     except ImportError as err:
         return TreeSnapshot(error=f"psutil is not installed ({err})")
-    cpu_s, rss_b, count, unreadable = 0.0, 0, 0, 0
+    cpu_s, rss_b, unreadable = 0.0, 0, 0
     for process in processes:
         try:
             if cpu:
@@ -121,5 +119,4 @@ def snapshot(pid: int | None = None, *, cpu: bool = True, memory: bool = True) -
             continue
         except psutil.Error:
             continue  # it exited between listing and reading: waited for, its time is its parent's now
-        count += 1
-    return TreeSnapshot(cpu_s, rss_b, count, unreadable)
+    return TreeSnapshot(cpu_s, rss_b, unreadable)

@@ -13,18 +13,13 @@ from torch import nn  # noqa: E402
 
 from greenmeter import ConfigError, Meter  # noqa: E402
 from greenmeter.records.comparison import Comparison  # noqa: E402
-from greenmeter.demo.digits import DigitsData, load_digits_data, make_digits_cnn, train_classifier  # noqa: E402
+from greenmeter.demo.digits import DigitsData, make_digits_cnn, train_classifier  # noqa: E402
 from greenmeter.comparison.compare import Variant, compare  # noqa: E402
 from greenmeter.stats import bootstrap_test  # noqa: E402
 from greenmeter.store.database import Store  # noqa: E402
 from tests.fakes.work import LayerWorkCounter  # noqa: E402
 
 FAST = {"repeats": 3, "min_repeat_s": 0.05, "progress": False}
-
-
-@pytest.fixture(scope="module")
-def digits() -> DigitsData:
-    return load_digits_data()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from greenmeter.demo.digits import (  # noqa: E402
     DigitsData,
     accuracy,
     batches,
-    load_digits_data,
     make_digits_cnn,
     train_classifier,
 )
@@ -39,11 +38,6 @@ from greenmeter.demo.digits import (  # noqa: E402
 INT8_EXPORT_ERROR = "AttributeError: __torch__.torch.classes.quantized."  # torch.export cannot flatten packed params
 EXPORTED = ("float", "prune:0.5", "ticket:0.2", "channels:0.5", "distill:0.5", "int4")
 TRACED = ("int8-dynamic", "int8-static", "qat", "channels:0.5+int8-static")
-
-
-@pytest.fixture(scope="module")
-def digits() -> DigitsData:
-    return load_digits_data()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from torch import nn  # noqa: E402
 from greenmeter import ConfigError, Meter  # noqa: E402
 from greenmeter.comparison.optimize import optimize  # noqa: E402
 from greenmeter.comparison.recipes import register_recipe, unregister_recipe  # noqa: E402
-from greenmeter.demo.digits import DigitsData, load_digits_data, make_digits_cnn, train_classifier  # noqa: E402
+from greenmeter.demo.digits import DigitsData  # noqa: E402
 from greenmeter.records.optimization import OptimizeResult  # noqa: E402
 from tests.fakes.work import LayerWorkCounter  # noqa: E402
 
@@ -20,27 +20,9 @@ FAST = {"min_repeat_s": 0.02, "screen_repeats": 2, "final_repeats": 3, "progress
 
 
 @pytest.fixture(scope="module")
-def digits() -> DigitsData:
-    return load_digits_data()
-
-
-@pytest.fixture(scope="module")
-def trained(digits: DigitsData) -> nn.Module:
-    torch.set_num_threads(2)
-    return train_classifier(make_digits_cnn(seed=0), digits, epochs=4, seed=0)
-
-
-def _train_fn(digits: DigitsData):  # noqa: ANN202
-    def train(model: nn.Module, loss_fn=None, epochs=None) -> None:  # noqa: ANN001
-        train_classifier(model, digits, epochs=1, loss_fn=loss_fn)
-
-    return train
-
-
-@pytest.fixture(scope="module")
-def searched(digits: DigitsData, trained: nn.Module) -> tuple[OptimizeResult, nn.Module]:
+def searched(digits: DigitsData, trained: nn.Module, one_epoch_trainer) -> tuple[OptimizeResult, nn.Module]:  # noqa: ANN001
     before = copy.deepcopy(trained.state_dict())
-    result = optimize(trained, (digits.x_test, digits.y_test), max_drop=0.01, train_fn=_train_fn(digits),
+    result = optimize(trained, (digits.x_test, digits.y_test), max_drop=0.01, train_fn=one_epoch_trainer,
                       recipes=["int8-static", "int8-dynamic", "int4", "channels:0.5", "channels:0.5+int8-static",
                                "distill:0.25"],
                       finalists=2, meter=Meter(backends=["cpu-estimate"]), time_budget_s=600, **FAST)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from torch import nn  # noqa: E402
 from greenmeter import ConfigError, Meter, Store  # noqa: E402
 from greenmeter.comparison.journal import data_hash, dump_model, fingerprint, model_hash  # noqa: E402
 from greenmeter.comparison.optimize import optimize  # noqa: E402
-from greenmeter.demo.digits import DigitsData, load_digits_data, make_digits_cnn, train_classifier  # noqa: E402
+from greenmeter.demo.digits import DigitsData, make_digits_cnn  # noqa: E402
 
 RECIPES = ["int8-dynamic", "int4", "int8-static", "channels:0.5", "channels:0.5+int8-static"]
 FAST = {"min_repeat_s": 0.02, "screen_repeats": 2, "final_repeats": 2, "probes": ("int8",), "finalists": 1,
@@ -33,37 +34,24 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-@pytest.fixture(scope="module")
-def digits() -> DigitsData:
-    return load_digits_data()
+@pytest.fixture(scope="session")
+def run_search(trained: nn.Module, digits: DigitsData, one_epoch_trainer: Callable[..., None]):  # noqa: ANN201
+    """``run_search(store, progress, **settings)``: the search of these tests on the shared baseline."""
+
+    def run(store: Path, progress: Interrupt, **kwargs):  # noqa: ANN202
+        return optimize(trained, (digits.x_test, digits.y_test), train_fn=one_epoch_trainer, progress=progress,
+                        meter=Meter(backends=["cpu-estimate"], store=store), **{**FAST, **kwargs})
+
+    return run
 
 
 @pytest.fixture(scope="module")
-def trained(digits: DigitsData) -> nn.Module:
-    torch.set_num_threads(2)
-    return train_classifier(make_digits_cnn(seed=0), digits, epochs=4, seed=0)
-
-
-def _train(digits: DigitsData):  # noqa: ANN202
-    def train(model: nn.Module, loss_fn=None, epochs=None) -> None:  # noqa: ANN001
-        train_classifier(model, digits, epochs=1, loss_fn=loss_fn)
-
-    return train
-
-
-def _run(trained: nn.Module, digits: DigitsData, store: Path, progress: Interrupt, **kwargs):  # noqa: ANN202
-    settings = {**FAST, **kwargs}
-    return optimize(trained, (digits.x_test, digits.y_test), train_fn=_train(digits), progress=progress,
-                    meter=Meter(backends=["cpu-estimate"], store=store), **settings)
-
-
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory: pytest.TempPathFactory, digits: DigitsData, trained: nn.Module) -> Path:
+def interrupted(tmp_path_factory: pytest.TempPathFactory, run_search) -> Path:  # noqa: ANN001
     """A store holding a search interrupted by Ctrl-C just before its second screening round."""
     store = tmp_path_factory.mktemp("resume") / "runs.db"
     first = Interrupt(at="screening round 2")
     with pytest.raises(KeyboardInterrupt):
-        _run(trained, digits, store, first)
+        run_search(store, first)
     assert any("resume=True" in line for line in first.lines), first.lines  # the user is told how to go on
     return store
 
@@ -97,14 +85,13 @@ def test_an_interrupted_search_leaves_its_finished_steps_in_the_journal(interrup
     assert journal["round:1"][0]["rung"]["index"] == 1
 
 
-def test_a_resumed_search_reads_back_what_was_done_and_finishes(interrupted: Path, tmp_path: Path,
-                                                                 digits: DigitsData, trained: nn.Module) -> None:
+def test_a_resumed_search_reads_back_what_was_done_and_finishes(interrupted: Path, tmp_path: Path, run_search) -> None:  # noqa: ANN001
     store = _copy(interrupted, tmp_path)
     with Store(store) as s:
         [(key, *_)] = s.unfinished_searches()
         _, journal = s.search_journal(key)
     lines = Interrupt()
-    result = _run(trained, digits, store, lines, resume=True)
+    result = run_search(store, lines, resume=True)
     text = "\n".join(lines.lines)
     assert "resuming the search started" in text and "per-layer sensitivity: read back from the journal" in text
     for spec in ("int8-dynamic", "int4", "channels:0.5"):
@@ -124,33 +111,30 @@ def test_a_resumed_search_reads_back_what_was_done_and_finishes(interrupted: Pat
         assert s.last_optimization().chosen == result.chosen
 
 
-def test_resuming_with_other_settings_starts_anew_and_says_what_differs(interrupted: Path, tmp_path: Path,
-                                                                        digits: DigitsData, trained: nn.Module) -> None:
+def test_resuming_with_other_settings_starts_anew_and_says_what_differs(interrupted: Path, tmp_path: Path, run_search) -> None:  # noqa: ANN001
     store = _copy(interrupted, tmp_path)
     lines = Interrupt(at="[1/")  # stop at once: only the message matters
     with pytest.raises(KeyboardInterrupt):
-        _run(trained, digits, store, lines, resume=True, max_drop=0.03)
+        run_search(store, lines, resume=True, max_drop=0.03)
     assert any("nothing to resume; an unfinished search named 'optimize' exists, but its settings: max_drop differ"
                in line for line in lines.lines)
     with Store(store) as s:
         assert len(s.unfinished_searches()) == 2  # the old journal is kept: the first settings can still resume
 
 
-def test_the_time_budget_counts_what_the_search_already_spent(interrupted: Path, tmp_path: Path,
-                                                              digits: DigitsData, trained: nn.Module) -> None:
+def test_the_time_budget_counts_what_the_search_already_spent(interrupted: Path, tmp_path: Path, run_search) -> None:  # noqa: ANN001
     store = _copy(interrupted, tmp_path)
     conn = sqlite3.connect(store)
     conn.execute("UPDATE searches SET spent_s = 1e6")
     conn.commit()
     conn.close()
-    result = _run(trained, digits, store, Interrupt(), resume=True)
+    result = run_search(store, Interrupt(), resume=True)
     assert len(result.rungs) == 1  # the journaled round only: no time was left for another
     assert any("the time budget ran out after 1 screening round(s)" in f for f in result.flags)
     assert result.duration_s > 1e6
 
 
-def test_a_stored_model_that_gives_another_metric_is_rebuilt(interrupted: Path, tmp_path: Path,
-                                                             digits: DigitsData, trained: nn.Module) -> None:
+def test_a_stored_model_that_gives_another_metric_is_rebuilt(interrupted: Path, tmp_path: Path, run_search) -> None:  # noqa: ANN001
     store = _copy(interrupted, tmp_path)
     wrong = make_digits_cnn(seed=1)  # untrained: not the model the journal's metric was computed on
     conn = sqlite3.connect(store)
@@ -159,17 +143,16 @@ def test_a_stored_model_that_gives_another_metric_is_rebuilt(interrupted: Path, 
     conn.close()
     lines = Interrupt(at="screening round 2")
     with pytest.raises(KeyboardInterrupt):
-        _run(trained, digits, store, lines, resume=True)
+        run_search(store, lines, resume=True)
     assert any("making int4 again: its stored model no longer gives the metric journaled for it" in line
                for line in lines.lines)
 
 
-def test_without_resume_an_old_journal_is_discarded(interrupted: Path, tmp_path: Path, digits: DigitsData,
-                                                    trained: nn.Module) -> None:
+def test_without_resume_an_old_journal_is_discarded(interrupted: Path, tmp_path: Path, run_search) -> None:  # noqa: ANN001
     store = _copy(interrupted, tmp_path)
     lines = Interrupt(at="[2/")
     with pytest.raises(KeyboardInterrupt):
-        _run(trained, digits, store, lines)
+        run_search(store, lines)
     assert not any("journal" in line for line in lines.lines[:-1])
     with Store(store) as s:
         [(key, *_rest, steps)] = s.unfinished_searches()
