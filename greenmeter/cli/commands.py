@@ -212,15 +212,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     with _store_unless_off(args) as store:
         result = compare(**kwargs, store=store, progress=not args.quiet)
     print(result.table())
-    for flag in dict.fromkeys(f for v in result.variants for f in v.flags):
-        print(f"note: {terminal_text(flag)}")
-    for flag in result.flags:
-        print(f"note: {terminal_text(flag)}")
-    if json_path is not None:
-        json_path.write_text(result.to_json() + "\n", encoding="utf-8")
-        print(f"wrote {terminal_text(args.json)}")
-    if store is not None:
-        print(f"stored in {terminal_text(store.path)} (run {result.run_id[:12] if result.run_id else '-'})")
+    _notes_json_store([*dict.fromkeys(f for v in result.variants for f in v.flags), *result.flags], result, json_path,
+                      args.json, store, f" (run {result.run_id[:12] if result.run_id else '-'})")
     failed = [terminal_text(v.name) for v in result.variants if not v.ok]
     if failed:
         print(f"failed variants: {', '.join(failed)} (see the table)", file=sys.stderr)
@@ -234,14 +227,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from greenmeter.comparison.config import load_optimize_config
     from greenmeter.comparison.optimize import optimize
 
+    if args.resume and args.no_store:
+        raise ConfigError("--resume reads the search back from the store: drop --no-store")
     json_path = None if args.json is None else output_file("--json", args.json)
     config = load_optimize_config(args.config)
     kwargs = config.optimize_kwargs()
     for key, value in (("max_drop", args.max_drop), ("time_budget_s", args.time_budget), ("save_to", args.save_to)):
         if value is not None:
             kwargs[key] = value
-    if args.resume and args.no_store:
-        raise ConfigError("--resume reads the search back from the store: drop --no-store")
     with _store_unless_off(args) as store:
         result = optimize(**kwargs, store=store, progress=not args.quiet, resume=args.resume)
     print(result.comparison.table())
@@ -250,14 +243,23 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print()
     for line in result.summary().splitlines():
         print(terminal_text(line))
-    for flag in result.flags:
+    _notes_json_store(result.flags, result, json_path, args.json, store)
+    return 0
+
+
+def _notes_json_store(flags: Any, record: Any, json_path: Path | None, shown: str | None, store: Any,
+                      stored: str = "") -> None:
+    """The end of ``compare`` and ``optimize``'s output: each flag as a note, the record written as JSON to
+    ``json_path`` (``shown`` is the path as the user typed it), and where it was stored (``stored`` appended)."""
+    from greenmeter._text import terminal_text
+
+    for flag in flags:
         print(f"note: {terminal_text(flag)}")
     if json_path is not None:
-        json_path.write_text(result.to_json() + "\n", encoding="utf-8")
-        print(f"wrote {terminal_text(args.json)}")
+        json_path.write_text(record.to_json() + "\n", encoding="utf-8")
+        print(f"wrote {terminal_text(shown)}")
     if store is not None:
-        print(f"stored in {terminal_text(store.path)}")
-    return 0
+        print(f"stored in {terminal_text(store.path)}{stored}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

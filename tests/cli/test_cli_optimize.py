@@ -103,3 +103,11 @@ def test_resume_goes_on_from_the_journal_or_says_there_is_nothing_to_resume(
     with Store(store) as s:
         assert s.unfinished_searches() == []  # finished: stored whole, no journal left
         assert len(s.list_optimizations()) == 1
+
+
+def test_resume_without_a_store_is_refused_before_the_config_is_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-config.toml"  # reading it would be the first work, and an error of its own
+    assert main(["optimize", str(missing), "--resume", "--no-store"]) != 0
+    err = capsys.readouterr().err
+    assert "--resume reads the search back from the store: drop --no-store" in err and "no-such-config" not in err
