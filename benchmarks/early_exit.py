@@ -19,7 +19,9 @@ the CPU-time and RAM estimates; the output says which).
 
 Goals (issue 17): at batch 1, a variant within 0.5 pp of float (95% interval of the change) with at least 2x fewer
 MACs per sample and at least 1.5x less measured energy per sample (significant); at batch 256, no more energy
-than float. Run: ``python benchmarks/early_exit.py [--quick] [--repeats N]``. The exit code is 0 even when a goal
+than float. It also prints where one sample's time goes at batch 1 (each layer and head, ``measure_exit_costs``; the
+float model whole; the first head pooled and folded) and how many test images leave at each exit.
+Run: ``python benchmarks/early_exit.py [--quick] [--repeats N] [--head-epochs N]``. The exit code is 0 even when a goal
 fails (this is a report). No network calls.
 """
 
@@ -31,7 +33,7 @@ import time
 from collections.abc import Sequence
 
 import torch
-from _bench_common import Goals, load_line, progress, table
+from _bench_common import Goals, load_line, progress, table, torch_threads
 
 import greenmeter
 from greenmeter.comparison.recipes import RecipeContext, build_variant
@@ -40,6 +42,7 @@ from greenmeter.compression.early_exit import (
     AUTO_CANDIDATES,
     choose_exits,
     exit_positions,
+    exit_report,
     measure_exit_costs,
 )
 from greenmeter.demo.digits import load_digits_data, make_digits_cnn, train_classifier
@@ -52,6 +55,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the demo's quick training and 3 repeats (a smoke run)")
     parser.add_argument("--repeats", type=int, default=None, help="compare repeats (default 7, 3 with --quick)")
+    parser.add_argument("--head-epochs", type=int, default=None,
+                        help="epochs the recipes train their heads (default: the demo's train_epochs, 10; 2 with --quick)")
     return parser.parse_args(argv)
 
 
@@ -59,27 +64,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     goals = Goals()
-    run(args.quick, args.repeats, goals)
+    run(args.quick, args.repeats, goals, args.head_epochs)
     print()
     print(goals.report())
     print(f"\ntook {time.perf_counter() - started:.0f} s")
     return 0
 
 
-def run(quick: bool, repeats: int | None, goals: Goals) -> None:
+def print_costs(multi: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Where the time of one sample goes (batch 1, this machine): each backbone layer and exit head as
+    ``measure_exit_costs`` times them, the float model whole, and a pooled head against its folded form."""
+    costs = measure_exit_costs(multi, x, batch_size=1)
+    layers = ", ".join(f"{type(layer).__name__} {s * 1e6:.1f}" for layer, s in zip(model, costs.layer_s))
+    print(f"batch 1, µs per call ({costs.source}): {layers}; heads "
+          + ", ".join(f"after layer {cut} {s * 1e6:.1f}" for cut, s in costs.head_s.items()))
+    cut = multi.exits_after[0]
+    head = multi.heads[0]
+    names = {"m": model, "h": head, "x": x}
+    with torch.no_grad():  # no gradients: the head runs folded
+        names["f"] = model[:cut + 1](x)
+        whole, folded = torch_timer("m(x)", names), torch_timer("h(f)", names)
+    pooled = torch_timer("h(f)", names)  # gradients on: the head runs its pool, then its Linear layer
+    exit_s = costs.exit_s([cut])[0]
+    print(f"the float model whole: {whole * 1e6:.1f} µs; a sample leaving at the first exit: {exit_s * 1e6:.1f} µs "
+          f"({exit_s / whole:.2f}x); its head pooled then Linear {pooled * 1e6:.1f} µs, folded {folded * 1e6:.1f} µs")
+
+
+def torch_timer(stmt: str, names: dict[str, object]) -> float:
+    """Seconds per call of ``stmt`` by ``torch.utils.benchmark`` (its adaptive autorange, median)."""
+    from torch.utils import benchmark
+
+    return benchmark.Timer(stmt, globals=names).blocked_autorange(min_run_time=0.2).median
+
+
+def run(quick: bool, repeats: int | None, goals: Goals, head_epochs: int | None = None) -> None:
     """Build the variants, compare them at batch 1 and 256, print the tables and add the two goals to ``goals``
-    (``benchmarks/compression.py`` calls this too). Sets one torch thread and restores the count after."""
-    threads = torch.get_num_threads()
-    try:
-        _run(quick, repeats, goals)
-    finally:
-        torch.set_num_threads(threads)
+    (``benchmarks/compression.py`` calls this too). Runs on one torch thread and restores the count after."""
+    with torch_threads(1):
+        _run(quick, repeats, goals, head_epochs)
 
 
-def _run(quick: bool, repeats: int | None, goals: Goals) -> None:
+def _run(quick: bool, repeats: int | None, goals: Goals, head_epochs: int | None) -> None:
     settings = QUICK if quick else FULL
     repeats = repeats or (3 if quick else 7)
-    torch.set_num_threads(1)
     print(f"early exit on the digits CNN: {load_line()}; torch {torch.__version__}, 1 thread, {repeats} repeats")
     data = load_digits_data()
     train_part, val = data.validation_split()
@@ -96,7 +123,7 @@ def _run(quick: bool, repeats: int | None, goals: Goals) -> None:
         train_classifier(m, train_part, epochs=settings.train_epochs, lr=1e-3, loss_fn=loss_fn)
 
     ctx = RecipeContext(example_input=data.x_test[:64], train_fn=train_fn, val_data=val_data, seed=0,
-                        fine_tune_epochs=settings.fine_tune_epochs, train_epochs=settings.train_epochs)
+                        fine_tune_epochs=settings.fine_tune_epochs, train_epochs=head_epochs or settings.train_epochs)
     variants: dict[str, torch.nn.Module] = {}
     for spec in ("early-exit:0.9", "early-exit:auto"):
         progress(f"building {spec}")
@@ -110,8 +137,12 @@ def _run(quick: bool, repeats: int | None, goals: Goals) -> None:
         variants[name], _ = choose_exits(multi, *val_data, measure_exit_costs(multi, data.x_test[:1]), MAX_DROP)
     describe = []
     for name, v in variants.items():
-        describe.append([name, str(list(v.exits_after)), f"{v.threshold:.4f}"])
-    print(table(["variant", "exits after layers", "threshold"], describe))
+        where = exit_report(v, data.x_test, data.y_test)["exit_histogram"]
+        describe.append([name, str(list(v.exits_after)), f"{v.threshold:.4f}",
+                         f"{where} ({100 * sum(where[:-1]) / sum(where):.0f}% leave early)"])
+    print(f"heads trained {ctx.train_epochs} epochs (recipes); joint variants {settings.train_epochs} epochs")
+    print(table(["variant", "exits after layers", "threshold", "test images per exit"], describe))
+    print_costs(variants["early-exit:auto"], model, data.x_test[:1])
 
     results = {}
     for batch in (1, 256):

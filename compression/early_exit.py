@@ -97,8 +97,8 @@ class ExitHead(nn.Module):
     so ``fc(pool(x))`` is one Linear layer on the flattened features, whose weight is ``fc``'s spread over each
     pooling window (computed once, and again when ``fc``'s weight changes). The result is the same up to float
     rounding; it does more MACs (``C * H * W`` inputs instead of ``C * 16``) in one call instead of three: at
-    batch 1 each call's overhead costs more than the work (14 µs against 23 µs for a 32x8x8 head on the
-    development VM). Training, and any call with gradients, runs the pool.
+    batch 1 each call's overhead costs more than the work (``python benchmarks/early_exit.py`` times a head both
+    ways). Training, and any call with gradients, runs the pool.
 
     The folded weight is made when the head is put in eval mode (so it is not counted as the first call's work),
     and again when ``fc``'s weight or the features' shape changes.
