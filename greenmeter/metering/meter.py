@@ -742,6 +742,7 @@ class Meter:
                 "key": key, "kind": domain.kind, "energy_j": joules, "in_total": domain.in_total,
                 "provenance": domain.provenance, "resolved": resolved,
                 "idle_power_w": None if idle is None else idle[key],
+                "band": None if domain.band is None else domain.band.band(joules, duration, resolved=resolved),
             }))
         samples = w.samples if w.samples is not None else steps.samples_total
         if steps.durations is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from greenmeter._errors import ConfigError
+from greenmeter.sources.band import Band, sum_bands
 from greenmeter.sources.base import Provenance
 from greenmeter.carbon.settings import CarbonEstimate
 from greenmeter.stats import QuantileSketch
@@ -29,8 +30,9 @@ __all__ = [
 
 #: 2 added ``Measurement.carbon``; version 1 records read with ``carbon = None``. 3 added
 #: ``Measurement.step_sketch`` and ``LatencyStats.relative_error``; older records read with ``None`` and 0.0
-#: (their percentiles were exact: every step's duration was kept).
-SCHEMA_VERSION = 3
+#: (their percentiles were exact: every step's duration was kept). 4 added ``DomainEnergy.band``; older records
+#: read with ``None`` (they were recorded before greenmeter stated bands, and say so).
+SCHEMA_VERSION = 4
 
 
 Status = Literal["ok", "failed"]
@@ -49,6 +51,9 @@ class DomainEnergy:
         resolved: ``False`` when the window was shorter than the source's update period, so the
             figure cannot be trusted (it is flagged in ``Measurement.flags`` too).
         idle_power_w: the idle power of this domain from the baseline, in watts, when one was taken.
+        band: how far off ``energy_j`` may be under its source's stated constants and resolution
+            (:class:`~greenmeter.sources.band.Band`); ``None`` when its source states none, or for a record
+            written before greenmeter stated bands.
     """
 
     key: str
@@ -58,6 +63,7 @@ class DomainEnergy:
     provenance: Provenance
     resolved: bool = True
     idle_power_w: float | None = None
+    band: Band | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +74,7 @@ class DomainEnergy:
             "provenance": self.provenance.to_dict(),
             "resolved": self.resolved,
             "idle_power_w": self.idle_power_w,
+            "band": None if self.band is None else self.band.to_dict(),
         }
 
     @classmethod
@@ -80,6 +87,7 @@ class DomainEnergy:
             provenance=Provenance.from_dict(data["provenance"]),
             resolved=bool(data.get("resolved", True)),
             idle_power_w=data.get("idle_power_w"),
+            band=Band.from_dict(data["band"]) if data.get("band") else None,
         )
 
 
@@ -287,6 +295,28 @@ class Measurement:
         return None if idle is None else self.energy_j - idle
 
     @property
+    def energy_band(self) -> Band | None:
+        """The band of ``energy_j``: the in-total domains' bands added; ``None`` when one of them has none
+        (:meth:`band_note` says why)."""
+        return sum_bands(d.band for d in self.domains if d.in_total)
+
+    @property
+    def energy_per_sample_band(self) -> Band | None:
+        """The band of :attr:`energy_per_sample_j`, when both are known."""
+        band = self.energy_band
+        return None if band is None or not self.samples else band.scaled(1.0 / self.samples)
+
+    def band_note(self) -> str:
+        """One line on the band for people: the band and what it comes from, or why there is none."""
+        band = self.energy_band
+        if band is not None:
+            return f"{band.describe()}: how far off the sources could be (systematic, not the run-to-run spread)"
+        if self.schema_version < 4:
+            return "band: not stated (recorded before greenmeter stated bands)"
+        missing = ", ".join(d.key for d in self.domains if d.in_total and d.band is None)
+        return f"band: not stated ({missing} states no band)"
+
+    @property
     def measured(self) -> bool:
         """True when every domain in the total was read from a hardware counter."""
         return all(d.provenance.kind == "measured" for d in self.domains if d.in_total)
@@ -351,6 +381,7 @@ class Measurement:
             "idle_power_w": self.idle_power_w,
             "flags": list(self.flags),
             "carbon": self.carbon.to_dict() if self.carbon is not None else None,
+            "energy_band": _band_dict(self.energy_band),
         }
 
     @classmethod
@@ -409,6 +440,7 @@ class Measurement:
                 f"  {lat.count} steps: p50 {lat.p50_s * 1e3:.3f} ms, p95 {lat.p95_s * 1e3:.3f} ms, "
                 f"p99 {lat.p99_s * 1e3:.3f} ms{within}"
             )
+        lines.append(f"  {self.band_note()}")
         if self.idle_power_w is not None:
             lines.append(
                 f"  idle {self.idle_energy_j:.3f} J ({self.idle_power_w:.2f} W), "
@@ -418,6 +450,14 @@ class Measurement:
             lines.append(f"  {self.carbon.describe()}")
         for d in self.domains:
             mark = "" if d.in_total else " (inside another domain, not in total)"
-            lines.append(f"  {d.key}: {d.energy_j:.3f} J{mark} - {d.provenance.describe()}")
+            band = f" ({d.band.describe(digits=3)})" if d.band is not None else ""
+            lines.append(f"  {d.key}: {d.energy_j:.3f} J{band}{mark} - {d.provenance.describe()}")
+        band = self.energy_band
+        lines.extend(f"  band basis: {basis}" for basis in (band.basis if band is not None else ()))
         lines.extend(f"  ! {flag}" for flag in self.flags)
         return "\n".join(lines)
+
+
+def _band_dict(band: Band | None) -> dict[str, Any] | None:
+    """A band's figures for JSON (derived data: ``from_dict`` rebuilds it from the domains)."""
+    return None if band is None else {"low_j": band.low_j, "high_j": band.high_j, "basis": list(band.basis)}

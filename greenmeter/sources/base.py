@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from greenmeter._checks import registry_name
 from greenmeter._errors import ConfigError
+from greenmeter.sources.band import BandModel
 
 __all__ = [
     "HARDWARE_OF_DOMAIN",
@@ -192,6 +193,8 @@ class Domain:
         provenance: measured or estimated, and how.
         update_period_s: the shortest interval the source resolves, in seconds (a window shorter than
             this is flagged as unresolved, never reported as a silent 0 J).
+        band: how far off its figures may be (:class:`~greenmeter.sources.band.BandModel`); ``None`` when the
+            source states no band (a third-party source), which every figure it is part of then says.
     """
 
     key: str
@@ -199,6 +202,7 @@ class Domain:
     in_total: bool
     provenance: Provenance
     update_period_s: float
+    band: BandModel | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenmeter._errors import ConfigError, CounterReadError
+from greenmeter.sources.band import BandModel
 from greenmeter.sources.base import AnomalyLog, Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
 from greenmeter.sources.cpu_model import CpuFacts, is_generic_model_name, lookup_tdp, read_cpu_facts
 from greenmeter.sources.process_tree import snapshot
@@ -73,6 +74,27 @@ CCF_COEFFICIENTS["ccf-amd-epyc-average"] = (
 # EPYC 7xx1 = Naples, 7xx2 = Rome, 7xx3 = Milan (AMD's model numbering; the last digit is the generation).
 _EPYC_7000 = re.compile(r"\bEPYC\s+7\w\w([123])\b", re.IGNORECASE)
 
+_CCF_AWS_CONSTANTS = (
+    "Cloud Carbon Footprint AWS_CLOUD_CONSTANTS MIN_WATTS_BY_COMPUTE_PROCESSOR and MAX_WATTS_BY_COMPUTE_PROCESSOR "
+    "(CPUs; github.com/cloud-carbon-footprint/cloud-carbon-footprint, Thoughtworks, read 2026)"
+)
+#: Cloud Carbon Footprint's per-vCPU (min W, max W) for each CPU micro-architecture it knows: the range a vCPU
+#: whose chip is unknown could draw, for the band of :data:`CCF_COEFFICIENTS` ``"ccf-aws-average"``.
+CCF_MICROARCHITECTURES: dict[str, tuple[float, float]] = {
+    "Cascade Lake": (0.64, 3.97), "Skylake": (0.65, 4.26), "Broadwell": (0.71, 3.69), "Haswell": (1.0, 4.74),
+    "Coffee Lake": (1.14, 5.42), "Sandy Bridge": (2.17, 8.58), "Ivy Bridge": (3.04, 8.25),
+    "AMD EPYC 1st Gen": (0.82, 2.55), "AMD EPYC 2nd Gen": (0.47, 1.69), "AMD EPYC 3rd Gen": (0.45, 2.02),
+    "AWS Graviton2": (0.47, 1.69),
+}
+
+#: Assumed spread of one micro-architecture's per-vCPU powers around Cloud Carbon Footprint's average for it:
+#: its SKUs differ in watts per core and CCF publishes only the mean. An assumption, said so in every band.
+SKU_SPREAD = (0.75, 1.25)
+#: Assumed range of a busy vCPU's power as a fraction of its TDP share (a sustained all-core load may stay
+#: below the TDP, turbo may run a little above it), and of idle power as a fraction of TDP: assumptions.
+TDP_MAX_RANGE = (0.6, 1.1)
+TDP_IDLE_RANGE = (0.05, 0.3)
+
 #: Idle power as a fraction of the TDP-derived maximum: CodeCarbon's floor for its CPU-load model.
 IDLE_FRACTION_OF_TDP = 0.1
 _IDLE_FRACTION_SOURCE = (
@@ -81,6 +103,10 @@ _IDLE_FRACTION_SOURCE = (
 )
 
 _KEY = "cpu-estimate:cpu"
+#: CPU-time counters a process-mode window reads at each edge (``os.times``: user, system and the children's),
+#: and the busy-time fields per logical CPU in machine mode (user, nice, system, irq, softirq).
+_PROCESS_COUNTERS = 4
+_MACHINE_FIELDS = 5
 _SOURCE = "CPU power model (cpu-estimate)"
 _METHODS = {
     "process": (
@@ -103,12 +129,34 @@ class PowerModel:
         p_max_w_per_vcpu: power of one fully busy logical CPU, in watts.
         constants: every constant with units in its key and ``*_source`` entries.
         notes: fallbacks and caveats, one line each, for ``ProbeResult.notes``.
+        candidates: the (idle, busy) per-vCPU watts this machine's CPU could have, for the band: one pair per
+            micro-architecture it could be, or the corners of an assumed range; the chosen pair alone when the
+            user gave both powers.
+        range_source: where the candidates come from, one line.
     """
 
     p_idle_w_per_vcpu: float
     p_max_w_per_vcpu: float
     constants: Mapping[str, Any]
     notes: tuple[str, ...] = ()
+    candidates: tuple[tuple[float, float], ...] = ()
+    range_source: str = ""
+
+    def band_factors(self, mode: str) -> tuple[float, float]:
+        """The range of a window's true energy as factors of its estimate, over :attr:`candidates`.
+
+        In process mode the estimate is proportional to the busy power; in machine mode it is a sum of an idle
+        part and a busy-minus-idle part, each bounded by its own ratio (so the bound holds whatever the mix).
+        """
+        idle, busy = self.p_idle_w_per_vcpu, self.p_max_w_per_vcpu
+        ratios: list[float] = [1.0]
+        for c_idle, c_busy in self.candidates or ((idle, busy),):
+            if mode == "process":
+                ratios.append(c_busy / busy if busy > 0 else 1.0)
+            else:
+                ratios.append(c_idle / idle if idle > 0 else 1.0)
+                ratios.append(max(0.0, c_busy - c_idle) / (busy - idle) if busy > idle else 1.0)
+        return min(ratios), max(ratios)
 
 
 def _check_watts(name: str, value: float | None) -> float | None:
@@ -192,6 +240,10 @@ def build_power_model(
             idle_fraction_of_tdp=IDLE_FRACTION_OF_TDP,
             idle_fraction_source=_IDLE_FRACTION_SOURCE,
         )
+        candidates = _corners((TDP_IDLE_RANGE[0] * tdp.tdp_w / chip_threads, TDP_IDLE_RANGE[1] * tdp.tdp_w / chip_threads),
+                              (TDP_MAX_RANGE[0] * model_max, TDP_MAX_RANGE[1] * model_max))
+        range_source = (f"assumed: a busy vCPU draws {TDP_MAX_RANGE[0]:g}-{TDP_MAX_RANGE[1]:g} x its TDP share, "
+                        f"idle {TDP_IDLE_RANGE[0]:g}-{TDP_IDLE_RANGE[1]:g} x TDP per thread")
         idle_source = f"{IDLE_FRACTION_OF_TDP:g} x TDP / {chip_threads} threads per socket"
         notes.append(
             f"using the {tdp.tdp_w:g} W TDP of {tdp.table_name!r} from CodeCarbon's table, "
@@ -204,6 +256,7 @@ def build_power_model(
         constants.update(coefficients=key, coefficients_source=source, tdp_w=tdp.tdp_w if tdp else None)
         constants["tdp_source"] = tdp.describe() + " (not used)" if tdp else "no TDP used"
         idle_source = max_source = key
+        candidates, range_source = _ccf_candidates(key, model_idle, model_max)
         if p_idle_w is None or p_max_w is None:
             notes.append(
                 f"using Cloud Carbon Footprint per-vCPU coefficients {key!r} ({model_idle:g}-{model_max:g} W)"
@@ -216,7 +269,14 @@ def build_power_model(
     if p_max_w is not None:
         model_max = p_max_w / divisor
         max_source = f"user override p_max_w={p_max_w:g} W for the machine / {divisor} logical CPUs"
+    if p_idle_w is not None:
+        candidates = tuple((model_idle, c_max) for _, c_max in candidates)
+    if p_max_w is not None:
+        candidates = tuple((c_idle, model_max) for c_idle, _ in candidates)
+    if p_idle_w is not None or p_max_w is not None:
+        range_source += "; the user's stated machine powers are taken as exact"
     if p_idle_w is not None and p_max_w is not None:
+        range_source = "the user's stated machine powers, taken as exact"
         constants["coefficients"] = "user"
         notes.append(f"using the user's machine powers: idle {p_idle_w:g} W, maximum {p_max_w:g} W")
     if model_idle > model_max:
@@ -230,7 +290,25 @@ def build_power_model(
         p_idle_source=idle_source,
         p_max_source=max_source,
     )
-    return PowerModel(model_idle, model_max, constants, tuple(notes))
+    candidates = tuple(dict.fromkeys(candidates))
+    return PowerModel(model_idle, model_max, constants, tuple(notes), candidates, range_source)
+
+
+def _corners(idle: tuple[float, float], busy: tuple[float, float]) -> tuple[tuple[float, float], ...]:
+    return tuple((i, b) for i in idle for b in busy)
+
+
+def _ccf_candidates(key: str, idle: float, busy: float) -> tuple[tuple[tuple[float, float], ...], str]:
+    """The (idle, busy) per-vCPU watts a Cloud Carbon Footprint choice could stand for, and their source."""
+    if key == "ccf-aws-average":
+        return (tuple(CCF_MICROARCHITECTURES.values()),
+                f"every CPU micro-architecture Cloud Carbon Footprint lists ({_CCF_AWS_CONSTANTS})")
+    if key == "ccf-amd-epyc-average":
+        return (tuple(CCF_COEFFICIENTS[k][:2] for k in _EPYC_GENS),
+                "AMD EPYC 1st, 2nd and 3rd Gen (Cloud Carbon Footprint), the chips this name can be")
+    lo, hi = SKU_SPREAD
+    return (_corners((idle * lo, idle * hi), (busy * lo, busy * hi)),
+            f"assumed {lo:g}-{hi:g} x Cloud Carbon Footprint's mean for this micro-architecture (SKUs differ)")
 
 
 def _busy_s(times: Any) -> float:
@@ -306,7 +384,7 @@ class CpuEstimateBackend(Backend):
             "cpu_time_resolution_s": resolution_s,
         }
         provenance = Provenance("estimated", _SOURCE, _METHODS[mode], constants)
-        self.domain = Domain(_KEY, "cpu", True, provenance, resolution_s)
+        self.domain = Domain(_KEY, "cpu", True, provenance, resolution_s, self._band_model(resolution_s))
         self._unavailable = ""
         self._cpu_times: Any = None
         self._anomalies = AnomalyLog()
@@ -324,6 +402,20 @@ class CpuEstimateBackend(Backend):
                 self._cpu_times = psutil.cpu_times
                 self._cpu0 = _busy_s(self._cpu_times())
                 self._t0 = time.monotonic()
+
+    def _band_model(self, tick_s: float) -> BandModel:
+        """The band of this estimate: the spread of its power constants, and the CPU-time tick at each counter."""
+        low, high = self.power_model.band_factors(self.mode)
+        if self.mode == "process":
+            counters, watts = _PROCESS_COUNTERS, self._p_max  # os.times: user, system, children's user and system
+            what = f"W per busy vCPU {self._p_max:.4g}"
+        else:
+            counters, watts = _MACHINE_FIELDS * self.vcpus, self._p_max - self._p_idle
+            what = f"W per vCPU idle {self._p_idle:.4g}, busy {self._p_max:.4g}"
+        model = f"cpu-estimate {self.mode} mode, {what} ({self.power_model.range_source})"
+        basis = (f"CPU estimate: its constants could be {low:.3g}-{high:.3g} x those used ({self.power_model.range_source}); "
+                 f"CPU time ticks at {tick_s * 1e3:g} ms on {counters} counters")
+        return BandModel(model, low, high, fixed_j=counters * tick_s * watts, basis=basis)
 
     def probe(self) -> ProbeResult:
         """Available wherever the CPU time can be read; the notes say which constants were chosen and why."""

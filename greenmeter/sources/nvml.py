@@ -39,6 +39,7 @@ from typing import Any
 
 from greenmeter._checks import number
 from greenmeter._errors import BackendError, ConfigError, CounterReadError, MeasurementError
+from greenmeter.sources.band import BandModel
 from greenmeter.sources.base import (
     PLAUSIBLE_POWER_FACTOR,
     AnomalyLog,
@@ -51,7 +52,7 @@ from greenmeter.sources.base import (
     plausible_step_j,
 )
 
-__all__ = ["ASSUMED_GPU_MAX_POWER_W", "COUNTER_UPDATE_PERIOD_S", "NvmlBackend"]
+__all__ = ["ASSUMED_GPU_MAX_POWER_W", "COUNTER_UPDATE_PERIOD_S", "POWER_AVERAGING_S", "NvmlBackend"]
 
 #: How often NVML refreshes the total energy counter, in seconds (about 100 ms; see the module docstring).
 COUNTER_UPDATE_PERIOD_S = 0.1
@@ -64,6 +65,14 @@ ASSUMED_GPU_MAX_POWER_W = 2000.0
 #: Seconds added to the interval of a counter step before its plausibility check: two counter update
 #: periods, since each of the two readings may lag the GPU's true energy by up to one period.
 _STEP_SLACK_S = 2 * COUNTER_UPDATE_PERIOD_S
+
+#: ``nvmlDeviceGetPowerUsage`` is a mean over about the last second on Ampere and newer GPUs.
+POWER_AVERAGING_S = 1.0
+_COUNTER_BAND = BandModel(
+    fixed_j=2e-3, power_period_s=COUNTER_UPDATE_PERIOD_S,
+    basis=(f"NVML total-energy counter: its unit (1 mJ) at both edges and its update period "
+           f"({COUNTER_UPDATE_PERIOD_S * 1e3:g} ms) x the window's mean power"),
+)
 
 _COUNTER_METHOD = "total energy counter (nvmlDeviceGetTotalEnergyConsumption)"
 #: A GPU domain's provenance source, ``"NVML GPU <index> <model> (<uuid>)"``, as ``_open`` writes it.
@@ -286,7 +295,7 @@ class NvmlBackend(Backend):
             counter_err = err
         else:
             provenance = Provenance("measured", source, _COUNTER_METHOD)
-            domain = Domain(key, "gpu", True, provenance, COUNTER_UPDATE_PERIOD_S)
+            domain = Domain(key, "gpu", True, provenance, COUNTER_UPDATE_PERIOD_S, _COUNTER_BAND)
             max_power_w, power_source = _max_power(nvml, handle)
             gpu = _Gpu(key, handle, uses_counter=True, last_mj=start_mj, last_t=read_t, max_power_w=max_power_w,
                        power_source=power_source)
@@ -306,7 +315,12 @@ class NvmlBackend(Backend):
         every = f"every {self._interval_s:g} s"
         notes.append(f"{key} ({source}) {why}; integrating power samples {every} instead")
         method = f"integrated power samples (nvmlDeviceGetPowerUsage {every}, trapezoid rule)"
-        domain = Domain(key, "gpu", True, Provenance("measured", source, method), self._interval_s)
+        band = BandModel(
+            power_period_s=self._interval_s + POWER_AVERAGING_S,
+            basis=(f"NVML power samples every {self._interval_s:g} s, each possibly a mean over the last "
+                   f"{POWER_AVERAGING_S:g} s (Ampere and newer): (interval + averaging) x the window's mean power"),
+        )
+        domain = Domain(key, "gpu", True, Provenance("measured", source, method), self._interval_s, band)
         return _Gpu(key, handle, uses_counter=False, last_t=now, last_w=power_w), domain
 
     def _require_open(self, call: str) -> ModuleType:

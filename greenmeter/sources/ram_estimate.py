@@ -24,10 +24,11 @@ import time
 from typing import Any
 
 from greenmeter._errors import ConfigError, CounterReadError
+from greenmeter.sources.band import BandModel
 from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
 from greenmeter.sources.process_tree import snapshot
 
-__all__ = ["BYTES_PER_GB", "WATTS_PER_GB", "WATTS_PER_GB_SOURCE", "RamEstimateBackend"]
+__all__ = ["BYTES_PER_GB", "WATTS_PER_GB", "WATTS_PER_GB_RANGE", "WATTS_PER_GB_SOURCE", "RamEstimateBackend"]
 
 #: Bytes in a GB as used here: 2**30 (DIMM capacities are binary).
 BYTES_PER_GB = 1 << 30
@@ -39,6 +40,10 @@ WATTS_PER_GB_SOURCE = (
     "(0.000392 kWh per GB-hour), the mean of Crucial's '3 W per 8 GB of DDR3 or DDR4' (0.375 W/GB) and "
     "Micron TN-40-07 DDR4 power calculation (~0.4083 W/GB)"
 )
+
+#: The watts per GB of the two memory sources behind :data:`WATTS_PER_GB` (Crucial's 3 W per 8 GB, Micron
+#: TN-40-07's ~0.4083 W/GB): the band's range for the default constant.
+WATTS_PER_GB_RANGE = (0.375, 0.4083)
 
 _KEY = "ram-estimate:ram"
 _SOURCE = "RAM power model (ram-estimate)"
@@ -130,7 +135,21 @@ class RamEstimateBackend(Backend):
             # Constant power: any window is resolved down to the clock's resolution.
             update_period_s = time.get_clock_info("monotonic").resolution
         provenance = Provenance("estimated", _SOURCE, method, constants)
-        self.domain = Domain(_KEY, "ram", True, provenance, update_period_s)
+        self.domain = Domain(_KEY, "ram", True, provenance, update_period_s, self._band_model(watts_per_gb is None))
+
+    def _band_model(self, default_constant: bool) -> BandModel:
+        """The band of this estimate: the range of its watts per GB (none for the user's own constant)."""
+        if default_constant:
+            low, high = (w / self.watts_per_gb for w in WATTS_PER_GB_RANGE)
+            why = (f"its {self.watts_per_gb:g} W/GB could be {WATTS_PER_GB_RANGE[0]:g}-{WATTS_PER_GB_RANGE[1]:g} W/GB "
+                   "(the two memory sources it averages)")
+        else:
+            low = high = 1.0
+            why = f"the user's {self.watts_per_gb:g} W/GB, taken as exact"
+        sampled = (f"; memory changes between {self.sample_interval_s:g} s samples are not in the band"
+                   if self.mode == "process" else "")
+        model = f"ram-estimate {self.watts_per_gb:g} W/GB (range {low * self.watts_per_gb:g}-{high * self.watts_per_gb:g})"
+        return BandModel(model, low, high, basis=f"RAM estimate: {why}{sampled}")
 
     def _statm_rss(self) -> int:
         with open(_STATM, "rb") as handle:

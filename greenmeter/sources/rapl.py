@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from greenmeter._errors import BackendError, BackendUnavailable, CounterReadError
+from greenmeter.sources.band import BandModel
 from greenmeter.sources.base import (
     PLAUSIBLE_POWER_FACTOR,
     AnomalyLog,
@@ -62,6 +63,16 @@ ASSUMED_MAX_POWER_W = 1000.0
 #: Seconds added to the interval of a counter step before its plausibility check: ten RAPL update periods,
 #: so that a reading taken just after an update is never judged against too short an interval.
 _STEP_SLACK_S = 10 * RAPL_UPDATE_PERIOD_S
+
+#: The coarsest RAPL energy unit in use (2**-14 J, ~61 uJ; Intel's is usually 2**-16 J): a counter value is
+#: quantised to it at each of a window's two edges.
+_RAPL_UNIT_J = 2.0 ** -14
+_BAND = BandModel(
+    fixed_j=2 * _RAPL_UNIT_J, power_period_s=RAPL_UPDATE_PERIOD_S,
+    basis=(f"RAPL counter: its unit ({_RAPL_UNIT_J * 1e6:.0f} uJ) at both edges and its update period "
+           f"({RAPL_UPDATE_PERIOD_S * 1e3:g} ms) x the window's mean power; RAPL's own accuracy against the wall "
+           "is not in the band (check it with `greenmeter calibrate`)"),
+)
 
 _MAX_POLL_INTERVAL_S = 1.0
 _MIN_POLL_INTERVAL_S = 0.005
@@ -258,7 +269,7 @@ class RaplBackend(Backend):
         else:  # core and uncore lie inside package; psys covers package and more
             in_total = zone.kind in ("package", "dram")
         provenance = Provenance("measured", f"RAPL powercap {zone.path} ({zone.label})", _METHOD)
-        return Domain(zone.key, zone.kind, in_total, provenance, RAPL_UPDATE_PERIOD_S)
+        return Domain(zone.key, zone.kind, in_total, provenance, RAPL_UPDATE_PERIOD_S, _BAND)
 
     def _unavailable(self, reason: str, notes: list[str] | None = None) -> ProbeResult:
         return ProbeResult(self.name, False, reason=reason, notes=tuple(notes or ()))

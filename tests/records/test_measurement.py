@@ -55,7 +55,7 @@ def test_a_window_of_many_steps_keeps_a_bounded_sketch_that_round_trips() -> Non
     assert m.latency is not None and m.latency.relative_error == 0.005
     assert m.latency == LatencyStats.from_sketch(m.step_sketch)
     data = json.loads(m.to_json())
-    assert data["schema_version"] == SCHEMA_VERSION == 3
+    assert data["schema_version"] == SCHEMA_VERSION == 4
     assert data["latency"]["relative_error"] == 0.005 and data["step_sketch"]["count"] == 5_000
     again = Measurement.from_json(m.to_json())
     assert again == m and again.step_sketch == m.step_sketch
@@ -79,3 +79,43 @@ def test_a_newer_schema_is_refused() -> None:
     data["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(ConfigError, match="upgrade greenmeter"):
         Measurement.from_dict(data)
+
+
+def test_every_window_of_the_estimates_carries_a_band_that_sums_and_reads_back(tmp_path: Path) -> None:
+    from greenmeter.sources.cpu_estimate import CpuEstimateBackend
+    from greenmeter.sources.ram_estimate import RamEstimateBackend
+
+    def busy_cpu(seconds: float) -> None:
+        import time
+
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    meter = Meter([CpuEstimateBackend(), RamEstimateBackend()], sync=None)
+    with meter.window("work", samples=4) as w:
+        busy_cpu(0.2)
+    m = w.measurement
+    assert m is not None and all(d.band is not None for d in m.domains)
+    cpu, ram = (m.domains[0].band, m.domains[1].band)
+    band = m.energy_band
+    assert band is not None and band.value_j == pytest.approx(m.energy_j)
+    assert band.low_j == pytest.approx(cpu.low_j + ram.low_j) and band.high_j == pytest.approx(cpu.high_j + ram.high_j)
+    assert band.low_j < m.energy_j < band.high_j
+    per_sample = m.energy_per_sample_band
+    assert per_sample is not None and per_sample.high_j == pytest.approx(band.high_j / 4)
+    again = Measurement.from_json(m.to_json())
+    assert again.energy_band == band and json.loads(m.to_json())["energy_band"]["high_j"] == pytest.approx(band.high_j)
+    assert "band " in m.summary() and "not the run-to-run spread" in m.summary()
+
+
+def test_a_record_from_before_bands_reads_without_one_and_says_why() -> None:
+    data = json.loads(_window(3).to_json())
+    data["schema_version"] = 3
+    for domain in data["domains"]:
+        domain.pop("band")
+    old = Measurement.from_dict(data)
+    assert old.energy_band is None and old.energy_per_sample_band is None
+    assert old.band_note() == "band: not stated (recorded before greenmeter stated bands)"
+    # a source that states no band (the scripted test source) is named
+    assert _window(3).band_note() == "band: not stated (constant:dev states no band)"
