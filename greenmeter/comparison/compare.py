@@ -362,7 +362,7 @@ class _Rounds:
     """How many interleaved rounds (one repeat of every variant) completed, and each variant's state after
     the last of them, so that an interrupted comparison rests on whole rounds only."""
 
-    _LISTS = ("metric_values", "energy", "durations", "sizes")
+    _LISTS = ("metric_values", "energy", "bands", "durations", "sizes")
     _VALUES = ("samples", "time_s")
     _SETS = ("flags", "provenance")
 

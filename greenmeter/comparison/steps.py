@@ -24,6 +24,7 @@ from greenmeter.records.comparison import (
     with_measurable_front,
 )
 from greenmeter.records.measurement import LatencyStats, Measurement
+from greenmeter.sources.band import Band, ratio_band, sum_bands
 from greenmeter.stats import (
     Significance,
     energy_test,
@@ -92,6 +93,7 @@ class _Entry:
         self.facts: dict[str, Any] = {}
         self.metric_values: list[float] = []
         self.energy: list[float] = []
+        self.bands: list[Band | None] = []  # each repeat's band of joules per sample
         self.durations: list[float] = []
         self.sizes: list[int] = []
         self.samples, self.time_s = 0, 0.0
@@ -288,6 +290,7 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
         _keep_outputs(entry, merged.detach().cpu())
     samples = m.samples or 0
     entry.energy.append(m.energy_j / samples)
+    entry.bands.append(m.energy_per_sample_band)
     entry.durations.extend(m.step_durations_s)
     entry.sizes.extend(len(x) for _ in range(passes) for x, _ in batches)
     entry.samples += samples
@@ -351,14 +354,16 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
                                      making=e.making))
             continue
         energy = mean_ci(e.energy)
+        band = mean_band(e.bands)
         per_sample = [d / n for d, n in zip(e.durations, e.sizes)]
         delta = None
         if e is not base:
             metric_test = _metric_test(e, base, scoring, seed)
-            delta = _delta(e, base, energy.mean, tests[e.name], metric_test)
+            delta = _delta(e, base, energy.mean, tests[e.name], metric_test, band, mean_band(base.bands))
         out.append(VariantResult(
             name=e.name, status="ok", recipe=e.recipe, metric=sum(e.metric_values) / len(e.metric_values),
             metric_values=tuple(e.metric_values), energy_per_sample_j=energy, energy_values_j=tuple(e.energy),
+            energy_band=band,
             latency_batch=LatencyStats.from_durations(e.durations),
             latency_sample=LatencyStats.from_durations(per_sample),
             throughput_sps=e.samples / e.time_s if e.time_s > 0 else None,
@@ -408,8 +413,14 @@ def paired_metric_test(base_outputs: torch.Tensor, outputs: torch.Tensor, scorin
     return paired_bootstrap(base_outputs, outputs, statistic=metric_at, n_resamples=METRIC_RESAMPLES, seed=seed)
 
 
+def mean_band(bands: Sequence[Band | None]) -> Band | None:
+    """The band of the mean of per-repeat figures (each repeat's band weighted 1/n); ``None`` if one has none."""
+    total = sum_bands(bands)
+    return None if total is None or not bands else total.scaled(1.0 / len(bands))
+
+
 def _delta(e: _Entry, base: _Entry, energy_mean: float, significance: Significance,
-           metric_test: Significance | None) -> BaselineDelta:
+           metric_test: Significance | None, band: Band | None, base_band: Band | None) -> BaselineDelta:
     base_energy = sum(base.energy) / len(base.energy)
     saving = base_energy - energy_mean
     if e.making is None or saving <= 0 or not measurable_saving(significance):
@@ -428,4 +439,5 @@ def _delta(e: _Entry, base: _Entry, energy_mean: float, significance: Significan
         energy_significance=significance,
         break_even_inferences=break_even,
         metric_test=metric_test,
+        energy_ratio_band=None if band is None or base_band is None or base_energy <= 0 else ratio_band(band, base_band),
     )

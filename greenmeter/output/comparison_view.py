@@ -108,6 +108,20 @@ def _ci_cell(x: _Line) -> Cell:
     return Cell(f"{e.low * 1e3:.3g} – {e.high * 1e3:.3g}", e.high - e.low)
 
 
+def _band_cell(x: _Line) -> Cell:
+    b = x.v.energy_band
+    if b is None:
+        return Cell("not stated")
+    return Cell(f"{b.low_j * 1e3:.3g} – {b.high_j * 1e3:.3g}", b.high_j - b.low_j)
+
+
+def _ratio_band_cell(x: _Line) -> Cell:
+    r = x.d.energy_ratio_band if x.d else None
+    if r is None:
+        return Cell("–" if x.d is None else "not stated")
+    return Cell(f"×{r.low:.3g} – ×{r.high:.3g}", r.high - r.low)
+
+
 def _p_cell(x: _Line) -> Cell:
     sig = x.sig
     return Cell("–") if sig is None or sig.p_value is None else Cell(f"{sig.p_value:.2g}", sig.p_value)
@@ -141,9 +155,19 @@ _COMPARISON_COLUMNS: tuple[Column[_Line], ...] = (
     _measured(Column("energy_ci_j", "95% CI",
                      "95% confidence interval of the mean energy per sample (t distribution)",
                      _ci_cell, lambda x: None if x.e is None else (x.e.low, x.e.high))),
+    _measured(Column("energy_band_j", "band",
+                     "systematic band of the energy per sample, millijoules: how far off the energy sources could be "
+                     "(their constants and resolution), apart from the run-to-run 95% CI",
+                     _band_cell, lambda x: None if x.v.energy_band is None else (x.v.energy_band.low_j,
+                                                                                 x.v.energy_band.high_j))),
     _measured(Column("energy_ratio", "Δ energy", "energy per sample against the baseline",
                      lambda x: ratio(x.d.energy_ratio if x.d else None),
                      lambda x: x.d.energy_ratio if x.d else None)),
+    _measured(Column("energy_ratio_band", "Δ energy band",
+                     "systematic band of the energy ratio: the model constants both figures share cancel, so on one "
+                     "machine it is much narrower than each figure's band",
+                     _ratio_band_cell, lambda x: None if x.d is None or x.d.energy_ratio_band is None
+                     else (x.d.energy_ratio_band.low, x.d.energy_ratio_band.high))),
     _measured(Column("p_value", "p",
                      "p-value of the energy difference over the repeats (the test is named in the tooltip)",
                      _p_cell, lambda x: x.sig.p_value if x.sig else None)),

@@ -28,23 +28,25 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from greenmeter._errors import ConfigError
-from greenmeter._text import csv_cell
+from greenmeter._text import csv_cell, terminal_text
 from greenmeter._version import __version__
 from greenmeter.carbon.settings import J_PER_KWH, CarbonEstimate
 from greenmeter.output.formats import ExportOptions, get_format
 from greenmeter.output.model_card import yaml_float, yaml_text
 from greenmeter.records.measurement import DomainEnergy, Measurement
+from greenmeter.sources.band import sum_bands
 from greenmeter.sources.registry import find_source
 from greenmeter.store.database import RunRecord
 
 __all__ = [
-    "CODECARBON_COLUMNS", "CSV_COLUMNS", "export_runs", "render_codecarbon", "render_model_card", "render_runs_csv",
+    "CODECARBON_BAND_COLUMNS", "CODECARBON_COLUMNS", "CSV_COLUMNS", "export_runs", "render_codecarbon", "render_model_card", "render_runs_csv",
     "render_runs_json",
 ]
 
 CSV_COLUMNS = (
     "id", "name", "kind", "status", "started_at", "ended_at", "exit_code", "command", "windows",
-    "duration_s", "energy_j", "power_w", "idle_power_w", "attributable_energy_j", "samples", "steps",
+    "duration_s", "energy_j", "energy_band_low_j", "energy_band_high_j", "energy_band_basis", "power_w",
+    "idle_power_w", "attributable_energy_j", "samples", "steps",
     "energy_per_sample_j", "co2e_g", "intensity_g_per_kwh", "pue", "region", "region_name",
     "intensity_assumed", "intensity_source", "pue_source", "provenance", "domains", "flags", "hostname",
     "cpu_model", "greenmeter_version", "note",
@@ -59,6 +61,9 @@ CODECARBON_COLUMNS = (
     "latitude", "ram_total_size", "tracking_mode", "cpu_utilization_percent", "gpu_utilization_percent",
     "ram_utilization_percent", "ram_used_gb", "on_cloud", "pue", "wue",
 )
+#: Columns greenmeter adds after CodeCarbon's (tools that read ``emissions.csv`` by column name ignore them):
+#: the systematic band of ``energy_consumed``, in kWh with the PUE, as ``energy_consumed`` is.
+CODECARBON_BAND_COLUMNS = ("greenmeter_energy_consumed_low", "greenmeter_energy_consumed_high")
 
 #: greenmeter domain kind -> CodeCarbon hardware column.
 _CODECARBON_KIND = {"package": "cpu", "psys": "cpu", "cpu": "cpu", "gpu": "gpu", "dram": "ram", "ram": "ram"}
@@ -168,6 +173,7 @@ def _csv_row(run: RunRecord) -> list[Any]:
     if m is not None:
         row.update({
             "duration_s": m.duration_s, "energy_j": m.energy_j, "power_w": m.power_w,
+            **_band_columns(m),
             "idle_power_w": m.idle_power_w, "attributable_energy_j": m.attributable_energy_j,
             "samples": m.samples, "steps": m.steps, "energy_per_sample_j": m.energy_per_sample_j,
             "provenance": _provenance(m), "flags": " | ".join(m.flags),
@@ -184,11 +190,20 @@ def _csv_row(run: RunRecord) -> list[Any]:
     return [row.get(column) for column in CSV_COLUMNS]
 
 
+def _band_columns(m: Measurement) -> dict[str, Any]:
+    band = m.energy_band
+    if band is None:
+        return {"energy_band_basis": m.band_note()}
+    return {"energy_band_low_j": band.low_j, "energy_band_high_j": band.high_j,
+            "energy_band_basis": " | ".join(band.basis)}
+
+
 # ---- codecarbon ------------------------------------------------------------------------------------
 
 def render_codecarbon(runs: Sequence[RunRecord], options: ExportOptions) -> str:
     """CodeCarbon's ``emissions.csv`` (:data:`CODECARBON_COLUMNS`) in its units; finished runs only."""
-    return _rows_text(CODECARBON_COLUMNS, (_codecarbon_row(*item) for item in _finished(runs, "codecarbon")))
+    return _rows_text(CODECARBON_COLUMNS + CODECARBON_BAND_COLUMNS,
+                      (_codecarbon_row(*item) for item in _finished(runs, "codecarbon")))
 
 
 def _codecarbon_row(run: RunRecord, m: Measurement, carbon: CarbonEstimate) -> list[Any]:
@@ -225,7 +240,11 @@ def _codecarbon_row(run: RunRecord, m: Measurement, carbon: CarbonEstimate) -> l
              for d in _in_total(m)}
     if len(modes) == 1 and modes <= {"process", "machine"}:
         row["tracking_mode"] = modes.pop()
-    return [row.get(column) for column in CODECARBON_COLUMNS]
+    band = m.energy_band
+    if band is not None:
+        row[CODECARBON_BAND_COLUMNS[0]] = band.low_j * pue / J_PER_KWH
+        row[CODECARBON_BAND_COLUMNS[1]] = band.high_j * pue / J_PER_KWH
+    return [row.get(column) for column in CODECARBON_COLUMNS + CODECARBON_BAND_COLUMNS]
 
 
 # ---- model card ------------------------------------------------------------------------------------
@@ -267,6 +286,10 @@ def render_model_card(runs: Sequence[RunRecord], options: ExportOptions) -> str:
         if run.host is not None:
             parts.append(f"{run.host.cpu_model} ({run.host.logical_cpus} logical CPUs)")
         hardware.append(", ".join(parts))
+    band = sum_bands(m.energy_band for _, m, _ in done)
+    band_line = ("# band: not stated (a run has none)" if band is None else
+                 f"# band of that device energy: {band.low_j / J_PER_KWH:.6g}-{band.high_j / J_PER_KWH:.6g} kWh "
+                 "(how far off its sources could be: " + "; ".join(band.basis) + ")")
     lines = [
         (f"# greenmeter: {len(done)} run(s) ({', '.join(run.id[:12] for run, _, _ in done)}), "
          f"{kwh:.6g} kWh of device energy, PUE and grid intensity applied per run"),
@@ -281,4 +304,5 @@ def render_model_card(runs: Sequence[RunRecord], options: ExportOptions) -> str:
         lines.append("  # geographical_location left out: the grid region is unknown (pass --location)")
     if _unique(hardware):
         lines.append(f"  hardware_used: {yaml_text('; '.join(_unique(hardware)))}")
+    lines.append(terminal_text(band_line))
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from greenmeter._text import terminal_text
 from greenmeter.comparison.recommend import tolerance_text
 from greenmeter.output.model_card import yaml_float, yaml_text
+from greenmeter.records.comparison import band_note
 
 if TYPE_CHECKING:
     from greenmeter.carbon.settings import CarbonEstimate
@@ -93,6 +94,11 @@ def comparison_methodology(c: Comparison, tolerance: float) -> tuple[str, ...]:
         "Where a figure is estimated rather than read from a hardware counter, the sources section says which "
         "model and constants produced it; estimates rank variants by compute but carry the model's error "
         "in absolute joules.",
+        "The band of each energy figure answers another question than its confidence interval: not how much the "
+        "repeats varied, but how far off the sources themselves could be, with their constants anywhere in their "
+        "stated ranges (an estimate's watts per vCPU across the chips this vCPU could be, a memory source's "
+        "watts per GB) and their resolution (the CPU-time tick, a counter's unit and update period). "
+        + band_note(c).removeprefix("band: ").capitalize() + ".",
     )
 
 

@@ -19,6 +19,7 @@ from greenmeter.output.charts import epoch_energy_svg, power_timeline_svg
 from greenmeter.output.export import render_model_card
 from greenmeter.output.formats import ExportOptions
 from greenmeter.output.prose import carbon_lines, environment_items, group_flags, source_constants
+from greenmeter.sources.band import sum_bands
 from greenmeter.output.view import Cell, ChartView, Column, ReportView, Row, now
 
 if TYPE_CHECKING:
@@ -41,6 +42,16 @@ class _WindowLine:
 
 
 #: The window table, one column per entry: heading, tooltip, the cell shown and the SI value of the CSV.
+def _band_cell(m: Measurement) -> Cell:
+    band = m.energy_band
+    return Cell("not stated") if band is None else Cell(f"{band.low_j:.4g} – {band.high_j:.4g}", band.high_j - band.low_j)
+
+
+def _band_value(m: Measurement) -> tuple[float, float] | None:
+    band = m.energy_band
+    return None if band is None else (band.low_j, band.high_j)
+
+
 _WINDOW_COLUMNS: tuple[Column[_WindowLine], ...] = (
     Column("window", "window", "the measured window's name", lambda x: Cell(x.w.name, x.w.name),
            lambda x: x.w.name, numeric=False),
@@ -49,6 +60,9 @@ _WINDOW_COLUMNS: tuple[Column[_WindowLine], ...] = (
     Column.quantity("start_s", "start s", "seconds from the run's start", lambda x: x.start_s, ".3g"),
     Column.quantity("duration_s", "duration s", "wall-clock duration, seconds", lambda x: x.w.duration_s, ".4g"),
     Column.quantity("energy_j", "energy J", "total energy over the window, joules", lambda x: x.w.energy_j, ".4g"),
+    Column("energy_band_j", "band J",
+           "systematic band of the window's energy: how far off its sources could be (their constants and "
+           "resolution), joules", lambda x: _band_cell(x.w), lambda x: _band_value(x.w)),
     Column.quantity("power_w", "power W", "mean power, watts",
                     lambda x: x.w.power_w if x.w.duration_s > 0 else None, ".3g"),
     Column.quantity("samples", "samples", "samples processed, when given", lambda x: x.w.samples, ",d"),
@@ -109,12 +123,14 @@ def run_view(run: RunRecord, windows: Sequence[Measurement], samples: Sequence[t
     if m is not None:
         headline += [("duration", f"{m.duration_s:.4g} s"), ("energy", f"{m.energy_j:.4g} J "
                                                                       f"({m.energy_j / 3.6e6:.3g} kWh)"),
-                     ("mean power", f"{m.power_w:.3g} W")]
+                     ("band", m.band_note()), ("mean power", f"{m.power_w:.3g} W")]
     elif windows:
         outer = _outermost(windows, start)
         total = sum(w.energy_j for w in outer)
         headline.append(("energy in windows", f"{total:.4g} J over {len(outer)} window(s) that no other window "
                                               f"contains ({sum(w.duration_s for w in outer):.4g} s)"))
+        band = sum_bands(w.energy_band for w in outer)
+        headline.append(("band", "not stated (a window has none)" if band is None else band.describe()))
     if run.carbon is not None:
         headline.append(("carbon", run.carbon.describe()))
     headline.append(("windows", str(len(windows))))

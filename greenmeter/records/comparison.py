@@ -18,17 +18,20 @@ from greenmeter._text import text_table
 from greenmeter.carbon.settings import CarbonEstimate
 from greenmeter.records.encoding import check_record_version, finite_json, parse_record_json
 from greenmeter.records.measurement import HostInfo, LatencyStats
+from greenmeter.sources.band import Band, RatioBand
 from greenmeter.stats import Interval, Significance, describe_test, pareto_front
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["COMPARISON_SCHEMA_VERSION", "BaselineDelta", "Comparison", "MakingCost", "MakingStep", "VariantResult",
-           "change_text", "measurable_saving", "metric_text", "with_measurable_front"]
+           "band_note", "change_text", "measurable_saving", "metric_text", "with_measurable_front"]
 
 #: Version of the comparison record layout; ``from_dict`` refuses newer versions. Version 2 added
 #: ``BaselineDelta.metric_test`` and put only measurable savings on the Pareto front; version 1 records load.
-COMPARISON_SCHEMA_VERSION = 2
+#: Version 3 added ``VariantResult.energy_band`` and ``BaselineDelta.energy_ratio_band``; older records read
+#: without them.
+COMPARISON_SCHEMA_VERSION = 3
 
 VariantStatus = Literal["ok", "failed"]
 ComparisonStatus = Literal["complete", "interrupted"]
@@ -123,6 +126,9 @@ class BaselineDelta:
         metric_test: the paired test of the metric change on the same samples (McNemar's exact test for the
             built-in accuracy, a paired bootstrap for other metrics) with its interval (``diff_low``,
             ``diff_high``); ``None`` in records written before it was kept, or when it could not be computed.
+        energy_ratio_band: the systematic band of ``energy_ratio`` (how far off the sources could make it, apart
+            from the run-to-run test), with the model constants both figures share cancelled; ``None`` when a
+            figure has no band (a source states none, or the record is older than bands).
     """
 
     metric_change: float | None
@@ -132,6 +138,7 @@ class BaselineDelta:
     energy_significance: Significance | None
     break_even_inferences: float | None
     metric_test: Significance | None = None
+    energy_ratio_band: RatioBand | None = None
 
     @property
     def measurable_saving(self) -> bool:
@@ -139,15 +146,17 @@ class BaselineDelta:
         return measurable_saving(self.energy_significance)
 
     def to_dict(self) -> dict[str, Any]:
-        sig, test = self.energy_significance, self.metric_test
+        sig, test, band = self.energy_significance, self.metric_test, self.energy_ratio_band
         return {**self.__dict__, "energy_significance": None if sig is None else sig.to_dict(),
-                "metric_test": None if test is None else test.to_dict()}
+                "metric_test": None if test is None else test.to_dict(),
+                "energy_ratio_band": None if band is None else band.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BaselineDelta:
         return cls(data.get("metric_change"), data.get("energy_ratio"), data.get("latency_ratio"),
                    data.get("size_ratio"), _opt(Significance, data.get("energy_significance")),
-                   data.get("break_even_inferences"), _opt(Significance, data.get("metric_test")))
+                   data.get("break_even_inferences"), _opt(Significance, data.get("metric_test")),
+                   _opt(RatioBand, data.get("energy_ratio_band")))
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,9 @@ class VariantResult:
         metric_values: the metric of each repeat.
         energy_per_sample_j: mean and confidence interval of joules per sample over the repeats.
         energy_values_j: joules per sample of each repeat (for the significance test).
+        energy_band: the systematic band of the mean energy per sample (how far off the sources could be, apart
+            from the run-to-run interval ``energy_per_sample_j``); ``None`` when a source states none or the
+            record is older than bands.
         latency_batch: per-batch latency over every measured batch, in seconds.
         latency_sample: per-sample latency (each batch's duration over its size), in seconds.
         throughput_sps: samples per second over the measured repeats.
@@ -189,6 +201,7 @@ class VariantResult:
     metric_values: tuple[float, ...] = ()
     energy_per_sample_j: Interval | None = None
     energy_values_j: tuple[float, ...] = ()
+    energy_band: Band | None = None
     latency_batch: LatencyStats | None = None
     latency_sample: LatencyStats | None = None
     throughput_sps: float | None = None
@@ -225,7 +238,8 @@ class VariantResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
-        objects = {"energy_per_sample_j": Interval, "latency_batch": LatencyStats, "latency_sample": LatencyStats,
+        objects = {"energy_per_sample_j": Interval, "energy_band": Band, "latency_batch": LatencyStats,
+                   "latency_sample": LatencyStats,
                    "carbon_per_million": CarbonEstimate, "making": MakingCost, "vs_baseline": BaselineDelta}
         kwargs: dict[str, Any] = {}
         for name in cls.__dataclass_fields__:
@@ -387,6 +401,8 @@ def _row(v: VariantResult) -> dict[str, Any]:
         "variant": v.name, "status": v.status, "recipe": v.recipe, "metric": v.metric,
         "energy_per_sample_j": e.mean if e else None, "energy_ci_low_j": e.low if e else None,
         "energy_ci_high_j": e.high if e else None,
+        "energy_band_low_j": v.energy_band.low_j if v.energy_band else None,
+        "energy_band_high_j": v.energy_band.high_j if v.energy_band else None,
         "latency_batch_p50_s": v.latency_batch.p50_s if v.latency_batch else None,
         "latency_batch_p95_s": v.latency_batch.p95_s if v.latency_batch else None,
         "latency_batch_p99_s": v.latency_batch.p99_s if v.latency_batch else None,
@@ -396,6 +412,8 @@ def _row(v: VariantResult) -> dict[str, Any]:
         "co2e_g_per_million": v.carbon_per_million.co2e_g if v.carbon_per_million else None,
         "making_energy_j": v.making.energy_j if v.making else None,
         "metric_change": d.metric_change if d else None, "energy_ratio": d.energy_ratio if d else None,
+        "energy_ratio_band_low": d.energy_ratio_band.low if d and d.energy_ratio_band else None,
+        "energy_ratio_band_high": d.energy_ratio_band.high if d and d.energy_ratio_band else None,
         "size_ratio": d.size_ratio if d else None, "p_value": sig.p_value if sig else None,
         "significant": sig.significant if sig else None,
         "measurable_saving": d.measurable_saving if d else None,
@@ -412,6 +430,21 @@ def _energy_tests(comparison: Comparison) -> str:
     tests = dict.fromkeys(describe_test(v.vs_baseline.energy_significance.test) for v in comparison.variants
                           if v.vs_baseline is not None and v.vs_baseline.energy_significance is not None)
     return " / ".join(tests) or "the energy test"
+
+
+def band_note(comparison: Comparison) -> str:
+    """What the comparison's bands are, in one line: systematic, apart from the CI, and what a ratio cancels."""
+    if not any(v.energy_band is not None for v in comparison.variants):
+        return ("band: not stated (a source states no band, or the comparison was recorded before greenmeter "
+                "stated bands)")
+    shared = any(v.vs_baseline is not None and v.vs_baseline.energy_ratio_band is not None
+                 and v.vs_baseline.energy_ratio_band.shared for v in comparison.variants)
+    text = ("band: how far off the energy sources could be (their constants and resolution), a systematic bound "
+            "apart from the run-to-run 95% CI")
+    if shared:
+        text += ("; every variant ran on one machine with one model, so its constants cancel in the energy ratio "
+                 "and the ratio's band is much narrower than each figure's")
+    return text
 
 
 def metric_text(metric_name: str, value: float) -> str:
@@ -431,8 +464,9 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_table(comparison: Comparison, metric_scale: float = 100.0) -> str:
     """The headline figures as aligned text: metric, energy per sample with its CI, latency, size, deltas."""
     percent = comparison.metric_name == "accuracy" and metric_scale == 100.0
-    header = ["variant", comparison.metric_name + (" %" if percent else ""), "mJ/sample (95% CI)", "p50 ms/batch",
-              "size kB", "MACs/sample", "vs base: metric (95% CI)", "energy", "p", "saving", "break-even", "front"]
+    header = ["variant", comparison.metric_name + (" %" if percent else ""), "mJ/sample (95% CI)", "band mJ",
+              "p50 ms/batch", "size kB", "MACs/sample", "vs base: metric (95% CI)", "energy [band]", "p", "saving",
+              "break-even", "front"]
     rows: list[Sequence[str]] = [header]
     for v in comparison.variants:
         if not v.ok:
@@ -451,19 +485,23 @@ def format_table(comparison: Comparison, metric_scale: float = 100.0) -> str:
             change += f" [{test.diff_low * scale:{spec}}, {test.diff_high * scale:{spec}}]"
         saving = "-" if d is None else ("yes" if d.measurable_saving else "no")
         be = "-" if d is None or d.break_even_inferences is None else f"{d.break_even_inferences:,.0f}"
+        band = "-" if v.energy_band is None else f"{v.energy_band.low_j * 1e3:.3g}-{v.energy_band.high_j * 1e3:.3g}"
+        ratio = "-" if d is None or d.energy_ratio is None else f"x{d.energy_ratio:.2f}"
+        if d is not None and d.energy_ratio_band is not None:
+            ratio += f" [{d.energy_ratio_band.low:.2f}, {d.energy_ratio_band.high:.2f}]"
         rows.append([
-            v.name, _fmt(None if v.metric is None else v.metric * scale, ".2f" if percent else ".4f"), ci,
+            v.name, _fmt(None if v.metric is None else v.metric * scale, ".2f" if percent else ".4f"), ci, band,
             _fmt(v.latency_batch.p50_s * 1e3 if v.latency_batch else None, ".3g"),
             _fmt(v.size_b / 1e3 if v.size_b is not None else None, ".1f"),
-            _fmt(v.macs_per_sample, ",.0f"), change,
-            "-" if d is None or d.energy_ratio is None else f"x{d.energy_ratio:.2f}", p, saving, be,
+            _fmt(v.macs_per_sample, ",.0f"), change, ratio, p, saving, be,
             "*" if v.on_pareto_front else "",
         ])
     notes = [f"baseline: {comparison.baseline}; {comparison.repeats} repeats x {comparison.passes_per_repeat} "
              f"pass(es) of {comparison.samples_per_pass} samples; p: {_energy_tests(comparison)} of energy per sample "
              "against the baseline (* significant at 0.05); saving: measurable when significantly lower; metric CI: "
              "paired test on the same samples (McNemar's exact test for accuracy); front: on the metric-energy "
-             "Pareto front of the baseline and the measurable savings; break-even only for measurable savings"]
+             "Pareto front of the baseline and the measurable savings; break-even only for measurable savings",
+             band_note(comparison)]
     if not comparison.complete:
         notes.insert(0, f"INTERRUPTED: only the {comparison.repeats} repeat(s) every variant completed are counted")
     return "\n".join([text_table(rows), *notes])

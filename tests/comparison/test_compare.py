@@ -270,3 +270,32 @@ def test_a_registered_methods_recipe_is_compared_and_its_facts_hooks_are_used(
         HOOK_MACS.macs_per_sample, HOOK_MACS.method, HOOK_MACS.note)  # its data_macs hook
     assert base.macs_method == "flop-counter"
     assert frozen.metric == base.metric  # float32 buffers: the same predictions
+
+
+def test_every_variant_has_a_band_and_its_ratio_cancels_the_shared_cpu_model(result: Comparison) -> None:
+    """The band (how far off the CPU model could be) is kept apart from the CI, and one machine's model cancels."""
+    ok = [v for v in result.variants if v.ok]
+    for v in ok:
+        band, ci = v.energy_band, v.energy_per_sample_j
+        assert band is not None and ci is not None
+        assert band.value_j == pytest.approx(ci.mean)
+        assert band.low_j < ci.mean < band.high_j
+        assert [t.model for t in band.terms] == [t.model for t in ok[0].energy_band.terms]  # one CPU model
+        assert band.relative[1] / band.relative[0] > 1.4  # the EPYC range: 0.81-1.22 x at least
+        d = v.vs_baseline
+        if d is None:
+            continue
+        r = d.energy_ratio_band
+        assert r is not None and r.shared == (band.terms[0].model,)
+        assert r.low <= d.energy_ratio <= r.high
+        # the model factor cancels: only the CPU-time ticks are left, narrower than dividing the two bands apart
+        base = ok[0].energy_band
+        apart = (band.high_j / base.low_j) / (band.low_j / base.high_j)
+        assert r.high / r.low < apart / 1.4
+    table = result.table()
+    assert "band mJ" in table and "its constants cancel in the energy ratio" in table
+    again = Comparison.from_json(result.to_json())
+    assert again.variants[1].vs_baseline.energy_ratio_band == result.variants[1].vs_baseline.energy_ratio_band
+    assert again.variants[0].energy_band == result.variants[0].energy_band
+    frame = result.to_frame()
+    assert frame["energy_band_high_j"].notna().sum() == len(ok)

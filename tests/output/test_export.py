@@ -15,6 +15,7 @@ from greenmeter import ConfigError, Measurement, Meter
 from greenmeter.sources.base import Domain, ProbeResult, Provenance
 from greenmeter.carbon.settings import CarbonSettings
 from greenmeter.output.export import (
+    CODECARBON_BAND_COLUMNS,
     CODECARBON_COLUMNS,
     CSV_COLUMNS,
     export_runs,
@@ -125,7 +126,8 @@ def _codecarbon_fields() -> list[str]:
 
 def test_codecarbon_header_is_codecarbons_field_order() -> None:
     assert list(CODECARBON_COLUMNS) == _codecarbon_fields()
-    assert export_runs([], "codecarbon").splitlines() == [",".join(CODECARBON_COLUMNS)]
+    # CodeCarbon's columns first, in its order, then greenmeter's band of energy_consumed
+    assert export_runs([], "codecarbon").splitlines() == [",".join(CODECARBON_COLUMNS + CODECARBON_BAND_COLUMNS)]
 
 
 def test_codecarbon_rows_convert_units_exactly(tmp_path: Path) -> None:
