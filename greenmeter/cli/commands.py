@@ -105,11 +105,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"greenmeter: {terminal_text(shlex.join(command))} exited with {result.exit_code} after {m.duration_s:.2f} s",
           file=err)
     print(f"  energy   {m.energy_j:.3f} J (mean power {m.power_w:.2f} W)", file=err)
+    print(f"  {terminal_text(m.band_note())}", file=err)
     if m.carbon is not None:
         print(f"  co2e     {m.carbon.describe()}", file=err)
     for domain in m.domains:
         share = "" if domain.in_total else " (inside another domain, not in total)"
-        print(f"  {domain.key:<24} {domain.energy_j:10.3f} J{share}  {domain.provenance.describe()}", file=err)
+        band = "" if domain.band is None else f" ({domain.band.low_j:.3f}-{domain.band.high_j:.3f})"
+        print(f"  {domain.key:<24} {domain.energy_j:10.3f} J{band}{share}  {domain.provenance.describe()}", file=err)
     for flag in m.flags:
         print(f"  ! {terminal_text(flag)}", file=err)
     if result.run_id is not None and store is not None and result.store_error is None:
@@ -134,14 +136,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs stored in {terminal_text(path)}")
         return 0
-    print(f"{'id':<12}  {'status':<11}  {'started (UTC)':<19}  {'duration':>9}  {'energy':>11}  {'co2e':>10}  name")
+    print(f"{'id':<12}  {'status':<11}  {'started (UTC)':<19}  {'duration':>9}  {'energy':>11}  {'band':>17}  "
+          f"{'co2e':>10}  name")
     for r in runs:
         m = r.measurement
         duration = f"{m.duration_s:.2f} s" if m else "-"
         energy = f"{m.energy_j:.2f} J" if m else "-"
+        band = m.energy_band if m else None
+        band_text = "-" if band is None else f"{band.low_j:.2f}-{band.high_j:.2f} J"
         co2 = f"{r.carbon.co2e_g:.4g} g" if r.carbon else "-"
         print(f"{r.id[:12]:<12}  {r.display_status:<11}  {r.started_at[:19].replace('T', ' '):<19}  {duration:>9}  "
-              f"{energy:>11}  {co2:>10}  {terminal_text(r.name)}")
+              f"{energy:>11}  {band_text:>17}  {co2:>10}  {terminal_text(r.name)}")
         why = r.note if r.note or r.complete else _UNFINISHED
         if why and r.status != "ok":
             print(f"{'':<14}{r.display_status}: {terminal_text(why)}")

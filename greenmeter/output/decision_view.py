@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING
 
 from greenmeter.output.view import DecisionView, TableView
+from greenmeter.records.optimization import ratio_band_text
 from greenmeter.stats import describe_test
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ def _figures(r: OptimizeResult) -> tuple[tuple[str, str], ...]:
     if d is not None and d.energy_ratio:
         items.append(("energy per sample", f"{_times(d.energy_ratio)} the baseline's "
                                            f"({1 / d.energy_ratio:.2f}× less)"))
+        items.append(("energy band", ratio_band_text(d.energy_ratio_band)))
     if d is not None and d.metric_change is not None:
         test = d.metric_test
         band = "" if test is None or test.diff_low is None or test.diff_high is None else (

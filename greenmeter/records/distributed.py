@@ -281,6 +281,7 @@ class DistributedResult:
         for w in self.windows:
             co2 = "" if w.co2e_g is None else f", {w.co2e_g:.3g} g CO2e"
             lines.append(f"{w.name}: {w.energy_j:.3f} J over {w.measurement.duration_s:.3f} s{co2}")
+            lines.append(f"  {w.measurement.band_note()}")
             for n in w.nodes:
                 lines.append(f"  {n.node_id} (ranks {', '.join(map(str, n.ranks))}): {n.energy_j:.3f} J "
                              f"(node-wide {n.node_wide_j:.3f} J, per-rank {n.rank_j:.3f} J)")

@@ -25,9 +25,10 @@ from greenmeter._text import text_table
 from greenmeter.records.comparison import Comparison, change_text, measurable_saving
 from greenmeter.records.encoding import check_record_version, finite_json, parse_record_json
 from greenmeter.records.sensitivity import Sensitivity
+from greenmeter.sources.band import RatioBand
 from greenmeter.stats import Significance, describe_test
 
-__all__ = ["OPTIMIZE_SCHEMA_VERSION", "CandidateOutcome", "OptimizeResult", "Rung"]
+__all__ = ["OPTIMIZE_SCHEMA_VERSION", "CandidateOutcome", "OptimizeResult", "Rung", "ratio_band_text"]
 
 OPTIMIZE_SCHEMA_VERSION = 1
 
@@ -141,7 +142,8 @@ class OptimizeResult:
             v = self.comparison.variant(self.chosen)
             d = v.vs_baseline
             if d is not None and d.energy_ratio:
-                lines.append(f"  energy per sample: {d.energy_ratio:.3f}x the baseline's ({1 / d.energy_ratio:.1f}x less)")
+                lines.append(f"  energy per sample: {d.energy_ratio:.3f}x the baseline's ({1 / d.energy_ratio:.1f}x less)"
+                             f"; {ratio_band_text(d.energy_ratio_band)}")
             if d is not None and d.metric_change is not None:
                 test = d.metric_test
                 band = "" if test is None or test.diff_low is None else (
@@ -221,3 +223,11 @@ class OptimizeResult:
     @classmethod
     def from_json(cls, text: str) -> OptimizeResult:
         return cls.from_dict(parse_record_json(text, "optimize result", "candidates"))
+
+
+def ratio_band_text(band: RatioBand | None) -> str:
+    """An energy ratio's band in words, saying when the shared model constants cancel in it."""
+    if band is None:
+        return "band not stated (a source states none, or the record is older than bands)"
+    cancel = ": the shared model constants cancel in the ratio" if band.shared else ""
+    return f"band {band.low:.3f}-{band.high:.3f}x (how far off the sources could make it{cancel})"
