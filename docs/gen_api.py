@@ -34,6 +34,7 @@ SECTIONS = (
     ("greenmeter.sources.base", "Energy sources: the contract"),
     ("greenmeter.plugins", "Plug-ins through entry points"),
     ("greenmeter.store.database", "The run store"),
+    ("greenmeter.calibration", "Calibration against a wall meter"),
     ("greenmeter.demo.run", "The demo"),
     ("greenmeter.integrations", "Training-framework callbacks"),
     ("greenmeter.metering.distributed", "torch.distributed: one meter per rank, results gathered"),

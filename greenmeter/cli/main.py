@@ -7,6 +7,7 @@ Commands:
     export   export stored runs as CSV, JSON, CodeCarbon's emissions.csv or a model-card block.
     compare  compare a baseline and its compressed variants from a TOML file; print and store the result.
     carbon   look up grid intensities (list countries and cloud regions) and convert energy to CO2e.
+    calibrate  fit this machine's power coefficients to a wall meter's log of stored runs (greenmeter.cli.calibrate).
 
 Exit codes: 0 done (``run``: the command's own code); 1 a user error, said in one line
 ``greenmeter: error: ...`` (a wrong option or file, an unusable store or source); 2 a command-line usage
@@ -49,7 +50,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                     "notes": list(probe.notes),
                     "domains": [
                         {"key": d.key, "kind": d.kind, "in_total": d.in_total, "provenance": d.provenance.to_dict(),
-                         "update_period_s": d.update_period_s}
+                         "update_period_s": d.update_period_s, "band": None if d.band is None else d.band.to_dict()}
                         for d in probe.domains
                     ],
                 }
@@ -70,6 +71,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for domain in probe.domains:
             total = "in total" if domain.in_total else "not in total (inside another domain)"
             print(f"    {domain.key} ({domain.kind}, {total}): {domain.provenance.describe()}")
+            print(f"    band: {'none stated' if domain.band is None else domain.band.basis}")
         for note in probe.notes:
             print(f"    note: {note}")
         backend.close()
@@ -96,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from greenmeter.cli import commands as cc
     from greenmeter.cli.arguments import LIMIT_MAX, number_arg, whole_number_arg
+    from greenmeter.cli.calibrate import add_calibrate_command
     from greenmeter.cli.report import FormatChoices, add_report_commands
 
     store_help = "run store path (default: $GREENMETER_STORE, else $XDG_DATA_HOME/greenmeter/runs.db)"
@@ -176,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     opt.set_defaults(handler=cc.cmd_optimize)
 
     add_report_commands(commands, store_help)
+    add_calibrate_command(commands, store_help)
 
     demo = commands.add_parser(
         "demo", help="train, compress, compare and report on bundled data (digits), in one command",

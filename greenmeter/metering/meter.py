@@ -46,6 +46,7 @@ from greenmeter.records.measurement import (
 from greenmeter.stats import QuantileSketch
 
 if TYPE_CHECKING:
+    from greenmeter.calibration.profile import CalibrationProfile
     from greenmeter.store.database import Store
     from greenmeter.store.recorder import RunRecorder
 
@@ -265,6 +266,12 @@ class Meter:
             ``latency.relative_error``), so the meter's memory, a window's end and its stored record stay
             the same size however many steps. ``True`` keeps every step of every window (memory and the
             store then grow with the steps, ~50 bytes each); ``False`` or 0 keeps none. Default 1,000.
+        calibration: a wall-meter calibration profile of this host (``greenmeter calibrate``), for the CPU and RAM
+            estimates to use instead of their generic constants (their provenance then says "calibrated against
+            <meter log>, R^2 = ..., n runs"). ``"auto"`` (default): the newest profile of this host in the store
+            the meter records to, else in the default store (``$GREENMETER_STORE``), when that file exists; a
+            store that cannot be read is said in the flags, never silently skipped. ``None``: the generic
+            constants. A profile of another host is refused.
 
     The meter starts (probes hardware, starts the sampler) on its first window. It is thread-safe.
     """
@@ -283,6 +290,7 @@ class Meter:
         store: Store | str | os.PathLike[str] | bool | None = None,
         name: str | None = None,
         keep_steps: bool | int = 1000,
+        calibration: CalibrationProfile | str | None = "auto",
     ) -> None:
         if isinstance(keep_steps, bool):
             self._keep: int | None = None if keep_steps else 0  # None: every step
@@ -313,7 +321,12 @@ class Meter:
         self._recorder: RunRecorder | None = None
         self.name = name or (os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python")
         self._requested = list(backends) if backends is not None else None
-        self._options = {"mode": mode, "sysfs_root": sysfs_root, "use_psys": use_psys, "gpus": gpus}
+        if calibration is not None and not (isinstance(calibration, str) and calibration == "auto"):
+            from greenmeter.calibration.profile import checked_profile  # refused before any work if of another host
+
+            checked_profile(calibration, "Meter calibration")
+        self._options = {"mode": mode, "sysfs_root": sysfs_root, "use_psys": use_psys, "gpus": gpus,
+                         "calibration": calibration}
         self.mode = mode
         self.idle_baseline_s = float(idle_baseline_s)
         self._lock = threading.RLock()
@@ -367,7 +380,35 @@ class Meter:
 
     def _select_sources(self) -> tuple[list[Backend], list[ProbeResult], Sequence[str]]:
         """The backends to open, every probe result and the fallback notes. Subclasses choose differently."""
-        return select_backends(self._requested, **self._options)
+        options, notes = dict(self._options), []
+        if isinstance(options["calibration"], str):  # "auto": this host's newest profile, if a store holds one
+            options["calibration"], problem = self._stored_calibration()
+            notes += [problem] if problem else []
+        backends, probes, said = select_backends(self._requested, **options)
+        return backends, probes, [*said, *notes]
+
+    def _stored_calibration(self) -> tuple[Any, str]:
+        """This host's newest calibration profile in the meter's store, else the default one, and a problem in
+        words when the store could not be read (then none is used). A store file that does not exist holds none."""
+        from greenmeter.store.database import Store, store_path
+
+        spec = self._store_spec
+        path = spec.path if isinstance(spec, Store) else store_path(None if spec in (None, True) else spec)
+        try:
+            if not path.exists():
+                return None, ""
+        except OSError as err:
+            return None, (f"cannot look for a calibration profile in {path} ({err.strerror or err}): the CPU and RAM "
+                          "estimates use their generic constants")
+        from greenmeter._errors import GreenmeterError
+        from greenmeter.calibration.profile import latest_profile
+
+        try:
+            with Store(path, readonly=True) as store:
+                return latest_profile(store), ""
+        except GreenmeterError as err:
+            return None, (f"the calibration profiles in {path} could not be read ({err}): the CPU and RAM estimates "
+                          "use their generic constants")
 
     def _open_backends(self) -> None:
         backends, probes, notes = self._select_sources()

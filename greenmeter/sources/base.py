@@ -59,8 +59,9 @@ ProvenanceKind = Literal["measured", "estimated"]
 SourceKind = Literal["counter", "estimate"]
 Selection = Literal["usable", "stand-in", "named"]
 
-#: The :class:`~greenmeter.Meter` keywords a source may take (see :attr:`SourceInfo.options`).
-METER_OPTIONS = ("mode", "sysfs_root", "use_psys", "gpus")
+#: The :class:`~greenmeter.Meter` keywords a source may take (see :attr:`SourceInfo.options`). ``calibration``: a
+#: wall-meter calibration profile of this host (``greenmeter calibrate``), taken by the CPU and RAM estimates.
+METER_OPTIONS = ("mode", "sysfs_root", "use_psys", "gpus", "calibration")
 
 #: The piece of hardware each built-in domain kind belongs to. A kind not listed is its own hardware.
 HARDWARE_OF_DOMAIN: Mapping[str, str] = MappingProxyType({

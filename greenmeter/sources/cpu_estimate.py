@@ -28,14 +28,17 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError, CounterReadError
 from greenmeter.sources.band import BandModel
 from greenmeter.sources.base import AnomalyLog, Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
 from greenmeter.sources.cpu_model import CpuFacts, is_generic_model_name, lookup_tdp, read_cpu_facts
 from greenmeter.sources.process_tree import snapshot
+
+if TYPE_CHECKING:
+    from greenmeter.calibration.profile import CalibrationProfile
 
 __all__ = [
     "CCF_COEFFICIENTS",
@@ -311,6 +314,16 @@ def _ccf_candidates(key: str, idle: float, busy: float) -> tuple[tuple[tuple[flo
             f"assumed {lo:g}-{hi:g} x Cloud Carbon Footprint's mean for this micro-architecture (SKUs differ)")
 
 
+def _calibrated_model(model: PowerModel, profile: CalibrationProfile) -> PowerModel:
+    """``model`` (built from the profile's machine powers) restated as the calibration's."""
+    constants = {**model.constants, "coefficients": "calibration", "p_idle_source": profile.describe(),
+                 "p_max_source": profile.describe(), **profile.constants()}
+    note = (f"using this machine's calibration ({profile.describe()}): idle {profile.idle_w:.4g} W, "
+            f"{profile.w_cpu:.4g} W per busy CPU, within +/-{profile.band_error:.1%} ({profile.band_basis()})")
+    return replace(model, constants=constants, notes=(note,),
+                   range_source=f"the calibration's {profile.band_basis()}, +/-{profile.band_error:.1%}")
+
+
 def _busy_s(times: Any) -> float:
     """Busy seconds from a psutil ``scputimes`` (Linux folds guest time into user and nice)."""
     busy = times.user + times.system
@@ -343,13 +356,19 @@ class CpuEstimateBackend(Backend):
         cpuinfo_path: the cpuinfo file to read CPU facts from.
         p_idle_w: override of the whole machine's idle CPU power, in watts.
         p_max_w: override of the whole machine's fully-busy CPU power, in watts.
+        profile: a :class:`~greenmeter.calibration.profile.CalibrationProfile` of this host (``greenmeter
+            calibrate``): its coefficients replace the generic ones (per vCPU: idle ``idle_W / n``, busy
+            ``idle_W / n + w_cpu``, so machine mode gives the fit's ``idle_W * dt + w_cpu * busy_s``); the provenance
+            says "calibrated against <meter log>, R^2 = ..., n runs" and the band is the fit's held-out error.
+            The Meter passes it as ``Meter(calibration=profile)``.
 
     Raises:
-        ConfigError: an unknown mode or a bad override.
+        ConfigError: an unknown mode or a bad override; a profile of another host, or with p_idle_w/p_max_w.
     """
 
     info = SourceInfo(
-        name="cpu-estimate", kind="estimate", domains=("cpu",), options={"mode": "mode"}, selection="stand-in",
+        name="cpu-estimate", kind="estimate", domains=("cpu",), options={"mode": "mode", "calibration": "profile"},
+        selection="stand-in",
         fallback_note="{hardware} energy is estimated, not measured: {reasons}",
     )
     poll_interval_s = None
@@ -361,12 +380,24 @@ class CpuEstimateBackend(Backend):
         cpuinfo_path: str | os.PathLike[str] = "/proc/cpuinfo",
         p_idle_w: float | None = None,
         p_max_w: float | None = None,
+        profile: CalibrationProfile | None = None,
     ) -> None:
         if mode not in _METHODS:
             raise ConfigError(f"cpu-estimate mode must be 'process' or 'machine', not {mode!r}")
         self.mode = mode
         self.facts = read_cpu_facts(cpuinfo_path)
+        self.profile: CalibrationProfile | None = None
+        if profile is not None:
+            from greenmeter.calibration.profile import checked_profile  # the calibration stage, loaded when given one
+
+            self.profile = checked_profile(profile, "cpu-estimate")
+            if p_idle_w is not None or p_max_w is not None:
+                raise ConfigError("cpu-estimate takes a calibration profile or p_idle_w/p_max_w, not both")
+            n = self.facts.logical_cpus
+            p_idle_w, p_max_w = self.profile.idle_w, self.profile.idle_w + n * self.profile.w_cpu
         self.power_model = build_power_model(self.facts, p_idle_w=p_idle_w, p_max_w=p_max_w)
+        if self.profile is not None:
+            self.power_model = _calibrated_model(self.power_model, self.profile)
         self.vcpus = self.facts.visible_cpus if mode == "process" else self.facts.logical_cpus
         self._p_idle = self.power_model.p_idle_w_per_vcpu
         self._p_max = self.power_model.p_max_w_per_vcpu
@@ -383,7 +414,11 @@ class CpuEstimateBackend(Backend):
             "p_max_w": self._p_max * self.vcpus,
             "cpu_time_resolution_s": resolution_s,
         }
-        provenance = Provenance("estimated", _SOURCE, _METHODS[mode], constants)
+        source, method = _SOURCE, _METHODS[mode]
+        if self.profile is not None:
+            source = f"{_SOURCE}, {self.profile.describe()}"
+            method += "; per-vCPU powers from the calibration: idle idle_W / n, busy idle_W / n + w_cpu"
+        provenance = Provenance("estimated", source, method, constants)
         self.domain = Domain(_KEY, "cpu", True, provenance, resolution_s, self._band_model(resolution_s))
         self._unavailable = ""
         self._cpu_times: Any = None
@@ -406,6 +441,9 @@ class CpuEstimateBackend(Backend):
     def _band_model(self, tick_s: float) -> BandModel:
         """The band of this estimate: the spread of its power constants, and the CPU-time tick at each counter."""
         low, high = self.power_model.band_factors(self.mode)
+        if self.profile is not None:  # the fit's own error: one model shared with the calibrated RAM estimate
+            error = self.profile.band_error
+            low, high = 1.0 - error, 1.0 + error
         if self.mode == "process":
             counters, watts = _PROCESS_COUNTERS, self._p_max  # os.times: user, system, children's user and system
             what = f"W per busy vCPU {self._p_max:.4g}"
@@ -413,6 +451,8 @@ class CpuEstimateBackend(Backend):
             counters, watts = _MACHINE_FIELDS * self.vcpus, self._p_max - self._p_idle
             what = f"W per vCPU idle {self._p_idle:.4g}, busy {self._p_max:.4g}"
         model = f"cpu-estimate {self.mode} mode, {what} ({self.power_model.range_source})"
+        if self.profile is not None:
+            model = self.profile.band_model()
         basis = (f"CPU estimate: its constants could be {low:.3g}-{high:.3g} x those used ({self.power_model.range_source}); "
                  f"CPU time ticks at {tick_s * 1e3:g} ms on {counters} counters")
         return BandModel(model, low, high, fixed_j=counters * tick_s * watts, basis=basis)

@@ -21,14 +21,18 @@ import math
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError, CounterReadError
 from greenmeter.sources.band import BandModel
 from greenmeter.sources.base import Backend, Domain, ProbeResult, Provenance, Reading, SourceInfo
 from greenmeter.sources.process_tree import snapshot
 
-__all__ = ["BYTES_PER_GB", "WATTS_PER_GB", "WATTS_PER_GB_RANGE", "WATTS_PER_GB_SOURCE", "RamEstimateBackend"]
+if TYPE_CHECKING:
+    from greenmeter.calibration.profile import CalibrationProfile
+
+__all__ = ["BYTES_PER_GB", "WATTS_PER_GB", "WATTS_PER_GB_RANGE", "WATTS_PER_GB_RANGE_SOURCE",
+           "WATTS_PER_GB_SOURCE", "RamEstimateBackend"]
 
 #: Bytes in a GB as used here: 2**30 (DIMM capacities are binary).
 BYTES_PER_GB = 1 << 30
@@ -41,9 +45,14 @@ WATTS_PER_GB_SOURCE = (
     "Micron TN-40-07 DDR4 power calculation (~0.4083 W/GB)"
 )
 
-#: The watts per GB of the two memory sources behind :data:`WATTS_PER_GB` (Crucial's 3 W per 8 GB, Micron
-#: TN-40-07's ~0.4083 W/GB): the band's range for the default constant.
-WATTS_PER_GB_RANGE = (0.375, 0.4083)
+#: The range of watts per GB across memory sources, for the band of the default constant: Crucial's 3 W per
+#: 8 GB (0.375) and Micron TN-40-07's ~0.4083 W/GB, which :data:`WATTS_PER_GB` averages, and CodeCarbon 3.3's
+#: 5 W per x86 DIMM over the DIMM sizes its model assumes, 8 to 64 GB (0.625 to 0.078 W/GB).
+WATTS_PER_GB_RANGE = (5 / 64, 5 / 8)
+WATTS_PER_GB_RANGE_SOURCE = (
+    "Crucial 0.375 and Micron TN-40-07 ~0.4083 W/GB (Cloud Carbon Footprint's sources) and CodeCarbon 3.3's "
+    "5 W per x86 DIMM (codecarbon/external/ram.py RAM_SLOT_POWER_X86) for DIMMs of 8 to 64 GB"
+)
 
 _KEY = "ram-estimate:ram"
 _SOURCE = "RAM power model (ram-estimate)"
@@ -64,18 +73,26 @@ class RamEstimateBackend(Backend):
         mode: ``"process"`` (RSS of this process, sampled) or ``"machine"`` (all memory, constant power).
         watts_per_gb: power per GB (2**30 bytes), in watts; Cloud Carbon Footprint's 0.392 W/GB by default.
         sample_interval_s: how often the background sampler must sample RSS, in seconds (process mode).
+        profile: a :class:`~greenmeter.calibration.profile.CalibrationProfile` of this host (``greenmeter
+            calibrate``): its ``w_gb`` replaces the watts per GB when it was fitted on this mode's memory (resident
+            memory in process mode, installed memory in machine mode; else the generic constant stays, said in the
+            probe's notes); the provenance says "calibrated against <meter log>, R^2 = ..., n runs" and the band is
+            the fit's held-out error. The Meter passes it as ``Meter(calibration=profile)``.
 
     Raises:
-        ConfigError: an unknown mode, or a negative or non-finite constant.
+        ConfigError: an unknown mode, or a negative or non-finite constant; a profile of another host, or with
+            watts_per_gb.
     """
 
     info = SourceInfo(
-        name="ram-estimate", kind="estimate", domains=("ram",), options={"mode": "mode"}, selection="stand-in",
+        name="ram-estimate", kind="estimate", domains=("ram",), options={"mode": "mode", "calibration": "profile"},
+        selection="stand-in",
         fallback_note="{hardware} energy is estimated ({name}), not measured: no usable {counters} DRAM counter",
     )
 
     def __init__(
-        self, mode: str = "process", *, watts_per_gb: float | None = None, sample_interval_s: float = 0.5
+        self, mode: str = "process", *, watts_per_gb: float | None = None, sample_interval_s: float = 0.5,
+        profile: CalibrationProfile | None = None,
     ) -> None:
         if mode not in ("process", "machine"):
             raise ConfigError(f"ram-estimate mode must be 'process' or 'machine', not {mode!r}")
@@ -86,6 +103,23 @@ class RamEstimateBackend(Backend):
         if watts_per_gb is not None and (not _is_number(watts_per_gb) or watts_per_gb < 0):
             raise ConfigError(f"watts_per_gb must be a finite number of watts >= 0, not {watts_per_gb!r}")
         self.mode = mode
+        self.profile: CalibrationProfile | None = None
+        if profile is not None:
+            from greenmeter.calibration.profile import checked_profile  # the calibration stage, loaded when given one
+
+            self.profile = checked_profile(profile, "ram-estimate")
+        self._profile_note = ""
+        if self.profile is not None:  # used only for the memory it was fitted on
+            if watts_per_gb is not None:
+                raise ConfigError("ram-estimate takes a calibration profile or watts_per_gb, not both")
+            if mode in self.profile.ram_modes:
+                watts_per_gb = self.profile.w_gb
+            else:
+                self._profile_note = (
+                    f"the calibration profile's {self.profile.w_gb:.4g} W/GB was fitted on "
+                    f"{' and '.join(self.profile.ram_modes) or 'no'} mode memory, not {mode} mode's, so the generic "
+                    f"{WATTS_PER_GB:g} W/GB is used")
+                self.profile = None
         self.sample_interval_s = float(sample_interval_s)
         self.watts_per_gb = WATTS_PER_GB if watts_per_gb is None else float(watts_per_gb)
         self._w_per_byte = self.watts_per_gb / BYTES_PER_GB
@@ -96,7 +130,8 @@ class RamEstimateBackend(Backend):
         constants: dict[str, Any] = {
             "mode": mode,
             "w_per_gb": self.watts_per_gb,
-            "w_per_gb_source": WATTS_PER_GB_SOURCE if watts_per_gb is None else "user override watts_per_gb",
+            "w_per_gb_source": (WATTS_PER_GB_SOURCE if watts_per_gb is None else self.profile.describe()
+                                if self.profile is not None else "user override watts_per_gb"),
             "bytes_per_gb": BYTES_PER_GB,
         }
         if mode == "process":
@@ -134,21 +169,33 @@ class RamEstimateBackend(Backend):
             method = "installed memory (psutil.virtual_memory().total) times a power per GB, constant power"
             # Constant power: any window is resolved down to the clock's resolution.
             update_period_s = time.get_clock_info("monotonic").resolution
-        provenance = Provenance("estimated", _SOURCE, method, constants)
+        source = _SOURCE
+        if self.profile is not None:
+            constants.update(self.profile.constants())
+            source = f"{_SOURCE}, {self.profile.describe()}"
+        provenance = Provenance("estimated", source, method, constants)
         self.domain = Domain(_KEY, "ram", True, provenance, update_period_s, self._band_model(watts_per_gb is None))
 
     def _band_model(self, default_constant: bool) -> BandModel:
         """The band of this estimate: the range of its watts per GB (none for the user's own constant)."""
-        if default_constant:
+        if self.profile is not None:  # the fit's own error: one model shared with the calibrated CPU estimate
+            error = self.profile.band_error
+            low, high = 1.0 - error, 1.0 + error
+            why = (f"its {self.watts_per_gb:.4g} W/GB is the calibration's, within +/-{error:.1%} "
+                   f"({self.profile.band_basis()})")
+        elif default_constant:
             low, high = (w / self.watts_per_gb for w in WATTS_PER_GB_RANGE)
-            why = (f"its {self.watts_per_gb:g} W/GB could be {WATTS_PER_GB_RANGE[0]:g}-{WATTS_PER_GB_RANGE[1]:g} W/GB "
-                   "(the two memory sources it averages)")
+            why = (f"its {self.watts_per_gb:g} W/GB could be {WATTS_PER_GB_RANGE[0]:.3g}-{WATTS_PER_GB_RANGE[1]:.3g} "
+                   f"W/GB ({WATTS_PER_GB_RANGE_SOURCE})")
         else:
             low = high = 1.0
             why = f"the user's {self.watts_per_gb:g} W/GB, taken as exact"
         sampled = (f"; memory changes between {self.sample_interval_s:g} s samples are not in the band"
                    if self.mode == "process" else "")
-        model = f"ram-estimate {self.watts_per_gb:g} W/GB (range {low * self.watts_per_gb:g}-{high * self.watts_per_gb:g})"
+        model = (f"ram-estimate {self.watts_per_gb:g} W/GB (range {low * self.watts_per_gb:.3g}-"
+                 f"{high * self.watts_per_gb:.3g})")
+        if self.profile is not None:
+            model = self.profile.band_model()
         return BandModel(model, low, high, basis=f"RAM estimate: {why}{sampled}")
 
     def _statm_rss(self) -> int:
@@ -184,12 +231,16 @@ class RamEstimateBackend(Backend):
         """Available when the RSS (process mode) or the memory size (machine mode) can be read."""
         if self._unavailable:
             return ProbeResult(self.name, False, reason=self._unavailable + "; is psutil installed?")
-        notes = ()
+        notes: tuple[str, ...] = ()
         if self.mode == "process":
             notes = (
                 "process mode counts this process's resident memory and its live descendants' unique memory; "
                 "DRAM draws power for all installed memory, so this is an attribution, not a measurement",
             )
+        if self.profile is not None:
+            notes += (f"using this machine's calibration ({self.profile.describe()}): {self.watts_per_gb:.4g} W/GB",)
+        elif self._profile_note:
+            notes += (self._profile_note,)
         return ProbeResult(self.name, True, domains=(self.domain,), notes=notes)
 
     def poll(self) -> None:

@@ -15,7 +15,8 @@ kept them whole: see ``Meter(keep_steps=...)``; others hold a bounded sketch in 
 ``power_samples`` (the power timeline: s since the run started, domain key, W), ``comparisons`` (each
 :class:`~greenmeter.records.comparison.Comparison` as JSON) and ``optimizations`` (each
 :class:`~greenmeter.records.optimization.OptimizeResult` as JSON, with the id of its final comparison), and the
-journal of unfinished optimize searches, ``searches`` and ``search_steps`` (see :meth:`Store.save_search_step`).
+journal of unfinished optimize searches, ``searches`` and ``search_steps`` (see :meth:`Store.save_search_step`), and
+``calibrations`` (wall-meter calibration profiles: :meth:`Store.save_calibration`).
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import whole_number
 from greenmeter._errors import ConfigError, CorruptStoreError, StoreError
 from greenmeter.carbon.settings import CarbonEstimate, CarbonSettings
 from greenmeter.records.comparison import Comparison
-from greenmeter.records.measurement import HostInfo, Measurement
+from greenmeter.records.measurement import DomainEnergy, HostInfo, Measurement
 from greenmeter.records.optimization import OptimizeResult
 from greenmeter.records.run import RunRecord
+
+if TYPE_CHECKING:
+    from greenmeter.calibration.profile import CalibrationProfile
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "RunRecord", "Store", "default_store_path", "migrate",
            "store_path"]
@@ -72,6 +76,13 @@ SEARCHES_MIGRATION = (
     """CREATE TABLE search_steps (
         key TEXT NOT NULL, step TEXT NOT NULL, data TEXT NOT NULL, model BLOB, PRIMARY KEY (key, step))""",
 )
+#: Schema migration 4 -> 5: wall-meter calibration profiles (``data``: a ``CalibrationProfile`` as JSON), newest per
+#: host wins (see :meth:`Store.latest_calibration`).
+CALIBRATIONS_MIGRATION = (
+    """CREATE TABLE calibrations (
+        id TEXT PRIMARY KEY, host TEXT NOT NULL, created_at TEXT NOT NULL, data TEXT NOT NULL)""",
+    "CREATE INDEX calibrations_by_host ON calibrations (host, created_at)",
+)
 #: ``MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1`` (statements run in one transaction).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -98,11 +109,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     COMPARISONS_MIGRATION,
     OPTIMIZATIONS_MIGRATION,
     SEARCHES_MIGRATION,
+    CALIBRATIONS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 30.0
 _TABLES = frozenset({"runs", "windows", "steps", "power_samples", "comparisons", "optimizations", "searches",
-                     "search_steps"})
+                     "search_steps", "calibrations"})
 _KINDS = ("run", "api")
 _FINAL = ("ok", "failed", "interrupted")
 _MAGIC = b"SQLite format 3\x00"
@@ -463,6 +475,64 @@ class Store:
         rows = self._query("read power samples", "SELECT t_s, domain, power_w FROM power_samples WHERE run_id = ? "
                            "ORDER BY t_s, rowid", (full,))
         return [(float(t), str(d), float(p)) for t, d, p in rows]
+
+    def windows_by_id(self, run_id: str) -> list[tuple[int, Measurement]]:
+        """The windows stored for a run (id or unique prefix) with their window ids, in the order they were stored."""
+        full = self._resolve(run_id)
+        rows = self._query("read windows", "SELECT id, measurement FROM windows WHERE run_id = ? ORDER BY id", (full,))
+        try:
+            return [(int(i), Measurement.from_json(text)) for i, text in rows]
+        except json.JSONDecodeError as err:
+            raise self._corrupt(f"holds unreadable JSON in a window of run {full} ({err})") from err
+
+    def add_window_domain(self, window_id: int, domain: DomainEnergy) -> None:
+        """Add a domain to a stored window, in one transaction; one with the same key is replaced.
+
+        For figures learnt after the window ended, such as an external meter's energy
+        (:func:`greenmeter.calibration.calibrate`). The window's total is not changed: give the domain
+        ``in_total=False`` unless it belongs in the total.
+
+        Raises:
+            StoreError: there is no window with this id.
+            ConfigError: ``domain`` is not a :class:`~greenmeter.records.measurement.DomainEnergy`.
+        """
+        if not isinstance(domain, DomainEnergy):
+            raise ConfigError(f"add_window_domain takes a greenmeter DomainEnergy, not {type(domain).__name__}")
+        with self._lock, self._sqlite_errors("add a domain to a window"), self._write() as conn:
+            row = conn.execute("SELECT measurement FROM windows WHERE id = ?", (int(window_id),)).fetchone()
+            if row is None:
+                raise StoreError(f"no window with id {window_id} in {self.path}")
+            try:
+                m = Measurement.from_json(row[0])
+            except json.JSONDecodeError as err:
+                raise self._corrupt(f"holds unreadable JSON in window {window_id} ({err})") from err
+            domains = tuple(d for d in m.domains if d.key != domain.key) + (domain,)
+            conn.execute("UPDATE windows SET measurement = ? WHERE id = ?",
+                         (replace(m, domains=domains).to_json(), int(window_id)))
+
+    def save_calibration(self, profile: CalibrationProfile) -> str:
+        """Store a wall-meter calibration profile in one transaction; returns its id (32 hex digits)."""
+        from greenmeter.calibration.profile import CalibrationProfile  # the calibration stage, loaded when used
+
+        if not isinstance(profile, CalibrationProfile):
+            raise ConfigError(f"save_calibration takes a greenmeter CalibrationProfile, not {type(profile).__name__}")
+        calibration_id = uuid.uuid4().hex
+        with self._lock, self._sqlite_errors("store a calibration"), self._write() as conn:
+            conn.execute("INSERT INTO calibrations (id, host, created_at, data) VALUES (?, ?, ?, ?)",
+                         (calibration_id, profile.host, profile.created_at, profile.to_json()))
+        return calibration_id
+
+    def latest_calibration(self, host: str) -> CalibrationProfile | None:
+        """The newest calibration profile stored for ``host`` (a host name), or ``None`` when there is none.
+
+        Raises:
+            CorruptStoreError: its stored JSON cannot be read.
+        """
+        from greenmeter.calibration.profile import CalibrationProfile  # the calibration stage, loaded when used
+
+        rows = self._query("read a calibration", "SELECT id, data FROM calibrations WHERE host = ? "
+                           "ORDER BY created_at DESC, rowid DESC LIMIT 1", (str(host),))
+        return self._decoded(CalibrationProfile, "calibration", rows[0][0], rows[0][1]) if rows else None
 
     def _resolve(self, run_id: str) -> str:
         prefix = str(run_id).strip().lower()

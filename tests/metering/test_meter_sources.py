@@ -122,7 +122,7 @@ def test_permission_denied_falls_back_to_the_estimate_out_loud(shared_root: Path
         # Import every module as root (the checkout may sit in a 0700 folder); only the probing runs
         # unprivileged.
         "import importlib.metadata, psutil, greenmeter.sources.rapl, greenmeter.sources.nvml\n"
-        "import greenmeter.sources.cpu_estimate, greenmeter.sources.ram_estimate\n"
+        "import greenmeter.sources.cpu_estimate, greenmeter.sources.ram_estimate, greenmeter.store.database\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
         "meter = greenmeter.Meter(sysfs_root=sys.argv[1], sync=None)\n"
         "with meter.window('w') as w:\n"
