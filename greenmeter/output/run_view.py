@@ -42,6 +42,11 @@ class _WindowLine:
 
 
 #: The window table, one column per entry: heading, tooltip, the cell shown and the SI value of the CSV.
+def _wall_j(m: Measurement) -> float | None:
+    """The window's external-meter energy (the ``wall`` domain ``greenmeter calibrate`` adds), if it has one."""
+    return next((d.energy_j for d in m.domains if d.kind == "wall"), None)
+
+
 def _band_cell(m: Measurement) -> Cell:
     band = m.energy_band
     return Cell("not stated") if band is None else Cell(f"{band.low_j:.4g} – {band.high_j:.4g}", band.high_j - band.low_j)
@@ -63,6 +68,10 @@ _WINDOW_COLUMNS: tuple[Column[_WindowLine], ...] = (
     Column("energy_band_j", "band J",
            "systematic band of the window's energy: how far off its sources could be (their constants and "
            "resolution), joules", lambda x: _band_cell(x.w), lambda x: _band_value(x.w)),
+    Column.quantity("wall_j", "wall meter J",
+                    "the external meter's energy over the window (added by greenmeter calibrate), joules: the whole "
+                    "machine at the wall, kept apart from the device domains and not in the total",
+                    lambda x: _wall_j(x.w), ".4g"),
     Column.quantity("power_w", "power W", "mean power, watts",
                     lambda x: x.w.power_w if x.w.duration_s > 0 else None, ".3g"),
     Column.quantity("samples", "samples", "samples processed, when given", lambda x: x.w.samples, ",d"),
@@ -222,8 +231,9 @@ def _charts(run: RunRecord, windows: Sequence[Measurement], samples: Sequence[tu
 
 def _sources(run: RunRecord, windows: Sequence[Measurement]) -> tuple[tuple[str, str], ...]:
     measurements = [run.measurement] if run.measurement is not None else list(windows)
+    walls = [d for w in windows for d in w.domains if d.kind == "wall"]  # added to the windows by calibrate
     lines = dict.fromkeys((d.provenance.kind, f"{d.key}: {d.provenance.describe()}")
-                          for m in measurements for d in m.domains)
+                          for d in [*(d for m in measurements for d in m.domains), *walls])
     out = list(lines)
     out += carbon_lines(run.carbon or next((w.carbon for w in windows if w.carbon), None))
     return tuple(out)

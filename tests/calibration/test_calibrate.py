@@ -69,3 +69,16 @@ def test_a_log_of_another_time_or_runs_of_another_host_are_clear_errors(metered,
         calibrate(read_meter_log(tmp_path / "power.csv"), path, host="another-host")
     with pytest.raises(ConfigError, match="calibrate needs the run store"):
         calibrate(log, None)
+
+
+def test_a_run_report_shows_the_wall_meter_energy_and_its_source(metered) -> None:  # type: ignore[no-untyped-def]
+    from greenmeter.output.report import run_report
+
+    path, log, _, ids = metered
+    with Store(path) as store:
+        calibrate(log, store)
+        run, windows = store.get_run(ids[0]), store.windows(ids[0])
+    wall = next(d for d in windows[0].domains if d.key == WALL_KEY)
+    text = run_report(run, windows, fmt="md")
+    assert "wall meter J" in text and f"{wall.energy_j:.4g}" in text
+    assert "meter:wall: measured: external meter" in text and "power.csv" in text
