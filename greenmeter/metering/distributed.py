@@ -40,7 +40,7 @@ from greenmeter._checks import number
 from greenmeter._errors import AggregationError, ConfigError, MeasurementError
 from greenmeter.sources.base import Backend, ProbeResult
 from greenmeter.sources.registry import source_info, source_names
-from greenmeter.sources.select import create_configured, select_backends
+from greenmeter.sources.select import create_configured, select_backends, unmeasured_notes
 from greenmeter.records.distributed import (
     DistributedResult,
     DistributedWindow,
@@ -88,15 +88,23 @@ def _per_device_sources() -> list[str]:
 
 
 def _rank_gpus(info: RankInfo, gpus: Sequence[int] | None) -> tuple[list[int], list[str]]:
-    """The GPUs this rank measures: ``gpus`` when given, else the one numbered ``LOCAL_RANK`` if it exists."""
+    """The GPUs this rank measures: ``gpus`` when given, else the one numbered ``LOCAL_RANK`` if it exists.
+
+    A probe that fails where the hardware is present (an NVIDIA driver, but NVML unusable) is not "no GPU":
+    its "GPU energy NOT included" note is returned, for every rank to say.
+    """
     if gpus is not None:
         return list(gpus), []
     visible = 0
+    unmeasured: list[str] = []
     for name in _per_device_sources():
         counter = create_configured(name)
         probe = counter.probe()
         counter.close()
         visible = max(visible, len(probe.domains) if probe.available else 0)
+        unmeasured.extend(unmeasured_notes([probe]))
+    if unmeasured:
+        return [], unmeasured
     if info.local_rank < visible:
         return [info.local_rank], []
     if visible:
@@ -130,7 +138,7 @@ def select_rank_backends(
             log.warning("greenmeter: %s", note)
         node_note = (f"node-wide sources ({wide}) are read by this rank, local rank 0 of {info.local_world_size} on "
                      f"node {info.node_id}, for the whole node: every process on the host, not only this job")
-        notes = [*auto, node_note, *notes]
+        notes = list(dict.fromkeys([*auto, node_note, *notes]))  # a GPU not measured: said once, by both
     else:
         backends, probes = [], []
         for name in _per_device_sources() if gpu_list else ():
@@ -139,7 +147,8 @@ def select_rank_backends(
             if probes[-1].available:
                 backends.append(counter)
         if gpu_list and not backends:
-            notes.extend(f"this rank's GPU cannot be measured: {probe.reason}" for probe in probes)
+            notes.extend(f"GPU energy NOT included: this rank's GPU {gpu_list} cannot be measured: {probe.reason}"
+                         for probe in probes)
         if not backends:
             notes.append(
                 f"no energy source of its own: {info.describe()} measures no GPU, and the node-wide sources (RAPL, "

@@ -20,6 +20,7 @@ import datetime as _dt
 import logging
 import operator
 import os
+import re
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from greenmeter._checks import choice, text, whole_number
 from greenmeter._errors import BackendError, ConfigError, MeasurementError
+from greenmeter.sources.band import sum_bands
 from greenmeter.sources.base import Backend, Domain, ProbeResult
 from greenmeter.sources.select import probe_sources, select_backends
 from greenmeter.sources.sampler import Sampler
@@ -64,11 +66,33 @@ _MODES = ("process", "machine")
 _FOLD_CHUNK = 4096
 
 
-def _cuda_sync() -> None:
-    """Synchronise CUDA when torch is imported and CUDA is in use; never imports torch itself."""
+#: A GPU domain's key names its CUDA device index last (``nvml:gpu1`` is ``cuda:1``).
+_GPU_KEY = re.compile(r":gpu(\d+)$")
+
+
+def _cuda_sync(domains: Iterable[Domain] = ()) -> None:
+    """Synchronise every measured CUDA device that has a context, when torch is imported and CUDA is in use.
+
+    The measured devices are those of the GPU domains (``nvml:gpu<i>`` is ``cuda:<i>``); with none, every
+    device. A device without a CUDA context is never synchronised (that would create one). Where torch cannot
+    tell which devices have a context, the current device alone is synchronised. Never imports torch itself.
+
+    Args:
+        domains: the meter's domains.
+    """
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+    if torch is None or not torch.cuda.is_initialized():
+        return
+    cuda = torch.cuda
+    has_context = getattr(getattr(torch, "_C", None), "_cuda_hasPrimaryContext", None)
+    if has_context is None:
+        cuda.synchronize()
+        return
+    count = cuda.device_count()
+    measured = {int(m[1]) for d in domains if d.kind == "gpu" and (m := _GPU_KEY.search(d.key))}
+    for index in sorted(measured) if measured else range(count):
+        if index < count and has_context(index):
+            cuda.synchronize(index)
 
 
 def batch_size(item: Any) -> int | None:
@@ -138,12 +162,15 @@ def _epochs(w: Window, marks: list[EpochMark], domains: Mapping[str, Domain]) ->
     previous_samples, previous_unsized = w._samples_at, w._unsized_at
     for index, (t, energy, step_count, samples_total, unsized) in enumerate(marks):
         steps = step_count - previous_step
+        duration = t - previous_t
+        in_total = [(d, energy[k] - previous_e[k]) for k, d in domains.items() if d.in_total]
         records.append(EpochRecord(
             index=index,
-            duration_s=t - previous_t,
-            energy_j=sum(energy[k] - previous_e[k] for k, d in domains.items() if d.in_total),
+            duration_s=duration,
+            energy_j=sum(joules for _, joules in in_total),
             steps=steps,
             samples=samples_total - previous_samples if steps and unsized == previous_unsized else None,
+            band=sum_bands(None if d.band is None else d.band.band(joules, duration) for d, joules in in_total),
         ))
         previous_t, previous_e, previous_step = t, energy, step_count
         previous_samples, previous_unsized = samples_total, unsized
@@ -302,7 +329,7 @@ class Meter:
         if idle_baseline_s < 0:
             raise ConfigError(f"idle_baseline_s must be >= 0 seconds, not {idle_baseline_s!r}")
         if sync == "auto":
-            self._sync: SyncHook | None = _cuda_sync
+            self._sync: SyncHook | None = lambda: _cuda_sync(self._domains.values())
         elif sync is None or callable(sync):
             self._sync = sync
         else:

@@ -145,7 +145,9 @@ def run_view(run: RunRecord, windows: Sequence[Measurement], samples: Sequence[t
     headline.append(("windows", str(len(windows))))
     epochs = [(f"{w.name} #{e.index + 1}", e.energy_j) for w in windows for e in w.epochs]
     if epochs:
-        headline.append(("epochs", f"{len(epochs)}, {sum(e for _, e in epochs):.4g} J in all"))
+        band = sum_bands(e.band for w in windows for e in w.epochs)
+        headline.append(("epochs", f"{len(epochs)}, {sum(e for _, e in epochs):.4g} J in all, "
+                                   + ("band not stated" if band is None else band.describe())))
     chart_views = _charts(run, windows, samples, start, epochs) if charts else ()
     flags = list(m.flags) if m is not None else []
     if not run.complete:

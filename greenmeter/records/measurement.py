@@ -162,20 +162,23 @@ class LatencyStats:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch inside a window: index from 0, duration in s, energy in J, steps and samples."""
+    """One epoch inside a window: index from 0, duration in s, energy in J, steps and samples, and the band of its
+    energy (``None`` when a source states none, or in a record written before bands)."""
 
     index: int
     duration_s: float
     energy_j: float
     steps: int
     samples: int | None
+    band: Band | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "band": None if self.band is None else self.band.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EpochRecord:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k != "band"},
+                   band=Band.from_dict(data["band"]) if data.get("band") else None)
 
 
 @dataclass(frozen=True)

@@ -220,11 +220,21 @@ class RatioBand:
         return f"band {self.low:.4g}-{self.high:.4g}x{cancel}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "low": self.low, "high": self.high, "shared": list(self.shared)}
+        """JSON-ready; an unbounded end (a denominator that may be 0) is written as ``None``."""
+        return {"value": _finite(self.value), "low": _finite(self.low), "high": _finite(self.high),
+                "shared": list(self.shared)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RatioBand:
-        return cls(float(data["value"]), float(data["low"]), float(data["high"]), tuple(data.get("shared", ())))
+        def read(key: str) -> float:
+            value = data.get(key)
+            return math.inf if value is None else float(value)
+
+        return cls(read("value"), read("low"), read("high"), tuple(data.get("shared", ())))
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _corner_value(band: Band, choice: Mapping[str, float]) -> float:

@@ -13,16 +13,47 @@ Each GPU gets one of two methods, chosen at :meth:`NvmlBackend.probe` and named 
   anomalies (which reach the flags of the windows it falls in), and later steps count from the new value.
   A counter that stalls counts 0 J, as it says.
 - **Integrated power samples** (GPUs where that call answers *Not Supported*: pre-Volta, some virtual
-  GPUs): ``nvmlDeviceGetPowerUsage`` in milliwatts, sampled by :meth:`NvmlBackend.poll` every
-  ``power_sample_interval_s`` and by every :meth:`NvmlBackend.read`, integrated with the trapezoid rule.
-  The fallback is said in the probe's notes.
+  GPUs): the instantaneous power field (``NVML_FI_DEV_POWER_INSTANT`` through ``nvmlDeviceGetFieldValues``)
+  where the GPU answers it, else ``nvmlDeviceGetPowerUsage`` (a mean over about the last second on Ampere
+  and newer), in milliwatts, sampled by :meth:`NvmlBackend.poll` every ``power_sample_interval_s`` and by
+  every :meth:`NvmlBackend.read`, integrated with the trapezoid rule. The fallback, the reading integrated
+  and its effective resolution (the interval, plus the averaging for ``nvmlDeviceGetPowerUsage``) are said
+  in the probe's notes, the provenance and the band; the resolution is the domain's ``update_period_s``.
 
-GPU numbering follows CUDA: when ``CUDA_VISIBLE_DEVICES`` is set (integer indices or ``GPU-`` UUIDs),
-``devices=[0]`` and the domain ``nvml:gpu0`` mean the first GPU it lists, as ``torch.device("cuda:0")``
-does; the domain's source names the NVML index and UUID. ``pynvml`` is imported by ``probe()``, never at
-import time, and on Linux only where an NVIDIA driver is present (``/dev/nvidiactl``, ``/proc/driver/nvidia``
-or WSL's ``/dev/dxg``): importing it costs about 20 ms, which the first window of a CPU-only machine
-should not pay. A ``pynvml`` already imported (or put in ``sys.modules``, as the tests do) is used as is.
+**Short windows.** A reading at a window's edge may be one update (or one effective resolution) old, so a
+window's figure may be off by up to that period x the GPU's power at each edge. A window shorter than
+:data:`SHORT_WINDOW_PERIODS` update periods between its two reads is flagged with that bound as a fraction
+(update period / duration), and every window's band has a half-width of the period x the highest mean power
+its own figure allows (``E / (T - period)``), so the band holds the true energy wherever the counter's lag
+is the only error.
+
+**Numbering.** GPU numbering follows CUDA: ``devices=[0]`` and the domain ``nvml:gpu0`` mean ``cuda:0``.
+Where torch is imported and has initialised CUDA, each CUDA device is matched to its NVML device by UUID
+(``torch.cuda.get_device_properties(i).uuid`` to ``nvmlDeviceGetHandleByUUID``), so CUDA's default
+fastest-first order and ``CUDA_VISIBLE_DEVICES`` are followed exactly. Otherwise ``CUDA_VISIBLE_DEVICES``
+is read as CUDA reads it (integer indices, ``GPU-``/``MIG-`` UUIDs or unique prefixes; the list ends at an
+empty entry, a negative index, an index past the last GPU or a UUID that matches no single GPU, the last two
+said in every window's flags),
+and with it unset NVML's (PCI bus) order is used, as CUDA does with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``. Only
+the handles needed are opened; a GPU that cannot be opened is left out and every window says "GPU energy
+NOT included" for it. The domain's source names the NVML index and UUID.
+
+**Attribution.** NVML has no per-process energy: a GPU's figure includes every process on it. The compute
+processes NVML lists on each measured GPU are checked at every read, and a window whose edges saw another
+process is flagged; inside a container NVML cannot see other PID namespaces, so an empty list there is
+flagged as "unknown". A MIG instance has no energy counter of its own: its parent GPU is measured and
+every window says that the figure is shared with the GPU's other instances. (On Grace Hopper modules NVML's
+readings are not split from the Grace CPU by this backend; see docs/methodology.md.)
+
+**GPU present but not measured.** Where an NVIDIA driver is present but NVML cannot be used (it fails to
+initialise, ``pynvml`` is missing, no selected GPU opens), the unusable probe carries the note
+``"GPU energy NOT included: <reason>"``, which the automatic choice and every rank of a distributed job
+put in every measurement's flags.
+
+``pynvml`` is imported by ``probe()``, never at import time, and on Linux only where an NVIDIA driver is
+present (``/dev/nvidiactl``, ``/proc/driver/nvidia`` or WSL's ``/dev/dxg``): importing it costs about 20 ms,
+which the first window of a CPU-only machine should not pay. A ``pynvml`` already imported (or put in
+``sys.modules``, as the tests do) is used as is.
 """
 
 from __future__ import annotations
@@ -32,14 +63,15 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
 from greenmeter._checks import number
 from greenmeter._errors import BackendError, ConfigError, CounterReadError, MeasurementError
-from greenmeter.sources.band import BandModel
+from greenmeter.sources.band import Band, BandModel
 from greenmeter.sources.base import (
     PLAUSIBLE_POWER_FACTOR,
     AnomalyLog,
@@ -52,10 +84,23 @@ from greenmeter.sources.base import (
     plausible_step_j,
 )
 
-__all__ = ["ASSUMED_GPU_MAX_POWER_W", "COUNTER_UPDATE_PERIOD_S", "POWER_AVERAGING_S", "NvmlBackend"]
+__all__ = [
+    "ASSUMED_GPU_MAX_POWER_W",
+    "COUNTER_UPDATE_PERIOD_S",
+    "NOT_INCLUDED",
+    "POWER_AVERAGING_S",
+    "SHORT_WINDOW_PERIODS",
+    "NvmlBackend",
+]
 
 #: How often NVML refreshes the total energy counter, in seconds (about 100 ms; see the module docstring).
 COUNTER_UPDATE_PERIOD_S = 0.1
+
+#: A window shorter than this many update periods (between its two reads) is flagged with its error bound.
+SHORT_WINDOW_PERIODS = 10
+
+#: How every note and flag about a GPU that is present but not measured begins.
+NOT_INCLUDED = "GPU energy NOT included: "
 
 #: Power assumed for a GPU whose power limit NVML does not give, in watts, when judging whether a counter
 #: step is plausible: above the power limit of any GPU board today (the largest are about 1 to 1.4 kW), so
@@ -68,17 +113,21 @@ _STEP_SLACK_S = 2 * COUNTER_UPDATE_PERIOD_S
 
 #: ``nvmlDeviceGetPowerUsage`` is a mean over about the last second on Ampere and newer GPUs.
 POWER_AVERAGING_S = 1.0
-_COUNTER_BAND = BandModel(
-    fixed_j=2e-3, power_period_s=COUNTER_UPDATE_PERIOD_S,
-    basis=(f"NVML total-energy counter: its unit (1 mJ) at both edges and its update period "
-           f"({COUNTER_UPDATE_PERIOD_S * 1e3:g} ms) x the window's mean power"),
-)
+
+#: NVML's field id of the instantaneous power (``NVML_FI_DEV_POWER_INSTANT`` in nvml.h), for old pynvml releases.
+_FI_POWER_INSTANT = 186
+#: ``c_nvmlValue_t`` members by NVML value type (``NVML_VALUE_TYPE_DOUBLE`` = 0 ... ``UNSIGNED_SHORT`` = 6).
+_VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
+#: How many reads the backend remembers, to find a window's first read (see :meth:`NvmlBackend.anomalies_since`).
+_READ_MEMORY = 4096
 
 _COUNTER_METHOD = "total energy counter (nvmlDeviceGetTotalEnergyConsumption)"
 #: A GPU domain's provenance source, ``"NVML GPU <index> <model> (<uuid>)"``, as ``_open`` writes it.
 _SOURCE = re.compile(r"^NVML GPU \S+ (?P<model>.+) \([^()]*\)$")
 #: Any of these on Linux means an NVIDIA driver may answer NVML (WSL 2 has /dev/dxg instead of /dev/nvidiactl).
 _DRIVER_PATHS: tuple[str, ...] = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg")
+#: Any of these means this process runs in a container (Docker, Podman), where NVML lists no other PID namespace.
+_CONTAINER_MARKERS: tuple[str, ...] = ("/.dockerenv", "/run/.containerenv")
 _CONTAINER_FIX = "in a container, run it with the NVIDIA Container Toolkit (`docker run --gpus all ...`)"
 _INIT_FIXES = {  # pynvml error class name -> what is wrong and what to do
     "NVMLError_LibraryNotFound": "libnvidia-ml.so.1 (NVML) is not on this machine. Install the NVIDIA driver; "
@@ -91,8 +140,46 @@ _INIT_FIXES = {  # pynvml error class name -> what is wrong and what to do
 }
 
 
+class _EdgeLagBand(BandModel):
+    """A :class:`BandModel` for readings that may lag by up to ``power_period_s`` at each window edge.
+
+    The half-width is ``fixed_j + power_period_s x P``, with ``P`` the highest mean power the window's own
+    figure allows: a figure ``E`` over ``T`` seconds may miss up to one period of power, so the true mean power
+    is at most ``E / (T - period)``. A window shorter than :data:`SHORT_WINDOW_PERIODS` periods says so in
+    its band's basis, with the bound (period / duration) as a fraction.
+    """
+
+    def band(self, energy_j: float, duration_s: float, *, resolved: bool = True) -> Band:
+        base = super().band(energy_j, duration_s, resolved=resolved)
+        period = self.power_period_s
+        if not resolved or duration_s <= period:
+            return base
+        spread = self.fixed_j + period * abs(energy_j) / (duration_s - period)
+        basis = base.basis
+        if duration_s < SHORT_WINDOW_PERIODS * period:
+            basis += (f"the window ({duration_s * 1e3:.4g} ms) is shorter than {SHORT_WINDOW_PERIODS} update periods "
+                      f"({period * 1e3:g} ms): each edge may lag by one period x the power, up to "
+                      f"{period / duration_s:.0%} of the energy",)
+        return replace(base, spread_j=spread, basis=basis)
+
+
+_COUNTER_BAND = _EdgeLagBand(
+    fixed_j=2e-3, power_period_s=COUNTER_UPDATE_PERIOD_S,
+    basis=(f"NVML total-energy counter: its unit (1 mJ) at both edges and its update period "
+           f"({COUNTER_UPDATE_PERIOD_S * 1e3:g} ms) x the highest mean power the window's figure allows"),
+)
+
+
 class _Unavailable(Exception):
-    """Raised inside ``probe`` to stop and report its message as the reason."""
+    """Raised inside ``probe`` to stop and report its message as the reason.
+
+    Attributes:
+        present: a GPU is there but cannot be measured (the probe then says "GPU energy NOT included").
+    """
+
+    def __init__(self, message: str, *, present: bool) -> None:
+        super().__init__(message)
+        self.present = present
 
 
 @dataclass
@@ -102,12 +189,15 @@ class _Gpu:
     Counter GPUs use ``last_mj`` (the last counter value), ``counted_mj`` (the millijoules counted since
     the probe), ``last_t`` (the clock just before ``last_mj`` was read) and ``max_power_w`` with
     ``power_source`` (the power its steps are judged against, and where it came from). Sampled GPUs use
-    ``last_t`` (the last sample's time, s), ``last_w`` (W) and ``energy_j`` (J).
+    ``last_t`` (the last sample's time, s), ``last_w`` (W), ``energy_j`` (J) and ``instant`` (whether the
+    instantaneous power field is read, else ``nvmlDeviceGetPowerUsage``). ``resolution_s`` is the effective
+    resolution of its reading, in seconds.
     """
 
     key: str
     handle: Any
     uses_counter: bool
+    resolution_s: float
     last_mj: int = 0
     counted_mj: int = 0
     last_t: float = 0.0
@@ -115,17 +205,19 @@ class _Gpu:
     energy_j: float = 0.0
     max_power_w: float = ASSUMED_GPU_MAX_POWER_W
     power_source: str = ""
+    instant: bool = False
 
 
 class NvmlBackend(Backend):
     """Energy of NVIDIA GPUs read through NVML.
 
     Args:
-        devices: GPU indices to measure, numbered as CUDA numbers them (relative to
-            ``CUDA_VISIBLE_DEVICES`` when it is set); ``None`` measures every visible GPU.
+        devices: GPU indices to measure, numbered as CUDA numbers them (see the module docstring);
+            ``None`` measures every visible GPU.
         power_sample_interval_s: seconds between power samples on GPUs without an energy counter.
-        clock: the monotonic clock, in seconds, that stamps readings, times power samples and times
-            counter steps for their plausibility check (tests pass a fake clock).
+        clock: the monotonic clock, in seconds, that stamps readings, times power samples, times counter
+            steps for their plausibility check and times windows for the short-window flag (tests pass a
+            fake clock).
 
     Raises:
         ConfigError: ``devices`` is empty, holds a non-integer, a negative index or a duplicate, or
@@ -151,19 +243,25 @@ class NvmlBackend(Backend):
         self._result: ProbeResult | None = None
         self._clock = clock
         self._anomalies = AnomalyLog()
+        self._standing: tuple[str, ...] = ()  # said in every window's flags while open
+        self._in_container = False
+        # Each read's time.perf_counter() and clock, and each read that saw other processes, oldest first.
+        self._reads: deque[tuple[float, float]] = deque(maxlen=_READ_MEMORY)
+        self._sightings: deque[tuple[float, _Seen]] = deque(maxlen=_READ_MEMORY)
         self.poll_interval_s = None
 
     def probe(self) -> ProbeResult:
-        """Initialise NVML, pick a method per GPU and take the starting values.
+        """Initialise NVML, map CUDA's devices to NVML's, pick a method per GPU and take the starting values.
 
         A successful probe opens the backend (readings count from here) and is cached; after
         :meth:`close` the next probe opens it again. Never raises for missing software or hardware.
 
         Returns:
-            The result; when unavailable, ``reason`` says why and how to fix it.
+            The result; when unavailable, ``reason`` says why and how to fix it, and where an NVIDIA driver
+            is present (a GPU that is not measured) its ``notes`` hold ``"GPU energy NOT included: <reason>"``.
 
         Raises:
-            ConfigError: ``devices`` or ``CUDA_VISIBLE_DEVICES`` names a GPU that does not exist.
+            ConfigError: ``devices`` names a GPU that does not exist, or ``CUDA_VISIBLE_DEVICES`` cannot be read.
         """
         with self._lock:
             if self._result is not None:
@@ -174,23 +272,27 @@ class NvmlBackend(Backend):
             try:
                 import pynvml
             except ImportError as err:
-                return _unavailable(f"the pynvml module cannot be imported ({err}); pip install nvidia-ml-py")
+                reason = f"the pynvml module cannot be imported ({err}); pip install nvidia-ml-py"
+                return _unavailable(reason, present=_driver_present())
             try:
                 pynvml.nvmlInit()
             except pynvml.NVMLError as err:
-                return _unavailable(_init_failure(pynvml, err))
+                return _unavailable(_init_failure(pynvml, err), present=_driver_present(pynvml, err))
             try:
-                gpus, domains, notes = self._open(pynvml)
+                gpus, domains, notes, standing = self._open(pynvml)
             except _Unavailable as why:
                 try:
                     pynvml.nvmlShutdown()
                 except pynvml.NVMLError as err:  # said in the reason, not hidden
-                    return _unavailable(f"{why} (nvmlShutdown then failed too: {err})")
-                return _unavailable(str(why))
+                    return _unavailable(f"{why} (nvmlShutdown then failed too: {err})", present=why.present)
+                return _unavailable(str(why), present=why.present)
             except BaseException:
                 pynvml.nvmlShutdown()
                 raise
-            self._nvml, self._gpus = pynvml, gpus
+            self._nvml, self._gpus, self._standing = pynvml, gpus, standing
+            self._in_container = any(os.path.exists(path) for path in _CONTAINER_MARKERS)
+            self._reads.clear()
+            self._sightings.clear()
             sampled = any(not gpu.uses_counter for gpu in gpus)
             self.poll_interval_s = self._interval_s if sampled else None
             self._result = ProbeResult(self.name, True, domains=domains, notes=notes)
@@ -200,7 +302,8 @@ class NvmlBackend(Backend):
         """Joules per GPU since :meth:`probe`; sampled GPUs take a fresh sample for an exact edge.
 
         A counter step the GPU could not have made (see the module docstring) counts 0 J and is recorded
-        in :meth:`anomalies_since`.
+        in :meth:`anomalies_since`. Each read also asks NVML which compute processes run on each GPU, for
+        the windows' attribution flags.
 
         Returns:
             A reading keyed ``nvml:gpu<i>``, stamped with the clock (``time.monotonic()``, seconds).
@@ -216,6 +319,10 @@ class NvmlBackend(Backend):
                 gpu.key: self._counter_j(nvml, gpu, now) if gpu.uses_counter else self._sample(nvml, gpu, now)
                 for gpu in self._gpus
             }
+            stamp, seen = time.perf_counter(), self._others(nvml)
+            self._reads.append((stamp, now))
+            if seen:
+                self._sightings.append((stamp, seen))
             return Reading(timestamp_s=now, energy_j=energy_j)
 
     def poll(self) -> None:
@@ -231,7 +338,7 @@ class NvmlBackend(Backend):
         """Shut NVML down once; safe to call again. Raises ``BackendError`` if ``nvmlShutdown`` fails."""
         with self._lock:
             nvml, self._nvml = self._nvml, None
-            self._gpus, self._result, self.poll_interval_s = (), None, None
+            self._gpus, self._result, self.poll_interval_s, self._standing = (), None, None, ()
             if nvml is None:
                 return
             try:
@@ -240,8 +347,32 @@ class NvmlBackend(Backend):
                 raise BackendError(f"nvmlShutdown failed: {err}") from err
 
     def anomalies_since(self, t0: float) -> tuple[str, ...]:
-        """Counter steps not counted since ``t0`` (a ``time.perf_counter()`` value), one line each."""
-        return self._anomalies.since(t0)
+        """What the windows begun at ``t0`` (a ``time.perf_counter()`` value) must say about the GPUs.
+
+        In order: counter steps not counted since ``t0``; the standing facts of this probe (GPUs left out:
+        "GPU energy NOT included"; a MIG instance measured through its shared parent GPU; a
+        ``CUDA_VISIBLE_DEVICES`` list cut short); a window under :data:`SHORT_WINDOW_PERIODS` update
+        periods between its first read (the last one at or before ``t0``) and the latest read, with its
+        error bound; other processes seen on a GPU at those reads or between them (or that it is unknown).
+        """
+        first: tuple[float, float] | None = None
+        sightings: list[_Seen] = []
+        with self._lock:
+            gpus, last = self._gpus, (self._reads[-1] if self._reads else None)
+            for entry in reversed(self._reads):  # newest first: a window's reads are the latest ones
+                if entry[0] <= t0:
+                    first = entry
+                    break
+            since = t0 if first is None else first[0]  # a window's first read forgotten: it was long ago
+            for stamp, seen in reversed(self._sightings):
+                if stamp < since:
+                    break
+                sightings.append(seen)
+        found = [*self._anomalies.since(t0), *self._standing]
+        if first is not None and last is not None:
+            found.extend(_short_window_flags(gpus, last[1] - first[1]))
+        found.extend(_process_flags(reversed(sightings)))
+        return tuple(dict.fromkeys(found))
 
     @classmethod
     def device_name(cls, provenance: Provenance) -> str | None:
@@ -249,79 +380,112 @@ class NvmlBackend(Backend):
         match = _SOURCE.match(provenance.source)
         return match["model"] if match else None
 
-    def _open(self, nvml: ModuleType) -> tuple[tuple[_Gpu, ...], tuple[Domain, ...], tuple[str, ...]]:
+    def _open(
+        self, nvml: ModuleType,
+    ) -> tuple[tuple[_Gpu, ...], tuple[Domain, ...], tuple[str, ...], tuple[str, ...]]:
+        """The GPUs to measure, their domains, the probe's notes and the standing flags."""
         try:
             count = int(nvml.nvmlDeviceGetCount())
         except nvml.NVMLError as err:
-            raise _Unavailable(f"NVML initialised but could not count the GPUs: {err}") from err
+            raise _Unavailable(f"NVML initialised but could not count the GPUs: {err}", present=True) from err
         if count == 0:
-            raise _Unavailable(f"NVML works but sees no NVIDIA GPU (`nvidia-smi -L` lists none); {_CONTAINER_FIX}")
-        visible, notes = _visible_indices(nvml, count)
-        chosen = self._devices if self._devices is not None else tuple(range(len(visible)))
+            raise _Unavailable(f"NVML works but sees no NVIDIA GPU (`nvidia-smi -L` lists none); {_CONTAINER_FIX}",
+                               present=False)
+        refs, notes, standing = _cuda_devices(nvml, count)
+        chosen = self._devices if self._devices is not None else tuple(range(len(refs)))
         for index in chosen:
-            if index >= len(visible):
+            if index >= len(refs):
                 env = os.environ.get("CUDA_VISIBLE_DEVICES")
                 where = "NVML sees" if env is None else f"CUDA_VISIBLE_DEVICES={env!r} leaves"
+                if _torch_cuda() is not None:
+                    where = "CUDA (torch) sees"
                 raise ConfigError(
-                    f"devices={list(chosen)}: there is no GPU {index}; {where} {len(visible)} GPU(s), "
-                    f"indices 0 to {len(visible) - 1}"
+                    f"devices={list(chosen)}: there is no GPU {index}; {where} {len(refs)} GPU(s), "
+                    f"indices 0 to {len(refs) - 1}"
                 )
         gpus: list[_Gpu] = []
         domains: list[Domain] = []
+        left_out: list[str] = []
+        measured: dict[str, str] = {}  # the UUID of each GPU measured -> its key
         for index in chosen:
             key = f"nvml:gpu{index}"
             try:
-                handle = nvml.nvmlDeviceGetHandleByIndex(visible[index])
-                source = f"NVML GPU {visible[index]} {_text(nvml.nvmlDeviceGetName(handle))} "
-                source += f"({_text(nvml.nvmlDeviceGetUUID(handle))})"
+                handle, mig_uuid = _open_ref(nvml, refs[index])
+                nvml_index = _nvml_index(nvml, handle, refs[index])
+                uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+                source = f"NVML GPU {nvml_index} {_text(nvml.nvmlDeviceGetName(handle))} ({uuid})"
             except nvml.NVMLError as err:
-                notes.append(f"{key} (NVML GPU {visible[index]}) left out: it cannot be opened ({err})")
+                left_out.append(f"{key} ({_describe_ref(refs[index])}) cannot be opened ({err})")
                 continue
-            opened = self._open_gpu(nvml, key, handle, source, notes)
+            if mig_uuid is not None and uuid in measured:  # another MIG instance of a GPU measured: count it once
+                notes.append(f"{key} is MIG instance {mig_uuid} of the GPU {measured[uuid]} measures ({uuid}): its "
+                             f"energy is counted once, under {measured[uuid]}")
+                continue
+            opened = self._open_gpu(nvml, key, handle, source, notes, left_out, mig_uuid)
             if opened is not None:
+                measured[uuid] = key
                 gpus.append(opened[0])
                 domains.append(opened[1])
+                if mig_uuid is not None:
+                    standing.append(
+                        f"{key} is MIG instance {mig_uuid}: NVML has no energy reading per MIG instance, so {key} is "
+                        f"its whole parent GPU ({uuid}), shared with that GPU's other instances, whose work is "
+                        "included")
         if not gpus:
-            raise _Unavailable("no selected GPU can be measured: " + "; ".join(notes))
-        return tuple(gpus), tuple(domains), tuple(notes)
+            raise _Unavailable("no selected GPU can be measured: " + "; ".join(left_out), present=True)
+        lines = [NOT_INCLUDED + why for why in left_out]
+        return tuple(gpus), tuple(domains), (*notes, *lines), (*standing, *lines)
 
     def _open_gpu(
-        self, nvml: ModuleType, key: str, handle: Any, source: str, notes: list[str]
+        self, nvml: ModuleType, key: str, handle: Any, source: str, notes: list[str], left_out: list[str],
+        mig_uuid: str | None,
     ) -> tuple[_Gpu, Domain] | None:
+        shared = "" if mig_uuid is None else f"; the whole GPU of MIG instance {mig_uuid}, shared"
         try:
             read_t = self._clock()
             start_mj = int(nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
         except nvml.NVMLError as err:
             counter_err = err
         else:
-            provenance = Provenance("measured", source, _COUNTER_METHOD)
+            provenance = Provenance("measured", source, _COUNTER_METHOD + shared)
             domain = Domain(key, "gpu", True, provenance, COUNTER_UPDATE_PERIOD_S, _COUNTER_BAND)
             max_power_w, power_source = _max_power(nvml, handle)
-            gpu = _Gpu(key, handle, uses_counter=True, last_mj=start_mj, last_t=read_t, max_power_w=max_power_w,
-                       power_source=power_source)
+            gpu = _Gpu(key, handle, uses_counter=True, resolution_s=COUNTER_UPDATE_PERIOD_S, last_mj=start_mj,
+                       last_t=read_t, max_power_w=max_power_w, power_source=power_source)
             return gpu, domain
-        try:
-            now = self._clock()
-            power_w = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
-        except nvml.NVMLError as err:
-            notes.append(
-                f"{key} ({source}) left out: no energy counter ({counter_err}) and no power reading ({err})"
-            )
-            return None
+        now = self._clock()
+        instant_mw = _instant_power_mw(nvml, handle)
+        if instant_mw is not None:
+            power_w = instant_mw / 1000.0
+            every = f"every {self._interval_s:g} s"
+            resolution_s = self._interval_s
+            reading = f"the instantaneous power field (NVML_FI_DEV_POWER_INSTANT, nvmlDeviceGetFieldValues) {every}"
+        else:
+            try:
+                power_w = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
+            except nvml.NVMLError as err:
+                left_out.append(f"{key} ({source}) has no energy counter ({counter_err}) and no power reading ({err})")
+                return None
+            every = f"every {self._interval_s:g} s"
+            resolution_s = self._interval_s + POWER_AVERAGING_S
+            reading = (f"nvmlDeviceGetPowerUsage {every}, each possibly a mean over the last {POWER_AVERAGING_S:g} s "
+                       "(Ampere and newer)")
         if isinstance(counter_err, getattr(nvml, "NVMLError_NotSupported", ())):
             why = "has no total energy counter (it needs a Volta or newer GPU)"
         else:
             why = f"cannot read its total energy counter ({counter_err})"
-        every = f"every {self._interval_s:g} s"
-        notes.append(f"{key} ({source}) {why}; integrating power samples {every} instead")
-        method = f"integrated power samples (nvmlDeviceGetPowerUsage {every}, trapezoid rule)"
-        band = BandModel(
-            power_period_s=self._interval_s + POWER_AVERAGING_S,
-            basis=(f"NVML power samples every {self._interval_s:g} s, each possibly a mean over the last "
-                   f"{POWER_AVERAGING_S:g} s (Ampere and newer): (interval + averaging) x the window's mean power"),
+        notes.append(f"{key} ({source}) {why}; integrating {reading} instead, effective resolution "
+                     f"{resolution_s:g} s")
+        method = f"integrated power samples ({reading}; trapezoid rule; effective resolution {resolution_s:g} s){shared}"
+        band = _EdgeLagBand(
+            power_period_s=resolution_s,
+            basis=(f"NVML power samples: {reading}; its effective resolution ({resolution_s:g} s) x the highest mean "
+                   "power the window's figure allows"),
         )
-        domain = Domain(key, "gpu", True, Provenance("measured", source, method), self._interval_s, band)
-        return _Gpu(key, handle, uses_counter=False, last_t=now, last_w=power_w), domain
+        domain = Domain(key, "gpu", True, Provenance("measured", source, method), resolution_s, band)
+        gpu = _Gpu(key, handle, uses_counter=False, resolution_s=resolution_s, last_t=now, last_w=power_w,
+                   instant=instant_mw is not None)
+        return gpu, domain
 
     def _require_open(self, call: str) -> ModuleType:
         if self._nvml is None:
@@ -357,13 +521,95 @@ class NvmlBackend(Backend):
 
     @staticmethod
     def _sample(nvml: ModuleType, gpu: _Gpu, now: float) -> float:
-        try:
-            power_w = nvml.nvmlDeviceGetPowerUsage(gpu.handle) / 1000.0
-        except nvml.NVMLError as err:
-            raise CounterReadError(f"{gpu.key}: nvmlDeviceGetPowerUsage failed: {err}") from err
+        if gpu.instant:
+            call = "nvmlDeviceGetFieldValues(NVML_FI_DEV_POWER_INSTANT)"
+            try:
+                power_mw = _instant_power_mw(nvml, gpu.handle, strict=True)
+            except nvml.NVMLError as err:
+                raise CounterReadError(f"{gpu.key}: {call} failed: {err}") from err
+        else:
+            try:
+                power_mw = nvml.nvmlDeviceGetPowerUsage(gpu.handle)
+            except nvml.NVMLError as err:
+                raise CounterReadError(f"{gpu.key}: nvmlDeviceGetPowerUsage failed: {err}") from err
+        power_w = float(power_mw) / 1000.0  # type: ignore[arg-type]
         gpu.energy_j += 0.5 * (gpu.last_w + power_w) * (now - gpu.last_t)
         gpu.last_t, gpu.last_w = now, power_w
         return gpu.energy_j
+
+    def _others(self, nvml: ModuleType) -> _Seen:
+        """What NVML lists of other compute processes on each measured GPU now: for each GPU with any (or where
+        it is unknown), its key and their PIDs (or why they are unknown)."""
+        seen: list[tuple[str, frozenset[int] | str]] = []
+        own = os.getpid()
+        listing = getattr(nvml, "nvmlDeviceGetComputeRunningProcesses", None)
+        for gpu in self._gpus:
+            if listing is None:
+                seen.append((gpu.key, " (this pynvml cannot list them)"))
+                continue
+            try:
+                pids = {int(p.pid) for p in listing(gpu.handle)}
+            except nvml.NVMLError as err:
+                seen.append((gpu.key, f" (nvmlDeviceGetComputeRunningProcesses: {err})"))
+                continue
+            if not pids and self._in_container:
+                seen.append((gpu.key, ": NVML lists none, and in a container it cannot see other PID namespaces"))
+                continue
+            others = pids - {own}
+            if others:
+                others -= _descendants()
+            if others:
+                seen.append((gpu.key, frozenset(others)))
+        return tuple(seen)
+
+
+#: What one read saw of other processes: ``(GPU key, their PIDs or why they are unknown)`` per GPU with any.
+_Seen = tuple[tuple[str, "frozenset[int] | str"], ...]
+
+
+def _process_flags(reads: Iterable[_Seen]) -> list[str]:
+    """One flag per GPU from what a window's reads saw of other processes: every PID seen, or why unknown."""
+    pids: dict[str, set[int]] = {}
+    unknown: dict[str, str] = {}
+    for seen in reads:
+        for key, what in seen:
+            if isinstance(what, str):
+                unknown.setdefault(key, what)
+            else:
+                pids.setdefault(key, set()).update(what)
+    lines = [f"{key}: other compute processes ran on this GPU (PIDs {', '.join(map(str, sorted(found)))}): NVML has "
+             "no per-process energy, so their work is in its figure" for key, found in pids.items()]
+    lines += [f"{key}: other processes on this GPU are unknown{why}; its figure includes any other process's work"
+              for key, why in unknown.items()]
+    return lines
+
+
+def _short_window_flags(gpus: Sequence[_Gpu], duration_s: float) -> list[str]:
+    """The flags of a window ``duration_s`` long between its reads, for GPUs whose resolution it does not span
+    :data:`SHORT_WINDOW_PERIODS` times: one line per resolution."""
+    by_resolution: dict[float, list[str]] = {}
+    for gpu in gpus:
+        if duration_s < SHORT_WINDOW_PERIODS * gpu.resolution_s:
+            by_resolution.setdefault(gpu.resolution_s, []).append(gpu.key)
+    lines = []
+    for resolution_s, keys in by_resolution.items():
+        bound = (f"{resolution_s / duration_s:.0%}" if duration_s >= resolution_s
+                 else "100% or more (it is shorter than one update period: not resolved)")
+        lines.append(
+            f"{', '.join(keys)}: the window lasted {duration_s * 1e3:.4g} ms between NVML reads, under "
+            f"{SHORT_WINDOW_PERIODS} update periods ({resolution_s * 1e3:g} ms each): its GPU energy may be off by "
+            f"up to the update period x the power / the duration = {bound} (its band includes this)")
+    return lines
+
+
+def _descendants() -> set[int]:
+    """PIDs of this process's descendants (a DataLoader's workers are this job, not another process)."""
+    import psutil
+
+    try:
+        return {child.pid for child in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()
 
 
 def _check_devices(devices: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -377,34 +623,65 @@ def _check_devices(devices: Sequence[int] | None) -> tuple[int, ...] | None:
     return checked
 
 
-def _visible_indices(nvml: ModuleType, count: int) -> tuple[list[int], list[str]]:
-    """NVML indices in CUDA's numbering, and a note on the mapping when ``CUDA_VISIBLE_DEVICES`` is set.
+#: A CUDA device as NVML can open it: ``("index", <NVML index>)`` or ``("uuid", <UUID, with or without prefix>)``.
+_Ref = tuple[str, Any]
 
-    Like CUDA, an empty entry or a negative index ends the list (``"-1"`` hides every GPU).
-    """
+
+def _torch_cuda() -> Any:
+    """``torch.cuda`` when torch is imported and has initialised CUDA, else ``None`` (never imports torch)."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    try:
+        return cuda if cuda is not None and cuda.is_initialized() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _cuda_devices(nvml: ModuleType, count: int) -> tuple[list[_Ref], list[str], list[str]]:
+    """CUDA's devices in CUDA's order as NVML can open them, the notes on the mapping and the standing flags."""
+    cuda = _torch_cuda()
+    if cuda is not None:
+        try:
+            uuids = [str(cuda.get_device_properties(i).uuid) for i in range(int(cuda.device_count()))]
+        except (AttributeError, RuntimeError, AssertionError) as err:
+            note = f"torch's CUDA device UUIDs could not be read ({type(err).__name__}: {err}); "
+        else:
+            if uuids:
+                return [("uuid", u) for u in uuids], [
+                    "GPUs numbered as CUDA numbers them, each matched to NVML by its UUID (torch's device properties)"
+                ], []
+            note = "torch sees no CUDA device; "
+    else:
+        note = ""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is None:
-        return list(range(count)), []
-    indices: list[int] = []
-    uuids: list[str] | None = None
+        notes = []
+        if count > 1 and os.environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
+            notes.append(f"{note}GPUs numbered in NVML's (PCI bus) order; CUDA's default order is fastest first, so on a "
+                         "machine with different GPU models nvml:gpuN may not be cuda:N: set CUDA_DEVICE_ORDER=PCI_BUS_ID, "
+                         "or let torch initialise CUDA before the meter starts (GPUs are then matched by UUID)")
+        return [("index", i) for i in range(count)], notes, []
+    refs, standing = _parse_visible(nvml, count, env)
+    mapping = ", ".join(f"gpu{i} is {_describe_ref(ref)}" for i, ref in enumerate(refs))
+    return refs, [f"{note}GPUs numbered as in CUDA_VISIBLE_DEVICES={env!r}: {mapping}"], standing
+
+
+def _parse_visible(nvml: ModuleType, count: int, env: str) -> tuple[list[_Ref], list[str]]:
+    """``CUDA_VISIBLE_DEVICES`` read as CUDA reads it: the devices, and a standing flag if the list was cut short.
+
+    Like CUDA, an empty entry, a negative index, an index past the last GPU or a UUID that matches no GPU (or
+    several) ends the list (``"-1"`` hides every GPU).
+    """
+    refs: list[_Ref] = []
+    standing: list[str] = []
+    cut = ""
     for token in (part.strip() for part in env.split(",")):
-        if token.upper().startswith("MIG-"):
-            raise _Unavailable(
-                f"CUDA_VISIBLE_DEVICES={env!r} names a MIG instance; NVML measures whole GPUs, not MIG "
-                "slices. Measure the whole GPU: unset CUDA_VISIBLE_DEVICES for this process"
-            )
-        if token.upper().startswith("GPU-"):
-            if uuids is None:
-                try:
-                    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-                    uuids = [_text(nvml.nvmlDeviceGetUUID(handle)) for handle in handles]
-                except nvml.NVMLError as err:
-                    raise _Unavailable(f"cannot read GPU UUIDs to match CUDA_VISIBLE_DEVICES: {err}") from err
-            matches = [i for i, uuid in enumerate(uuids) if uuid.upper().startswith(token.upper())]
-            if len(matches) != 1:
-                found = "matches no GPU" if not matches else "matches several GPUs"
-                raise ConfigError(f"CUDA_VISIBLE_DEVICES={env!r}: {token!r} {found}; NVML sees {uuids}")
-            index = matches[0]
+        if token.upper().startswith(("GPU-", "MIG-")):
+            uuid, why = _full_uuid(nvml, count, token)
+            if uuid is None:
+                cut = f"CUDA_VISIBLE_DEVICES={env!r}: {token!r} {why}: like CUDA, the list ends there"
+                break
+            ref: _Ref = ("uuid", uuid)
         else:
             try:
                 index = int(token)
@@ -417,20 +694,109 @@ def _visible_indices(nvml: ModuleType, count: int) -> tuple[list[int], list[str]
             if index < 0:
                 break
             if index >= count:
-                raise ConfigError(
-                    f"CUDA_VISIBLE_DEVICES={env!r} names GPU {index}, but NVML sees {count} GPU(s), "
-                    f"indices 0 to {count - 1}"
-                )
-        if index in indices:
-            raise ConfigError(f"CUDA_VISIBLE_DEVICES={env!r} lists GPU {index} twice")
-        indices.append(index)
-    if not indices:
-        raise _Unavailable(
-            f"CUDA_VISIBLE_DEVICES={env!r} hides every GPU, so there is none to measure; "
-            "unset it or list the GPUs to use"
-        )
-    mapping = ", ".join(f"gpu{i} is NVML GPU {nvml_index}" for i, nvml_index in enumerate(indices))
-    return indices, [f"GPUs numbered as in CUDA_VISIBLE_DEVICES={env!r}: {mapping}"]
+                cut = (f"CUDA_VISIBLE_DEVICES={env!r} names GPU {index}, but NVML sees {count} GPU(s), indices 0 to "
+                       f"{count - 1}: like CUDA, the list ends there")
+                break
+            ref = ("index", index)
+        if ref in refs:
+            raise ConfigError(f"CUDA_VISIBLE_DEVICES={env!r} lists GPU {_describe_ref(ref).removeprefix('NVML GPU ')} "
+                              "twice")
+        refs.append(ref)
+    if not refs:
+        why = f"{cut}, before any GPU" if cut else f"CUDA_VISIBLE_DEVICES={env!r} hides every GPU"
+        raise _Unavailable(f"{why}, so there is none to measure; unset it or list the GPUs to use", present=False)
+    if cut:
+        standing.append(f"{cut} (GPUs listed after it are not visible to CUDA either, so they are not measured)")
+    return refs, standing
+
+
+def _full_uuid(nvml: ModuleType, count: int, token: str) -> tuple[str | None, str]:
+    """The full UUID of a ``GPU-``/``MIG-`` entry (CUDA accepts a unique prefix, which needs every GPU's UUID), or
+    ``None`` and why there is none."""
+    try:
+        nvml.nvmlDeviceGetHandleByUUID(token)
+    except (nvml.NVMLError, AttributeError):
+        pass
+    else:
+        return token, ""
+    if token.upper().startswith("MIG-"):
+        raise _Unavailable(f"CUDA_VISIBLE_DEVICES names MIG instance {token!r}, which NVML cannot open (a MIG UUID "
+                           "prefix, or a driver older than R470): give its full UUID as `nvidia-smi -L` lists it",
+                           present=True)
+    try:
+        uuids = [_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))) for i in range(count)]
+    except nvml.NVMLError as err:
+        raise _Unavailable(f"cannot read GPU UUIDs to match CUDA_VISIBLE_DEVICES: {err}", present=True) from err
+    matches = [uuid for uuid in uuids if uuid.upper().startswith(token.upper())]
+    if len(matches) != 1:
+        return None, f"{'matches no GPU' if not matches else 'matches several GPUs'} (NVML sees {', '.join(uuids)})"
+    return matches[0], ""
+
+
+def _open_ref(nvml: ModuleType, ref: _Ref) -> tuple[Any, str | None]:
+    """The NVML handle of a CUDA device (a MIG instance's parent GPU), and the MIG instance's UUID if it is one."""
+    kind, value = ref
+    if kind == "index":
+        return nvml.nvmlDeviceGetHandleByIndex(value), None
+    candidates = [value] if value.upper().startswith(("GPU-", "MIG-")) else [f"GPU-{value}", f"MIG-{value}"]
+    error: Exception | None = None
+    for uuid in candidates:
+        try:
+            handle = nvml.nvmlDeviceGetHandleByUUID(uuid)
+        except nvml.NVMLError as err:
+            error = err
+            continue
+        if _is_mig(nvml, handle, uuid):
+            return nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle), _text(nvml.nvmlDeviceGetUUID(handle))
+        return handle, None
+    assert error is not None
+    raise error
+
+
+def _is_mig(nvml: ModuleType, handle: Any, uuid: str) -> bool:
+    check = getattr(nvml, "nvmlDeviceIsMigDeviceHandle", None)
+    if check is None:
+        return uuid.upper().startswith("MIG-")
+    try:
+        return bool(int(check(handle)))
+    except nvml.NVMLError:  # a driver without MIG support: no handle is a MIG device
+        return False
+
+
+def _nvml_index(nvml: ModuleType, handle: Any, ref: _Ref) -> str:
+    if ref[0] == "index":
+        return str(ref[1])
+    try:
+        return str(int(nvml.nvmlDeviceGetIndex(handle)))
+    except (nvml.NVMLError, AttributeError):
+        return "?"
+
+
+def _describe_ref(ref: _Ref) -> str:
+    return f"NVML GPU {ref[1]}" if ref[0] == "index" else str(ref[1])
+
+
+def _instant_power_mw(nvml: ModuleType, handle: Any, *, strict: bool = False) -> float | None:
+    """The instantaneous power field in milliwatts; ``None`` where this NVML or GPU does not answer it.
+
+    With ``strict``, a failed call raises its ``NVMLError`` (a GPU that answered at probe must answer again).
+    """
+    get = getattr(nvml, "nvmlDeviceGetFieldValues", None)
+    if get is None:
+        return None
+    field_id = getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", _FI_POWER_INSTANT)
+    try:
+        (value,) = get(handle, [field_id])
+    except nvml.NVMLError:
+        if strict:
+            raise
+        return None
+    if int(value.nvmlReturn) != getattr(nvml, "NVML_SUCCESS", 0):
+        if strict:
+            raise nvml.NVMLError(int(value.nvmlReturn))
+        return None
+    member = _VALUE_MEMBERS[int(value.valueType)] if 0 <= int(value.valueType) < len(_VALUE_MEMBERS) else "uiVal"
+    return float(getattr(value.value, member))
 
 
 def _init_failure(nvml: ModuleType, err: Exception) -> str:
@@ -450,6 +816,17 @@ def _no_driver_reason() -> str | None:
         return None
     return (f"no NVIDIA driver on this machine (none of {', '.join(_DRIVER_PATHS)} exists): on a machine with an "
             f"NVIDIA GPU install or load the driver (`nvidia-smi` should work); {_CONTAINER_FIX}")
+
+
+def _driver_present(nvml: ModuleType | None = None, err: Exception | None = None) -> bool:
+    """Whether an NVIDIA GPU is here even though NVML failed: on Linux, a driver path exists; elsewhere, NVML's
+    library was found and the driver loaded (its failure was something else)."""
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(path) for path in _DRIVER_PATHS)
+    if nvml is None or err is None:
+        return False
+    absent = tuple(getattr(nvml, name, ()) for name in ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded"))
+    return not isinstance(err, tuple(cls for cls in absent if isinstance(cls, type)))
 
 
 def _max_power(nvml: ModuleType, handle: Any) -> tuple[float, str]:
@@ -473,8 +850,10 @@ def _max_power(nvml: ModuleType, handle: Any) -> tuple[float, str]:
     return ASSUMED_GPU_MAX_POWER_W, "assumed: NVML gives no power limit"
 
 
-def _unavailable(reason: str) -> ProbeResult:
-    return ProbeResult(NvmlBackend.name, False, reason=reason)
+def _unavailable(reason: str, *, present: bool = False) -> ProbeResult:
+    """An unusable probe; where a GPU is ``present`` but not measured, its note says so in the words of the flag."""
+    notes = (NOT_INCLUDED + reason,) if present else ()
+    return ProbeResult(NvmlBackend.name, False, reason=reason, notes=notes)
 
 
 def _text(value: str | bytes) -> str:

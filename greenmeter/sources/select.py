@@ -5,6 +5,10 @@ the meter options it declares, and the automatic choice takes every ``"usable"``
 here, then each ``"stand-in"`` source for its hardware where nothing chosen before reports that hardware
 in its total (with the stand-in's note). With the built-ins: RAPL and NVML where usable, the CPU estimate
 where RAPL is not, and the RAM estimate where there is no RAPL DRAM counter.
+
+An automatic counter that is unusable although its hardware is here says so in its probe's notes, in words
+that contain :data:`NOT_INCLUDED_MARK` (NVML: ``"GPU energy NOT included: <reason>"``); those notes join the
+fallback notes, so every measurement says that this hardware's energy is missing.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ from greenmeter._errors import BackendUnavailable, ConfigError
 from greenmeter.sources.base import METER_OPTIONS, Backend, ProbeResult, SourceInfo, hardware_of
 from greenmeter.sources.registry import create_backend, source_info, source_names
 
-__all__ = ["create_configured", "describe_choice", "probe_sources", "select_backends"]
+__all__ = [
+    "NOT_INCLUDED_MARK", "create_configured", "describe_choice", "probe_sources", "select_backends", "unmeasured_notes",
+]
+
+#: In a note of an unusable counter's probe: its hardware is here but its energy is not measured.
+NOT_INCLUDED_MARK = " energy NOT included: "
 
 
 def create_configured(name: str, **options: object) -> Backend:
@@ -69,7 +78,7 @@ def select_backends(
     infos = [source_info(name) for name in source_names()]
     counters = [info for info in infos if info.selection == "usable"]
     probed = [(b, b.probe()) for b in (create_configured(info.name, **options) for info in counters)]
-    notes: list[str] = []
+    notes = unmeasured_notes(p for _, p in probed)
     for stand_in in (info for info in infos if info.selection == "stand-in"):
         hardware = stand_in.hardware
         if any(_reports(probe, hardware) for _, probe in probed):
@@ -78,6 +87,11 @@ def select_backends(
         backend = create_configured(stand_in.name, **options)
         probed.append((backend, backend.probe()))
     return [b for b, p in probed if p.available], [p for _, p in probed], tuple(notes)
+
+
+def unmeasured_notes(probes: Iterable[ProbeResult]) -> list[str]:
+    """The notes of unusable probes that say their hardware is here but not measured (:data:`NOT_INCLUDED_MARK`)."""
+    return [note for p in probes if not p.available for note in p.notes if NOT_INCLUDED_MARK in note]
 
 
 def describe_choice(results: Iterable[tuple[Backend, ProbeResult]]) -> list[str]:

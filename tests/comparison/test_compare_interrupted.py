@@ -84,7 +84,8 @@ def test_ctrl_c_mid_round_keeps_the_complete_rounds_as_an_interrupted_comparison
     assert c.status == "interrupted" and not c.complete and c.repeats == 2
     assert [v.name for v in c.variants] == list(NAMES)
     assert any(f.startswith("interrupted by Ctrl-C (SIGINT) in repeat 3 of 5") for f in c.flags), c.flags
-    assert c.table().splitlines()[-2].startswith("INTERRUPTED: only the 2 repeat(s)")
+    notes = c.table().splitlines()[-3:]  # the notes under the table: interrupted, the legend, the band
+    assert notes[0].startswith("INTERRUPTED: only the 2 repeat(s)") and notes[2].startswith("band: ")
     assert Comparison.from_json(c.to_json()) == c
 
 

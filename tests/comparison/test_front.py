@@ -9,7 +9,7 @@ from torch import nn  # noqa: E402
 
 from greenmeter.comparison.compare import accuracy_metric, compare  # noqa: E402
 from greenmeter.comparison.steps import OUTPUTS_VARY, Scoring, _Entry, summarise  # noqa: E402
-from greenmeter.records.comparison import Comparison, MakingCost  # noqa: E402
+from greenmeter.records.comparison import COMPARISON_SCHEMA_VERSION, Comparison, MakingCost  # noqa: E402
 from greenmeter.records.measurement import HostInfo  # noqa: E402
 
 BASE = [1.00e-4, 1.02e-4, 0.98e-4, 1.01e-4, 0.99e-4]
@@ -142,7 +142,7 @@ def test_a_version_1_record_loads_with_the_front_of_measurable_savings() -> None
     data = Comparison(name="c", created_at="2026-01-01T00:00:00+00:00", baseline="float", metric_name="accuracy",
                       repeats=5, warmup=1, samples_per_pass=N, passes_per_repeat=1, variants=results, host=host,
                       backends=(), carbon={}).to_dict()
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == COMPARISON_SCHEMA_VERSION == 3
     data["schema_version"] = 1  # as the old rule wrote it: prune on the front, with a break-even; no metric test
     for v in data["variants"]:
         if v["name"] == "prune:0.5":

@@ -5,23 +5,44 @@ It mirrors the parts of pynvml (nvidia-ml-py) greenmeter uses: ``nvmlInit``/``nv
 queries, and the ``NVMLError`` tree (``NVMLError_NotSupported`` and friends, with pynvml's messages).
 Like the real library it refuses device calls before ``nvmlInit`` or after the last ``nvmlShutdown``.
 
-Readings are scripted per GPU: each call to ``nvmlDeviceGetTotalEnergyConsumption`` (mJ) or
-``nvmlDeviceGetPowerUsage`` (mW) takes the next value of its script (the last one repeats once the
-script runs out); an ``NVMLError`` instance in a script is raised when its turn comes. A GPU with
-``energy_mj=None`` has no energy counter (pre-Volta): the call raises ``NVMLError_NotSupported``.
-Scripted values know no time: a test that needs a counter to move at a given power hands the backend a
-fake clock (``NvmlBackend(clock=...)``, tests/fakes/clock.py) and moves it between reads. The power
-limits (an H200's by default) are what the backend judges counter steps against.
+A GPU's readings come one of two ways:
+
+- **From a clock** (``FakeGpu(clock=..., power_w=...)``), as the real ones do: the GPU draws ``power_w``
+  (changed with :meth:`FakeGpu.set_power`) and NVML refreshes what it reports every ``update_period_s``
+  (at the instants ``update_phase_s + k * update_period_s``). Between refreshes every reading stands still:
+  the total energy counter (mJ, floored) holds the energy drawn up to the last refresh, the power reading
+  (``nvmlDeviceGetPowerUsage``, mW) the mean power over the ``power_averaging_s`` before it (1 s, as on
+  Ampere and newer), and the instantaneous field (``NVML_FI_DEV_POWER_INSTANT``, where ``instant_power``)
+  the power drawn at it. Hand the backend the same clock (``NvmlBackend(clock=clock)``) and advance it.
+- **From scripts** (no ``clock``): each call to ``nvmlDeviceGetTotalEnergyConsumption`` (mJ) or
+  ``nvmlDeviceGetPowerUsage`` (mW) takes the next value of its script (the last one repeats once the
+  script runs out); an ``NVMLError`` instance in a script is raised when its turn comes. Scripted values
+  know no time.
+
+A GPU with ``energy_mj=None`` has no energy counter (pre-Volta): the call raises ``NVMLError_NotSupported``.
+The power limits (an H200's by default) are what the backend judges counter steps against. Handles open by
+index or by UUID (a GPU's, or one of its MIG instances': a MIG device handle, which answers no energy or
+power call, as in NVML); the module records the NVML index of each opening in ``opened``. ``processes``
+are the PIDs ``nvmlDeviceGetComputeRunningProcesses`` lists (or an ``NVMLError`` it raises; by default the
+calling process alone).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Script = Sequence["int | NVMLError"]
+
+#: Field ids, value types and the success code, as in pynvml (nvidia-ml-py).
+NVML_FI_DEV_POWER_AVERAGE = 185
+NVML_FI_DEV_POWER_INSTANT = 186
+NVML_VALUE_TYPE_UNSIGNED_INT = 1
+NVML_SUCCESS = 0
 
 
 class NVMLError(Exception):
@@ -42,6 +63,7 @@ NVMLError_Uninitialized = _error("NVMLError_Uninitialized", 1, "Uninitialized")
 NVMLError_InvalidArgument = _error("NVMLError_InvalidArgument", 2, "Invalid Argument")
 NVMLError_NotSupported = _error("NVMLError_NotSupported", 3, "Not Supported")
 NVMLError_NoPermission = _error("NVMLError_NoPermission", 4, "Insufficient Permissions")
+NVMLError_NotFound = _error("NVMLError_NotFound", 6, "Not Found")
 NVMLError_DriverNotLoaded = _error("NVMLError_DriverNotLoaded", 9, "Driver Not Loaded")
 NVMLError_LibraryNotFound = _error("NVMLError_LibraryNotFound", 12, "NVML Shared Library Not Found")
 NVMLError_GpuIsLost = _error("NVMLError_GpuIsLost", 15, "GPU is lost")
@@ -63,9 +85,20 @@ class FakeGpu:
         power_limits_mw: ``nvmlDeviceGetPowerManagementLimitConstraints`` (min, max) in milliwatts, or
             ``None``: the call raises ``NVMLError_NotSupported``.
         enforced_limit_mw: ``nvmlDeviceGetEnforcedPowerLimit`` in milliwatts, or ``None`` (not supported).
-        open_error: raised by ``nvmlDeviceGetHandleByIndex`` for this GPU, if set.
+        open_error: raised when this GPU's handle is opened (by index or UUID), if set.
         latency_s: seconds each energy/power call sleeps, releasing the GIL as the real ctypes calls do
             (lets thread-safety tests interleave).
+        clock: when set, readings follow it (see the module docstring) and the scripts are not used.
+        power_w: the power the GPU draws from its creation on, in watts (clock mode; see :meth:`set_power`).
+        update_period_s: how often NVML refreshes the counter and the power readings, in seconds (clock mode).
+        update_phase_s: where the refresh instants fall, in seconds (clock mode).
+        power_averaging_s: the window ``nvmlDeviceGetPowerUsage`` averages over, in seconds (clock mode).
+        counter_start_mj: the energy counter at the GPU's creation, in millijoules (clock mode).
+        instant_power: whether ``NVML_FI_DEV_POWER_INSTANT`` answers (in script mode it takes the
+            ``power_mw`` script's next value).
+        processes: PIDs of the compute processes NVML lists on it, or an ``NVMLError`` the call raises;
+            ``None`` (the default): the calling process alone, as when it has a CUDA context there.
+        mig_uuids: UUIDs of its MIG instances.
         calls: names of the energy/power calls made on this GPU, in order (filled in by the fake).
     """
 
@@ -77,7 +110,61 @@ class FakeGpu:
     enforced_limit_mw: int | None = 700_000
     open_error: NVMLError | None = None
     latency_s: float = 0.0
+    clock: Callable[[], float] | None = None
+    power_w: float = 0.0
+    update_period_s: float = 0.1
+    update_phase_s: float = 0.0
+    power_averaging_s: float = 1.0
+    counter_start_mj: int = 10_000_000
+    instant_power: bool = False
+    processes: Sequence[int] | NVMLError | None = None
+    mig_uuids: tuple[str, ...] = ()
     calls: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        origin = self.clock() if self.clock is not None else 0.0
+        self._trace: list[tuple[float, float]] = [(origin, float(self.power_w))]  # (from s, watts)
+
+    def set_power(self, watts: float) -> None:
+        """From the clock's present time on, the GPU draws ``watts`` (clock mode)."""
+        if self.clock is None:
+            raise ValueError("set_power needs a GPU made with clock=...")
+        self._trace.append((self.clock(), float(watts)))
+
+    def energy_j(self, t: float) -> float:
+        """The energy the GPU really drew from its creation to time ``t``, in joules (negative before it)."""
+        origin, first_w = self._trace[0]
+        if t <= origin:
+            return first_w * (t - origin)
+        total = 0.0
+        for (start, watts), (end, _) in zip(self._trace, [*self._trace[1:], (math.inf, 0.0)]):
+            if t <= start:
+                break
+            total += watts * (min(t, end) - start)
+        return total
+
+    def power_at(self, t: float) -> float:
+        """The power drawn at time ``t``, in watts."""
+        return next((w for start, w in reversed(self._trace) if start <= t), self._trace[0][1])
+
+    def last_update(self) -> float:
+        """The latest refresh instant at or before the clock's present time, in seconds."""
+        assert self.clock is not None
+        k = math.floor((self.clock() - self.update_phase_s) / self.update_period_s + 1e-9)
+        return self.update_phase_s + k * self.update_period_s
+
+    def clocked(self, call: str) -> int:
+        """What the clock-driven GPU reports now: ``"energy"`` in mJ, ``"power"`` or ``"instant"`` in mW."""
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        self.calls.append(call)
+        u = self.last_update()
+        if call == "energy":
+            return self.counter_start_mj + math.floor(self.energy_j(u) * 1000 + 1e-6)
+        if call == "power":
+            mean_w = (self.energy_j(u) - self.energy_j(u - self.power_averaging_s)) / self.power_averaging_s
+            return round(mean_w * 1000)
+        return round(self.power_at(u) * 1000)
 
     def next_value(self, call: str, script: Script) -> int:
         if self.latency_s:
@@ -93,6 +180,22 @@ class FakeGpu:
 @dataclass(frozen=True)
 class _Handle:
     index: int
+    mig: int = 0  # 0: the GPU itself; k: its k-th MIG instance
+
+
+@dataclass(frozen=True)
+class _Process:
+    pid: int
+    usedGpuMemory: int = 0  # noqa: N815 - pynvml's name
+
+
+@dataclass
+class _FieldValue:
+    fieldId: int  # noqa: N815 - pynvml's names
+    nvmlReturn: int  # noqa: N815
+    valueType: int = NVML_VALUE_TYPE_UNSIGNED_INT  # noqa: N815
+    value: types.SimpleNamespace = field(default_factory=types.SimpleNamespace)
+    scopeId: int = 0  # noqa: N815
 
 
 class FakePynvml(types.ModuleType):
@@ -102,13 +205,19 @@ class FakePynvml(types.ModuleType):
         gpus: the fake GPUs, NVML index order.
         init_error: raised by ``nvmlInit`` when set (e.g. ``NVMLError_LibraryNotFound()``).
         init_calls, shutdown_calls: how often each was called.
+        opened: the NVML index of each handle opened (by index or UUID), in order.
     """
 
+    NVML_FI_DEV_POWER_AVERAGE = NVML_FI_DEV_POWER_AVERAGE
+    NVML_FI_DEV_POWER_INSTANT = NVML_FI_DEV_POWER_INSTANT
+    NVML_VALUE_TYPE_UNSIGNED_INT = NVML_VALUE_TYPE_UNSIGNED_INT
+    NVML_SUCCESS = NVML_SUCCESS
     NVMLError = NVMLError
     NVMLError_Uninitialized = NVMLError_Uninitialized
     NVMLError_InvalidArgument = NVMLError_InvalidArgument
     NVMLError_NotSupported = NVMLError_NotSupported
     NVMLError_NoPermission = NVMLError_NoPermission
+    NVMLError_NotFound = NVMLError_NotFound
     NVMLError_DriverNotLoaded = NVMLError_DriverNotLoaded
     NVMLError_LibraryNotFound = NVMLError_LibraryNotFound
     NVMLError_GpuIsLost = NVMLError_GpuIsLost
@@ -121,6 +230,7 @@ class FakePynvml(types.ModuleType):
         self.init_error = init_error
         self.init_calls = 0
         self.shutdown_calls = 0
+        self.opened: list[int] = []
         self._refcount = 0
 
     def nvmlInit(self) -> None:
@@ -146,26 +256,67 @@ class FakePynvml(types.ModuleType):
         self._check_init()
         if not 0 <= index < len(self.gpus):
             raise NVMLError_InvalidArgument()
-        if self.gpus[index].open_error is not None:
-            raise self.gpus[index].open_error
-        return _Handle(index)
+        return self._opened(_Handle(index))
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> _Handle:
+        self._check_init()
+        text = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for index, gpu in enumerate(self.gpus):
+            if gpu.uuid == text:
+                return self._opened(_Handle(index))
+            if text in gpu.mig_uuids:
+                return self._opened(_Handle(index, gpu.mig_uuids.index(text) + 1))
+        raise NVMLError_NotFound()
+
+    def nvmlDeviceGetIndex(self, handle: _Handle) -> int:
+        self._gpu(handle)
+        return handle.index
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: _Handle) -> int:
+        self._gpu(handle)
+        return int(handle.mig > 0)
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: _Handle) -> _Handle:
+        self._gpu(handle)
+        if not handle.mig:
+            raise NVMLError_InvalidArgument()
+        return _Handle(handle.index)
 
     def nvmlDeviceGetName(self, handle: _Handle) -> str:
         return self._gpu(handle).name
 
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
-        return self._gpu(handle).uuid
+        gpu = self._gpu(handle)
+        return gpu.mig_uuids[handle.mig - 1] if handle.mig else gpu.uuid
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
-        gpu = self._gpu(handle)
+        gpu = self._gpu(handle, whole=True)
         if gpu.energy_mj is None:
             gpu.calls.append("energy")
             raise NVMLError_NotSupported()
-        return gpu.next_value("energy", gpu.energy_mj)
+        return gpu.clocked("energy") if gpu.clock is not None else gpu.next_value("energy", gpu.energy_mj)
 
     def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
+        gpu = self._gpu(handle, whole=True)
+        return gpu.clocked("power") if gpu.clock is not None else gpu.next_value("power", gpu.power_mw)
+
+    def nvmlDeviceGetFieldValues(self, handle: _Handle, field_ids: Sequence[int]) -> list[_FieldValue]:
+        gpu = self._gpu(handle, whole=True)
+        values = []
+        for field_id in field_ids:
+            if field_id != NVML_FI_DEV_POWER_INSTANT or not gpu.instant_power:
+                values.append(_FieldValue(field_id, NVMLError_NotSupported.value))
+                continue
+            mw = gpu.clocked("instant") if gpu.clock is not None else gpu.next_value("instant", gpu.power_mw)
+            values.append(_FieldValue(field_id, NVML_SUCCESS, value=types.SimpleNamespace(uiVal=mw)))
+        return values
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[_Process]:
         gpu = self._gpu(handle)
-        return gpu.next_value("power", gpu.power_mw)
+        if isinstance(gpu.processes, NVMLError):
+            raise gpu.processes
+        pids = (os.getpid(),) if gpu.processes is None else gpu.processes
+        return [_Process(pid) for pid in pids]
 
     def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: _Handle) -> list[int]:
         limits = self._gpu(handle).power_limits_mw
@@ -179,8 +330,17 @@ class FakePynvml(types.ModuleType):
             raise NVMLError_NotSupported()
         return limit
 
-    def _gpu(self, handle: _Handle) -> FakeGpu:
+    def _opened(self, handle: _Handle) -> _Handle:
+        if self.gpus[handle.index].open_error is not None:
+            raise self.gpus[handle.index].open_error
+        self.opened.append(handle.index)
+        return handle
+
+    def _gpu(self, handle: _Handle, whole: bool = False) -> FakeGpu:
+        """The GPU of a handle; ``whole``: a call that, as in NVML, a MIG device handle does not answer."""
         self._check_init()
+        if whole and handle.mig:
+            raise NVMLError_NotSupported()
         return self.gpus[handle.index]
 
     def _check_init(self) -> None:

@@ -119,3 +119,24 @@ def test_a_record_from_before_bands_reads_without_one_and_says_why() -> None:
     assert old.band_note() == "band: not stated (recorded before greenmeter stated bands)"
     # a source that states no band (the scripted test source) is named
     assert _window(3).band_note() == "band: not stated (constant:dev states no band)"
+
+
+def test_each_epoch_has_the_band_of_its_own_energy() -> None:
+    from greenmeter.sources.ram_estimate import RamEstimateBackend
+
+    meter = Meter([RamEstimateBackend(mode="machine")], sync=None)
+    with meter.window("train") as w:
+        for _ in range(2):
+            meter.step(4)
+            meter.epoch()
+    m = w.measurement
+    assert m is not None and len(m.epochs) == 2
+    for epoch in m.epochs:
+        assert epoch.band is not None and epoch.band.value_j == pytest.approx(epoch.energy_j)
+        assert epoch.band.low_j < epoch.energy_j < epoch.band.high_j
+    again = Measurement.from_json(m.to_json())
+    assert again.epochs == m.epochs
+    data = json.loads(m.to_json())
+    for epoch in data["epochs"]:
+        del epoch["band"]  # as written before bands
+    assert Measurement.from_dict(data).epochs[0].band is None

@@ -146,10 +146,22 @@ def test_rapl_and_nvml_counters_state_their_unit_and_update_period(tmp_path, mon
     nvml = NvmlBackend().probe()
     gpu_band = nvml.domains[0].band
     assert gpu_band.power_period_s == COUNTER_UPDATE_PERIOD_S and gpu_band.fixed_j == pytest.approx(2e-3)
-    # a 150 ms window at 700 W: +-(2 mJ + 70 J), so the band shows the unresolved counter
-    short = gpu_band.band(105.0, 0.15)
-    assert short.low_j == pytest.approx(105.0 - 70.0 - 2e-3)
+    # a 150 ms window at 700 W (105 J) that saw one 100 ms refresh reads 70 J: +-(2 mJ + 100 ms x the highest power
+    # 70 J allows, 70 J / 50 ms), so the band holds the true 105 J (see tests/sources/test_nvml_clock.py)
+    short = gpu_band.band(70.0, 0.15)
+    assert (short.low_j, short.high_j) == (0.0, pytest.approx(70.0 + 140.0 + 2e-3))
     monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(FakeGpu(energy_mj=None)))
     sampled = NvmlBackend().probe().domains[0].band
     assert sampled.power_period_s > POWER_AVERAGING_S and "power samples" in sampled.basis
     assert math.isfinite(sampled.band(1.0, 1.0).high_j)
+
+
+def test_a_ratio_whose_denominator_may_be_zero_is_unbounded_and_round_trips_through_strict_json() -> None:
+    from greenmeter.records.encoding import finite_json
+    from greenmeter.sources.band import RatioBand
+
+    tiny = BandModel(fixed_j=1.0).band(0.5, 1.0)  # 0.5 J +- 1 J: may be 0
+    r = ratio_band(BandModel(fixed_j=0.1).band(1.0, 1.0), tiny)
+    assert r.high == math.inf
+    text = json.dumps(finite_json(r.to_dict()), allow_nan=False)
+    assert RatioBand.from_dict(json.loads(text)) == r

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from greenmeter import ConfigError, CounterReadError, MeasurementError
-from greenmeter.sources.nvml import COUNTER_UPDATE_PERIOD_S, NvmlBackend
+from greenmeter.sources.nvml import COUNTER_UPDATE_PERIOD_S, POWER_AVERAGING_S, NvmlBackend
 from tests.fakes import fake_pynvml as fake
 from tests.fakes.fake_pynvml import FakeGpu, FakePynvml, make_fake_pynvml
 
@@ -98,14 +98,15 @@ def test_gpu_without_counter_integrates_power_by_trapezoid(monkeypatch: pytest.M
     (domain,) = result.domains
     assert domain.provenance.kind == "measured"
     assert domain.provenance.source == f"NVML GPU 0 Tesla P100 ({uuid(2)})"
+    reading = "nvmlDeviceGetPowerUsage every 0.25 s, each possibly a mean over the last 1 s (Ampere and newer)"
     assert domain.provenance.method == (
-        "integrated power samples (nvmlDeviceGetPowerUsage every 0.25 s, trapezoid rule)"
+        f"integrated power samples ({reading}; trapezoid rule; effective resolution 1.25 s)"
     )
-    assert domain.update_period_s == 0.25
+    assert domain.update_period_s == 0.25 + POWER_AVERAGING_S  # its effective resolution
     assert backend.poll_interval_s == 0.25
     assert result.notes == (
         f"nvml:gpu0 (NVML GPU 0 Tesla P100 ({uuid(2)})) has no total energy counter (it needs a Volta or "
-        "newer GPU); integrating power samples every 0.25 s instead",
+        f"newer GPU); integrating {reading} instead, effective resolution 1.25 s",
     )
     readings = []
     for _ in range(3):
@@ -184,7 +185,8 @@ def test_two_gpus_mixed_counter_and_sampling(monkeypatch: pytest.MonkeyPatch) ->
     assert result.domains[0].provenance.method == COUNTER_METHOD
     assert result.domains[1].provenance.method.startswith("integrated power samples (nvmlDeviceGetPowerUsage")
     assert result.domains[1].provenance.source == f"NVML GPU 1 Tesla K80 ({uuid(4)})"
-    assert len(result.notes) == 1 and result.notes[0].startswith("nvml:gpu1 (NVML GPU 1 Tesla K80")
+    assert len(result.notes) == 2 and result.notes[0].startswith("GPUs numbered in NVML's (PCI bus) order")
+    assert result.notes[1].startswith("nvml:gpu1 (NVML GPU 1 Tesla K80")
     assert backend.poll_interval_s == 0.1
     first = backend.read()
     time.sleep(0.002)
@@ -218,10 +220,10 @@ def test_unreadable_gpu_is_left_out_with_a_note(monkeypatch: pytest.MonkeyPatch)
     install(monkeypatch, FakeGpu(energy_mj=(0, 1_000)), lost, mute)
     result = NvmlBackend().probe()
     assert [d.key for d in result.domains] == ["nvml:gpu0"]
-    assert result.notes[0] == "nvml:gpu1 (NVML GPU 1) left out: it cannot be opened (GPU is lost)"
-    assert result.notes[1].startswith("nvml:gpu2 (NVML GPU 2 NVIDIA H200")
-    assert result.notes[1].endswith(
-        "left out: no energy counter (Not Supported) and no power reading (Not Supported)"
+    assert result.notes[-2] == "GPU energy NOT included: nvml:gpu1 (NVML GPU 1) cannot be opened (GPU is lost)"
+    assert result.notes[-1].startswith("GPU energy NOT included: nvml:gpu2 (NVML GPU 2 NVIDIA H200")
+    assert result.notes[-1].endswith(
+        "has no energy counter (Not Supported) and no power reading (Not Supported)"
     )
 
 
@@ -229,9 +231,8 @@ def test_no_measurable_gpu_is_unavailable_and_shuts_nvml_down(monkeypatch: pytes
     module = install(monkeypatch, FakeGpu(open_error=fake.NVMLError_GpuIsLost()))
     result = NvmlBackend().probe()
     assert not result.available and result.domains == ()
-    assert result.reason == (
-        "no selected GPU can be measured: nvml:gpu0 (NVML GPU 0) left out: it cannot be opened (GPU is lost)"
-    )
+    assert result.reason == "no selected GPU can be measured: nvml:gpu0 (NVML GPU 0) cannot be opened (GPU is lost)"
+    assert result.notes == ("GPU energy NOT included: " + result.reason,)  # NVML saw the GPU: it is present
     assert not module.initialised and module.shutdown_calls == 1
 
 
