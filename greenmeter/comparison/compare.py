@@ -24,28 +24,32 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from greenmeter._checks import choice, number, whole_number
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonSettings
 from greenmeter.comparison import facts as model_facts
+from greenmeter.comparison.batches import (
+    DEFAULT_TARGET_KEY,
+    OutputFn,
+    check_output_fn,
+    check_target_key,
+    evaluation_batches,
+)
+from greenmeter.comparison.metrics import Metric, accuracy_metric, check_metric, metric_name as name_of_metric
 from greenmeter.comparison.progress import Progress, progress_printer
 from greenmeter.comparison.recipes import RecipeContext, check_recipe
-from greenmeter.comparison.steps import Batch, Scoring, build_entries, correct_predictions, measure, prepare, summarise
+from greenmeter.comparison.steps import Scoring, build_entries, measure, prepare, summarise
 from greenmeter.metering.cpu_load import LoadWatch, busy_flag
 from greenmeter.metering.interrupts import signals_deferred, sigterm_interrupts
 from greenmeter.metering.meter import Meter
 from greenmeter.records.comparison import Comparison, MakingCost
 from greenmeter.records.measurement import Measurement
 
-if TYPE_CHECKING:
-    import torch
-
 __all__ = ["MAX_MIN_REPEAT_S", "MAX_REPEATS", "MAX_SEED", "MAX_THREADS", "MAX_WARMUP", "SIGNIFICANCE_TESTS", "Variant",
            "accuracy_metric", "check_settings", "compare", "evaluation_batches"]
 
-Metric = Callable[["torch.Tensor", "torch.Tensor"], float]
 log = logging.getLogger("greenmeter")
 #: a repeat lasts at least this many update periods of the slowest energy source (and MIN_REPEAT_S)
 RESOLUTION_FACTOR = 50
@@ -132,44 +136,6 @@ class Variant:
             raise ConfigError("a Variant needs exactly one of model= or recipe=")
 
 
-def accuracy_metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Top-1 accuracy, a fraction in [0, 1], of logits ``outputs`` (N, classes) against labels (N,)."""
-    return float(correct_predictions(outputs, targets).float().mean())
-
-
-def evaluation_batches(data: Any, batch_size: int) -> list[Batch]:
-    """The evaluation data as a fixed list of (inputs, targets) batches, so every pass sees the same data.
-
-    Args:
-        data: ``(inputs, targets)`` tensors (cut into batches of ``batch_size``) or an iterable of
-            ``(inputs, targets, ...)`` batches (kept as they are).
-        batch_size: samples per batch for tensors, >= 1.
-
-    Raises:
-        ConfigError: inputs and targets of different lengths, a batch that is not a pair, empty data.
-    """
-    import torch
-
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-        if len(x) != len(y):
-            raise ConfigError(f"the evaluation inputs and targets differ in length ({len(x)} and {len(y)})")
-        out = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    elif isinstance(data, Iterable):
-        out = []
-        for item in data:
-            if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-                raise ConfigError("the evaluation data must yield (inputs, targets) batches, got "
-                                  f"{type(item).__name__}")
-            out.append((item[0], item[1]))
-    else:
-        raise ConfigError(f"data must be an (inputs, targets) pair of tensors or an iterable of such batches, "
-                          f"not {type(data).__name__}")
-    if not out or sum(len(x) for x, _ in out) == 0:
-        raise ConfigError("the evaluation data is empty: compare needs at least one (inputs, targets) batch")
-    return out
-
-
 def compare(
     variants: Mapping[str, Any],
     data: Any,
@@ -193,6 +159,8 @@ def compare(
     threads: int | None = None,
     name: str = "comparison",
     progress: bool | Callable[[str], None] = True,
+    target_key: str = DEFAULT_TARGET_KEY,
+    output_fn: OutputFn | None = None,
 ) -> Comparison:
     """Evaluate a baseline and its variants side by side; see the module docstring for the procedure.
 
@@ -201,12 +169,18 @@ def compare(
             ``"channels:0.5+int8-static"``...) built from the baseline, or to :class:`Variant` objects. The baseline
             must be a model. A stacked recipe's steps are applied left to right, each measured in its own making
             window; its making cost is their sum, with each step's in ``MakingCost.steps``.
-        data: evaluation data: an ``(inputs, targets)`` pair of tensors (split into ``batch_size`` batches)
-            or an iterable of ``(inputs, targets)`` batches (read once and kept, so every pass is the same).
+        data: evaluation data (:func:`greenmeter.comparison.batches.evaluation_batches`): an ``(inputs, targets)``
+            pair or a dict of tensors holding the whole set (split into ``batch_size`` batches), or an iterable of
+            batches such as a ``DataLoader`` (read once and kept, so every pass is the same), each batch
+            ``(inputs, targets)`` or a dict with the targets under ``target_key``. Inputs are a tensor
+            (``model(x)``), a tuple of tensors (``model(*inputs)``) or a dict (``model(**inputs)``); batches may
+            differ in shape (dynamic padding).
         baseline: the reference variant's name (default: the first).
-        metric: ``metric(outputs, targets) -> float`` over the whole data set, higher is better (default:
-            top-1 accuracy as a fraction).
-        metric_name: its name in the results (default ``"accuracy"`` or the function's name).
+        metric: higher is better; ``metric(outputs, targets) -> float`` over every batch's outputs and targets
+            joined into one tensor each, or an object with ``reset()``, ``update(outputs, targets)`` and
+            ``compute()`` (a torchmetrics ``Metric``), fed batch by batch, for outputs that cannot be joined
+            (default: top-1 accuracy as a fraction).
+        metric_name: its name in the results (default ``"accuracy"``, the function's or the metric class's name).
         repeats: measured repeats per variant, 1 to 1000 (at least 2 for a confidence interval; 5 by default).
         warmup: untimed passes over the data per variant before the repeats, 0 to 100 (at least 1 is always
             run: it checks the outputs and times a pass).
@@ -230,12 +204,16 @@ def compare(
             free cores keep latency and CPU-time estimates from growing with the other load.
         name: the comparison's name.
         progress: ``True`` for progress on stderr, ``False`` for none, or a callable given each line.
+        target_key: the key of the targets in dict batches (default ``"labels"``); removed from the inputs.
+        output_fn: ``output_fn(model_output) -> tensor``, what the metric sees of a model's output (default
+            :func:`greenmeter.comparison.batches.default_output`: a tensor as it is, the first tensor of a tuple,
+            or the ``.logits`` of a Hugging Face ``ModelOutput``).
 
     Returns:
         A :class:`Comparison`, also stored when the meter has a store.
 
     Raises:
-        ConfigError: bad arguments (:func:`check_settings`), empty data, an unknown recipe, a recipe argument
+        ConfigError: bad arguments (:func:`check_settings`), empty data or a batch it cannot read, an unknown recipe, a recipe argument
             the recipe refuses or a stacked order that cannot work (all checked before any work), a baseline that cannot run or whose metric is not
             a number. Failures of other variants are recorded in their results instead.
         KeyboardInterrupt: Ctrl-C, or SIGTERM (as :class:`~greenmeter.metering.interrupts.Terminated`, while
@@ -252,6 +230,8 @@ def compare(
     repeats, warmup, batch_size, seed = checked["repeats"], checked["warmup"], checked["batch_size"], checked["seed"]
     min_repeat_s, threads = checked["min_repeat_s"], checked["threads"]
     progress_printer(progress)  # a bad progress fails here, before any work
+    target_key, output_fn = check_target_key(target_key), check_output_fn(output_fn)
+    check_metric(metric)
     specs = {str(k): (v if isinstance(v, Variant) else Variant(recipe=v) if isinstance(v, str) else Variant(model=v))
              for k, v in variants.items()}
     baseline = next(iter(specs)) if baseline is None else baseline
@@ -263,10 +243,10 @@ def compare(
         if spec.model is not None and not isinstance(spec.model, torch.nn.Module):
             raise ConfigError(f"variant {key!r} is a {type(spec.model).__name__}, not a torch.nn.Module or a recipe")
     metric_fn = metric or accuracy_metric
-    metric_name = metric_name or ("accuracy" if metric is None else getattr(metric, "__name__", "metric"))
-    batches = evaluation_batches(data, batch_size)
-    n_samples = sum(len(x) for x, _ in batches)
-    targets = torch.cat([y for _, y in batches])
+    metric_name = name_of_metric(metric, metric_name)
+    batches = evaluation_batches(data, batch_size, target_key=target_key)
+    n_samples = sum(b.size for b in batches)
+    targets = [b.targets for b in batches]
     recipes = {k: s.recipe for k, s in specs.items() if s.recipe is not None}
     if recipes:
         for key, spec_text in recipes.items():  # every name and argument, before anything is built
@@ -275,8 +255,8 @@ def compare(
             except ConfigError as err:
                 raise ConfigError(f"variant {key!r}: {err}") from err
         if recipe_context is None:
-            recipe_context = RecipeContext(example_input=batches[0][0], train_data=train_data, train_fn=train_fn,
-                                           val_data=val_data, seed=seed)
+            recipe_context = RecipeContext(example_input=batches[0].inputs, train_data=train_data, train_fn=train_fn,
+                                           val_data=val_data, seed=seed, target_key=target_key)
 
     own_meter = meter is None
     if meter is None:
@@ -327,7 +307,8 @@ def compare(
             entries = build_entries(specs, baseline, recipes, recipe_context, meter, carbon, seed, show)
             base = entries[0]
             for entry in entries:
-                prepare(entry, base, batches, targets, metric_fn, metric_name, warmup, seed, model_facts, show)
+                prepare(entry, base, batches, targets, metric_fn, metric_name, warmup, seed, model_facts, show,
+                        output_fn)
                 if entry is base and base.error is not None:
                     raise ConfigError(f"the baseline {baseline!r} could not be evaluated: {base.error}")
             live = [e for e in entries if e.error is None]
@@ -337,7 +318,8 @@ def compare(
             for r in range(repeats):
                 for entry in entries:
                     if entry.error is None:
-                        measure(entry, meter, batches, targets, metric_fn, metric_name, passes, r, seed, show)
+                        measure(entry, meter, batches, targets, metric_fn, metric_name, passes, r, seed, show,
+                                output_fn)
                     else:
                         show(f"{entry.name}: skipped (failed)", advance=1)
                 rounds.complete(entries)

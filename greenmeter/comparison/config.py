@@ -9,12 +9,14 @@ TOML file::
     factory = "greenmeter.demo.digits:trained_digits_cnn"
     kwargs = { epochs = 20 }
     weights = "baseline.pt"                   # optional: a state_dict loaded into the factory's model
+    output_fn = "mypkg.models:logits"         # optional: output_fn(model_output) -> the tensor the metric sees
 
     [data]
     eval = "greenmeter.demo.digits:eval_data"      # -> (inputs, targets) tensors, or an iterable of batches
     train = "greenmeter.demo.digits:train_data"    # optional, for recipes that train or calibrate
     val = "mypkg.data:validation"             # optional, (inputs, targets) for early-exit thresholds
     batch_size = 256
+    target_key = "labels"                     # optional: the key of the targets in dict batches
 
     [training]
     function = "greenmeter.demo.digits:train_fn"   # optional: train_fn(model, loss_fn=None, epochs=None)
@@ -63,8 +65,8 @@ __all__ = ["CompareConfig", "load_compare_config", "load_optimize_config", "reso
 
 _SECTIONS: dict[str, set[str]] = {
     "": {"name", "model", "data", "training", "compare", "optimize", "carbon"},
-    "model": {"factory", "kwargs", "weights", "name"},
-    "data": {"eval", "train", "val", "batch_size"},
+    "model": {"factory", "kwargs", "weights", "name", "output_fn"},
+    "data": {"eval", "train", "val", "batch_size", "target_key"},
     "training": {"function"},
     "compare": {"baseline", "recipes", "variants", "repeats", "warmup", "seed", "min_repeat_s", "significance",
                 "threads"},
@@ -90,6 +92,8 @@ class CompareConfig:
     val_data: str | None = None
     batch_size: int = 256
     train_fn: str | None = None
+    target_key: str | None = None
+    output_fn: str | None = None
     repeats: int = 5
     warmup: int = 1
     seed: int = 0
@@ -119,7 +123,8 @@ class CompareConfig:
         kwargs = self.build()
         variants = kwargs.pop("variants")
         out = {key: kwargs[key] for key in ("data", "seed", "batch_size", "name", "carbon", "min_repeat_s",
-                                            "significance", "threads", "train_data", "val_data", "train_fn")
+                                            "significance", "threads", "train_data", "val_data", "train_fn",
+                                            "target_key", "output_fn")
                if key in kwargs}
         out["model"] = variants[self.baseline]
         table = dict(self.optimize)
@@ -169,6 +174,13 @@ class CompareConfig:
             if not callable(fn):
                 raise ConfigError(f"{self.path}: training.function {self.train_fn!r} is not callable")
             kwargs["train_fn"] = fn
+        if self.target_key is not None:
+            kwargs["target_key"] = self.target_key
+        if self.output_fn:
+            fn = resolve_object(self.output_fn, "model.output_fn", self.path)
+            if not callable(fn):
+                raise ConfigError(f"{self.path}: model.output_fn {self.output_fn!r} is not callable")
+            kwargs["output_fn"] = fn
         return kwargs
 
 
@@ -330,6 +342,9 @@ def _load(path: str | Path, purpose: str) -> CompareConfig:
     weights = model.get("weights")
     if weights is not None:
         text(f"{path}: model.weights", weights)
+    for key, table in (("target_key", data), ("output_fn", model)):
+        if key in table:
+            text(f"{path}: {'data' if table is data else 'model'}.{key}", table[key])
     given = {key: compare_t[key] for key in ("repeats", "warmup", "seed", "min_repeat_s", "significance", "threads")
              if key in compare_t}
     if "batch_size" in data:
@@ -341,7 +356,8 @@ def _load(path: str | Path, purpose: str) -> CompareConfig:
         weights=None if weights is None else (path.parent / str(weights)),
         baseline=str(compare_t.get("baseline", model.get("name", "baseline"))), recipes=recipes,
         eval_data=data["eval"], train_data=data.get("train"), val_data=data.get("val"),
-        train_fn=tables["training"].get("function"), carbon=tables["carbon"],
+        train_fn=tables["training"].get("function"), target_key=data.get("target_key"),
+        output_fn=model.get("output_fn"), carbon=tables["carbon"],
         optimize=_optimize_table(tables["optimize"], path), **settings,
     )
     config.carbon_settings()  # validate the carbon table now, before any work

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from greenmeter._errors import ConfigError, UnsupportedModelError
+from greenmeter.comparison.batches import batch_size_of, call_model, describe
 
 if TYPE_CHECKING:
     import torch
@@ -253,7 +254,8 @@ def count_macs(
 ) -> MacCount:
     """Multiply-accumulates per sample of one forward pass, counted by ``FlopCounterMode``.
 
-    Runs ``model(example_input)`` once (``model(*example_input)`` for a tuple) in eval mode under
+    Runs ``model(example_input)`` once (``model(*example_input)`` for a tuple, ``model(**example_input)`` for a
+    dict, as :func:`greenmeter.comparison.batches.call_model` calls it) in eval mode under
     ``torch.no_grad`` inside ``torch.utils.flop_counter.FlopCounterMode`` and returns FLOPs / 2 / batch
     size (the first dimension of the first input tensor). The counter counts matrix multiplications,
     convolutions and scaled-dot-product attention only: bias additions, activations, normalisation and
@@ -278,8 +280,9 @@ def count_macs(
 
     Args:
         model: the model.
-        example_input: a typical batch (a tensor, or a tuple of tensors passed as positional arguments),
-            on the model's device.
+        example_input: a typical batch (a tensor, a tuple of tensors passed as positional arguments, or a dict
+            passed as keyword arguments), on the model's device; its batch size is the first dimension of its first
+            tensor.
         float_equivalent: the float model to count instead when ``model``'s kernels cannot be counted.
 
     Raises:
@@ -305,19 +308,15 @@ def count_macs(
 
 
 def _batch_size(example_input: Any) -> int:
-    import torch
-
-    first = example_input
-    if isinstance(example_input, (tuple, list)):
-        first = next((x for x in example_input if isinstance(x, torch.Tensor)), None)
-    if not isinstance(first, torch.Tensor) or first.dim() == 0:
+    batch = batch_size_of(example_input)
+    if batch is None:
         raise ConfigError(
-            "count_macs needs example_input to be a batch tensor [N, ...] (or a tuple whose first tensor is); "
-            f"got {type(example_input).__name__}"
+            "count_macs needs example_input to be a batch tensor [N, ...] (or a tuple or dict whose first tensor "
+            f"is); got {describe(example_input)}"
         )
-    if first.shape[0] == 0:
+    if batch == 0:
         raise ConfigError("count_macs needs a non-empty example batch (N >= 1)")
-    return int(first.shape[0])
+    return batch
 
 
 def _shape_counted_types() -> tuple[type, ...]:
@@ -406,7 +405,6 @@ def _count_flops(model: nn.Module, example_input: Any) -> tuple[int, set[str], i
 
     flags = [(m, m.training) for m in model.modules()]
     fastpath = torch.backends.mha.get_fastpath_enabled()
-    args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     layers = _shape_counted_types()
     handles = [h for m in model.modules() if isinstance(m, layers)
                for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
@@ -416,7 +414,7 @@ def _count_flops(model: nn.Module, example_input: Any) -> tuple[int, set[str], i
         model.eval()
         torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad(), counter, recorder:
-            model(*args)
+            call_model(model, example_input)
     finally:
         for handle in handles:
             handle.remove()

@@ -47,17 +47,22 @@ from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import number, text, whole_number
 from greenmeter._errors import ConfigError, GreenmeterError
-from greenmeter.comparison.compare import (
-    Variant,
-    accuracy_metric,
-    check_settings,
-    compare,
+from greenmeter.comparison.batches import (
+    DEFAULT_TARGET_KEY,
+    Batch,
+    OutputFn,
+    check_output_fn,
+    check_target_key,
     evaluation_batches,
+    model_output,
 )
+from greenmeter.comparison.compare import Variant, check_settings, compare
+from greenmeter.comparison.metrics import Metric, accuracy_metric, check_metric, metric_value
+from greenmeter.comparison.metrics import metric_name as name_of_metric
 from greenmeter.comparison.progress import progress_printer
 from greenmeter.comparison.recipes import STEP_SEPARATOR, RecipeContext, check_recipe
 from greenmeter.comparison.recommend import recommend
-from greenmeter.comparison.steps import Scoring, build_measured, model_output, paired_metric_test, stacked_making
+from greenmeter.comparison.steps import Scoring, build_measured, paired_metric_test, stacked_making
 from greenmeter.metering.interrupts import signals_deferred
 from greenmeter.metering.meter import Meter
 from greenmeter.records.comparison import change_text, metric_text
@@ -76,8 +81,6 @@ __all__ = ["DEFAULT_PROBES", "default_candidates", "optimize"]
 #: The sensitivity probes :func:`optimize` runs by default: int8 and int4 on each layer, magnitude pruning at
 #: two levels (the pruning drops choose the shrinking ratios tried).
 DEFAULT_PROBES = ("int8", "int4", "prune:0.5", "prune:0.8")
-
-Metric = Callable[["torch.Tensor", "torch.Tensor"], float]
 
 
 def default_candidates(sensitivity: Sensitivity | None, max_drop: float, *, can_train: bool,
@@ -144,14 +147,26 @@ def default_candidates(sensitivity: Sensitivity | None, max_drop: float, *, can_
     return out
 
 
-def _score(model: Any, batches: Sequence[tuple[Any, Any]], metric_fn: Metric) -> tuple[float, Any]:
-    """The metric of ``model`` on ``batches``, and its outputs (for a paired test against the baseline)."""
+def _score(model: Any, batches: Sequence[Batch], metric_fn: Metric,
+           output_fn: OutputFn | None = None) -> tuple[float, list[Any]]:
+    """The metric of ``model`` on ``batches``, and each batch's outputs (for a paired test against the baseline)."""
     import torch
 
     with torch.inference_mode():
-        outputs = torch.cat([model_output(model, x) for x, _ in batches])
-    targets = torch.cat([y for _, y in batches])
-    return float(metric_fn(outputs, targets)), outputs
+        outputs = [model_output(model, b.inputs, output_fn) for b in batches]
+    return float(metric_value(metric_fn, outputs, [b.targets for b in batches])), outputs
+
+
+def _accuracy_low(base_outputs: list[Any], outputs: list[Any], targets: list[Any]) -> float | None:
+    """The low end of the 95% interval of the accuracy change (McNemar's exact test, as the comparison gives it);
+    ``None`` when the outputs cannot be paired sample by sample (shapes that differ between batches)."""
+    from greenmeter.comparison.metrics import joined
+
+    try:
+        pair = joined(base_outputs), joined(outputs)
+    except ConfigError:
+        return None
+    return paired_metric_test(*pair, Scoring(accuracy_metric, targets, True)).diff_low
 
 
 def optimize(
@@ -186,6 +201,8 @@ def optimize(
     name: str = "optimize",
     progress: bool | Callable[[str], None] = True,
     resume: bool = False,
+    target_key: str = DEFAULT_TARGET_KEY,
+    output_fn: OutputFn | None = None,
 ) -> OptimizeResult:
     """Find the variant with the lowest measured energy per sample whose metric stays within ``max_drop``.
 
@@ -205,7 +222,8 @@ def optimize(
             :func:`greenmeter.compare`. With ``val_data`` the sensitivity and the budget checks of the search
             run on it, and only the final comparison on ``data``; without it, all run on ``data`` and the
             result says so (a choice made and confirmed on the same data is optimistic).
-        metric, metric_name: the metric (higher is better) and its name; default top-1 accuracy.
+        metric, metric_name: the metric (higher is better: a function or a batch metric object, as for
+            :func:`greenmeter.compare`) and its name; default top-1 accuracy.
         time_budget_s: seconds the search may take before the final comparison (> 0): checked before each
             build and each screening round.
         screen_repeats: repeats of the first screening round (>= 2; each later round ``eta`` times more).
@@ -226,13 +244,16 @@ def optimize(
             are read back, not done again, and ``time_budget_s`` counts the time it already spent. Needs a store.
             When ``False``, an unfinished journal of the same search is discarded. With a store every search is
             journaled step by step, so an interrupted one can be resumed.
+        target_key, output_fn: how dict batches give their targets and how the model's output becomes the tensor
+            the metric sees, as for :func:`greenmeter.compare`; used by every step of the search.
 
     Returns:
         An :class:`~greenmeter.records.optimization.OptimizeResult`; ``chosen`` is the baseline's name when no
         candidate has a measurable saving within the budget.
 
     Raises:
-        ConfigError: a bad argument or recipe (before any work); ``resume`` without a store; the baseline
+        ConfigError: a bad argument or recipe (before any work), a batch it cannot read; ``save_to`` with inputs
+            that are not one tensor (the saved program takes one); ``resume`` without a store; the baseline
             cannot be evaluated.
     """
     import torch
@@ -267,17 +288,23 @@ def optimize(
 
         save_to = check_save_directory(save_to)
     show = progress_printer(progress, prefix="[optimize] ")
+    check_metric(metric)
+    target_key, output_fn = check_target_key(target_key), check_output_fn(output_fn)
     metric_fn = metric or accuracy_metric
-    metric_name = metric_name or ("accuracy" if metric is None else getattr(metric, "__name__", "metric"))
-    eval_batches = evaluation_batches(data, settings["batch_size"])
+    metric_name = name_of_metric(metric, metric_name)
+    eval_batches = evaluation_batches(data, settings["batch_size"], target_key=target_key)
     selection_data = data if val_data is None else val_data
-    select_batches = evaluation_batches(selection_data, settings["batch_size"])
+    select_batches = evaluation_batches(selection_data, settings["batch_size"], target_key=target_key)
+    if save_to is not None and not isinstance(eval_batches[0].inputs, torch.Tensor):
+        raise ConfigError("save_to saves a program that takes one input tensor, and these batches' inputs are not "
+                          "one tensor; leave save_to out and save the chosen model yourself")
     if recipe_context is None:
-        recipe_context = RecipeContext(example_input=eval_batches[0][0], train_data=train_data, train_fn=train_fn,
-                                       val_data=val_data, seed=settings["seed"])
+        recipe_context = RecipeContext(example_input=eval_batches[0].inputs, train_data=train_data, train_fn=train_fn,
+                                       val_data=val_data, seed=settings["seed"], target_key=target_key)
     compare_kwargs = {"metric": metric, "metric_name": metric_name, "batch_size": settings["batch_size"],
                       "min_repeat_s": settings["min_repeat_s"], "seed": settings["seed"],
-                      "significance": settings["significance"], "carbon": carbon}
+                      "significance": settings["significance"], "carbon": carbon, "target_key": target_key,
+                      "output_fn": output_fn}
     created_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
     if resume and meter is None and store in (None, False):
         raise ConfigError(_NO_STORE)
@@ -302,6 +329,8 @@ def optimize(
             "recipes": None if recipes is None else list(recipes), "probes": list(probes), "metric": metric_name,
             "train_fn": None if train_fn is None else getattr(train_fn, "__qualname__", type(train_fn).__name__),
             "screen_repeats": screen_repeats, "final_repeats": final_repeats, "finalists": finalists, "eta": eta,
+            **({} if target_key == DEFAULT_TARGET_KEY else {"target_key": target_key}),
+            **({} if output_fn is None else {"output_fn": getattr(output_fn, "__qualname__", type(output_fn).__name__)}),
             **settings}), resume=resume, show=show)
         deadline = time.perf_counter() + time_budget_s - journal.spent_before_s
         if journal.resumed:
@@ -311,8 +340,8 @@ def optimize(
                 flags.append("resumed with training data greenmeter cannot hash: it was not checked to be the same "
                              "as in the earlier run")
         # ------------------------------------------------------------------------- baseline and sensitivity
-        base_metric, base_outputs = _score(model, select_batches, metric_fn)
-        select_targets = torch.cat([y for _, y in select_batches])
+        base_metric, base_outputs = _score(model, select_batches, metric_fn, output_fn)
+        select_targets = [b.targets for b in select_batches]
         show(f"baseline {metric_name} on the {'validation' if val_data is not None else 'evaluation'} data: "
              f"{metric_text(metric_name, base_metric)}")
         sensitivity = None
@@ -326,9 +355,11 @@ def optimize(
 
             show(f"per-layer sensitivity ({', '.join(probes)})")
             # int8 ranges from the data int8-static calibrates on (the training batches), not the selection data
+            # each calibration input as a one-item batch, so that a tuple of inputs is not read as (inputs, targets)
+            calibration = [(x,) for x in recipe_context.calibration_inputs()]
             sensitivity = layer_sensitivity(model, selection_data, metric=metric, metric_name=metric_name,
-                                            probes=probes, batch_size=settings["batch_size"],
-                                            calibration=recipe_context.calibration_inputs(), progress=False)
+                                            probes=probes, batch_size=settings["batch_size"], calibration=calibration,
+                                            progress=False, target_key=target_key, output_fn=output_fn)
             journal.record("sensitivity", sensitivity.to_dict())
         can_train = recipe_context.can_train
         planned = ([(spec, "user") for spec in recipes] if recipes is not None else
@@ -360,7 +391,7 @@ def optimize(
                     continue
                 stored = journal.model(step)
                 if not isinstance(stored, str):
-                    value, _ = _score(stored, select_batches, metric_fn)
+                    value, _ = _score(stored, select_batches, metric_fn, output_fn)
                     if value == outcome.get("metric"):
                         built[spec] = (stored, MakingCost.from_dict(old["making"]))
                         show(f"{spec}: read back from the journal")
@@ -380,7 +411,7 @@ def optimize(
                 else:
                     variant, making, _ = build_measured(spec, spec, model, recipe_context, meter, carbon,
                                                         settings["seed"])
-                value, outputs = _score(variant, select_batches, metric_fn)
+                value, outputs = _score(variant, select_batches, metric_fn, output_fn)
             except Exception as err:  # noqa: BLE001 - recorded for this candidate; the others go on
                 outcome.update(status="failed", reason=f"{type(err).__name__}: {err}".splitlines()[0])
                 show(f"{spec} FAILED: {outcome['reason']}")
@@ -389,7 +420,7 @@ def optimize(
             change = value - base_metric
             low = None
             if metric is None:  # McNemar's exact test of the accuracy change, as the comparison gives it
-                low = paired_metric_test(base_outputs, outputs, Scoring(metric_fn, select_targets, True)).diff_low
+                low = _accuracy_low(base_outputs, outputs, select_targets)
             outcome.update(metric=value, metric_change=change, metric_low=low, making_j=making.energy_j,
                            making_s=making.duration_s)
             if change < -max_drop - 1e-12:
@@ -504,7 +535,7 @@ def optimize(
 
             show(f"saving {chosen} to {save_to}")
             v = final.variant(chosen)
-            manifest = save_model(built[chosen][0], save_to, example_input=eval_batches[0][0], recipe=chosen,
+            manifest = save_model(built[chosen][0], save_to, example_input=eval_batches[0].inputs, recipe=chosen,
                                   metric={"name": metric_name, "value": v.metric})
             saved = {"directory": str(save_to), **manifest.to_dict()}
         elif save_to is not None:

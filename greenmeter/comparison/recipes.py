@@ -45,6 +45,13 @@ from typing import TYPE_CHECKING, Any
 from greenmeter._checks import module_names, number, whole_number
 from greenmeter._text import text_table
 from greenmeter._errors import ConfigError
+from greenmeter.comparison.batches import (
+    DEFAULT_TARGET_KEY,
+    batch_size_of,
+    check_target_key,
+    describe,
+)
+from greenmeter.comparison.batches import calibration_inputs as read_calibration
 
 if TYPE_CHECKING:
     import torch
@@ -74,9 +81,12 @@ class RecipeContext:
     """What recipes may use; compression code never owns a dataset, so the caller provides these.
 
     Args:
-        example_input: one batch of inputs (any batch size), to trace the model and size new layers.
-        train_data: re-iterable ``(x, y)`` batches (a list, a DataLoader) or a callable returning a fresh
-            iterable each time; used by the built-in trainer and for int8-static calibration.
+        example_input: one batch of inputs (any batch size), to trace the model and size new layers: a tensor, a
+            tuple of tensors or a dict (as :mod:`greenmeter.comparison.batches` reads a batch's inputs). Recipes that
+            reshape layers (``channels``, ``early-exit``) need a tensor.
+        train_data: re-iterable ``(x, y)`` batches (a list, a DataLoader; dict batches too, with the targets under
+            ``target_key``) or a callable returning a fresh iterable each time; used by the built-in trainer and
+            for int8-static calibration.
         train_fn: the user's trainer, called as ``train_fn(model, loss_fn, epochs)``: it trains ``model`` in
             place for ``epochs`` epochs with ``loss_fn(model, x, y) -> scalar loss`` (``None`` means
             cross-entropy on ``model(x)``), building its optimiser over ``model.parameters()`` at each call.
@@ -95,6 +105,8 @@ class RecipeContext:
             are; a recipe registered with ``keeps_layers=True`` passes them to its method's config.
             :func:`build_variant` sets it for each step from the step's ``[keep=...]`` modifier (``()`` for a
             step without one), whatever the context given held.
+        target_key: the key of the targets in dict batches of ``train_data`` (removed from the calibration
+            inputs); ``"labels"`` by default.
     """
 
     example_input: torch.Tensor
@@ -108,13 +120,16 @@ class RecipeContext:
     seed: int = 0
     teacher: nn.Module | None = None
     keep_layers: tuple[str, ...] = ()
+    target_key: str = DEFAULT_TARGET_KEY
 
     def __post_init__(self) -> None:
         import torch
 
         x, data, fn, val = self.example_input, self.train_data, self.train_fn, self.val_data
-        if not isinstance(x, torch.Tensor) or x.dim() < 1 or len(x) < 1:
-            raise ConfigError("RecipeContext.example_input must be a tensor batch [N, ...] with N >= 1")
+        if not batch_size_of(x):
+            raise ConfigError("RecipeContext.example_input must be a batch [N, ...] with N >= 1: a tensor, a tuple of "
+                              f"tensors or a dict of tensors, not {describe(x)}")
+        check_target_key(self.target_key)
         if data is not None and not callable(data) and (isinstance(data, (str, bytes, Iterator))
                                                         or not isinstance(data, Iterable)):
             raise ConfigError(f"RecipeContext.train_data must be re-iterable (x, y) batches (a list, a DataLoader) or "
@@ -171,16 +186,13 @@ class RecipeContext:
         return {"trainer": "train_fn" if self.train_fn is not None else "built-in",
                 "epochs": self.fine_tune_epochs if epochs is None else epochs}
 
-    def calibration_inputs(self) -> list[torch.Tensor]:
-        """The inputs of the first ``calibration_batches`` batches of ``train_data`` (or ``[example_input]``)."""
+    def calibration_inputs(self) -> list[Any]:
+        """The inputs of the first ``calibration_batches`` batches of ``train_data`` (or ``[example_input]``): each
+        a tensor, a tuple of tensors or a dict (``target_key`` removed), as the model is called on them."""
         if self.train_data is None:
             return [self.example_input]
         data = self.train_data() if callable(self.train_data) else self.train_data
-        inputs = []
-        for batch in data:
-            inputs.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
-            if len(inputs) == self.calibration_batches:
-                break
+        inputs = read_calibration(data, self.target_key, limit=self.calibration_batches)
         if not inputs:
             raise ConfigError("RecipeContext.train_data yielded no batches to calibrate on")
         return inputs

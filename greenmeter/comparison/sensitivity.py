@@ -32,9 +32,21 @@ from typing import TYPE_CHECKING, Any
 
 from greenmeter._checks import fraction, whole_number
 from greenmeter._errors import ConfigError
-from greenmeter.comparison.compare import accuracy_metric, evaluation_batches
+from greenmeter.comparison.batches import (
+    DEFAULT_TARGET_KEY,
+    Batch,
+    OutputFn,
+    batch_size_of,
+    call_model,
+    calibration_inputs,
+    check_output_fn,
+    check_target_key,
+    evaluation_batches,
+    model_output,
+)
+from greenmeter.comparison.metrics import check_metric, correct_predictions, joined, metric_name as name_of_metric
+from greenmeter.comparison.metrics import metric_value
 from greenmeter.comparison.progress import Progress, progress_printer
-from greenmeter.comparison.steps import correct_predictions, model_output
 from greenmeter.records.sensitivity import LayerSensitivity, Sensitivity
 
 if TYPE_CHECKING:
@@ -182,26 +194,24 @@ def probed_weight(module: nn.Module, probe: str) -> torch.Tensor | None:
     return _pruned_weight(module.weight, arg)
 
 
-def _calibration_inputs(calibration: Any, batches: Sequence[tuple[Any, Any]]) -> tuple[list[torch.Tensor], str]:
-    """The input tensors the int8 probe calibrates on, and where they came from, in words."""
+def _calibration_inputs(calibration: Any, batches: Sequence[Batch], target_key: str) -> tuple[list[Any], str]:
+    """The inputs the int8 probe calibrates on (each as the model is called on it), and where they came from."""
     import torch
 
     if calibration is None:
-        inputs = [x for x, _ in batches[:CALIBRATION_BATCHES]]
+        inputs = [b.inputs for b in batches[:CALIBRATION_BATCHES]]
         where = f"the first {len(inputs)} evaluation batches"
     else:
-        from greenmeter.compression.quantization import calibration_batches  # int8-static's own reading
-
         if isinstance(calibration, (str, bytes)) or not isinstance(calibration, (torch.Tensor, Iterable)):
             raise ConfigError(f"calibration must be an iterable of input tensors, not {type(calibration).__name__}")
-        inputs = list(calibration_batches(calibration))
+        inputs = calibration_inputs(calibration, target_key)
         if not inputs:
             raise ConfigError("calibration yielded no batches; give at least one input tensor or leave it None")
         where = f"{len(inputs)} given batches"
-    return inputs, f"{where} ({sum(len(x) for x in inputs)} samples)"
+    return inputs, f"{where} ({sum(batch_size_of(x) or 0 for x in inputs)} samples)"
 
 
-def _input_ranges(model: nn.Module, layers: dict[str, nn.Module], inputs: list[torch.Tensor]) -> dict[str, Any]:
+def _input_ranges(model: nn.Module, layers: dict[str, nn.Module], inputs: list[Any]) -> dict[str, Any]:
     """Each layer's input minimum and maximum over the calibration inputs (one pass, a pre-hook per layer)."""
     import torch
 
@@ -220,7 +230,7 @@ def _input_ranges(model: nn.Module, layers: dict[str, nn.Module], inputs: list[t
     try:
         with torch.inference_mode():
             for x in inputs:
-                model_output(model, x)
+                call_model(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -280,7 +290,7 @@ def layer_sensitivity(model: nn.Module, data: Any, *, metric: Callable[[Any, Any
                       metric_name: str | None = None, probes: Sequence[str] = DEFAULT_PROBES,
                       batch_size: int = 256, calibration: Iterable[Any] | None = None,
                       layers: Sequence[str] | None = None, progress: bool | Callable[[str], None] = True,
-                      ) -> Sensitivity:
+                      target_key: str = DEFAULT_TARGET_KEY, output_fn: OutputFn | None = None) -> Sensitivity:
     """Each layer's metric when that layer alone is quantized or pruned, against the unchanged model's.
 
     For every probed layer and every probe, only that layer is changed (the rest of the model stays float
@@ -289,17 +299,19 @@ def layer_sensitivity(model: nn.Module, data: Any, *, metric: Callable[[Any, Any
 
     Args:
         model: a trained float ``nn.Module``.
-        data: ``(inputs, targets)`` tensors, cut into batches of ``batch_size`` (or an iterable of
-            ``(inputs, targets)`` batches), as :func:`greenmeter.compare` takes.
-        metric: ``metric(outputs, targets) -> float`` over all the data, higher is better; default top-1
-            accuracy of (N, classes) logits.
+        data: ``(inputs, targets)`` tensors, cut into batches of ``batch_size``, or an iterable of batches (a
+            ``DataLoader``; dict batches too), as :func:`greenmeter.compare` takes.
+        metric: ``metric(outputs, targets) -> float`` over all the data, higher is better, or a batch metric
+            object (``reset``, ``update``, ``compute``); default top-1 accuracy of (N, classes) logits.
         metric_name: the metric's name in the record (default ``"accuracy"``, or the function's name).
         probes: probe names: ``"int8"``, ``"int4"``, ``"int4:G"``, ``"prune:S"`` (see the module's docstring).
         batch_size: samples per batch for tensor data, >= 1.
-        calibration: input tensors (or ``(x, ...)`` batches) the int8 probe observes each layer's input range
-            on; default the first :data:`CALIBRATION_BATCHES` batches of ``data`` (the record says which).
+        calibration: input tensors (or ``(x, ...)`` batches, or dict batches) the int8 probe observes each layer's
+            input range on; default the first :data:`CALIBRATION_BATCHES` batches of ``data`` (the record says
+            which).
         layers: names of the layers to probe (default every Linear and Conv1d/2d/3d with a float weight).
         progress: ``True`` for a line per layer on stderr, ``False`` for none, or a callable given each line.
+        target_key, output_fn: how batches are read and outputs reduced, as for :func:`greenmeter.compare`.
 
     Returns:
         A :class:`~greenmeter.records.sensitivity.Sensitivity`: per layer, the metric, the drop
@@ -321,27 +333,30 @@ def layer_sensitivity(model: nn.Module, data: Any, *, metric: Callable[[Any, Any
     parsed = _check_probes(probes)
     batch_size = whole_number("batch_size", batch_size, minimum=1)
     progress_printer(progress)  # a bad progress fails here, before any work
-    if metric is not None and not callable(metric):
-        raise ConfigError(f"metric must be a callable metric(outputs, targets) -> float, not {metric!r}")
+    check_metric(metric)
+    target_key, output_fn = check_target_key(target_key), check_output_fn(output_fn)
     chosen = _check_layers(layers, sensitivity_layers(model))
-    batches = evaluation_batches(data, batch_size)
-    cal_inputs, cal_words = (_calibration_inputs(calibration, batches) if any(k == "int8" for k, _ in parsed.values())
-                             else ([], "none (no int8 probe)"))
-    metric_fn = metric or accuracy_metric
-    metric_name = metric_name or ("accuracy" if metric is None else getattr(metric, "__name__", "metric"))
-    targets = torch.cat([y for _, y in batches])
+    batches = evaluation_batches(data, batch_size, target_key=target_key)
+    cal_inputs, cal_words = (_calibration_inputs(calibration, batches, target_key)
+                             if any(k == "int8" for k, _ in parsed.values()) else ([], "none (no int8 probe)"))
+    metric_name = name_of_metric(metric, metric_name)
+    targets = [b.targets for b in batches]
+    n_samples = sum(b.size for b in batches)
 
     work = copy.deepcopy(model).eval()
     work_layers = dict(work.named_modules())
     layer_map = {name: work_layers[name] for name in chosen}
 
-    def outputs() -> torch.Tensor:
+    def outputs() -> list[torch.Tensor]:
         with torch.inference_mode():
-            return torch.cat([model_output(work, x) for x, _ in batches])
+            return [model_output(work, b.inputs, output_fn) for b in batches]
+
+    def correct(outs: list[torch.Tensor]) -> torch.Tensor:
+        return correct_predictions(joined(outs), joined(targets, "targets"))
 
     base_out = outputs()
-    baseline = _check_value(metric_fn(base_out, targets), "the unchanged model", metric_name)
-    base_correct = correct_predictions(base_out, targets) if metric is None else None
+    baseline = _check_value(metric_value(metric, base_out, targets), "the unchanged model", metric_name)
+    base_correct = correct(base_out) if metric is None else None
     ranges = _input_ranges(work, layer_map, cal_inputs) if cal_inputs else {}
 
     show = Progress(progress, total=len(layer_map))
@@ -371,12 +386,11 @@ def layer_sensitivity(model: nn.Module, data: Any, *, metric: Callable[[Any, Any
                     module.weight.copy_(original)
                 if handle is not None:
                     handle.remove()
-            value = _check_value(metric_fn(out, targets), f"layer {name!r} under {probe!r}", metric_name)
+            value = _check_value(metric_value(metric, out, targets), f"layer {name!r} under {probe!r}", metric_name)
             metrics[probe], drops[probe] = value, baseline - value
-            changed[probe] = (None if base_correct is None
-                              else int((correct_predictions(out, targets) != base_correct).sum()))
+            changed[probe] = None if base_correct is None else int((correct(out) != base_correct).sum())
         params = sum(p.numel() for p in module.parameters(recurse=False))
         rows.append(LayerSensitivity(name, _kind(module), params, metrics, drops, changed))
         shown = ", ".join(f"{p} {d:.4f}" for p, d in drops.items() if d is not None)
         show(f"{name}: drop {shown}", advance=1)
-    return Sensitivity(metric_name, baseline, len(targets), tuple(parsed), tuple(rows), cal_words)
+    return Sensitivity(metric_name, baseline, n_samples, tuple(parsed), tuple(rows), cal_words)

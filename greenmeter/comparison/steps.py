@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonSettings, estimate_carbon
+from greenmeter.comparison.batches import Batch, OutputFn, model_output
+from greenmeter.comparison.metrics import Metric, correct_predictions, joined, metric_value
 from greenmeter.comparison.recipes import STEP_SEPARATOR, build_variant
 from greenmeter.records.comparison import (
     BaselineDelta,
@@ -38,9 +40,6 @@ if TYPE_CHECKING:
 
     from greenmeter.comparison.progress import Progress
     from greenmeter.metering.meter import Meter
-
-Batch = tuple["torch.Tensor", "torch.Tensor"]
-Metric = Callable[["torch.Tensor", "torch.Tensor"], float]
 
 #: resamples of the paired bootstrap of a metric that is not 0/1 per sample (each one calls the metric twice)
 METRIC_RESAMPLES = 1000
@@ -99,38 +98,11 @@ class _Entry:
         self.samples, self.time_s = 0, 0.0
         self.flags: dict[str, None] = {}
         self.provenance: dict[str, None] = {}
-        self.outputs: torch.Tensor | None = None  # one pass's outputs, from the first repeat: the paired metric test
+        # one pass's outputs, from the first repeat, for the paired metric test: each batch's (or, given, one tensor)
+        self.outputs: list[torch.Tensor] | torch.Tensor | None = None
 
     def fail(self, stage: str, err: BaseException) -> None:
         self.error = f"{stage}: {type(err).__name__}: {err}"
-
-
-def model_output(model: Any, x: torch.Tensor) -> torch.Tensor:
-    """``model(x)`` as one tensor: the first item of a tuple or list output (early exits return more).
-
-    Raises:
-        ConfigError: the model returned something other than a tensor.
-    """
-    import torch
-
-    out = model(x)
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise ConfigError(f"the model returned {type(out).__name__}, not a tensor; wrap it so it returns one")
-    return out
-
-
-def correct_predictions(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Whether each sample's top-1 class is its label: a bool tensor (N,) from logits (N, classes) and labels (N,).
-
-    Raises:
-        ConfigError: the outputs are not (N, classes) logits.
-    """
-    if outputs.ndim != 2:
-        raise ConfigError(f"the accuracy metric needs (N, classes) logits, got outputs of shape "
-                          f"{tuple(outputs.shape)}; pass metric= for other outputs")
-    return outputs.argmax(dim=1) == targets.to(outputs.device)
 
 
 def _check_metric(value: Any, name: str, metric_name: str) -> float:
@@ -202,9 +174,14 @@ def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str,
     return entries
 
 
-def prepare(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: torch.Tensor, metric_fn: Metric,
-             metric_name: str, warmup: int, seed: int, model_facts: Any, show: Progress) -> None:
-    """Check the outputs, compute the model facts and time untimed warm-up passes."""
+def prepare(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: Sequence[Any], metric_fn: Metric,
+            metric_name: str, warmup: int, seed: int, model_facts: Any, show: Progress,
+            output_fn: OutputFn | None = None) -> None:
+    """Check the outputs, compute the model facts and time untimed warm-up passes.
+
+    ``targets`` holds each batch's targets; ``metric_fn`` is a function or a batch metric
+    (:func:`greenmeter.comparison.metrics.metric_value`); ``output_fn`` reduces the model's output to a tensor.
+    """
     import torch
 
     if entry.error is None:
@@ -216,21 +193,31 @@ def prepare(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: torc
                 torch.manual_seed(seed)
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    outs = [model_output(model, x) for x, _ in batches]
+                    outs = [model_output(model, b.inputs, output_fn) for b in batches]
                 t_pass = min(t_pass, time.perf_counter() - t0)
-            shape = tuple(outs[0].shape[1:])
-            if entry is not base and shape != base.facts["output_shape"]:
-                raise ConfigError(f"its outputs have shape (N, {', '.join(map(str, shape))}) where the baseline's "
-                                  f"are (N, {', '.join(map(str, base.facts['output_shape']))})")
-            entry.facts.update(output_shape=shape, pass_s=t_pass,
-                               metric=_check_metric(metric_fn(torch.cat(outs), targets), entry.name, metric_name))
+            shapes = [tuple(o.shape[1:]) for o in outs]
+            if entry is not base:
+                _check_shapes(shapes, base.facts["output_shapes"])
+            entry.facts.update(output_shapes=shapes, pass_s=t_pass,
+                               metric=_check_metric(metric_value(metric_fn, outs, targets), entry.name, metric_name))
             _model_facts(entry, base, batches, targets, model_facts)
         except Exception as err:  # noqa: BLE001 - recorded in the variant's result
             entry.fail("evaluating it", err)
     show(f"checked {entry.name}" if entry.error is None else f"{entry.name} FAILED: {entry.error}", advance=1)
 
 
-def _model_facts(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: torch.Tensor, facts: Any) -> None:
+def _check_shapes(shapes: Sequence[tuple[int, ...]], base: Sequence[tuple[int, ...]]) -> None:
+    """Refuse a variant whose output shape (past the batch dimension) differs from the baseline's in a batch."""
+    def text(shape: tuple[int, ...]) -> str:
+        return f"(N, {', '.join(map(str, shape))})"
+
+    for i, (mine, theirs) in enumerate(zip(shapes, base)):
+        if mine != theirs:
+            where = "" if len(set(base)) == 1 and len(set(shapes)) == 1 else f" in batch {i}"
+            raise ConfigError(f"its outputs have shape {text(mine)} where the baseline's are {text(theirs)}{where}")
+
+
+def _model_facts(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: Sequence[Any], facts: Any) -> None:
     import torch
 
     from greenmeter.compression.registry import facts_hooks_for
@@ -243,10 +230,11 @@ def _model_facts(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets:
     entry.facts["details"] = {} if info is None else {"method": info.method, **dict(info.details)}
     # a method's own warnings about the model it made (int4 running dequantized) become the variant's flags
     entry.flags.update(dict.fromkeys(str(f) for f in entry.facts["details"].get("flags", ())))
-    example = batches[0][0]
+    example = batches[0].inputs
     hooks = facts_hooks_for(model)  # the method that made it (or whose model class it is) says how it is counted
-    if hooks.data_macs is not None:  # MACs that depend on the data (early exits)
-        data = hooks.data_macs(model, torch.cat([b for b, _ in batches]), targets)
+    if hooks.data_macs is not None and all(isinstance(b.inputs, torch.Tensor) for b in batches):
+        # MACs that depend on the data (early exits, whose models take one tensor)
+        data = hooks.data_macs(model, joined([b.inputs for b in batches], "inputs"), joined(targets, "targets"))
         entry.facts.update(macs=data.macs_per_sample, macs_method=data.method, macs_note=data.note)
         return
     # a quantized model's int8 Linear/Conv layers are counted from their own shapes; the baseline is counted in
@@ -256,23 +244,25 @@ def _model_facts(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets:
     entry.facts.update(macs=macs.macs_per_sample, macs_method=macs.method, macs_note=macs.note)
 
 
-def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torch.Tensor, metric_fn: Metric,
-             metric_name: str, passes: int, repeat: int, seed: int, show: Progress) -> None:
+def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: Sequence[Any], metric_fn: Metric,
+            metric_name: str, passes: int, repeat: int, seed: int, show: Progress,
+            output_fn: OutputFn | None = None) -> None:
+    """One measured repeat of the variant: ``passes`` passes over the batches in one window, then its metric."""
     import torch
 
     model = entry.model
+    sizes = [b.size for b in batches]
     # Every step kept whole, however long the repeat: the per-sample latency pairs each step's duration with its
     # batch's size, and the pooled percentiles stay exact.
-    window = meter.begin(f"{entry.name}/repeat-{repeat + 1}", samples=passes * sum(len(x) for x, _ in batches),
-                         keep_steps=True)
+    window = meter.begin(f"{entry.name}/repeat-{repeat + 1}", samples=passes * sum(sizes), keep_steps=True)
     outs: list[torch.Tensor] = []
     try:
         with torch.inference_mode():
             for p in range(passes):
                 torch.manual_seed(seed)
-                for x, _ in batches:
-                    out = model_output(model, x)
-                    meter.step(samples=len(x))
+                for b, size in zip(batches, sizes):
+                    out = model_output(model, b.inputs, output_fn)
+                    meter.step(samples=size)
                     if p == 0:
                         outs.append(out)
     except Exception as err:  # noqa: BLE001 - the variant is recorded as failed; the others go on
@@ -282,17 +272,16 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
         return
     m = meter.end(window)
     try:
-        merged = torch.cat(outs)
-        entry.metric_values.append(_check_metric(metric_fn(merged, targets), entry.name, metric_name))
+        entry.metric_values.append(_check_metric(metric_value(metric_fn, outs, targets), entry.name, metric_name))
     except Exception as err:  # noqa: BLE001
         entry.fail(f"metric in repeat {repeat + 1}", err)
     else:
-        _keep_outputs(entry, merged.detach().cpu())
+        _keep_outputs(entry, [o.detach().cpu() for o in outs])
     samples = m.samples or 0
     entry.energy.append(m.energy_j / samples)
     entry.bands.append(m.energy_per_sample_band)
     entry.durations.extend(m.step_durations_s)
-    entry.sizes.extend(len(x) for _ in range(passes) for x, _ in batches)
+    entry.sizes.extend(sizes * passes)
     entry.samples += samples
     entry.time_s += m.duration_s
     entry.flags.update(dict.fromkeys(m.flags))
@@ -300,13 +289,15 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: torc
     show(f"{entry.name} repeat {repeat + 1}: {m.energy_j / max(samples, 1) * 1e3:.3g} mJ/sample", advance=1)
 
 
-def _keep_outputs(entry: _Entry, outputs: torch.Tensor) -> None:
-    """Keep the first repeat's outputs for the paired metric test; flag a variant whose outputs change later."""
+def _keep_outputs(entry: _Entry, outputs: list[torch.Tensor]) -> None:
+    """Keep the first repeat's outputs (each batch's) for the paired metric test; flag a variant whose outputs
+    change later."""
     import torch
 
     if entry.outputs is None:
         entry.outputs = outputs
-    elif entry.outputs.shape != outputs.shape or not torch.equal(entry.outputs, outputs):
+    elif len(entry.outputs) != len(outputs) or not all(
+            a.shape == b.shape and torch.equal(a, b) for a, b in zip(entry.outputs, outputs)):
         entry.flags[OUTPUTS_VARY] = None
 
 
@@ -320,15 +311,16 @@ class Scoring:
     """How the metric is scored, for the paired test of each variant's change against the baseline.
 
     Attributes:
-        metric_fn: ``metric(outputs, targets) -> float`` over the whole data set.
-        targets: the evaluation targets, in the order of the outputs.
+        metric_fn: ``metric(outputs, targets) -> float`` over the whole data set, or a batch metric object
+            (:mod:`greenmeter.comparison.metrics`).
+        targets: the evaluation targets in the order of the outputs: one tensor, or each batch's.
         zero_one: the metric is the mean of a 0/1 outcome per sample (the built-in accuracy): McNemar's exact
             test on each sample's outcome; otherwise a paired bootstrap that recomputes the metric on
             resampled samples (:data:`METRIC_RESAMPLES` resamples).
     """
 
     metric_fn: Metric
-    targets: torch.Tensor
+    targets: torch.Tensor | Sequence[Any]
     zero_one: bool
 
 
@@ -377,12 +369,29 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
 
 
 
+#: the flag of a variant whose outputs (or targets) cannot be lined up sample by sample for the paired test
+UNPAIRED = ("no paired test of its metric change: the outputs or targets differ in shape between batches, so they "
+            "cannot be paired sample by sample; its metric change is untested")
+
+
+def _as_one(parts: Any) -> Any:
+    """Each batch's tensors as one tensor (a tensor given whole is kept)."""
+    import torch
+
+    return parts if isinstance(parts, torch.Tensor) else joined(parts)
+
+
 def _metric_test(e: _Entry, base: _Entry, scoring: Scoring | None, seed: int) -> Significance | None:
     """The paired test of the variant's metric change on the first repeat's outputs, or None (with a flag why)."""
     if scoring is None or e.outputs is None or base.outputs is None:
         return None
     try:
-        return paired_metric_test(base.outputs, e.outputs, scoring, seed)
+        base_outputs, outputs, targets = _as_one(base.outputs), _as_one(e.outputs), _as_one(scoring.targets)
+    except ConfigError:  # outputs of different shapes per batch: there are no per-sample outcomes to pair
+        e.flags[UNPAIRED] = None
+        return None
+    try:
+        return paired_metric_test(base_outputs, outputs, replace(scoring, targets=targets), seed)
     except Exception as err:  # noqa: BLE001 - the comparison stands; the reader is told the change is untested
         e.flags[f"no paired test of its metric change ({type(err).__name__}: {err})"] = None
         return None
@@ -393,7 +402,8 @@ def paired_metric_test(base_outputs: torch.Tensor, outputs: torch.Tensor, scorin
     """The paired test of a metric change, variant minus baseline, on the same samples' outputs.
 
     McNemar's exact test on each sample's correctness for a 0/1 metric (``scoring.zero_one``), else a paired
-    bootstrap that recomputes the metric on :data:`METRIC_RESAMPLES` resamples of the samples.
+    bootstrap that recomputes the metric (a function, or a batch metric given the resample as one batch) on
+    :data:`METRIC_RESAMPLES` resamples of the samples.
 
     Raises:
         ConfigError: outputs the metric cannot score (not (N, classes) logits for accuracy; a metric that is
@@ -401,14 +411,15 @@ def paired_metric_test(base_outputs: torch.Tensor, outputs: torch.Tensor, scorin
     """
     import torch
 
+    targets = _as_one(scoring.targets)
     if scoring.zero_one:
-        return mcnemar_exact(correct_predictions(base_outputs, scoring.targets).cpu().numpy(),
-                             correct_predictions(outputs, scoring.targets).cpu().numpy())
-    targets = scoring.targets.cpu()  # the kept outputs are on the CPU
+        return mcnemar_exact(correct_predictions(base_outputs, targets).cpu().numpy(),
+                             correct_predictions(outputs, targets).cpu().numpy())
+    targets = targets.cpu()  # the kept outputs are on the CPU
 
     def metric_at(side: torch.Tensor, idx: Any) -> float:
         index = torch.as_tensor(idx)
-        return scoring.metric_fn(side[index], targets[index])
+        return float(metric_value(scoring.metric_fn, [side[index]], [targets[index]]))
 
     return paired_bootstrap(base_outputs, outputs, statistic=metric_at, n_resamples=METRIC_RESAMPLES, seed=seed)
 

@@ -192,3 +192,28 @@ def test_what_the_users_factory_or_data_raise_is_a_config_error_with_the_cause(t
     path = write(tmp_path, config_text(eval_data=f"{HERE}:failing_data"))
     with pytest.raises(ConfigError, match=r"data\.eval '.*:failing_data' raised KeyError: \"split 'test'\""):
         load_compare_config(path).build()
+
+
+def first_logits(output: object) -> torch.Tensor:
+    """An ``output_fn`` named in a config."""
+    return output  # type: ignore[return-value]
+
+
+def test_target_key_and_output_fn_reach_compare_and_optimize(tmp_path: Path) -> None:
+    text = config_text(model=f'output_fn = "{HERE}:first_logits"').replace(
+        "[data]\n", '[data]\ntarget_key = "label"\n')
+    config = load_compare_config(write(tmp_path, text))
+    kwargs = config.build()
+    assert kwargs["target_key"] == "label" and kwargs["output_fn"] is first_logits
+    assert {k: config.optimize_kwargs()[k] for k in ("target_key", "output_fn")} == {
+        "target_key": "label", "output_fn": first_logits}
+    assert "target_key" not in load_compare_config(write(tmp_path, config_text(), "plain.toml")).build()
+
+
+def test_a_bad_target_key_or_output_fn_is_named(tmp_path: Path) -> None:
+    bad_key = config_text().replace("[data]\n", "[data]\ntarget_key = 3\n")
+    with pytest.raises(ConfigError, match="data.target_key must be a non-empty string, not 3"):
+        load_compare_config(write(tmp_path, bad_key))
+    not_callable = config_text(model=f'output_fn = "{HERE}:HERE"')
+    with pytest.raises(ConfigError, match="model.output_fn 'tests.comparison.test_config:HERE' is not callable"):
+        load_compare_config(write(tmp_path, not_callable, "n.toml")).build()

@@ -214,7 +214,7 @@ def test_default_candidates_without_training_or_sensitivity() -> None:
 def test_the_chosen_model_is_saved_and_reloads_with_its_accuracy(digits: DigitsData, trained: nn.Module,
                                                                  tmp_path) -> None:  # noqa: ANN001
     from greenmeter.comparison.export import load_model, read_manifest
-    from greenmeter.comparison.steps import correct_predictions
+    from greenmeter.comparison.metrics import correct_predictions
 
     counter = LayerWorkCounter()  # int8-static measurably cheaper whatever the machine's load
     charged = counter.charge(copy.deepcopy(trained))
