@@ -94,6 +94,16 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext greenmeter``: register the ``%%greenmeter`` cell magic (see ``greenmeter.integrations.notebook``).
+
+    IPython is imported here, when IPython loads the extension, never by ``import greenmeter``.
+    """
+    from greenmeter.integrations.notebook import load_ipython_extension as load
+
+    load(ipython)
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 

@@ -73,6 +73,40 @@ _UNFINISHED = ("never finished: it is still running, or the process was killed o
                "to the store (the windows stored before are kept)")
 
 
+@contextlib.contextmanager
+def _run_metrics(args: argparse.Namespace, meter: Any) -> Iterator[None]:
+    """``run --metrics-port/--metrics-file``: serve and rewrite the meter's metrics while the block runs.
+
+    Both start before the block (a port in use is a ConfigError before the command starts); at its end the
+    server stops and the file is written a last time. A last write that fails is said on standard error, and
+    the command's exit code is kept.
+    """
+    if args.metrics_port is None and args.metrics_file is None:
+        yield
+        return
+    from greenmeter._text import terminal_text
+    from greenmeter.integrations.prometheus import MeterCollector, serve_metrics, write_metrics_file
+
+    collector = MeterCollector(meter)  # one collector: the endpoint and the file show the same figures
+    with contextlib.ExitStack() as stack:
+        if args.metrics_port is not None:
+            server = stack.enter_context(serve_metrics(collector, args.metrics_port, args.metrics_addr or "127.0.0.1"))
+            if not args.json:
+                print(f"greenmeter: serving metrics at {server.url}", file=sys.stderr)
+        metrics_file = None
+        if args.metrics_file is not None:
+            metrics_file = write_metrics_file(collector, args.metrics_file, interval_s=args.metrics_interval or 10.0)
+        try:
+            yield
+        finally:
+            if metrics_file is not None:
+                try:
+                    metrics_file.close()
+                except Exception as err:  # noqa: BLE001 - said; the command's exit code matters more
+                    print(f"greenmeter: the metrics file {terminal_text(str(metrics_file.path))} could not be "
+                          f"written a last time ({terminal_text(f'{type(err).__name__}: {err}')})", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from greenmeter._text import terminal_text
     from greenmeter.metering.meter import Meter
@@ -83,13 +117,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         command = command[1:]
     settings = carbon_settings(args)
     settings.resolve_intensity()  # an unknown country fails here, before the command runs
+    if args.metrics_addr is not None and args.metrics_port is None:
+        raise ConfigError("--metrics-addr is the address of --metrics-port: add --metrics-port PORT")
+    if args.metrics_interval is not None and args.metrics_file is None:
+        raise ConfigError("--metrics-interval is how often --metrics-file is rewritten: add --metrics-file PATH")
+    if args.metrics_file is not None:
+        from greenmeter._checks import output_file
+
+        output_file("--metrics-file", args.metrics_file)
     with _store_unless_off(args) as store:
         # Fallbacks are printed with the summary's flags; the start-up warnings would say them twice.
         logging.getLogger("greenmeter").setLevel(logging.ERROR)
         meter = Meter(mode=args.mode, sync=None, carbon=settings)
         try:
-            result = run_command(command, meter=meter, carbon=settings, store=store, name=args.name,
-                                 interval_s=args.interval)
+            with _run_metrics(args, meter):  # a port in use stops greenmeter here, before the command starts
+                result = run_command(command, meter=meter, carbon=settings, store=store, name=args.name,
+                                     interval_s=args.interval)
         finally:
             meter.close()
     m = result.measurement

@@ -114,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=("process", "machine"), default="process",
                      help="scope of the estimates: the command's process tree (default) or the whole machine")
     run.add_argument("--interval", type=float, default=1.0, help="seconds between power-timeline samples")
+    run.add_argument("--metrics-port", type=whole_number_arg("--metrics-port", minimum=0, maximum=65535), default=None,
+                     metavar="PORT", help="serve live power, energy and CO2e per domain for Prometheus on this port "
+                                          "while the command runs (0 picks a free one; needs greenmeter[metrics])")
+    run.add_argument("--metrics-addr", default=None, metavar="ADDR",
+                     help="the address --metrics-port listens on (default 127.0.0.1: this machine only)")
+    run.add_argument("--metrics-file", default=None, metavar="PATH",
+                     help="write the same metrics to PATH in node-exporter textfile format (e.g. a .prom file in the "
+                          "textfile collector's folder), every --metrics-interval and once at the end")
+    run.add_argument("--metrics-interval", type=number_arg("--metrics-interval", low=0, low_open=True, unit="seconds"),
+                     default=None, metavar="S", help="seconds between rewrites of --metrics-file (default 10)")
     run.add_argument("--json", action="store_true", help="print the measurement as JSON (to standard error)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     run.set_defaults(handler=cc.cmd_run)

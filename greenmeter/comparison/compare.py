@@ -203,7 +203,9 @@ def compare(
             ``Comparison.torch_threads``. On a machine that other work keeps busy, fewer threads than the
             free cores keep latency and CPU-time estimates from growing with the other load.
         name: the comparison's name.
-        progress: ``True`` for progress on stderr, ``False`` for none, or a callable given each line.
+        progress: ``True`` for progress on stderr (a progress bar on a terminal or in a notebook, a line per
+            item elsewhere: :mod:`greenmeter.comparison.progress`), ``False`` for none, or a callable given
+            each line.
         target_key: the key of the targets in dict batches (default ``"labels"``); removed from the inputs.
         output_fn: ``output_fn(model_output) -> tensor``, what the metric sees of a model's output (default
             :func:`greenmeter.comparison.batches.default_output`: a tensor as it is, the first tensor of a tuple,
@@ -333,6 +335,7 @@ def compare(
             ended_by = err
             raise
         finally:
+            show.close()  # a bar cut short stays as last drawn
             if threads is not None:
                 torch.set_num_threads(threads_before)
             if own_meter:  # the windows measured so far stay stored; the run ends by what ended the comparison
@@ -389,4 +392,4 @@ def _keep_interrupted(conclude: Callable[[str, list[str]], Comparison], rounds: 
         log.warning("greenmeter: the interrupted comparison could not be stored (%s: %s)", type(fault).__name__,
                     fault)
         return
-    show(f"interrupted: stored the {rounds.done} repeat(s) every variant completed, marked interrupted")
+    show(f"interrupted: stored the {rounds.done} repeat(s) every variant completed, marked interrupted", keep=True)

@@ -59,7 +59,7 @@ from greenmeter.comparison.batches import (
 from greenmeter.comparison.compare import Variant, check_settings, compare
 from greenmeter.comparison.metrics import Metric, accuracy_metric, check_metric, metric_value
 from greenmeter.comparison.metrics import metric_name as name_of_metric
-from greenmeter.comparison.progress import progress_printer
+from greenmeter.comparison.progress import Progress
 from greenmeter.comparison.recipes import STEP_SEPARATOR, RecipeContext, check_recipe
 from greenmeter.comparison.recommend import recommend
 from greenmeter.comparison.steps import Scoring, build_measured, paired_metric_test, stacked_making
@@ -238,7 +238,8 @@ def optimize(
         save_to: a directory to save the chosen model in (state dict, recipe, exported program:
             :func:`greenmeter.comparison.export.save_model`); ``None``: not saved.
         name: the name of the search, its comparisons and its run.
-        progress: ``True`` (lines on standard error), ``False`` or a callable given each line.
+        progress: ``True`` (a progress bar on a terminal or in a notebook, lines on other standard errors:
+            :mod:`greenmeter.comparison.progress`), ``False`` or a callable given each line.
         resume: go on with the unfinished search of the same name, baseline, data and settings journaled in the
             store (:mod:`greenmeter.comparison.journal`): its sensitivity, built candidates and screening rounds
             are read back, not done again, and ``time_budget_s`` counts the time it already spent. Needs a store.
@@ -287,7 +288,8 @@ def optimize(
         from greenmeter.comparison.export import check_save_directory
 
         save_to = check_save_directory(save_to)
-    show = progress_printer(progress, prefix="[optimize] ")
+    # a bar over the candidates, the screening rounds and the final comparison (it grows as rounds start)
+    show = Progress(progress, 1, prefix="[optimize] ", counted=False)
     check_metric(metric)
     target_key, output_fn = check_target_key(target_key), check_output_fn(output_fn)
     metric_fn = metric or accuracy_metric
@@ -367,13 +369,14 @@ def optimize(
         if recipes is None and not can_train:
             flags.append("no train_fn or train_data: recipes that train (channels, distill, qat, stacks) were not "
                          "tried")
+        show.grow(len(planned))
         show(f"{len(planned)} candidates: {', '.join(spec for spec, _ in planned)}")
 
         # ----------------------------------------------------------------------- round 0: build and check
         outcomes: dict[str, dict[str, Any]] = {}
         built: dict[str, tuple[Any, MakingCost]] = {}
         over: set[str] = set()
-        for i, (spec, origin) in enumerate(planned):
+        for i, (spec, origin) in enumerate(show.iterate(planned)):
             outcome = outcomes.setdefault(spec, {"spec": spec, "origin": origin, "rung": 0})
             first = spec.split(STEP_SEPARATOR)[0].strip() if STEP_SEPARATOR in spec else None
             if first is not None and first in over:
@@ -414,7 +417,7 @@ def optimize(
                 value, outputs = _score(variant, select_batches, metric_fn, output_fn)
             except Exception as err:  # noqa: BLE001 - recorded for this candidate; the others go on
                 outcome.update(status="failed", reason=f"{type(err).__name__}: {err}".splitlines()[0])
-                show(f"{spec} FAILED: {outcome['reason']}")
+                show(f"{spec} FAILED: {outcome['reason']}", keep=True)
                 journal.record(step, {"outcome": outcome})
                 continue
             change = value - base_metric
@@ -447,7 +450,8 @@ def optimize(
                 last_ratio.update(old["last_ratio"])
                 alive = list(old["rung"]["kept"])
                 rungs.append(Rung.from_dict(old["rung"]))
-                show(f"screening round {len(rungs)}: read back from the journal, {len(alive)} went on")
+                show.grow(1)
+                show(f"screening round {len(rungs)}: read back from the journal, {len(alive)} went on", advance=1)
                 repeats *= eta
                 continue
             if time.perf_counter() > deadline:
@@ -456,6 +460,7 @@ def optimize(
                 break
             index = len(rungs) + 1
             round_started = time.perf_counter()
+            show.grow(1)
             show(f"screening round {index}: {len(alive)} candidates, {repeats} repeats")
             in_round = list(alive)
             result = compare({"baseline": model, **{s: Variant(model=built[s][0], making=built[s][1]) for s in alive}},
@@ -486,6 +491,7 @@ def optimize(
             rungs.append(Rung(index, repeats, tuple(measured), tuple(alive), time.perf_counter() - round_started))
             journal.record(f"round:{index}", {"rung": rungs[-1].to_dict(), "last_ratio": last_ratio,
                                               "outcomes": {spec: outcomes[spec] for spec in in_round}})
+            show.advance()
             repeats *= eta
         alive.sort(key=lambda s: last_ratio.get(s, math.inf))
         for spec in alive[finalists:]:
@@ -551,7 +557,7 @@ def optimize(
             versus_best_single=versus, time_budget_s=time_budget_s, duration_s=journal.spent_s,
             flags=tuple(flags), saved=saved,
         )
-        show(f"chose {chosen} in {result.duration_s:.0f} s")
+        show(f"chose {chosen} in {result.duration_s:.0f} s", advance=1)
         if meter.store is not None:
             with signals_deferred():  # stored whole, then a Ctrl-C that came meanwhile is raised
                 meter.store.add_optimization(result, finished_search=journal.key)
@@ -561,9 +567,10 @@ def optimize(
             with signals_deferred(), contextlib.suppress(GreenmeterError):  # the time spent, for the budget
                 journal.record("interrupted", {"at": _dt.datetime.now(_dt.timezone.utc).isoformat()})
             show("interrupted: what the search finished is journaled in the store; run the same search with "
-                 "resume=True (greenmeter optimize CONFIG --resume) to go on from there")
+                 "resume=True (greenmeter optimize CONFIG --resume) to go on from there", keep=True)
         raise
     finally:
+        show.close()  # a bar cut short stays as last drawn
         torch.set_num_threads(threads_before)
         if own_meter:
             meter.close()

@@ -169,7 +169,8 @@ def build_entries(specs: Mapping[str, Any], baseline: str, recipes: Mapping[str,
             entry.flags.update(dict.fromkeys(flags))
         except Exception as err:  # recorded for this variant; the others go on
             entry.fail("making it", err)
-        show(f"made {key}" if entry.error is None else f"{key} FAILED: {entry.error}", advance=1)
+        show(f"made {key}" if entry.error is None else f"{key} FAILED: {entry.error}", advance=1,
+             keep=entry.error is not None)
         entries.append(entry)
     return entries
 
@@ -203,7 +204,8 @@ def prepare(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: Sequ
             _model_facts(entry, base, batches, targets, model_facts)
         except Exception as err:  # noqa: BLE001 - recorded in the variant's result
             entry.fail("evaluating it", err)
-    show(f"checked {entry.name}" if entry.error is None else f"{entry.name} FAILED: {entry.error}", advance=1)
+    show(f"checked {entry.name}" if entry.error is None else f"{entry.name} FAILED: {entry.error}", advance=1,
+         keep=entry.error is not None)
 
 
 def _check_shapes(shapes: Sequence[tuple[int, ...]], base: Sequence[tuple[int, ...]]) -> None:
@@ -268,7 +270,7 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: Sequ
     except Exception as err:  # noqa: BLE001 - the variant is recorded as failed; the others go on
         meter.end(window, error=err)
         entry.fail(f"repeat {repeat + 1}", err)
-        show(f"{entry.name} FAILED: {entry.error}", advance=1)
+        show(f"{entry.name} FAILED: {entry.error}", advance=1, keep=True)
         return
     m = meter.end(window)
     try:

@@ -369,7 +369,17 @@ class Comparison:
         """A plain-text table of the headline figures, for terminals."""
         return format_table(self)
 
+    def _repr_html_(self) -> str:
+        """The comparison as a notebook shows it: a table with provenance and bands (``greenmeter.output.notebook``)."""
+        from greenmeter.output.notebook import comparison_html  # records never import output at module level
 
+        return comparison_html(self)
+
+    def _repr_markdown_(self) -> str:
+        """The comparison as short Markdown (see ``greenmeter.output.notebook``)."""
+        from greenmeter.output.notebook import comparison_markdown
+
+        return comparison_markdown(self)
 
 
 def with_measurable_front(variants: tuple[VariantResult, ...], baseline: str) -> tuple[VariantResult, ...]:

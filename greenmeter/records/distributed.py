@@ -288,6 +288,18 @@ class DistributedResult:
         lines.extend(f"  ! {flag}" for flag in self.flags)
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """The result as a notebook shows it: a table with provenance and bands (``greenmeter.output.notebook``)."""
+        from greenmeter.output.notebook import distributed_html  # records never import output at module level
+
+        return distributed_html(self)
+
+    def _repr_markdown_(self) -> str:
+        """The result as short Markdown (see ``greenmeter.output.notebook``)."""
+        from greenmeter.output.notebook import distributed_markdown
+
+        return distributed_markdown(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": self.schema_version, "world_size": self.world_size,
                 "ranks": [r.to_dict() for r in self.ranks], "windows": [w.to_dict() for w in self.windows],

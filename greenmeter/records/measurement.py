@@ -460,6 +460,18 @@ class Measurement:
         lines.extend(f"  ! {flag}" for flag in self.flags)
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """The measurement as a notebook shows it: a table with provenance and bands (``output.notebook``)."""
+        from greenmeter.output.notebook import measurement_html  # records never import output at module level
+
+        return measurement_html(self)
+
+    def _repr_markdown_(self) -> str:
+        """The measurement as short Markdown (see ``greenmeter.output.notebook``)."""
+        from greenmeter.output.notebook import measurement_markdown
+
+        return measurement_markdown(self)
+
 
 def _band_dict(band: Band | None) -> dict[str, Any] | None:
     """A band's figures for JSON (derived data: ``from_dict`` rebuilds it from the domains)."""

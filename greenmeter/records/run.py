@@ -59,6 +59,19 @@ class RunRecord:
         """The status to show people: ``"incomplete"`` for a run that never finished, else ``status``."""
         return self.status if self.complete else "incomplete"
 
+    def _repr_html_(self) -> str:
+        """The run as a notebook shows it: its facts and a table with provenance and bands (see
+        ``greenmeter.output.notebook``)."""
+        from greenmeter.output.notebook import run_html  # records never import output at module level
+
+        return run_html(self)
+
+    def _repr_markdown_(self) -> str:
+        """The run as short Markdown (see ``greenmeter.output.notebook``)."""
+        from greenmeter.output.notebook import run_markdown
+
+        return run_markdown(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": RECORD_VERSION, "id": self.id, "name": self.name, "kind": self.kind,

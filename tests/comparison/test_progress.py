@@ -59,29 +59,55 @@ def test_counted_progress_gives_a_callable_the_bare_line_and_false_shows_nothing
         Progress(None, 2)  # type: ignore[arg-type]
 
 
-def test_on_a_terminal_a_bar_is_redrawn_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Terminal:
-        def __init__(self) -> None:
-            self.text = ""
+class _Terminal:
+    """A standard error that says it is a terminal and keeps what is written to it."""
 
-        def isatty(self) -> bool:
-            return True
+    def __init__(self) -> None:
+        self.text = ""
 
-        def write(self, text: str) -> int:
-            self.text += text
-            return len(text)
+    def isatty(self) -> bool:
+        return True
 
-        def flush(self) -> None:
-            pass
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
 
-    term = Terminal()
+    def flush(self) -> None:
+        pass
+
+
+def test_on_a_terminal_a_tqdm_bar_is_redrawn_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    term = _Terminal()
     monkeypatch.setattr("sys.stderr", term)
-    show = Progress(True, 2)
+    show = Progress(True, 2, prefix="[optimize] ")
     show("first", advance=1)
     show("second", advance=1)
     frames = term.text.split("\r")[1:]
-    assert frames[0].startswith("[" + "#" * 15 + "." * 15 + "] 1/2 first")
-    assert frames[1].startswith("[" + "#" * 30 + "] 2/2 second") and frames[1].endswith("\n")
+    # tqdm's frames: opened at 0 of 2 with the first item's text, then (rate-limited) redrawn to the end
+    assert frames[0].startswith("optimize:   0%|          | 0/2 [") and frames[0].rstrip().endswith("first]")
+    assert frames[-1].startswith("optimize: 100%|##########| 2/2 [") and frames[-1].endswith("second]\n")
+    assert show.bar and show.done == 2
+
+
+def test_a_bar_keeps_a_failure_on_screen_and_grows_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    term = _Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    show = Progress(True, 1)
+    show("making int8")
+    show.grow(2)  # the job learns of 2 more items
+    show("int8 FAILED: no engine", advance=1, keep=True)
+    show("round 1", advance=1)
+    show("round 2", advance=1)
+    assert "int8 FAILED: no engine\n" in term.text  # written above the bar, as a line of its own
+    last = term.text.split("\r")[-1]
+    assert " 3/3 [" in last and last.endswith("round 2]\n")
+    assert show.done == show.total == 3
+
+
+def test_lines_not_counted_keep_the_bare_text_after_the_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    show = Progress(True, 3, prefix="[optimize] ", counted=False)
+    show("making int8", advance=1)
+    assert capsys.readouterr().err == "[optimize] making int8\n"
 
 
 def test_compare_search_and_demo_refuse_a_bad_progress_before_any_work(tmp_path: Path) -> None:
