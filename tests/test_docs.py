@@ -20,7 +20,7 @@ def test_the_api_reference_matches_the_docstrings() -> None:
 
 def test_every_command_is_in_the_cli_reference() -> None:
     commands = next(a for a in _parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
-    documented = set(re.findall(r"^## `greenmeter (\w+)", (ROOT / "docs" / "cli.md").read_text(), flags=re.M))
+    documented = set(re.findall(r"^## `greenmeter ([\w-]+)", (ROOT / "docs" / "cli.md").read_text(), flags=re.M))
     assert set(commands) == documented
 
 

@@ -172,12 +172,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("[]" if args.json else f"no runs stored in {terminal_text(path)}")
         return 0
     with _store(args, readonly=True) as store:
-        runs = store.list_runs(limit=args.limit)
+        runs = store.list_runs(limit=args.limit, job=args.job)
+        jobs = {r.id: store.run_job(r.id) for r in runs} if args.json else {}
     if args.json:
-        print(json.dumps([r.to_dict() for r in runs], indent=2))
+        print(json.dumps([{**r.to_dict(), "job": jobs[r.id]} for r in runs], indent=2))
         return 0
     if not runs:
-        print(f"no runs stored in {terminal_text(path)}")
+        where = f" of job {terminal_text(args.job)}" if args.job is not None else ""
+        print(f"no runs{where} stored in {terminal_text(path)}")
         return 0
     print(f"{'id':<12}  {'status':<11}  {'started (UTC)':<19}  {'duration':>9}  {'energy':>11}  {'band':>17}  "
           f"{'co2e':>10}  name")

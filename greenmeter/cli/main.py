@@ -8,6 +8,7 @@ Commands:
     compare  compare a baseline and its compressed variants from a TOML file; print and store the result.
     carbon   look up grid intensities (list countries and cloud regions) and convert energy to CO2e.
     calibrate  fit this machine's power coefficients to a wall meter's log of stored runs (greenmeter.cli.calibrate).
+    export-model  write a variant to ONNX and measure it under ONNX Runtime (greenmeter.cli.export_model).
 
 Exit codes: 0 done (``run``: the command's own code); 1 a user error, said in one line
 ``greenmeter: error: ...`` (a wrong option or file, an unusable store or source); 2 a command-line usage
@@ -99,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     from greenmeter.cli import commands as cc
     from greenmeter.cli.arguments import LIMIT_MAX, number_arg, whole_number_arg
     from greenmeter.cli.calibrate import add_calibrate_command
+    from greenmeter.cli.export_model import add_export_model_command
     from greenmeter.cli.report import FormatChoices, add_report_commands
 
     store_help = "run store path (default: $GREENMETER_STORE, else $XDG_DATA_HOME/greenmeter/runs.db)"
@@ -133,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=whole_number_arg("limit", minimum=0, maximum=LIMIT_MAX), default=20,
                       help="how many runs to show (default 20)")
     runs.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    runs.add_argument("--job", default=None, metavar="JOBID",
+                      help="only the runs of this cluster job (its SLURM_JOB_ID)")
     runs.set_defaults(handler=cc.cmd_runs)
 
     export = commands.add_parser("export", help="export stored runs")
@@ -190,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_report_commands(commands, store_help)
     add_calibrate_command(commands, store_help)
+    add_export_model_command(commands)
 
     demo = commands.add_parser(
         "demo", help="train, compress, compare and report on bundled data (digits), in one command",

@@ -28,6 +28,16 @@ the manifest. The state dict needs the architecture, so it is loaded into a mode
     variant = build_variant(saved.recipe, baseline, ctx)     # saved = read_manifest(directory)
     variant.load_state_dict(read_state_dict(directory))      # torch.load(..., weights_only=True)
 
+ONNX (:func:`export_onnx`, :class:`OnnxModel`; ``pip install greenmeter[onnx]``): the variant is written as one
+``.onnx`` file by ``torch.onnx.export`` (the TorchScript-based exporter, ``dynamo=False``: one self-contained file,
+batch dimension dynamic), loaded back into an ONNX Runtime CPU session and checked against the model's outputs on
+``example_input`` (the same tolerance as above). On torch 2.13 CPU float, ``prune``, ``channels``, ``distill`` and
+``int8-static`` export (the static int8 model as QuantizeLinear/DequantizeLinear operators); ``int8-dynamic`` cannot
+(ONNX has no operator for PyTorch's ``quantized::linear_dynamic`` kernel): export the float or pruned variant with
+``quantize="dynamic"``, which quantizes the exported graph with ONNX Runtime's ``quantize_dynamic`` instead.
+:class:`OnnxModel` wraps the session as a ``torch.nn.Module`` (tensors in, tensors out), so
+:func:`~greenmeter.comparison.compare.compare` measures it next to the PyTorch variants in one comparison.
+
 Nothing here unpickles code: the state dict is read with ``weights_only=True``, the programs by
 ``torch.export.load`` and ``torch.jit.load``, which read their own formats. Nothing goes to the network.
 This module imports torch (it is only about torch models); ``import greenmeter`` does not import it.
@@ -35,7 +45,9 @@ This module imports torch (it is only about torch models); ``import greenmeter``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import warnings
@@ -53,8 +65,8 @@ from greenmeter.records.encoding import check_record_version, finite_json, parse
 import torch
 from torch import nn
 
-__all__ = ["PROGRAM_FORMATS", "ExportedModule", "SavedModel", "check_save_directory", "load_model", "read_manifest",
-           "read_state_dict", "save_model"]
+__all__ = ["PROGRAM_FORMATS", "ExportedModule", "OnnxModel", "SavedModel", "check_save_directory", "export_onnx",
+           "load_model", "read_manifest", "read_state_dict", "save_model"]
 
 #: The manifest's ``format``: what marks a directory as a greenmeter save.
 FORMAT = "greenmeter-saved-model"
@@ -484,3 +496,141 @@ def _load_program(fmt: str, path: Path) -> nn.Module:
     if fmt == "torch.export":
         return ExportedModule(torch.export.load(path))
     return torch.jit.load(path, map_location="cpu").eval()
+
+
+# ------------------------------------------------------------------------------------------ ONNX
+
+def _onnx_runtime() -> Any:
+    """``onnxruntime``, after checking that ``onnx`` (which torch's exporter needs) is installed too."""
+    from greenmeter.integrations import import_framework
+
+    import_framework(("onnx",), "onnx")
+    return import_framework(("onnxruntime",), "onnx")
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, quantize: str | None = None,
+                opset: int | None = None) -> Path:
+    """Write ``model`` to one ONNX file and check it under ONNX Runtime (CPU) against the model's outputs.
+
+    Args:
+        model: the variant (a ``build_variant`` result or any ``torch.nn.Module`` taking one tensor); exported in
+            eval mode without gradients, and left in the mode it was in.
+        example_input: one input batch ``[N, ...]``: the export traces it, and the ONNX Runtime session must
+            reproduce the model's outputs on it (within 1e-5 + 1e-3 x the largest output; 0.1 x the largest with
+            ``quantize``, whose int8 weights change the outputs). Dimension 0 (the batch) is exported dynamic.
+        path: the ``.onnx`` file to write (its directory is created; an existing file is replaced).
+        quantize: ``None`` (write the model as it is) or ``"dynamic"``: quantize the exported float graph's
+            weights to int8 with ``onnxruntime.quantization.quantize_dynamic``, the int8 path for models whose
+            PyTorch int8 kernels cannot export.
+        opset: the ONNX opset (default: torch's).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: ``onnx``/``onnxruntime`` are not installed (``pip install greenmeter[onnx]``), ``model`` is
+            not a module, ``example_input`` not a tensor batch, ``quantize`` not one of the choices, the exporter
+            cannot handle the model (the message names its compression method and what to export instead), or
+            the exported model's outputs differ from the model's.
+    """
+    ort = _onnx_runtime()
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"export_onnx needs a torch.nn.Module, not {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1 or len(example_input) < 1:
+        raise ConfigError("export_onnx's example_input must be a tensor batch [N, ...] with N >= 1")
+    if quantize is not None:
+        choice("export_onnx's quantize", quantize, ("dynamic",))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    info = getattr(model, "compression_info", None)
+    method = getattr(info, "method", None)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
+            expected = model(example_input)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # it prints its whole graph when it fails
+                    torch.onnx.export(model, (example_input,), str(target), dynamo=False, opset_version=opset,
+                                      input_names=["input"], output_names=["output"],
+                                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+            except Exception as err:
+                target.unlink(missing_ok=True)
+                recipe = getattr(getattr(model, "recipe", None), "spec", None)
+                what = (f"a model made by the {method!r} method" + (f" (recipe {recipe!r})" if recipe else "")
+                        if method else f"this {type(model).__name__}")
+                raise ConfigError(
+                    f"torch.onnx.export cannot export {what} ({_first_line(err)}): export the float, pruned "
+                    "('prune', 'channels') or distilled variant instead, with quantize='dynamic' for int8 weights "
+                    "(ONNX Runtime's quantize_dynamic), or 'int8-static', which exports") from err
+    finally:
+        model.train(was_training)
+    if quantize == "dynamic":
+        from onnxruntime.quantization import quantize_dynamic
+
+        float_file = target.with_name(target.name + ".float.tmp")
+        target.replace(float_file)
+        try:
+            quantize_dynamic(str(float_file), str(target))
+        finally:
+            float_file.unlink(missing_ok=True)
+    got = OnnxModel(target, runtime=ort)(example_input)
+    diff = _max_abs_diff(expected, got)
+    bound = (0.1 if quantize else _RTOL) * _max_abs(expected) + _ATOL
+    if diff is None or not diff <= bound:
+        raise ConfigError(f"the ONNX model written to {target} does not reproduce the model's outputs on "
+                          f"example_input" + ("" if diff is None else f" (they differ by up to {diff:.3g})")
+                          + ": do not deploy it; export the float variant instead")
+    return target
+
+
+class OnnxModel(nn.Module):
+    """An ONNX file run by an ONNX Runtime CPU session, as a ``torch.nn.Module``: tensors in, tensors out.
+
+    Usable wherever a model is: as a variant in :func:`~greenmeter.comparison.compare.compare`, beside the
+    PyTorch model it was exported from. It runs in eval mode only. Its weights are in the session, so it has no
+    parameters: its state dict holds the ONNX file's bytes (buffer ``onnx_file``, uint8), which makes a
+    comparison's size the file's size (plus torch's container), while its parameter and MAC counts read 0 (the
+    flop counter cannot see inside ONNX Runtime): take those from the PyTorch variant it was exported from.
+
+    Attributes:
+        path: the ONNX file.
+        session: the ``onnxruntime.InferenceSession``.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, runtime: Any = None) -> None:
+        """Open ``path`` in an ONNX Runtime CPU session.
+
+        Args:
+            path: an ONNX file (as :func:`export_onnx` writes).
+            threads: the session's intra-op threads (default: ONNX Runtime's, or ``torch.get_num_threads()``
+                so it runs on as many threads as the PyTorch models it is compared with).
+            runtime: the ``onnxruntime`` module (default: imported here).
+
+        Raises:
+            ConfigError: ``onnxruntime`` is not installed, or ``path`` is not a file.
+        """
+        super().__init__()
+        ort = runtime if runtime is not None else _onnx_runtime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ConfigError(f"{self.path} is not a file: give the .onnx file export_onnx wrote")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads if threads is not None else torch.get_num_threads()
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        self.register_buffer("onnx_file", torch.frombuffer(bytearray(self.path.read_bytes()), dtype=torch.uint8))
+        self.training = False
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        feeds = {name: t.detach().cpu().contiguous().numpy() for name, t in zip(self._inputs, inputs)}
+        outputs = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def train(self, mode: bool = True) -> OnnxModel:
+        """``train(False)`` (what ``.eval()`` calls) returns the module; ``train(True)`` raises ConfigError."""
+        if mode:
+            raise ConfigError("an ONNX Runtime session runs inference only and cannot train: train the PyTorch "
+                              "model and export it again")
+        return self

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenmeter.metering.api import track as _track
 from greenmeter._checks import number
-from greenmeter._errors import AggregationError, ConfigError, MeasurementError
+from greenmeter._errors import AggregationError, ConfigError, MeasurementError, StoreError
 from greenmeter.sources.base import Backend, ProbeResult
 from greenmeter.sources.registry import source_info, source_names
 from greenmeter.sources.select import create_configured, select_backends, unmeasured_notes
@@ -188,6 +188,14 @@ class RankMeter(Meter):
                          idle_baseline_s=idle_baseline_s, sync=sync, carbon=carbon, store=store,
                          name=f"{self.base_name} [rank {info.rank} of {info.world_size}]")
 
+    def _open_store(self) -> None:
+        super()._open_store()
+        if self.store is not None and self.run_id is not None and self.rank.job_id is not None:
+            try:  # srun's job: `greenmeter runs --job` finds this rank's run
+                self.store.set_run_job(self.run_id, dict(self.rank.job))
+            except StoreError as err:  # the measurement goes on; only the job tag is lost
+                log.warning("greenmeter: could not record SLURM job %s for run %s: %s", self.rank.job_id, self.run_id, err)
+
     def _select_sources(self) -> tuple[list[Backend], list[ProbeResult], Sequence[str]]:
         return select_rank_backends(self.rank, **self._rank_options)  # type: ignore[arg-type]
 
@@ -264,8 +272,8 @@ def store_result(
     The run (kind ``api``, called ``"<name> [n ranks]"``) holds one window per combined window, whose
     domains are every rank's (keys ``"<key>@<node>/rank<r>"``, see :func:`split_domain_key`); when there
     is one window it is the run's whole-run measurement too. The note says how ranks sit on nodes and
-    names each rank's own run; ``carbon_settings`` (rank 0's) are the run's. No schema change: it is an
-    ordinary run.
+    names each rank's own run; ``carbon_settings`` (rank 0's) are the run's. It is an ordinary run; under
+    SLURM it records the job (:meth:`Store.set_run_job`), so ``Store.list_runs(job=...)`` finds it.
     """
     from greenmeter.store.recorder import RunRecorder
 
@@ -279,6 +287,13 @@ def store_result(
     runs = ", ".join(f"{r.info.rank}={r.run_id or 'not stored'}" for r in result.ranks)
     note = (f"torch.distributed aggregate of {result.world_size} ranks on {len(nodes)} nodes ({layout}); domain keys "
             f"are '<key>@<node>/rank<r>'; each rank's own run: {runs}")
+    jobs = [r.info.job for r in result.ranks if r.info.job_id is not None]
+    if jobs:  # the SLURM job's facts, as rank 0 read them (every rank of one job reads the same)
+        store.set_run_job(run.run_id, dict(jobs[0]))
+        note += f"; SLURM job {dict(jobs[0])['job_id']}"
+    launchers = sorted({r.info.launcher for r in result.ranks} - {"none"})
+    if launchers:
+        note += f"; ranks read from {' and '.join(launchers)} variables"
     whole = result.windows[0].measurement if len(result.windows) == 1 else None
     run.finish(measurement=whole, note=note)  # failed when a combined window failed, else ok
     return replace(result, run_id=run.run_id, store_path=str(store.path))

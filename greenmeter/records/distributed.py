@@ -13,12 +13,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from greenmeter._checks import whole_number
+from greenmeter._checks import choice, whole_number
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonEstimate
 from greenmeter.records.measurement import DomainEnergy, Measurement
@@ -38,6 +39,38 @@ __all__ = [
 DISTRIBUTED_VERSION = 1
 #: Domain kinds a rank measures for itself; every other kind is node-wide (read by local rank 0).
 RANK_KINDS = frozenset({"gpu"})
+
+
+#: Where a rank came from (:attr:`RankInfo.launcher`).
+LAUNCHERS = ("none", "torchrun", "slurm")
+#: The SLURM job's facts kept in :attr:`RankInfo.job`: ``(name, variable)``.
+SLURM_JOB_FACTS = (("job_id", "SLURM_JOB_ID"), ("nodelist", "SLURM_JOB_NODELIST"), ("step_id", "SLURM_STEP_ID"))
+
+
+def _host_name(name: str) -> str:
+    return name.replace("@", "-").replace("/", "-") or "localhost"
+
+
+def _below(value: int, name: str, limit: int, limit_name: str) -> None:
+    if not 0 <= value < limit:
+        raise ConfigError(f"environment variable {name}={value} is not in 0..{limit - 1} ({limit_name} is {limit}); "
+                          "check how the job was launched")
+
+
+def _tasks_on_node(env: Mapping[str, str], node: int) -> int | None:
+    """This node's entry of ``SLURM_TASKS_PER_NODE`` (``"2(x3),1"``: 2 tasks on each of nodes 0-2, 1 on node 3)."""
+    text = env.get("SLURM_TASKS_PER_NODE")
+    if not text:
+        return None
+    counts: list[int] = []
+    for part in text.split(","):
+        found = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if found is None:
+            raise ConfigError(f"environment variable SLURM_TASKS_PER_NODE={text!r} is not like '2(x3),1'")
+        counts.extend([int(found[1])] * int(found[2] or 1))
+    if node >= len(counts):
+        raise ConfigError(f"environment variable SLURM_NODEID={node} has no entry in SLURM_TASKS_PER_NODE={text!r}")
+    return counts[node]
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int | None:
@@ -63,6 +96,9 @@ class RankInfo:
         node_rank: the node's index in the job (torchrun's ``GROUP_RANK``).
         hostname: the machine's name; with ``node_rank`` it names the node, so two nodes started on one
             host (as in a test) stay apart.
+        launcher: where the rank came from: ``"torchrun"``, ``"slurm"`` (``srun``) or ``"none"`` (one process).
+        job: the SLURM job's facts as ``(name, value)`` pairs (``job_id``, ``nodelist``, ``step_id``), read
+            whenever ``SLURM_JOB_ID`` is set (under torchrun too); empty outside SLURM.
     """
 
     rank: int
@@ -71,8 +107,13 @@ class RankInfo:
     local_world_size: int
     node_rank: int
     hostname: str
+    launcher: str = "none"
+    job: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        choice("launcher", self.launcher, LAUNCHERS)
+        if not all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in self.job):
+            raise ConfigError(f"job must be a tuple of (name, value) string pairs, not {self.job!r}")
         for name in ("rank", "world_size", "local_rank", "local_world_size", "node_rank"):
             whole_number(name, getattr(self, name), minimum=0)
         if not self.rank < self.world_size:
@@ -88,6 +129,11 @@ class RankInfo:
         return f"{self.hostname}/node{self.node_rank}"
 
     @property
+    def job_id(self) -> str | None:
+        """The SLURM job id (``SLURM_JOB_ID``), or ``None`` outside SLURM."""
+        return dict(self.job).get("job_id")
+
+    @property
     def reads_node(self) -> bool:
         """True for local rank 0, the one rank per node that reads the node-wide sources."""
         return self.local_rank == 0
@@ -99,21 +145,31 @@ class RankInfo:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RankInfo:
-        """Read the rank from the variables torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-        ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``; ``NODE_RANK`` is read where ``GROUP_RANK`` is missing).
+        """Read the rank from the variables torchrun sets, else from SLURM's (``srun``).
 
-        Without ``RANK`` and ``WORLD_SIZE`` this is a single process: rank 0 of 1. The node rank, when
-        neither variable gives it, is ``(RANK - LOCAL_RANK) // LOCAL_WORLD_SIZE``.
+        torchrun's: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``GROUP_RANK`` (``NODE_RANK``
+        where ``GROUP_RANK`` is missing); the node rank, when neither gives it, is
+        ``(RANK - LOCAL_RANK) // LOCAL_WORLD_SIZE``. Without ``RANK`` and ``WORLD_SIZE``, SLURM's are read:
+        ``SLURM_PROCID`` (rank), ``SLURM_NTASKS`` (world size), ``SLURM_LOCALID`` (local rank),
+        ``SLURM_NTASKS_PER_NODE`` or this node's entry of ``SLURM_TASKS_PER_NODE`` (local world size),
+        ``SLURM_NODEID`` (node rank) and ``SLURMD_NODENAME`` (host name). torchrun's variables win when both
+        are set (``launcher`` says which were used). ``SLURM_JOB_ID``, ``SLURM_JOB_NODELIST`` and
+        ``SLURM_STEP_ID`` are kept as :attr:`job` either way. Without either set this is a single process:
+        rank 0 of 1.
 
         Raises:
-            ConfigError: a variable is not a number, or a job of several processes lacks ``LOCAL_RANK``
-                or ``LOCAL_WORLD_SIZE`` (greenmeter cannot tell which rank reads the node's sources).
+            ConfigError: a variable is not a whole number, a rank is not below its world size, or a job of
+                several processes lacks its local rank or local world size (greenmeter cannot tell which
+                rank reads the node's sources); the message names the variable.
         """
         env = os.environ if environ is None else environ
-        host = socket.gethostname().replace("@", "-").replace("/", "-") or "localhost"
+        host = _host_name(socket.gethostname())
+        job = tuple((key, env[name]) for key, name in SLURM_JOB_FACTS if env.get(name)) if env.get("SLURM_JOB_ID") else ()
         rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
         if rank is None and world is None:
-            return cls(0, 1, 0, 1, 0, host)
+            if _env_int(env, "SLURM_PROCID") is not None or _env_int(env, "SLURM_NTASKS") is not None:
+                return cls._from_slurm(env, job)
+            return cls(0, 1, 0, 1, 0, host, job=job)
         if rank is None or world is None:
             raise ConfigError("RANK and WORLD_SIZE must be set together (torchrun sets both)")
         local, local_world = _env_int(env, "LOCAL_RANK"), _env_int(env, "LOCAL_WORLD_SIZE")
@@ -128,14 +184,39 @@ class RankInfo:
             node = _env_int(env, "NODE_RANK")
         if node is None:
             node = (rank - local) // local_world if rank >= local else 0
-        return cls(rank, world, local, local_world, node, host)
+        return cls(rank, world, local, local_world, node, host, "torchrun", job)
+
+    @classmethod
+    def _from_slurm(cls, env: Mapping[str, str], job: tuple[tuple[str, str], ...]) -> RankInfo:
+        """The rank from SLURM's variables (see :meth:`from_env`)."""
+        rank, world = _env_int(env, "SLURM_PROCID"), _env_int(env, "SLURM_NTASKS")
+        if rank is None or world is None:
+            missing = "SLURM_NTASKS" if world is None else "SLURM_PROCID"
+            raise ConfigError(f"{missing} is not set while {'SLURM_PROCID' if world is None else 'SLURM_NTASKS'} is: "
+                              "launch with srun (which sets both), or set it")
+        _below(rank, "SLURM_PROCID", world, "SLURM_NTASKS")
+        node = _env_int(env, "SLURM_NODEID") or 0
+        local, local_world = _env_int(env, "SLURM_LOCALID"), _env_int(env, "SLURM_NTASKS_PER_NODE")
+        if local_world is None:
+            local_world = _tasks_on_node(env, node)
+        if world == 1:
+            local, local_world = local or 0, local_world or 1
+        if local is None or local_world is None:
+            raise ConfigError(
+                "SLURM_LOCALID and SLURM_TASKS_PER_NODE are not both set, so greenmeter cannot tell which rank of "
+                "this node reads the node-wide sources; launch with srun, set them, or pass rank=RankInfo(...)")
+        _below(local, "SLURM_LOCALID", local_world, "the tasks on this node (SLURM_TASKS_PER_NODE)")
+        host = _host_name(env.get("SLURMD_NODENAME") or socket.gethostname())
+        return cls(rank, world, local, local_world, node, host, "slurm", job)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "job": dict(self.job)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RankInfo:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}  # launcher and job: newer fields
+        fields["job"] = tuple((str(k), str(v)) for k, v in dict(fields.get("job") or {}).items())
+        return cls(**fields)
 
 
 @dataclass(frozen=True)

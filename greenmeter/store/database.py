@@ -15,8 +15,9 @@ kept them whole: see ``Meter(keep_steps=...)``; others hold a bounded sketch in 
 ``power_samples`` (the power timeline: s since the run started, domain key, W), ``comparisons`` (each
 :class:`~greenmeter.records.comparison.Comparison` as JSON) and ``optimizations`` (each
 :class:`~greenmeter.records.optimization.OptimizeResult` as JSON, with the id of its final comparison), and the
-journal of unfinished optimize searches, ``searches`` and ``search_steps`` (see :meth:`Store.save_search_step`), and
-``calibrations`` (wall-meter calibration profiles: :meth:`Store.save_calibration`).
+journal of unfinished optimize searches, ``searches`` and ``search_steps`` (see :meth:`Store.save_search_step`),
+``calibrations`` (wall-meter calibration profiles: :meth:`Store.save_calibration`), and ``run_jobs`` (the cluster
+job of a run: :meth:`Store.set_run_job`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ CALIBRATIONS_MIGRATION = (
         id TEXT PRIMARY KEY, host TEXT NOT NULL, created_at TEXT NOT NULL, data TEXT NOT NULL)""",
     "CREATE INDEX calibrations_by_host ON calibrations (host, created_at)",
 )
+#: Schema migration 5 -> 6: the cluster job a run belongs to (``job_id``: ``SLURM_JOB_ID``; ``job``: the job's facts
+#: as JSON, see :meth:`Store.set_run_job`), so runs can be listed by job.
+JOBS_MIGRATION = (
+    """CREATE TABLE IF NOT EXISTS run_jobs (
+        run_id TEXT PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE, job_id TEXT NOT NULL, job TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS run_jobs_by_job ON run_jobs (job_id)",
+)
 #: ``MIGRATIONS[n]`` brings a store from schema version ``n`` to ``n + 1`` (statements run in one transaction).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -110,11 +118,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     OPTIMIZATIONS_MIGRATION,
     SEARCHES_MIGRATION,
     CALIBRATIONS_MIGRATION,
+    JOBS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 30.0
 _TABLES = frozenset({"runs", "windows", "steps", "power_samples", "comparisons", "optimizations", "searches",
-                     "search_steps", "calibrations"})
+                     "search_steps", "calibrations", "run_jobs"})
 _KINDS = ("run", "api")
 _FINAL = ("ok", "failed", "interrupted")
 _MAGIC = b"SQLite format 3\x00"
@@ -453,12 +462,53 @@ class Store:
         runs = self.list_runs(limit=1)
         return runs[0] if runs else None
 
-    def list_runs(self, limit: int | None = None) -> list[RunRecord]:
-        """Stored runs, newest first (``limit`` of them, or all)."""
+    def list_runs(self, limit: int | None = None, *, job: str | None = None) -> list[RunRecord]:
+        """Stored runs, newest first (``limit`` of them, or all).
+
+        Args:
+            limit: how many runs at most; ``None`` for all.
+            job: only the runs of this cluster job (its ``SLURM_JOB_ID``, see :meth:`set_run_job`).
+
+        Raises:
+            ConfigError: ``limit`` is not a whole number >= 0, or ``job`` is not a non-empty string.
+        """
         limit = whole_number("limit", limit, minimum=0, optional=True)
-        rows = self._query("list runs", f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC, rowid DESC "
-                           "LIMIT ?", (-1 if limit is None else limit,))
+        if job is not None and (not isinstance(job, str) or not job.strip()):
+            raise ConfigError(f"job must be a cluster job id such as '123456', not {job!r}")
+        where, params = (("WHERE id IN (SELECT run_id FROM run_jobs WHERE job_id = ?) ", (job.strip(),))
+                         if job is not None else ("", ()))
+        rows = self._query("list runs", f"SELECT {_RUN_COLUMNS} FROM runs {where}ORDER BY started_at DESC, rowid DESC "
+                           "LIMIT ?", (*params, -1 if limit is None else limit))
         return [self._record(row) for row in rows]
+
+    def set_run_job(self, run_id: str, job: Mapping[str, str]) -> None:
+        """Record the cluster job a run belongs to (:attr:`RankInfo.job`: ``job_id``, ``nodelist``, ``step_id``).
+
+        Args:
+            run_id: the run's full id (from :meth:`start_run`).
+            job: the job's facts; ``job["job_id"]`` is what :meth:`list_runs` filters on.
+
+        Raises:
+            ConfigError: ``job`` has no ``job_id``.
+            StoreError: no such run, or the store cannot be written.
+        """
+        facts = {str(k): str(v) for k, v in dict(job).items()}
+        if not facts.get("job_id"):
+            raise ConfigError(f"a run's job needs a job_id (SLURM_JOB_ID), not {facts!r}")
+        with self._lock, self._sqlite_errors("record a run's job"), self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.execute("INSERT OR REPLACE INTO run_jobs (run_id, job_id, job) VALUES (?, ?, ?)",
+                         (run_id, facts["job_id"], json.dumps(facts)))
+
+    def run_job(self, run_id: str) -> dict[str, str] | None:
+        """The cluster job facts of a run (see :meth:`set_run_job`), or ``None`` when it ran outside one.
+
+        Raises:
+            StoreError: no such run.
+        """
+        full = self._resolve(run_id)
+        rows = self._query("read a run's job", "SELECT job FROM run_jobs WHERE run_id = ?", (full,))
+        return dict(json.loads(rows[0][0])) if rows else None
 
     def windows(self, run_id: str) -> list[Measurement]:
         """The windows stored for a run (id or unique prefix), in the order they were stored."""

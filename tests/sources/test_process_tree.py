@@ -77,8 +77,10 @@ def test_a_live_busy_child_counts_as_the_same_work_done_in_process(fork) -> None
         release.set()
         child.join(30)
     assert own >= (BURN_S - TICK_S) * p_max
-    # the child's own CPU time, plus starting it (a fork: a few ticks), against the same time spent here
-    assert abs(handed - own) <= 0.15 * own + 5 * TICK_S * p_max, (handed, own)
+    # the child's own CPU time, plus starting it (a fork: a few ticks), against the same time spent here; the
+    # margin holds on a busy 2-core machine (0.31 J of 1.27 J was seen once in a full run), and the fault this
+    # guards against (a child not counted) reads 1/200 of the work
+    assert abs(handed - own) <= 0.35 * own + 5 * TICK_S * p_max, (handed, own)
 
 
 def test_a_dataloader_with_persistent_workers_counts_its_workers(fork) -> None:  # noqa: ANN001

@@ -86,7 +86,7 @@ def test_new_store_is_marked_versioned_and_in_wal_mode(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == {"runs", "windows", "steps", "power_samples", "comparisons", "optimizations",
-                      "searches", "search_steps", "calibrations"}
+                      "searches", "search_steps", "calibrations", "run_jobs"}
     conn.close()
 
 

@@ -1,0 +1,77 @@
+"""``greenmeter export-model``: write a variant a compare config describes to ONNX and measure it under ONNX Runtime.
+
+    greenmeter export-model CONFIG --variant SPEC --out model.onnx [--quantize dynamic] [--no-compare]
+
+The baseline, data and training of the TOML file (as for ``greenmeter compare``) build the variant (a recipe spec,
+a name from the file's ``[compare.variants]``, or the baseline's name); it is exported with
+:func:`greenmeter.comparison.export.export_onnx` and, unless ``--no-compare``, compared with its ONNX Runtime
+session (:class:`~greenmeter.comparison.export.OnnxModel`) in one comparison: accuracy and energy per sample side
+by side. The comparison is printed, not stored. See docs/compare.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from greenmeter._errors import ConfigError
+
+__all__ = ["add_export_model_command", "cmd_export_model"]
+
+
+def add_export_model_command(commands: Any) -> None:
+    """Add the ``export-model`` verb to the command line's subparsers."""
+    cmd = commands.add_parser(
+        "export-model", help="write a variant to ONNX and measure it under ONNX Runtime next to PyTorch",
+        description="Build the variant a compare TOML file describes, write it to ONNX (checked under ONNX Runtime), "
+                    "then compare the PyTorch variant and its ONNX Runtime session side by side. Needs "
+                    "pip install greenmeter[onnx]. See docs/compare.md.",
+    )
+    cmd.add_argument("config", help="the TOML file: [model], [data], [training] as for compare")
+    cmd.add_argument("--variant", required=True, metavar="SPEC",
+                     help="a recipe spec (prune:0.5), a variant named in the file, or the baseline's name")
+    cmd.add_argument("--out", required=True, metavar="PATH", help="the .onnx file to write")
+    cmd.add_argument("--quantize", choices=("dynamic",), default=None,
+                     help="quantize the exported graph's weights to int8 with ONNX Runtime's quantize_dynamic")
+    cmd.add_argument("--no-compare", action="store_true", help="only export and check; do not measure")
+    cmd.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    cmd.set_defaults(handler=cmd_export_model)
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    """``greenmeter export-model CONFIG --variant SPEC --out PATH``: export, check and measure one variant."""
+    from greenmeter._checks import output_file
+    from greenmeter.comparison.batches import DEFAULT_TARGET_KEY, evaluation_batches
+    from greenmeter.comparison.compare import compare
+    from greenmeter.comparison.config import load_compare_config
+    from greenmeter.comparison.export import OnnxModel, export_onnx
+    from greenmeter.comparison.recipes import RecipeContext, build_variant, check_recipe
+
+    out = output_file("--out", args.out)
+    kwargs = load_compare_config(args.config).build()
+    baseline = kwargs["variants"][kwargs["baseline"]]
+    spec = kwargs["variants"].get(args.variant, args.variant)
+    if isinstance(spec, str):
+        check_recipe(spec)
+    target_key = kwargs.get("target_key", DEFAULT_TARGET_KEY)
+    example = evaluation_batches(kwargs["data"], kwargs["batch_size"], target_key=target_key)[0].inputs
+    if not hasattr(example, "shape"):
+        raise ConfigError("export-model exports models that take one input tensor, and this data's inputs are not "
+                          "one tensor; use greenmeter.comparison.export.export_onnx from Python")
+    if isinstance(spec, str):
+        ctx = RecipeContext(example_input=example, train_data=kwargs.get("train_data"),
+                            train_fn=kwargs.get("train_fn"), val_data=kwargs.get("val_data"), seed=kwargs["seed"],
+                            target_key=target_key)
+        variant = build_variant(spec, baseline, ctx)
+    else:
+        variant = spec
+    path = export_onnx(variant, example, out, quantize=args.quantize)
+    print(f"wrote {path} ({path.stat().st_size} bytes; its outputs match the variant's under ONNX Runtime)")
+    if args.no_compare:
+        return 0
+    settings = {key: kwargs[key] for key in ("data", "repeats", "warmup", "seed", "batch_size", "carbon",
+                                             "min_repeat_s", "significance", "threads", "target_key") if key in kwargs}
+    result = compare({args.variant: variant, f"{args.variant}-onnx": OnnxModel(path)}, **settings,
+                     name=f"export-model {args.variant}", progress=not args.quiet)
+    print(result.table())
+    return 0
