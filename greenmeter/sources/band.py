@@ -7,7 +7,7 @@ range the figure would take if the source's own constants and resolution were an
 - A source states it once, as a :class:`BandModel` on each :class:`~greenmeter.sources.base.Domain`: a factor
   range for the constants its figure is proportional to (an estimate's watts per vCPU, a memory source's watts
   per GB; 1 for a counter), and an independent half-width per window (the CPU-time tick, a counter's unit, and
-  its update period times the window's mean power: a counter read at a window's edge may be one update old).
+  its update period times the highest mean power the window allows: a counter read at an edge may be one update old).
 - Each window's figure gets a :class:`Band` from it (:meth:`BandModel.band`). Bands add (:meth:`Band.plus`),
   scale (:meth:`Band.scaled`: per sample) and divide (:func:`ratio_band`).
 
@@ -25,7 +25,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Band", "BandModel", "BandTerm", "RatioBand", "ratio_band", "sum_bands"]
+__all__ = ["SHORT_WINDOW_PERIODS", "Band", "BandModel", "BandTerm", "RatioBand", "ratio_band", "sum_bands"]
+
+#: A window shorter than this many of its source's update periods says so in its band (and NVML flags it).
+SHORT_WINDOW_PERIODS = 10
 
 #: Beyond this many distinct models a ratio is bounded without cancellation (2**k corners otherwise).
 _MAX_SHARED_MODELS = 10
@@ -148,7 +151,9 @@ class BandModel:
     """How a source's figures may be off, stated once per domain; :meth:`band` applies it to a window.
 
     For a window of energy ``E`` over ``T`` seconds the band is
-    ``[E * low_factor - h, E * high_factor + h]`` with ``h = fixed_j + power_period_s * E / T``.
+    ``[E * low_factor - h, E * high_factor + h]`` with ``h = fixed_j + power_period_s * E / (T - power_period_s)``:
+    an edge reading may be one period old, so ``E / (T - period)`` is the highest mean power the figure allows
+    (``E / T`` for a window not longer than one period, which is flagged unresolved anyway).
 
     Attributes:
         model: what the scaled constants are (two domains with the same text share them: see :class:`BandTerm`);
@@ -185,8 +190,13 @@ class BandModel:
             resolved: ``False`` for a window shorter than the source's update period: its band then says that
                 its width rests on the window's own mean power, which the source could not resolve.
         """
-        power = energy_j / duration_s if duration_s > 0 else 0.0
-        spread = self.fixed_j + self.power_period_s * abs(power)
+        period = self.power_period_s
+        # a reading may miss up to one period of power at an edge, so the true mean power is at most E / (T - period)
+        if resolved and duration_s > period:
+            power = energy_j / (duration_s - period)
+        else:
+            power = energy_j / duration_s if duration_s > 0 else 0.0
+        spread = self.fixed_j + period * abs(power)
         terms = ()
         if self.model and (self.low_factor != 1.0 or self.high_factor != 1.0):
             terms = (BandTerm(self.model, energy_j, self.low_factor, self.high_factor),)
@@ -194,6 +204,10 @@ class BandModel:
         if not resolved:
             basis += ("the window was shorter than the source's update period, so its own mean power (on which "
                       "this band rests) is not resolved either",)
+        elif period > 0 and duration_s < SHORT_WINDOW_PERIODS * period:
+            basis += (f"the window ({duration_s * 1e3:.4g} ms) is shorter than {SHORT_WINDOW_PERIODS} update periods "
+                      f"({period * 1e3:g} ms): each edge may lag by one period x the power, up to "
+                      f"{period / duration_s:.0%} of the energy",)
         return Band(energy_j, terms, spread, basis)
 
     def to_dict(self) -> dict[str, Any]:

@@ -65,13 +65,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from greenmeter._checks import number
 from greenmeter._errors import BackendError, ConfigError, CounterReadError, MeasurementError
-from greenmeter.sources.band import Band, BandModel
+from greenmeter.sources.band import SHORT_WINDOW_PERIODS, BandModel
 from greenmeter.sources.base import (
     PLAUSIBLE_POWER_FACTOR,
     AnomalyLog,
@@ -96,8 +96,6 @@ __all__ = [
 #: How often NVML refreshes the total energy counter, in seconds (about 100 ms; see the module docstring).
 COUNTER_UPDATE_PERIOD_S = 0.1
 
-#: A window shorter than this many update periods (between its two reads) is flagged with its error bound.
-SHORT_WINDOW_PERIODS = 10
 
 #: How every note and flag about a GPU that is present but not measured begins.
 NOT_INCLUDED = "GPU energy NOT included: "
@@ -140,30 +138,7 @@ _INIT_FIXES = {  # pynvml error class name -> what is wrong and what to do
 }
 
 
-class _EdgeLagBand(BandModel):
-    """A :class:`BandModel` for readings that may lag by up to ``power_period_s`` at each window edge.
-
-    The half-width is ``fixed_j + power_period_s x P``, with ``P`` the highest mean power the window's own
-    figure allows: a figure ``E`` over ``T`` seconds may miss up to one period of power, so the true mean power
-    is at most ``E / (T - period)``. A window shorter than :data:`SHORT_WINDOW_PERIODS` periods says so in
-    its band's basis, with the bound (period / duration) as a fraction.
-    """
-
-    def band(self, energy_j: float, duration_s: float, *, resolved: bool = True) -> Band:
-        base = super().band(energy_j, duration_s, resolved=resolved)
-        period = self.power_period_s
-        if not resolved or duration_s <= period:
-            return base
-        spread = self.fixed_j + period * abs(energy_j) / (duration_s - period)
-        basis = base.basis
-        if duration_s < SHORT_WINDOW_PERIODS * period:
-            basis += (f"the window ({duration_s * 1e3:.4g} ms) is shorter than {SHORT_WINDOW_PERIODS} update periods "
-                      f"({period * 1e3:g} ms): each edge may lag by one period x the power, up to "
-                      f"{period / duration_s:.0%} of the energy",)
-        return replace(base, spread_j=spread, basis=basis)
-
-
-_COUNTER_BAND = _EdgeLagBand(
+_COUNTER_BAND = BandModel(
     fixed_j=2e-3, power_period_s=COUNTER_UPDATE_PERIOD_S,
     basis=(f"NVML total-energy counter: its unit (1 mJ) at both edges and its update period "
            f"({COUNTER_UPDATE_PERIOD_S * 1e3:g} ms) x the highest mean power the window's figure allows"),
@@ -477,7 +452,7 @@ class NvmlBackend(Backend):
         notes.append(f"{key} ({source}) {why}; integrating {reading} instead, effective resolution "
                      f"{resolution_s:g} s")
         method = f"integrated power samples ({reading}; trapezoid rule; effective resolution {resolution_s:g} s){shared}"
-        band = _EdgeLagBand(
+        band = BandModel(
             power_period_s=resolution_s,
             basis=(f"NVML power samples: {reading}; its effective resolution ({resolution_s:g} s) x the highest mean "
                    "power the window's figure allows"),

@@ -22,12 +22,19 @@ RAM = "ram model"
 
 
 def test_a_band_holds_its_value_within_the_model_range_and_the_spread() -> None:
-    band = BandModel(CPU, 0.8, 1.25, fixed_j=0.5, power_period_s=0.1).band(100.0, 10.0)  # 10 W mean
-    assert band.spread_j == pytest.approx(0.5 + 0.1 * 10.0)
-    assert band.low_j == pytest.approx(80.0 - 1.5)
-    assert band.high_j == pytest.approx(125.0 + 1.5)
-    assert band.relative == pytest.approx((0.785, 1.265))
-    assert band.describe() == "band 78.5-126.5 J (-21%/+26%)"
+    band = BandModel(CPU, 0.8, 1.25, fixed_j=0.5, power_period_s=0.1).band(100.0, 10.0)
+    h = 0.5 + 0.1 * 100.0 / 9.9  # the highest mean power 100 J allows when an edge may miss 0.1 s: 100 J / 9.9 s
+    assert band.spread_j == pytest.approx(h)
+    assert band.low_j == pytest.approx(80.0 - h)
+    assert band.high_j == pytest.approx(125.0 + h)
+    assert band.describe() == "band 78.49-126.5 J (-22%/+27%)"
+    assert band.basis == ()  # 100 periods long: not a short window
+
+
+def test_a_window_of_few_update_periods_says_so_with_its_bound() -> None:
+    band = BandModel(power_period_s=0.1, basis="counter").band(70.0, 0.15)
+    assert band.spread_j == pytest.approx(0.1 * 70.0 / 0.05)  # up to 1400 W: the 70 J may be 2 periods' worth
+    assert band.basis[0] == "counter" and "shorter than 10 update periods" in band.basis[1] and "67%" in band.basis[1]
 
 
 def test_a_band_never_goes_below_zero_and_a_counter_has_no_model_term() -> None:
@@ -139,8 +146,8 @@ def test_rapl_and_nvml_counters_state_their_unit_and_update_period(tmp_path, mon
     assert rapl.available
     band = rapl.domains[0].band
     assert band.power_period_s == RAPL_UPDATE_PERIOD_S and 0 < band.fixed_j < 1e-3
-    window = band.band(50.0, 1.0)  # 50 W for 1 s: +-(2 units + 50 W x 1 ms)
-    assert window.high_j - 50.0 == pytest.approx(band.fixed_j + 0.05)
+    window = band.band(50.0, 1.0)  # 50 J over 1 s: +-(2 units + 1 ms x the highest power it allows, 50 J / 0.999 s)
+    assert window.high_j - 50.0 == pytest.approx(band.fixed_j + 0.001 * 50.0 / 0.999)
 
     monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(FakeGpu()))
     nvml = NvmlBackend().probe()
