@@ -167,5 +167,7 @@ def test_follow_no_longer_counts_a_child_twice(fork) -> None:  # noqa: ANN001
         release.set()
         child.join(30)
     p_max = backend.power_model.p_max_w_per_vcpu
-    assert energy <= (BURN_S + 0.2) * p_max  # once, not twice
+    # once, not twice: counted twice it would read at least 2 x BURN_S; a busy 2-core machine added 0.23 s of this
+    # process's own CPU time once in a full run, so the bound sits between the two
+    assert energy <= 1.7 * BURN_S * p_max
     assert energy >= (BURN_S - TICK_S) * p_max
