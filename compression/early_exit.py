@@ -383,7 +383,8 @@ class EarlyExitConfig:
             ``data``, not both.
         data: an iterable of ``(x, y)`` batches (re-iterated per epoch) or a callable returning one, for
             the built-in Adam loop.
-        epochs, lr: of the built-in loop.
+        epochs: epochs of the built-in loop.
+        lr: learning rate of the built-in loop.
         exit_weights: weight of each exit's cross-entropy in the joint loss (one per exit, the final exit
             included); equal weights by default.
         freeze_backbone: train only the heads (the final exit stays exactly the original model); with

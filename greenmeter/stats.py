@@ -220,7 +220,8 @@ def welch_test(baseline: Sequence[float], variant: Sequence[float], alpha: float
           ``statistic`` is ``None`` and the interval has zero width at ``diff_mean``.
 
     Args:
-        baseline, variant: repeated measurements of the two variants, in the same unit.
+        baseline: repeated measurements of the baseline.
+        variant: repeated measurements of the variant, in the same unit as ``baseline``.
         alpha: significance level, in (0, 1).
 
     Raises:
@@ -269,7 +270,8 @@ def paired_ratio_test(baseline: Sequence[float], variant: Sequence[float], alpha
     ratio is 1 (difference 0) and ``0.0`` otherwise, with a zero-width interval.
 
     Args:
-        baseline, variant: one value per round for each side, the rounds in the same order.
+        baseline: one value per round for the baseline.
+        variant: one value per round for the variant, the rounds in the same order as ``baseline``.
         alpha: significance level, in (0, 1).
 
     Returns:
@@ -339,7 +341,8 @@ def bootstrap_test(
     understates the spread; prefer :func:`welch_test` there.
 
     Args:
-        baseline, variant: repeated measurements, in the same unit.
+        baseline: repeated measurements of the baseline.
+        variant: repeated measurements of the variant, in the same unit as ``baseline``.
         n_resamples: bootstrap resamples (>= 100).
         alpha: significance level, in (0, 1).
         seed: the random generator's seed.
@@ -425,7 +428,8 @@ def mcnemar_exact(baseline: Sequence[float], variant: Sequence[float], alpha: fl
     the p-value is 1 and the interval is ``[0, 0]``.
 
     Args:
-        baseline, variant: one 0/1 (or bool) outcome per sample, the same samples in the same order.
+        baseline: one 0/1 (or bool) outcome per sample for the baseline.
+        variant: one 0/1 (or bool) outcome per sample for the variant, the same samples in the same order.
         alpha: significance level, in (0, 1); the interval covers ``1 - alpha``.
 
     Returns:
@@ -471,8 +475,9 @@ def paired_bootstrap(
     resampled differences, and ``p = min(1, 2 * min(k_le + 1, k_ge + 1) / (n_resamples + 1))``.
 
     Args:
-        baseline, variant: without ``statistic``, one number per sample (the statistic is their mean).
-            With ``statistic``, anything it reads (for instance model outputs), the same ``len`` on both sides.
+        baseline: without ``statistic``, one number per sample (the statistic is their mean). With
+            ``statistic``, anything it reads (for instance model outputs).
+        variant: the same for the variant, with the same ``len`` as ``baseline``.
         statistic: ``statistic(side, indices) -> float`` on ``baseline`` or ``variant`` at the numpy index
             array ``indices`` (for a metric over a data set: ``lambda out, i: metric(out[i], targets[i])``).
             It is called ``2 * (n_resamples + 1)`` times.

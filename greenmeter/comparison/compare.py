@@ -184,14 +184,17 @@ def compare(
         repeats: measured repeats per variant, 1 to 1000 (at least 2 for a confidence interval; 5 by default).
         warmup: untimed passes over the data per variant before the repeats, 0 to 100 (at least 1 is always
             run: it checks the outputs and times a pass).
-        train_data, train_fn, val_data: for recipes that train or calibrate (see
+        train_data: training batches for recipes that train or calibrate (see
             :class:`greenmeter.comparison.recipes.RecipeContext`); or give ``recipe_context`` directly.
+        train_fn: the user's trainer for recipes that train, as in ``RecipeContext``.
+        val_data: held-out batches for recipes that calibrate on them, as in ``RecipeContext``.
         meter: the meter to use (default: a new one with ``carbon`` and ``store``).
         carbon: carbon settings for the CO2e figures (default: world average, marked assumed).
         store: keep the windows and the comparison in a run store (a Store, a path, or ``True``).
         min_repeat_s: shortest repeat in seconds, 0 to 3600 (default: 50 update periods of the slowest source,
             and at least 0.2 s); repeats pass over the data several times to reach it.
-        seed: ``torch.manual_seed`` before every pass and before building recipes; 0 to 2**32 - 1.
+        seed: ``torch.manual_seed`` before building recipes, before the warm-up and before each repeat (outside its
+            window, so the first pass, whose outputs are scored, starts from the same state); 0 to 2**32 - 1.
         significance: the test of each variant's energy against the baseline's over the repeats:
             ``"paired"`` (the default: a paired t-test of the per-round ratios variant / baseline, which
             removes the load a round shares, :func:`greenmeter.stats.paired_ratio_test`), ``"welch"``

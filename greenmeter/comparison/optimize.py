@@ -218,19 +218,28 @@ def optimize(
         max_latency_ratio: optional limit on the per-sample latency (p50) against the baseline's (1.0: no slower).
         max_size_ratio: optional limit on the serialized size against the baseline's (0.25: a quarter).
         recipes: the recipe specs to try; ``None``: :func:`default_candidates` from the sensitivity.
-        train_fn, train_data, val_data, recipe_context: what recipes that train or calibrate use, as for
-            :func:`greenmeter.compare`. With ``val_data`` the sensitivity and the budget checks of the search
-            run on it, and only the final comparison on ``data``; without it, all run on ``data`` and the
-            result says so (a choice made and confirmed on the same data is optimistic).
-        metric, metric_name: the metric (higher is better: a function or a batch metric object, as for
-            :func:`greenmeter.compare`) and its name; default top-1 accuracy.
+        train_fn: the trainer that recipes that train use, as for :func:`greenmeter.compare`.
+        train_data: the batches that recipes that train or calibrate use, as for :func:`greenmeter.compare`.
+        val_data: held-out batches, as for :func:`greenmeter.compare`. With ``val_data`` the sensitivity and
+            the budget checks of the search run on it, and only the final comparison on ``data``; without it,
+            all run on ``data`` and the result says so (a choice made and confirmed on the same data is
+            optimistic).
+        recipe_context: all of what recipes use, given at once, as for :func:`greenmeter.compare`.
+        metric: the metric (higher is better: a function or a batch metric object, as for
+            :func:`greenmeter.compare`); default top-1 accuracy.
+        metric_name: the metric's name.
         time_budget_s: seconds the search may take before the final comparison (> 0): checked before each
             build and each screening round.
         screen_repeats: repeats of the first screening round (>= 2; each later round ``eta`` times more).
         final_repeats: repeats of the final comparison (>= 2).
         finalists: how many candidates reach the final comparison (>= 1).
         eta: the halving factor: each screening round keeps the best ``1/eta`` (>= 2).
-        batch_size, min_repeat_s, significance, threads, seed, carbon: as for :func:`greenmeter.compare`.
+        batch_size: as for :func:`greenmeter.compare`.
+        min_repeat_s: as for :func:`greenmeter.compare`.
+        significance: as for :func:`greenmeter.compare`.
+        threads: as for :func:`greenmeter.compare`.
+        seed: as for :func:`greenmeter.compare`.
+        carbon: as for :func:`greenmeter.compare`.
         probes: the sensitivity probes (:func:`greenmeter.comparison.sensitivity.layer_sensitivity`);
             ``None`` or empty skips the sensitivity (then no layer is kept in float).
         meter: the meter for every window (default: a new one with ``carbon`` and ``store``).
@@ -245,8 +254,10 @@ def optimize(
             are read back, not done again, and ``time_budget_s`` counts the time it already spent. Needs a store.
             When ``False``, an unfinished journal of the same search is discarded. With a store every search is
             journaled step by step, so an interrupted one can be resumed.
-        target_key, output_fn: how dict batches give their targets and how the model's output becomes the tensor
-            the metric sees, as for :func:`greenmeter.compare`; used by every step of the search.
+        target_key: how dict batches give their targets, as for :func:`greenmeter.compare`; used by every
+            step of the search.
+        output_fn: how the model's output becomes the tensor the metric sees, as for
+            :func:`greenmeter.compare`; used by every step of the search.
 
     Returns:
         An :class:`~greenmeter.records.optimization.OptimizeResult`; ``chosen`` is the baseline's name when no

@@ -311,7 +311,9 @@ def layer_sensitivity(model: nn.Module, data: Any, *, metric: Callable[[Any, Any
             which).
         layers: names of the layers to probe (default every Linear and Conv1d/2d/3d with a float weight).
         progress: ``True`` for a line per layer on stderr, ``False`` for none, or a callable given each line.
-        target_key, output_fn: how batches are read and outputs reduced, as for :func:`greenmeter.compare`.
+        target_key: how dict batches give their targets, as for :func:`greenmeter.compare`.
+        output_fn: how the model's output is reduced to the tensor the metric sees, as for
+            :func:`greenmeter.compare`.
 
     Returns:
         A :class:`~greenmeter.records.sensitivity.Sensitivity`: per layer, the metric, the drop

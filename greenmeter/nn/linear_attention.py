@@ -62,11 +62,14 @@ class LinearAttention(nn.Module):
         dropout: dropout probability on the attended values of each head, before the output projection
             (there is no attention matrix to drop entries from). 0 by default.
         bias: add biases to the input and output projections.
-        add_bias_kv, add_zero_attn: not supported (``True`` raises :class:`ConfigError`).
-        kdim, vdim: key and value feature sizes; only ``None`` or ``embed_dim`` are supported.
+        add_bias_kv: not supported (``True`` raises :class:`ConfigError`).
+        add_zero_attn: not supported (``True`` raises :class:`ConfigError`).
+        kdim: key feature size; only ``None`` or ``embed_dim`` are supported.
+        vdim: value feature size; only ``None`` or ``embed_dim`` are supported.
         batch_first: inputs and output are ``[batch, seq, feature]`` when True, ``[seq, batch, feature]``
             when False (the default, as for ``nn.MultiheadAttention``).
-        device, dtype: where and in which dtype to create the parameters.
+        device: where to create the parameters.
+        dtype: the parameters' dtype.
         feature_map: ``phi``: ``"elu+1"`` (default), ``"relu"``, or a callable mapping a tensor elementwise
             to non-negative values.
         eps: added to each normaliser ``phi(q_i)^T sum_j phi(k_j)`` so that a query with no visible key
@@ -193,7 +196,8 @@ class LinearAttention(nn.Module):
 
         Args:
             query: ``[B, L, E]`` (batch_first), ``[L, B, E]`` (otherwise) or unbatched ``[L, E]``.
-            key, value: ``[B, S, E]`` / ``[S, B, E]`` / ``[S, E]``, the same length ``S``.
+            key: ``[B, S, E]`` / ``[S, B, E]`` / ``[S, E]``.
+            value: the same shape as ``key`` (the same length ``S``).
             key_padding_mask: ``[B, S]`` (``[S]`` unbatched), bool with True = ignore this key, or float
                 with ``-inf`` = ignore and 0 = keep (the form torch's transformer layers pass on). Ignored
                 keys have no effect at all on the output.
