@@ -15,6 +15,9 @@ Then greenmeter's own behaviour on this GPU (issue 19), one PASS/FAIL line each:
 its bound and its band holds the reference; window edges synchronise every device with a CUDA context and create
 none; every CUDA device maps to the NVML device with its UUID; another process on the GPU is flagged (or,
 where NVML cannot see it, said to be unknown); a GPU that cannot be opened gives "GPU energy NOT included".
+On a Grace module (GH200, GB200) one line says what greenmeter's NVML domain reads there: the whole module (GPU +
+Grace CPU + LPDDR5X, the CPU and RAM estimates then kept out of the total) or the GPU alone; the traces above are
+of the scopeless total energy counter, which on GH200 counts the whole module.
 
 It needs torch (with CUDA) and nvidia-ml-py; without a GPU it says so and exits 0. Expected to take about two
 minutes (five at most: a foreign process that NVML never lists costs a 60 s wait); not yet run on a GPU.
@@ -297,6 +300,22 @@ def _read_cost_us() -> dict[str, float]:
         backend.close()
 
 
+def _grace_module() -> str | None:
+    """What greenmeter's NVML domain of ``cuda:0`` reads on a Grace module (GH200, GB200), or ``None`` elsewhere."""
+    from greenmeter.sources.nvml import NvmlBackend
+
+    backend = NvmlBackend(devices=[0])
+    probe = backend.probe()
+    try:
+        if not probe.available or "module" not in probe.domains[0].provenance.method:
+            return None
+        domain = probe.domains[0]
+        kept_out = "; the CPU and RAM estimates are kept out of the total" if domain.includes else ""
+        return f"{domain.key} is on a Grace module: {domain.provenance.method}{kept_out}"
+    finally:
+        backend.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="where to write the results as JSON")
@@ -331,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize(0)
 
         _say(f"GPU: {name}, driver {driver}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+        module = _grace_module()
+        if module is not None:
+            _say(f"GH200/Grace module: {module} (verified before only against the fake pynvml)")
         loads: dict[str, Any] = {}
         for label, load in (("idle", None), ("matmul", matmul)):
             _say(f"tracing {label} for {TRACE_S:g} s ...")
@@ -354,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"greenmeter NvmlBackend.read(): {cost['greenmeter_read_us']:.0f} us (counter and process list)")
     out.write_text(json.dumps({
         "status": "ok", "date": stamp, "gpu": name, "driver": driver, "torch": torch.__version__,
-        "cuda": torch.version.cuda, "loads": loads, "checks": checks, "read_cost": cost,
+        "cuda": torch.version.cuda, "grace_module": module, "loads": loads, "checks": checks, "read_cost": cost,
     }, indent=2))
     failed = [c["check"] for c in checks if not c["pass"]]
     _say(f"{len(checks) - len(failed)} of {len(checks)} checks passed" + (f"; failed: {failed}" if failed else ""))

@@ -196,6 +196,10 @@ class Domain:
             this is flagged as unresolved, never reported as a silent 0 J).
         band: how far off its figures may be (:class:`~greenmeter.sources.band.BandModel`); ``None`` when the
             source states no band (a third-party source), which every figure it is part of then says.
+        includes: other hardware (:func:`hardware_of` names) that a measured figure of this domain includes
+            beside its own kind's, e.g. ``("cpu", "ram")`` for the whole-module counter of a Grace Hopper module
+            (GPU + Grace CPU + LPDDR5X). The domains of that hardware from other sources are then kept out of the
+            total (:func:`~greenmeter.sources.select.nest_in_modules`), so nothing is counted twice.
     """
 
     key: str
@@ -204,6 +208,7 @@ class Domain:
     provenance: Provenance
     update_period_s: float
     band: BandModel | None = None
+    includes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,26 @@ NOT included" for it. The domain's source names the NVML index and UUID.
 processes NVML lists on each measured GPU are checked at every read, and a window whose edges saw another
 process is flagged; inside a container NVML cannot see other PID namespaces, so an empty list there is
 flagged as "unknown". A MIG instance has no energy counter of its own: its parent GPU is measured and
-every window says that the figure is shared with the GPU's other instances. (On Grace Hopper modules NVML's
-readings are not split from the Grace CPU by this backend; see docs/methodology.md.)
+every window says that the figure is shared with the GPU's other instances.
+
+**Grace Hopper modules.** On a GH200 (and GB200) module the GPU is wired to a Grace CPU over NVLink-C2C, and
+NVML's power fields take a ``scopeId``: ``NVML_POWER_SCOPE_GPU`` (0) for the GPU alone, ``NVML_POWER_SCOPE_MODULE``
+(1) for the whole module, GPU + Grace CPU + its LPDDR5X memory (nvml.h: "CPU here refers to NVIDIA CPU (e.g.
+Grace). x86 or non-NVIDIA ARM is not supported"). The total energy counter has no scope argument, and on GH200 it
+counts the whole module (Zeus, ml-energy/zeus#172). A GPU is taken to sit on such a module when both signals NVML
+gives hold: ``nvmlDeviceGetC2cModeInfoV`` says C2C is enabled, and the module scope of ``NVML_FI_DEV_ENERGY`` or
+``NVML_FI_DEV_POWER_INSTANT`` answers. Neither is enough alone: the GB10 (DGX Spark) has C2C but no module scope
+(Zeus a5613e5), and drivers older than the ``scopeId`` field ignored it, answering the GPU's value for any scope.
+On a module, the domain reads, in this order of preference:
+
+1. the GPU-only energy (``NVML_FI_DEV_ENERGY`` with the GPU scope), where it answers and counts less than the
+   module's: a GPU domain like any other, labelled "GPU only"; the CPU and RAM sources count the rest;
+2. else the module's energy (``NVML_FI_DEV_ENERGY`` with the module scope), else the total energy counter: a
+   whole-module domain, labelled so in its provenance, whose :attr:`~greenmeter.sources.base.Domain.includes` is
+   ``("cpu", "ram")``, so the CPU and RAM estimates are kept in the record but out of the total
+   (:func:`~greenmeter.sources.select.nest_in_modules`); its steps are judged against the module's power limit.
+
+All of this was built against the fake ``pynvml``'s GH200 mode only (docs/methodology.md).
 
 **GPU present but not measured.** Where an NVIDIA driver is present but NVML cannot be used (it fails to
 initialise, ``pynvml`` is missing, no selected GPU opens), the unusable probe carries the note
@@ -112,8 +130,15 @@ _STEP_SLACK_S = 2 * COUNTER_UPDATE_PERIOD_S
 #: ``nvmlDeviceGetPowerUsage`` is a mean over about the last second on Ampere and newer GPUs.
 POWER_AVERAGING_S = 1.0
 
-#: NVML's field id of the instantaneous power (``NVML_FI_DEV_POWER_INSTANT`` in nvml.h), for old pynvml releases.
+#: NVML's field ids (nvml.h), for old pynvml releases: instantaneous power, largest power limit, total energy (mJ).
 _FI_POWER_INSTANT = 186
+_FI_POWER_MAX_LIMIT = 188
+_FI_ENERGY = 191
+#: The ``scopeId`` of NVML's power fields (``nvmlPowerScopeType_t``): the GPU alone, the whole module.
+_SCOPE_GPU = 0
+_SCOPE_MODULE = 1
+#: The hardware a Grace module's counter includes beside its GPU: the Grace CPU and its LPDDR5X memory.
+_MODULE_INCLUDES = ("cpu", "ram")
 #: ``c_nvmlValue_t`` members by NVML value type (``NVML_VALUE_TYPE_DOUBLE`` = 0 ... ``UNSIGNED_SHORT`` = 6).
 _VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
 #: How many reads the backend remembers, to find a window's first read (see :meth:`NvmlBackend.anomalies_since`).
@@ -163,7 +188,9 @@ class _Gpu:
 
     Counter GPUs use ``last_mj`` (the last counter value), ``counted_mj`` (the millijoules counted since
     the probe), ``last_t`` (the clock just before ``last_mj`` was read) and ``max_power_w`` with
-    ``power_source`` (the power its steps are judged against, and where it came from). Sampled GPUs use
+    ``power_source`` (the power its steps are judged against, and where it came from); ``energy_field`` is the
+    ``(field id, scope)`` read instead of ``nvmlDeviceGetTotalEnergyConsumption`` (a Grace module's scoped energy),
+    and ``energy_call`` names what is read, for errors and anomalies. Sampled GPUs use
     ``last_t`` (the last sample's time, s), ``last_w`` (W), ``energy_j`` (J) and ``instant`` (whether the
     instantaneous power field is read, else ``nvmlDeviceGetPowerUsage``). ``resolution_s`` is the effective
     resolution of its reading, in seconds.
@@ -181,6 +208,8 @@ class _Gpu:
     max_power_w: float = ASSUMED_GPU_MAX_POWER_W
     power_source: str = ""
     instant: bool = False
+    energy_field: tuple[int, int] | None = None
+    energy_call: str = "nvmlDeviceGetTotalEnergyConsumption"
 
 
 class NvmlBackend(Backend):
@@ -416,17 +445,23 @@ class NvmlBackend(Backend):
         mig_uuid: str | None,
     ) -> tuple[_Gpu, Domain] | None:
         shared = "" if mig_uuid is None else f"; the whole GPU of MIG instance {mig_uuid}, shared"
+        match = _SOURCE.match(source)
+        counter = _counter_of(nvml, handle, match["model"] if match else "NVIDIA GPU")
         try:
             read_t = self._clock()
-            start_mj = int(nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+            start_mj = _energy_mj(nvml, handle, counter.field)
         except nvml.NVMLError as err:
             counter_err = err
         else:
-            provenance = Provenance("measured", source, _COUNTER_METHOD + shared)
-            domain = Domain(key, "gpu", True, provenance, COUNTER_UPDATE_PERIOD_S, _COUNTER_BAND)
-            max_power_w, power_source = _max_power(nvml, handle)
+            provenance = Provenance("measured", source, counter.method + shared)
+            domain = Domain(key, "gpu", True, provenance, COUNTER_UPDATE_PERIOD_S, _COUNTER_BAND,
+                            includes=counter.includes)
+            max_power_w, power_source = _max_power(nvml, handle, module=bool(counter.includes))
+            if counter.note:
+                notes.append(f"{key} ({source}) {counter.note}")
             gpu = _Gpu(key, handle, uses_counter=True, resolution_s=COUNTER_UPDATE_PERIOD_S, last_mj=start_mj,
-                       last_t=read_t, max_power_w=max_power_w, power_source=power_source)
+                       last_t=read_t, max_power_w=max_power_w, power_source=power_source,
+                       energy_field=counter.field, energy_call=counter.call)
             return gpu, domain
         now = self._clock()
         instant_mw = _instant_power_mw(nvml, handle)
@@ -470,9 +505,9 @@ class NvmlBackend(Backend):
     def _counter_j(self, nvml: ModuleType, gpu: _Gpu, read_t: float) -> float:
         """Joules counted on a counter GPU, after adding the step to a fresh value taken after ``read_t``."""
         try:
-            now_mj = int(nvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle))
+            now_mj = _energy_mj(nvml, gpu.handle, gpu.energy_field)
         except nvml.NVMLError as err:
-            raise CounterReadError(f"{gpu.key}: nvmlDeviceGetTotalEnergyConsumption failed: {err}") from err
+            raise CounterReadError(f"{gpu.key}: {gpu.energy_call} failed: {err}") from err
         last_mj, interval_s = gpu.last_mj, self._clock() - gpu.last_t
         step_mj = now_mj - last_mj
         bound_j = plausible_step_j(gpu.max_power_w, interval_s, _STEP_SLACK_S)
@@ -756,15 +791,26 @@ def _instant_power_mw(nvml: ModuleType, handle: Any, *, strict: bool = False) ->
 
     With ``strict``, a failed call raises its ``NVMLError`` (a GPU that answered at probe must answer again).
     """
+    return _field(nvml, handle, getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", _FI_POWER_INSTANT), strict=strict)
+
+
+def _field(nvml: ModuleType, handle: Any, field_id: int, scope: int | None = None, *,
+           strict: bool = False) -> float | None:
+    """One field through ``nvmlDeviceGetFieldValues``, with a ``scopeId`` when ``scope`` is given; ``None`` where
+    this NVML, pynvml (a release that cannot pass a scope) or GPU does not answer it.
+
+    With ``strict``, a failed call raises its ``NVMLError`` (a GPU that answered at probe must answer again).
+    """
     get = getattr(nvml, "nvmlDeviceGetFieldValues", None)
     if get is None:
         return None
-    field_id = getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", _FI_POWER_INSTANT)
     try:
-        (value,) = get(handle, [field_id])
+        (value,) = get(handle, [field_id if scope is None else (field_id, scope)])
     except nvml.NVMLError:
         if strict:
             raise
+        return None
+    except TypeError:  # a pynvml release older than scopeId: it cannot ask for a scope
         return None
     if int(value.nvmlReturn) != getattr(nvml, "NVML_SUCCESS", 0):
         if strict:
@@ -804,12 +850,80 @@ def _driver_present(nvml: ModuleType | None = None, err: Exception | None = None
     return not isinstance(err, tuple(cls for cls in absent if isinstance(cls, type)))
 
 
-def _max_power(nvml: ModuleType, handle: Any) -> tuple[float, str]:
+@dataclass(frozen=True)
+class _Counter:
+    """Which energy counter a GPU's domain reads: ``field`` (``(field id, scope)``, or ``None`` for
+    ``nvmlDeviceGetTotalEnergyConsumption``), ``call`` (its name), the provenance ``method``, the hardware it
+    ``includes`` beside the GPU, and a ``note`` for the probe (empty for a GPU that is on no Grace module)."""
+
+    field: tuple[int, int] | None = None
+    call: str = "nvmlDeviceGetTotalEnergyConsumption"
+    method: str = _COUNTER_METHOD
+    includes: tuple[str, ...] = ()
+    note: str = ""
+
+
+def _counter_of(nvml: ModuleType, handle: Any, model: str) -> _Counter:
+    """The energy counter to read on this GPU: see "Grace Hopper modules" in the module docstring."""
+    if not _on_grace_module(nvml, handle):
+        return _Counter()
+    module = (_FI_ENERGY, _SCOPE_MODULE)
+    gpu_only = (_FI_ENERGY, _SCOPE_GPU)
+    module_mj, gpu_mj = _field(nvml, handle, *module), _field(nvml, handle, *gpu_only)
+    module_name = f"{model.removeprefix('NVIDIA ')} module"
+    label = f"{module_name}: GPU + Grace CPU + LPDDR5X"
+    if gpu_mj is not None and (module_mj is None or gpu_mj < module_mj):
+        return _Counter(
+            gpu_only, "nvmlDeviceGetFieldValues(NVML_FI_DEV_ENERGY, NVML_POWER_SCOPE_GPU)",
+            f"GPU-only energy counter (NVML_FI_DEV_ENERGY, scope NVML_POWER_SCOPE_GPU) of a {module_name}: the GPU "
+            "alone, without its Grace CPU and LPDDR5X", (),
+            "is on a Grace module (NVLink-C2C; NVML answers the module power scope): its GPU-only energy is read, "
+            "and the Grace CPU and its memory are left to the CPU and RAM sources")
+    if module_mj is not None:
+        field: tuple[int, int] | None = module
+        call = "nvmlDeviceGetFieldValues(NVML_FI_DEV_ENERGY, NVML_POWER_SCOPE_MODULE)"
+        reading = "NVML_FI_DEV_ENERGY, scope NVML_POWER_SCOPE_MODULE"
+    else:
+        field, call = None, "nvmlDeviceGetTotalEnergyConsumption"
+        reading = "nvmlDeviceGetTotalEnergyConsumption, which counts the whole module on Grace Hopper"
+    return _Counter(
+        field, call, f"whole-module energy counter ({reading}): {label}", _MODULE_INCLUDES,
+        "is on a Grace module (NVLink-C2C; NVML answers the module power scope) and NVML gives no GPU-only energy "
+        f"there: its figure is the whole {label}, so the CPU and RAM sources' figures are not added to the total")
+
+
+def _on_grace_module(nvml: ModuleType, handle: Any) -> bool:
+    """Whether the GPU sits on a Grace module: C2C enabled, and the module scope of the energy or power field
+    answers (why both: the module docstring)."""
+    get = getattr(nvml, "nvmlDeviceGetC2cModeInfoV", None)
+    if get is None:
+        return False
+    try:
+        c2c = bool(int(get(handle).isC2cEnabled))
+    except (nvml.NVMLError, AttributeError, TypeError, ValueError):
+        return False
+    return c2c and any(_field(nvml, handle, f, _SCOPE_MODULE) is not None for f in (_FI_ENERGY, _FI_POWER_INSTANT))
+
+
+def _energy_mj(nvml: ModuleType, handle: Any, field: tuple[int, int] | None) -> int:
+    """A GPU's energy counter in millijoules: ``nvmlDeviceGetTotalEnergyConsumption``, or the scoped field."""
+    if field is None:
+        return int(nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+    return int(_field(nvml, handle, *field, strict=True))  # type: ignore[arg-type]
+
+
+def _max_power(nvml: ModuleType, handle: Any, *, module: bool = False) -> tuple[float, str]:
     """The power a GPU's counter steps are judged against, in watts, and where it came from.
 
     The largest power limit the GPU accepts (an administrator may raise the enforced limit up to it),
-    else the enforced limit, else :data:`ASSUMED_GPU_MAX_POWER_W`.
+    else the enforced limit, else :data:`ASSUMED_GPU_MAX_POWER_W`. For a whole-module counter (``module``), the
+    module's largest power limit (``NVML_FI_DEV_POWER_MAX_LIMIT`` with the module scope), else that assumption.
     """
+    if module:
+        max_mw = _field(nvml, handle, _FI_POWER_MAX_LIMIT, _SCOPE_MODULE)
+        if max_mw is not None and max_mw > 0:
+            return max_mw / 1000.0, "its module's largest power limit"
+        return ASSUMED_GPU_MAX_POWER_W, "assumed: NVML gives no module power limit"
     try:
         max_mw = int(nvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)[1])
     except nvml.NVMLError:

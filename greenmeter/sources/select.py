@@ -9,18 +9,26 @@ where RAPL is not, and the RAM estimate where there is no RAPL DRAM counter.
 An automatic counter that is unusable although its hardware is here says so in its probe's notes, in words
 that contain :data:`NOT_INCLUDED_MARK` (NVML: ``"GPU energy NOT included: <reason>"``); those notes join the
 fallback notes, so every measurement says that this hardware's energy is missing.
+
+A measured domain may include other hardware than its kind's (:attr:`~greenmeter.sources.base.Domain.includes`:
+NVML's whole-module counter of a Grace Hopper module includes its Grace CPU and LPDDR5X memory). The domains of
+that hardware from the other sources chosen (the CPU and RAM estimates) are then kept in the record but out of the
+total, marked "inside the module counter ..., not added" (:func:`nest_in_modules`), and a stand-in chosen for that
+hardware says no fallback note: its hardware is measured, inside the module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from greenmeter._errors import BackendUnavailable, ConfigError
-from greenmeter.sources.base import METER_OPTIONS, Backend, ProbeResult, SourceInfo, hardware_of
+from greenmeter.sources.base import METER_OPTIONS, Backend, Domain, ProbeResult, SourceInfo, hardware_of
 from greenmeter.sources.registry import create_backend, source_info, source_names
 
 __all__ = [
-    "NOT_INCLUDED_MARK", "create_configured", "describe_choice", "probe_sources", "select_backends", "unmeasured_notes",
+    "NOT_INCLUDED_MARK", "create_configured", "describe_choice", "nest_in_modules", "probe_sources", "select_backends",
+    "unmeasured_notes",
 ]
 
 #: In a note of an unusable counter's probe: its hardware is here but its energy is not measured.
@@ -62,7 +70,8 @@ def select_backends(
 
     Named sources must all be usable (``BackendUnavailable`` otherwise, with the reason). With
     ``requested=None`` the automatic choice of the module docstring; each fallback is a note in words.
-    ``options`` are meter options, as for :func:`create_configured`.
+    Either way, domains inside a measured whole-module domain are kept out of the total (:func:`nest_in_modules`),
+    with a note. ``options`` are meter options, as for :func:`create_configured`.
     """
     if requested is not None:
         chosen: list[Backend] = []
@@ -74,7 +83,8 @@ def select_backends(
             if not result.available:
                 raise BackendUnavailable(f"energy source {result.backend!r} is unusable here: {result.reason}")
             chosen.append(backend)
-        return chosen, probes, ()
+        probes, nested = nest_in_modules(probes)
+        return chosen, probes, tuple(nested)
     infos = [source_info(name) for name in source_names()]
     counters = [info for info in infos if info.selection == "usable"]
     probed = [(b, b.probe()) for b in (create_configured(info.name, **options) for info in counters)]
@@ -83,10 +93,51 @@ def select_backends(
         hardware = stand_in.hardware
         if any(_reports(probe, hardware) for _, probe in probed):
             continue
-        notes.append(_fallback_note(stand_in, [(info, p) for info, (_, p) in zip(counters, probed)]))
+        if not any(_modules(probe, hardware) for _, probe in probed):  # else measured, inside a module counter
+            notes.append(_fallback_note(stand_in, [(info, p) for info, (_, p) in zip(counters, probed)]))
         backend = create_configured(stand_in.name, **options)
         probed.append((backend, backend.probe()))
-    return [b for b, p in probed if p.available], [p for _, p in probed], tuple(notes)
+    probes, nested = nest_in_modules([p for _, p in probed])
+    return [b for b, p in probed if p.available], probes, (*notes, *nested)
+
+
+def nest_in_modules(probes: Sequence[ProbeResult]) -> tuple[list[ProbeResult], list[str]]:
+    """Keep out of the total the domains whose hardware a measured whole-module domain already includes.
+
+    A usable probe's measured domain in the total with :attr:`~greenmeter.sources.base.Domain.includes` (NVML's
+    counter of a Grace Hopper module includes ``("cpu", "ram")``) takes in every other domain of that hardware
+    that would count towards the total: each is kept, with ``in_total=False`` and ``"; inside the module counter
+    <key>, not added"`` at the end of its provenance's method, so the record still shows it.
+
+    Args:
+        probes: the probe results of the sources chosen (unusable ones pass through unchanged).
+
+    Returns:
+        The probe results with those domains changed, and one note per module domain naming what it took in
+        (none when there is no module domain).
+    """
+    modules = [d for p in probes if p.available for d in p.domains if _is_module(d)]
+    if not modules:
+        return list(probes), []
+    inside: dict[str, list[str]] = {d.key: [] for d in modules}
+    result = []
+    for probe in probes:
+        domains: list[Domain] = []
+        for d in probe.domains:
+            owners = [m.key for m in modules if hardware_of(d.kind) in m.includes and m.key != d.key]
+            if probe.available and owners and d.in_total and not d.includes:
+                method = f"{d.provenance.method}; inside the module counter {', '.join(owners)}, not added"
+                d = replace(d, in_total=False, provenance=replace(d.provenance, method=method))
+                for key in owners:
+                    inside[key].append(d.key)
+            domains.append(d)
+        result.append(replace(probe, domains=tuple(domains)))
+    notes = [f"{m.key} measures a whole module ({m.provenance.method}), which includes "
+             f"{' and '.join(h.upper() for h in m.includes)}: "
+             + (f"{', '.join(inside[m.key])} lie inside it and are kept out of the total (shown, not added), so "
+                "nothing is counted twice" if inside[m.key] else "no other source's domain lies inside it")
+             for m in modules]
+    return result, notes
 
 
 def unmeasured_notes(probes: Iterable[ProbeResult]) -> list[str]:
@@ -98,21 +149,36 @@ def describe_choice(results: Iterable[tuple[Backend, ProbeResult]]) -> list[str]
     """What the automatic choice will do with these probe results, one line per main hardware of a counter.
 
     For each hardware that an automatic counter mainly measures (CPU for RAPL, GPU for NVML): measured by
-    which counters, or ESTIMATED by which stand-ins; a hardware with neither gets no line. For ``info``.
+    which counters, measured inside which whole-module counters (a Grace Hopper module's NVML counter includes
+    its CPU), or ESTIMATED by which stand-ins; a hardware with none gets no line. For ``info``.
     """
     found = [(source_info(probe.backend), probe) for _, probe in results]
     counters = [(info, probe) for info, probe in found if info.selection == "usable"]
     lines = []
     for hardware in dict.fromkeys(info.hardware for info, _ in counters):
         measured = [info.label for info, probe in counters if _reports(probe, hardware)]
+        modules = [info.label for info, probe in counters if _modules(probe, hardware)]
         stand_ins = [info.name for info, _ in found if info.selection == "stand-in" and info.hardware == hardware]
         if measured:
             lines.append(f"{hardware.upper()} energy will be measured by {', '.join(measured)}.")
+        elif modules:
+            lines.append(f"{hardware.upper()} energy will be measured inside the whole-module counter of "
+                         f"{', '.join(modules)}; the estimates ({', '.join(stand_ins) or 'none'}) are shown, not added.")
         elif stand_ins:
             labels = " or ".join(info.label for info, _ in counters if info.covers(hardware))
             lines.append(f"{hardware.upper()} energy will be ESTIMATED ({', '.join(stand_ins)}): no usable {labels} "
                          "counter; see 'why' above for the fix.")
     return lines
+
+
+def _modules(probe: ProbeResult, hardware: str) -> bool:
+    """Whether a usable source reports a measured domain in the total that includes ``hardware`` beside its own."""
+    return probe.available and any(_is_module(d) and hardware in d.includes for d in probe.domains)
+
+
+def _is_module(domain: Domain) -> bool:
+    """Whether a domain is a measured whole-module domain in the total (it ``includes`` other hardware)."""
+    return bool(domain.includes) and domain.in_total and domain.provenance.kind == "measured"
 
 
 def _reports(probe: ProbeResult, hardware: str) -> bool:

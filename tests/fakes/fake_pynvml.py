@@ -19,6 +19,17 @@ A GPU's readings come one of two ways:
   script runs out); an ``NVMLError`` instance in a script is raised when its turn comes. Scripted values
   know no time.
 
+**GH200 mode** (``FakeGpu.gh200(clock, ...)``, clock mode only): the GPU sits on a Grace Hopper module whose
+Grace CPU and LPDDR5X draw ``module_power_w`` beside it (changed with :meth:`FakeGpu.set_module_power`), on the
+same clock and refresh instants. ``nvmlDeviceGetC2cModeInfoV`` says C2C is enabled; the field queries take a
+``(field id, scopeId)`` pair as pynvml's do: with ``NVML_POWER_SCOPE_MODULE`` ``NVML_FI_DEV_ENERGY`` is the
+module's counter (mJ), ``NVML_FI_DEV_POWER_INSTANT`` its power (mW) and ``NVML_FI_DEV_POWER_MAX_LIMIT`` its
+largest limit; with ``NVML_POWER_SCOPE_GPU`` they answer only where ``gpu_scope`` (then the GPU's alone).
+``nvmlDeviceGetTotalEnergyConsumption`` counts the whole module, as Zeus found on GH200. Not verified on a
+GH200: this is what the NVML header and Zeus say, made testable. ``c2c=True`` without ``module_power_w`` is a GB10
+(DGX Spark): C2C but no module scope. ``scope_ignored`` is a driver older than ``scopeId``: every scope answers
+the GPU's value. A discrete GPU reports C2C disabled and answers no module scope.
+
 A GPU with ``energy_mj=None`` has no energy counter (pre-Volta): the call raises ``NVMLError_NotSupported``.
 The power limits (an H200's by default) are what the backend judges counter steps against. Handles open by
 index or by UUID (a GPU's, or one of its MIG instances': a MIG device handle, which answers no energy or
@@ -41,7 +52,12 @@ Script = Sequence["int | NVMLError"]
 #: Field ids, value types and the success code, as in pynvml (nvidia-ml-py).
 NVML_FI_DEV_POWER_AVERAGE = 185
 NVML_FI_DEV_POWER_INSTANT = 186
+NVML_FI_DEV_POWER_MAX_LIMIT = 188
+NVML_FI_DEV_ENERGY = 191
+NVML_POWER_SCOPE_GPU = 0
+NVML_POWER_SCOPE_MODULE = 1
 NVML_VALUE_TYPE_UNSIGNED_INT = 1
+NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
 NVML_SUCCESS = 0
 
 
@@ -99,6 +115,13 @@ class FakeGpu:
         processes: PIDs of the compute processes NVML lists on it, or an ``NVMLError`` the call raises;
             ``None`` (the default): the calling process alone, as when it has a CUDA context there.
         mig_uuids: UUIDs of its MIG instances.
+        c2c: what ``nvmlDeviceGetC2cModeInfoV`` says of NVLink-C2C (GH200 mode sets it).
+        module_power_w: GH200 mode: what the module's Grace CPU and LPDDR5X draw beside the GPU from its
+            creation on, in watts (see :meth:`set_module_power`); ``None``: no module scope (a discrete GPU).
+        module_counter_start_mj: GH200 mode: the module's energy counter at the GPU's creation, in millijoules.
+        module_limit_mw: GH200 mode: the module's largest power limit, in milliwatts.
+        gpu_scope: GH200 mode: whether the fields answer ``NVML_POWER_SCOPE_GPU`` (the GPU alone).
+        scope_ignored: a driver older than ``scopeId``: any scope answers as the GPU scope does.
         calls: names of the energy/power calls made on this GPU, in order (filled in by the fake).
     """
 
@@ -119,11 +142,30 @@ class FakeGpu:
     instant_power: bool = False
     processes: Sequence[int] | NVMLError | None = None
     mig_uuids: tuple[str, ...] = ()
+    c2c: bool = False
+    module_power_w: float | None = None
+    module_counter_start_mj: int = 25_000_000
+    module_limit_mw: int = 1_000_000
+    gpu_scope: bool = False
+    scope_ignored: bool = False
     calls: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         origin = self.clock() if self.clock is not None else 0.0
         self._trace: list[tuple[float, float]] = [(origin, float(self.power_w))]  # (from s, watts)
+        self._cpu_trace: list[tuple[float, float]] = [(origin, float(self.module_power_w or 0.0))]
+        if self.module_power_w is not None and self.clock is None:
+            raise ValueError("GH200 mode (module_power_w) needs a GPU made with clock=...")
+
+    @classmethod
+    def gh200(cls, clock: Callable[[], float], power_w: float, module_power_w: float, *, gpu_scope: bool = False,
+              **options: object) -> FakeGpu:
+        """A GH200 module's GPU on ``clock``: the GPU draws ``power_w``, its Grace CPU and LPDDR5X ``module_power_w``."""
+        options.setdefault("name", "NVIDIA GH200 480GB")
+        options.setdefault("power_limits_mw", (100_000, 900_000))
+        options.setdefault("enforced_limit_mw", 900_000)
+        return cls(clock=clock, power_w=power_w, module_power_w=module_power_w, c2c=True, gpu_scope=gpu_scope,
+                   **options)  # type: ignore[arg-type]
 
     def set_power(self, watts: float) -> None:
         """From the clock's present time on, the GPU draws ``watts`` (clock mode)."""
@@ -131,21 +173,34 @@ class FakeGpu:
             raise ValueError("set_power needs a GPU made with clock=...")
         self._trace.append((self.clock(), float(watts)))
 
-    def energy_j(self, t: float) -> float:
-        """The energy the GPU really drew from its creation to time ``t``, in joules (negative before it)."""
-        origin, first_w = self._trace[0]
+    def set_module_power(self, watts: float) -> None:
+        """From the clock's present time on, the module's Grace CPU and LPDDR5X draw ``watts`` (GH200 mode)."""
+        if self.clock is None or self.module_power_w is None:
+            raise ValueError("set_module_power needs a GPU made with FakeGpu.gh200(...)")
+        self._cpu_trace.append((self.clock(), float(watts)))
+
+    def energy_j(self, t: float, *, part: str = "gpu") -> float:
+        """The energy really drawn from the GPU's creation to time ``t``, in joules (negative before it):
+        ``part`` ``"gpu"`` (the GPU), ``"cpu"`` (GH200 mode: the Grace CPU and LPDDR5X) or ``"module"`` (both)."""
+        if part == "module":
+            return self.energy_j(t) + self.energy_j(t, part="cpu")
+        trace = self._cpu_trace if part == "cpu" else self._trace
+        origin, first_w = trace[0]
         if t <= origin:
             return first_w * (t - origin)
         total = 0.0
-        for (start, watts), (end, _) in zip(self._trace, [*self._trace[1:], (math.inf, 0.0)]):
+        for (start, watts), (end, _) in zip(trace, [*trace[1:], (math.inf, 0.0)]):
             if t <= start:
                 break
             total += watts * (min(t, end) - start)
         return total
 
-    def power_at(self, t: float) -> float:
-        """The power drawn at time ``t``, in watts."""
-        return next((w for start, w in reversed(self._trace) if start <= t), self._trace[0][1])
+    def power_at(self, t: float, *, part: str = "gpu") -> float:
+        """The power drawn at time ``t``, in watts (``part`` as for :meth:`energy_j`)."""
+        if part == "module":
+            return self.power_at(t) + self.power_at(t, part="cpu")
+        trace = self._cpu_trace if part == "cpu" else self._trace
+        return next((w for start, w in reversed(trace) if start <= t), trace[0][1])
 
     def last_update(self) -> float:
         """The latest refresh instant at or before the clock's present time, in seconds."""
@@ -154,12 +209,17 @@ class FakeGpu:
         return self.update_phase_s + k * self.update_period_s
 
     def clocked(self, call: str) -> int:
-        """What the clock-driven GPU reports now: ``"energy"`` in mJ, ``"power"`` or ``"instant"`` in mW."""
+        """What the clock-driven GPU reports now: ``"energy"`` (in GH200 mode the module's), ``"gpu-energy"``
+        or ``"module-energy"`` in mJ; ``"power"``, ``"instant"`` or ``"module-instant"`` in mW."""
         if self.latency_s:
             time.sleep(self.latency_s)
         self.calls.append(call)
         u = self.last_update()
-        if call == "energy":
+        if call == "energy" and self.module_power_w is not None or call == "module-energy":
+            return self.module_counter_start_mj + math.floor(self.energy_j(u, part="module") * 1000 + 1e-6)
+        if call == "module-instant":
+            return round(self.power_at(u, part="module") * 1000)
+        if call in ("energy", "gpu-energy"):
             return self.counter_start_mj + math.floor(self.energy_j(u) * 1000 + 1e-6)
         if call == "power":
             mean_w = (self.energy_j(u) - self.energy_j(u - self.power_averaging_s)) / self.power_averaging_s
@@ -210,6 +270,10 @@ class FakePynvml(types.ModuleType):
 
     NVML_FI_DEV_POWER_AVERAGE = NVML_FI_DEV_POWER_AVERAGE
     NVML_FI_DEV_POWER_INSTANT = NVML_FI_DEV_POWER_INSTANT
+    NVML_FI_DEV_POWER_MAX_LIMIT = NVML_FI_DEV_POWER_MAX_LIMIT
+    NVML_FI_DEV_ENERGY = NVML_FI_DEV_ENERGY
+    NVML_POWER_SCOPE_GPU = NVML_POWER_SCOPE_GPU
+    NVML_POWER_SCOPE_MODULE = NVML_POWER_SCOPE_MODULE
     NVML_VALUE_TYPE_UNSIGNED_INT = NVML_VALUE_TYPE_UNSIGNED_INT
     NVML_SUCCESS = NVML_SUCCESS
     NVMLError = NVMLError
@@ -300,16 +364,44 @@ class FakePynvml(types.ModuleType):
         gpu = self._gpu(handle, whole=True)
         return gpu.clocked("power") if gpu.clock is not None else gpu.next_value("power", gpu.power_mw)
 
-    def nvmlDeviceGetFieldValues(self, handle: _Handle, field_ids: Sequence[int]) -> list[_FieldValue]:
+    def nvmlDeviceGetFieldValues(
+            self, handle: _Handle, field_ids: Sequence[int | tuple[int, int]]) -> list[_FieldValue]:
         gpu = self._gpu(handle, whole=True)
         values = []
-        for field_id in field_ids:
-            if field_id != NVML_FI_DEV_POWER_INSTANT or not gpu.instant_power:
-                values.append(_FieldValue(field_id, NVMLError_NotSupported.value))
+        for item in field_ids:
+            field_id, scope = item if isinstance(item, tuple) else (item, NVML_POWER_SCOPE_GPU)
+            answer = self._field(gpu, field_id, NVML_POWER_SCOPE_GPU if gpu.scope_ignored else scope)
+            if answer is None:
+                values.append(_FieldValue(field_id, NVMLError_NotSupported.value, scopeId=scope))
                 continue
-            mw = gpu.clocked("instant") if gpu.clock is not None else gpu.next_value("instant", gpu.power_mw)
-            values.append(_FieldValue(field_id, NVML_SUCCESS, value=types.SimpleNamespace(uiVal=mw)))
+            kind, number = answer
+            member = "ullVal" if kind == NVML_VALUE_TYPE_UNSIGNED_LONG_LONG else "uiVal"
+            values.append(_FieldValue(field_id, NVML_SUCCESS, valueType=kind,
+                                      value=types.SimpleNamespace(**{member: number}), scopeId=scope))
         return values
+
+    @staticmethod
+    def _field(gpu: FakeGpu, field_id: int, scope: int) -> tuple[int, int] | None:
+        """A field's ``(value type, value)``, or ``None`` where it does not answer (NVML_ERROR_NOT_SUPPORTED)."""
+        unsigned, long_long = NVML_VALUE_TYPE_UNSIGNED_INT, NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+        if gpu.module_power_w is not None and scope == NVML_POWER_SCOPE_MODULE:
+            if field_id == NVML_FI_DEV_ENERGY:
+                return long_long, gpu.clocked("module-energy")
+            if field_id == NVML_FI_DEV_POWER_INSTANT:
+                return unsigned, gpu.clocked("module-instant")
+            return (unsigned, gpu.module_limit_mw) if field_id == NVML_FI_DEV_POWER_MAX_LIMIT else None
+        if scope != NVML_POWER_SCOPE_GPU or (gpu.module_power_w is not None and not gpu.gpu_scope):
+            return None
+        if field_id == NVML_FI_DEV_ENERGY and gpu.module_power_w is not None:
+            return long_long, gpu.clocked("gpu-energy")
+        if field_id == NVML_FI_DEV_ENERGY and gpu.scope_ignored and gpu.energy_mj is not None and gpu.clock is not None:
+            return long_long, gpu.clocked("gpu-energy")
+        if field_id != NVML_FI_DEV_POWER_INSTANT or not (gpu.instant_power or gpu.module_power_w is not None):
+            return None
+        return unsigned, gpu.clocked("instant") if gpu.clock is not None else gpu.next_value("instant", gpu.power_mw)
+
+    def nvmlDeviceGetC2cModeInfoV(self, handle: _Handle) -> types.SimpleNamespace:
+        return types.SimpleNamespace(isC2cEnabled=int(self._gpu(handle).c2c))
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[_Process]:
         gpu = self._gpu(handle)

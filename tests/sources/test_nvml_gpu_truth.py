@@ -72,3 +72,17 @@ def test_the_analysis_recovers_the_update_period_and_the_bound_on_a_fake_trace()
     for row in rows.values():
         assert row["counter_within_stated_bound"] == 1.0
         assert row["power_average"]["max_abs_error"] < 0.01 and row["power_instant"]["max_abs_error"] < 0.01
+
+
+def test_on_a_gh200_the_benchmark_says_what_the_domain_reads_and_elsewhere_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    bench = _benchmark()
+    clock = FakeClock(start_s=1000.0)
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(FakeGpu.gh200(clock, 500.0, 150.0)))
+    assert bench._grace_module() == (
+        "nvml:gpu0 is on a Grace module: whole-module energy counter (NVML_FI_DEV_ENERGY, scope "
+        "NVML_POWER_SCOPE_MODULE): GH200 480GB module: GPU + Grace CPU + LPDDR5X; the CPU and RAM estimates are kept "
+        "out of the total")
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(FakeGpu(name="NVIDIA H100 80GB HBM3")))
+    assert bench._grace_module() is None
