@@ -21,10 +21,10 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from greenmeter._checks import number, whole_number
+from greenmeter._checks import number, text, whole_number
 from greenmeter._errors import ConfigError
 
-__all__ = ["LIMIT_MAX", "checked_arg", "number_arg", "whole_number_arg"]
+__all__ = ["LIMIT_MAX", "checked_arg", "number_arg", "target_key_arg", "whole_number_arg"]
 
 #: The most rows a listing shows (``runs --limit``, ``comparisons --limit``): SQLite's LIMIT takes a 64-bit integer.
 LIMIT_MAX = 1_000_000_000
@@ -73,3 +73,7 @@ def number_arg(name: str, **bounds: Any) -> Callable[[str], float]:
         ``convert(text) -> float``, raising ``argparse.ArgumentTypeError`` with the range.
     """
     return checked_arg(float, lambda v: number(name, v, **bounds))
+
+
+#: An argparse ``type`` for ``--target-key`` (``compare``, ``optimize``, ``export-model``): a non-empty key.
+target_key_arg = checked_arg(str, lambda v: text("--target-key", v))

@@ -22,7 +22,8 @@ from greenmeter._errors import ConfigError
 #: The largest energy ``greenmeter carbon --kwh`` converts: a terawatt-hour; more is a typo, not a workload.
 KWH_MAX = 1e9
 
-__all__ = ["KWH_MAX", "add_carbon_options", "carbon_settings", "cmd_carbon", "cmd_compare", "cmd_export", "cmd_run", "cmd_runs"]
+__all__ = ["KWH_MAX", "add_carbon_options", "carbon_settings", "cmd_carbon", "cmd_compare", "cmd_export", "cmd_run",
+           "cmd_runs", "store_unless_off"]
 
 
 def add_carbon_options(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +59,9 @@ def _store(args: argparse.Namespace, *, readonly: bool = False):  # type: ignore
 
 
 @contextlib.contextmanager
-def _store_unless_off(args: argparse.Namespace) -> Iterator[Any]:
-    """The store a recording verb writes to (``None`` with ``--no-store``), closed when the block ends."""
+def store_unless_off(args: argparse.Namespace) -> Iterator[Any]:
+    """The store a recording verb (``run``, ``compare``, ``optimize``, ``export-model``) writes to: ``--store``'s,
+    else the default; ``None`` with ``--no-store``. Closed when the block ends."""
     store = None if args.no_store else _store(args)
     try:
         yield store
@@ -125,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from greenmeter._checks import output_file
 
         output_file("--metrics-file", args.metrics_file)
-    with _store_unless_off(args) as store:
+    with store_unless_off(args) as store:
         # Fallbacks are printed with the summary's flags; the start-up warnings would say them twice.
         logging.getLogger("greenmeter").setLevel(logging.ERROR)
         meter = Meter(mode=args.mode, sync=None, carbon=settings)
@@ -173,7 +175,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     with _store(args, readonly=True) as store:
         runs = store.list_runs(limit=args.limit, job=args.job)
-        jobs = {r.id: store.run_job(r.id) for r in runs} if args.json else {}
+        jobs = {r.id: store.run_job(r.id) for r in runs}
     if args.json:
         print(json.dumps([{**r.to_dict(), "job": jobs[r.id]} for r in runs], indent=2))
         return 0
@@ -181,8 +183,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
         where = f" of job {terminal_text(args.job)}" if args.job is not None else ""
         print(f"no runs{where} stored in {terminal_text(path)}")
         return 0
+    job_texts = {run_id: _job_text(job) for run_id, job in jobs.items()}
+    job_width = max((len(t) for t in job_texts.values()), default=0)
+    job_head = f"{'job':<{max(job_width, 3)}}  " if job_width else ""  # the column only when a run has a job
     print(f"{'id':<12}  {'status':<11}  {'started (UTC)':<19}  {'duration':>9}  {'energy':>11}  {'band':>17}  "
-          f"{'co2e':>10}  name")
+          f"{'co2e':>10}  {job_head}name")
     for r in runs:
         m = r.measurement
         duration = f"{m.duration_s:.2f} s" if m else "-"
@@ -190,12 +195,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
         band = m.energy_band if m else None
         band_text = "-" if band is None else f"{band.low_j:.2f}-{band.high_j:.2f} J"
         co2 = f"{r.carbon.co2e_g:.4g} g" if r.carbon else "-"
+        job = f"{job_texts[r.id] or '-':<{max(job_width, 3)}}  " if job_width else ""
         print(f"{r.id[:12]:<12}  {r.display_status:<11}  {r.started_at[:19].replace('T', ' '):<19}  {duration:>9}  "
-              f"{energy:>11}  {band_text:>17}  {co2:>10}  {terminal_text(r.name)}")
+              f"{energy:>11}  {band_text:>17}  {co2:>10}  {job}{terminal_text(r.name)}")
         why = r.note if r.note or r.complete else _UNFINISHED
         if why and r.status != "ok":
             print(f"{'':<14}{r.display_status}: {terminal_text(why)}")
     return 0
+
+
+def _job_text(job: dict[str, str] | None) -> str:
+    """A run's cluster job in the ``runs`` table: ``"4242"``, ``"4242 rank 1"`` where the run is one rank's; ``""``
+    for a run outside a job."""
+    from greenmeter._text import terminal_text
+
+    if not job:
+        return ""
+    rank = f" rank {job['rank']}" if job.get("rank") else ""
+    return terminal_text(f"{job['job_id']}{rank}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -258,8 +275,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, key) for key in ("repeats", "significance", "threads")
                  if getattr(args, key) is not None}
     check_settings(**overrides, label=lambda key: f"--{key}")
+    if args.target_key is not None:  # checked by its argparse type; it beats the file's data.target_key
+        overrides["target_key"] = args.target_key
     kwargs = {**config.build(), **overrides}
-    with _store_unless_off(args) as store:
+    with store_unless_off(args) as store:
         result = compare(**kwargs, store=store, progress=not args.quiet)
     print(result.table())
     _notes_json_store([*dict.fromkeys(f for v in result.variants for f in v.flags), *result.flags], result, json_path,
@@ -282,10 +301,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     json_path = None if args.json is None else output_file("--json", args.json)
     config = load_optimize_config(args.config)
     kwargs = config.optimize_kwargs()
-    for key, value in (("max_drop", args.max_drop), ("time_budget_s", args.time_budget), ("save_to", args.save_to)):
+    for key, value in (("max_drop", args.max_drop), ("time_budget_s", args.time_budget), ("save_to", args.save_to),
+                       ("target_key", args.target_key)):
         if value is not None:
             kwargs[key] = value
-    with _store_unless_off(args) as store:
+    with store_unless_off(args) as store:
         result = optimize(**kwargs, store=store, progress=not args.quiet, resume=args.resume)
     print(result.comparison.table())
     print()

@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_cmd_info)
 
     from greenmeter.cli import commands as cc
-    from greenmeter.cli.arguments import LIMIT_MAX, number_arg, whole_number_arg
+    from greenmeter.cli.arguments import LIMIT_MAX, number_arg, target_key_arg, whole_number_arg
     from greenmeter.cli.calibrate import add_calibrate_command
     from greenmeter.cli.export_model import add_export_model_command
     from greenmeter.cli.report import FormatChoices, add_report_commands
@@ -163,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="override compare.significance: the test of each variant's energy against the baseline")
     comp.add_argument("--threads", type=int, default=None, metavar="N",
                       help="override compare.threads: PyTorch threads for the comparison (default: torch's setting)")
+    comp.add_argument("--target-key", type=target_key_arg, default=None, metavar="KEY",
+                      help="override data.target_key: the key of the targets in dict batches (default labels)")
     comp.add_argument("--json", default=None, metavar="PATH", help="also write the comparison as JSON to PATH")
     comp.add_argument("--store", default=None, help=store_help)
     comp.add_argument("--no-store", action="store_true", help="do not store the comparison")
@@ -180,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override optimize.max_drop: the metric budget in its unit (0.005 = 0.5 pp of accuracy)")
     opt.add_argument("--time-budget", type=number_arg("--time-budget", low=0, unit="seconds"), default=None,
                      metavar="S", help="override optimize.time_budget_s: seconds before the final comparison")
+    opt.add_argument("--target-key", type=target_key_arg, default=None, metavar="KEY",
+                     help="override data.target_key: the key of the targets in dict batches (default labels)")
     opt.add_argument("--save-to", default=None, metavar="DIR", help="save the chosen model (state dict, recipe, "
                                                                      "exported program) in DIR")
     opt.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON to PATH")

@@ -35,8 +35,13 @@ batch dimension dynamic), loaded back into an ONNX Runtime CPU session and check
 ``int8-static`` export (the static int8 model as QuantizeLinear/DequantizeLinear operators); ``int8-dynamic`` cannot
 (ONNX has no operator for PyTorch's ``quantized::linear_dynamic`` kernel): export the float or pruned variant with
 ``quantize="dynamic"``, which quantizes the exported graph with ONNX Runtime's ``quantize_dynamic`` instead.
-:class:`OnnxModel` wraps the session as a ``torch.nn.Module`` (tensors in, tensors out), so
-:func:`~greenmeter.comparison.compare.compare` measures it next to the PyTorch variants in one comparison.
+A model of several inputs exports too: ``example_input`` is a batch's inputs as ``compare`` reads them, a tuple
+(``model(*inputs)``, inputs named after ``forward``'s parameters) or a dict (``model(**inputs)``, inputs named by its
+keys), with dimension 1 of 2-D integer inputs (token ids, masks) dynamic as well. :class:`OnnxModel` wraps the
+session as a ``torch.nn.Module`` (tensors in, by position or by name; tensors out), so
+:func:`~greenmeter.comparison.compare.compare` measures it next to the PyTorch variants in one comparison, and it
+counts its own facts from the graph: weights from the initializers, MACs from the shapes ``onnx.shape_inference``
+gives (:meth:`OnnxModel.parameter_counts`, :meth:`OnnxModel.count_macs`).
 
 Nothing here unpickles code: the state dict is read with ``weights_only=True``, the programs by
 ``torch.export.load`` and ``torch.jit.load``, which read their own formats. Nothing goes to the network.
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -60,6 +66,9 @@ from typing import Any
 from greenmeter._checks import choice, text
 from greenmeter._errors import ConfigError
 from greenmeter._version import __version__
+from greenmeter.comparison.batches import batch_size_of, describe
+from greenmeter.comparison.facts import MacCount, ParamCounts
+from greenmeter.compression.quantization import integer_modules
 from greenmeter.records.encoding import check_record_version, finite_json, parse_record_json
 
 import torch
@@ -508,16 +517,68 @@ def _onnx_runtime() -> Any:
     return import_framework(("onnxruntime",), "onnx")
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, *, quantize: str | None = None,
+def _onnx_inputs(model: nn.Module, example_input: Any) -> tuple[tuple[Any, ...], dict[str, Any], list[str],
+                                                                  list[torch.Tensor]]:
+    """How ``export_onnx`` passes a batch's inputs to the exporter: ``(args, kwargs, input names, tensors)``.
+
+    A tensor is one input named ``input``; a tuple or list, positional inputs named after the parameters of the
+    model's ``forward`` (``input_<i>`` where it has none to name them); a mapping, keyword inputs named by its
+    keys (``model(**inputs)``, as :func:`~greenmeter.comparison.batches.call_model` calls it).
+    """
+    if isinstance(example_input, torch.Tensor):
+        args, kwargs, names = (example_input,), {}, ["input"]
+    elif isinstance(example_input, (tuple, list)) and example_input:
+        args, kwargs = tuple(example_input), {}
+        try:
+            params = [p.name for p in inspect.signature(model.forward).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):  # no signature to read: numbered names
+            params = []
+        names = params[:len(args)] if len(params) >= len(args) else [f"input_{i}" for i in range(len(args))]
+    elif isinstance(example_input, Mapping) and example_input:
+        args, kwargs = (), dict(example_input)
+        names = list(kwargs)
+        if not all(isinstance(k, str) and k for k in names):
+            raise ConfigError(f"export_onnx's example_input keys must be the model's argument names, not {names!r}")
+    else:
+        raise ConfigError("export_onnx's example_input must be a tensor batch [N, ...] with N >= 1, a tuple of them "
+                          f"(model(*inputs)) or a dict of them (model(**inputs)), not {describe(example_input)}")
+    tensors = [*args, *kwargs.values()]
+    for name, t in zip(names, tensors):
+        if not isinstance(t, torch.Tensor) or t.dim() < 1 or len(t) < 1:
+            raise ConfigError(f"export_onnx's example_input {name!r} must be a tensor batch [N, ...] with N >= 1, "
+                              f"not {describe(t)}")
+    if len({len(t) for t in tensors}) > 1:
+        raise ConfigError("export_onnx's example_input tensors must share their batch size (dimension 0), not "
+                          + ", ".join(f"{name} {len(t)}" for name, t in zip(names, tensors)))
+    return args, kwargs, names, tensors
+
+
+def _dynamic_axes(names: list[str], tensors: list[torch.Tensor]) -> dict[str, dict[int, str]]:
+    """Dimension 0 of every input is the batch; dimension 1 of a 2-D integer (or bool) input is the sequence
+    (token ids, attention masks: dynamic padding gives each batch its own length)."""
+    return {name: {0: "batch", 1: "sequence"} if t.dim() == 2 and not t.is_floating_point() else {0: "batch"}
+            for name, t in zip(names, tensors)}
+
+
+def export_onnx(model: nn.Module, example_input: Any, path: str | Path, *, quantize: str | None = None,
                 opset: int | None = None) -> Path:
     """Write ``model`` to one ONNX file and check it under ONNX Runtime (CPU) against the model's outputs.
 
     Args:
-        model: the variant (a ``build_variant`` result or any ``torch.nn.Module`` taking one tensor); exported in
-            eval mode without gradients, and left in the mode it was in.
-        example_input: one input batch ``[N, ...]``: the export traces it, and the ONNX Runtime session must
-            reproduce the model's outputs on it (within 1e-5 + 1e-3 x the largest output; 0.1 x the largest with
-            ``quantize``, whose int8 weights change the outputs). Dimension 0 (the batch) is exported dynamic.
+        model: the variant (a ``build_variant`` result or any ``torch.nn.Module``); exported in eval mode without
+            gradients, and left in the mode it was in.
+        example_input: one batch's inputs, as ``compare`` reads them
+            (:mod:`greenmeter.comparison.batches`): a tensor ``[N, ...]`` (ONNX input ``input``), a tuple of
+            tensors passed as ``model(*inputs)`` (inputs named after ``forward``'s parameters), or a dict passed as
+            ``model(**inputs)`` (inputs named by its keys: ``input_ids``, ``attention_mask``). The export traces
+            it, and the ONNX Runtime session must reproduce the model's outputs on it (within 1e-5 + 1e-3 x the
+            largest output; 0.1 x the largest with ``quantize``, whose int8 weights change the outputs, and for a
+            model that runs int8 kernels already, ``int8-static``, as ONNX Runtime's int8 kernels round
+            activations differently from PyTorch's).
+            Dimension 0 of every input and output (the batch) is exported dynamic, and dimension 1 of a 2-D
+            integer or bool input (a sequence of token ids or its mask), so batches padded to their own
+            longest sentence run too.
         path: the ``.onnx`` file to write (its directory is created; an existing file is replaced).
         quantize: ``None`` (write the model as it is) or ``"dynamic"``: quantize the exported float graph's
             weights to int8 with ``onnxruntime.quantization.quantize_dynamic``, the int8 path for models whose
@@ -529,15 +590,15 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
 
     Raises:
         ConfigError: ``onnx``/``onnxruntime`` are not installed (``pip install greenmeter[onnx]``), ``model`` is
-            not a module, ``example_input`` not a tensor batch, ``quantize`` not one of the choices, the exporter
-            cannot handle the model (the message names its compression method and what to export instead), or
-            the exported model's outputs differ from the model's.
+            not a module, ``example_input`` not a tensor batch (or a tuple or dict of them sharing one batch
+            size), ``quantize`` not one of the choices, the exporter cannot handle the model (the message names
+            its compression method and what to export instead), or the exported model's outputs differ from the
+            model's.
     """
     ort = _onnx_runtime()
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"export_onnx needs a torch.nn.Module, not {type(model).__name__}")
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1 or len(example_input) < 1:
-        raise ConfigError("export_onnx's example_input must be a tensor batch [N, ...] with N >= 1")
+    args, kwargs, names, tensors = _onnx_inputs(model, example_input)
     if quantize is not None:
         choice("export_onnx's quantize", quantize, ("dynamic",))
     target = Path(path)
@@ -549,12 +610,15 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer chatter
-            expected = model(example_input)
+            expected = model(*args, **kwargs)
+            outputs = _leaves(expected)
+            output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+            axes = {**_dynamic_axes(names, tensors), **{name: {0: "batch"} for name in output_names}}
             try:
                 with contextlib.redirect_stdout(io.StringIO()):  # it prints its whole graph when it fails
-                    torch.onnx.export(model, (example_input,), str(target), dynamo=False, opset_version=opset,
-                                      input_names=["input"], output_names=["output"],
-                                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+                    torch.onnx.export(model, args, str(target), kwargs=kwargs or None, dynamo=False,
+                                      opset_version=opset, input_names=names, output_names=output_names,
+                                      dynamic_axes=axes)
             except Exception as err:
                 target.unlink(missing_ok=True)
                 recipe = getattr(getattr(model, "recipe", None), "spec", None)
@@ -575,9 +639,11 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
             quantize_dynamic(str(float_file), str(target))
         finally:
             float_file.unlink(missing_ok=True)
-    got = OnnxModel(target, runtime=ort)(example_input)
+    got = OnnxModel(target, runtime=ort)(*args, **kwargs)
     diff = _max_abs_diff(expected, got)
-    bound = (0.1 if quantize else _RTOL) * _max_abs(expected) + _ATOL
+    # int8 outputs: ONNX Runtime's int8 kernels round activations differently from PyTorch's, a step here and there
+    int8 = quantize is not None or bool(integer_modules(model))
+    bound = (0.1 if int8 else _RTOL) * _max_abs(expected) + _ATOL
     if diff is None or not diff <= bound:
         raise ConfigError(f"the ONNX model written to {target} does not reproduce the model's outputs on "
                           f"example_input" + ("" if diff is None else f" (they differ by up to {diff:.3g})")
@@ -589,14 +655,16 @@ class OnnxModel(nn.Module):
     """An ONNX file run by an ONNX Runtime CPU session, as a ``torch.nn.Module``: tensors in, tensors out.
 
     Usable wherever a model is: as a variant in :func:`~greenmeter.comparison.compare.compare`, beside the
-    PyTorch model it was exported from. It runs in eval mode only. Its weights are in the session, so it has no
-    parameters: its state dict holds the ONNX file's bytes (buffer ``onnx_file``, uint8), which makes a
-    comparison's size the file's size (plus torch's container), while its parameter and MAC counts read 0 (the
-    flop counter cannot see inside ONNX Runtime): take those from the PyTorch variant it was exported from.
+    PyTorch model it was exported from, fed the same batches (a tensor, ``model(*inputs)`` for a tuple,
+    ``model(**inputs)`` for a dict: the session's inputs by position or by name). It runs in eval mode only. Its
+    weights are in the session, so it has no torch parameters: its state dict holds the ONNX file's bytes (buffer
+    ``onnx_file``, uint8), which makes a comparison's size the file's size (plus torch's container), and it counts
+    its own facts from the graph (:meth:`parameter_counts`, :meth:`count_macs`), which ``compare`` reports.
 
     Attributes:
         path: the ONNX file.
         session: the ``onnxruntime.InferenceSession``.
+        input_names: the session's inputs, in order.
     """
 
     def __init__(self, path: str | Path, *, threads: int | None = None, runtime: Any = None) -> None:
@@ -619,13 +687,35 @@ class OnnxModel(nn.Module):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads if threads is not None else torch.get_num_threads()
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        self._inputs = [i.name for i in self.session.get_inputs()]
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.register_buffer("onnx_file", torch.frombuffer(bytearray(self.path.read_bytes()), dtype=torch.uint8))
         self.training = False
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
-        feeds = {name: t.detach().cpu().contiguous().numpy() for name, t in zip(self._inputs, inputs)}
-        outputs = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
+    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor) -> Any:
+        """Run the session: positional tensors feed its inputs in order, keyword tensors the inputs of that name.
+
+        Returns:
+            The output tensor, or a tuple of them when the graph has several outputs.
+
+        Raises:
+            ConfigError: more positional inputs than the graph has, a name it has no input of, or an input
+                left unfed (the message lists the graph's inputs).
+        """
+        if len(inputs) > len(self.input_names):
+            raise ConfigError(f"{self.path.name} takes {len(self.input_names)} input(s) "
+                              f"({', '.join(self.input_names)}), not {len(inputs)}")
+        feeds = dict(zip(self.input_names, inputs))
+        for name, value in named.items():
+            if name not in self.input_names or name in feeds:
+                why = "given twice" if name in feeds else "not an input of the graph"
+                raise ConfigError(f"{self.path.name}: {name!r} is {why}; its inputs are {', '.join(self.input_names)}")
+            feeds[name] = value
+        missing = [name for name in self.input_names if name not in feeds]
+        if missing:
+            raise ConfigError(f"{self.path.name} needs input(s) {', '.join(missing)} too; its inputs are "
+                              f"{', '.join(self.input_names)}")
+        arrays = {name: t.detach().cpu().contiguous().numpy() for name, t in feeds.items()}
+        outputs = [torch.from_numpy(o) for o in self.session.run(None, arrays)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def train(self, mode: bool = True) -> OnnxModel:
@@ -634,3 +724,182 @@ class OnnxModel(nn.Module):
             raise ConfigError("an ONNX Runtime session runs inference only and cannot train: train the PyTorch "
                               "model and export it again")
         return self
+
+    def parameter_counts(self) -> ParamCounts:
+        """The graph's weights, from its initializers (what :func:`~greenmeter.comparison.facts.parameter_counts`
+        reports for this model).
+
+        Counted: every initializer that is a weight: floating-point tensors and integer weights (int8/uint8
+        codes, int32 biases) of any rank >= 1. Not counted: int64 initializers (shapes, axes, indices), 0-d
+        constants, and the scales and zero points of quantization operators (``QuantizeLinear``,
+        ``DequantizeLinear``, ``QLinearConv``, ``QLinearMatMul``, ``ConvInteger``, ``MatMulInteger``). So a float
+        graph counts what the model's parameters held, except what the exporter folded away: a batch norm after a
+        convolution is folded into that convolution's weight and bias, so its scale and shift are not counted
+        apart. Non-zero: a float element ``!= 0``; an integer weight code ``!=`` its zero point (per tensor or
+        per channel) where the graph gives one, else ``!= 0``.
+
+        Returns:
+            ``kind="parameters"`` for a float graph, ``"stored weight elements"`` when it holds integer weights.
+        """
+        return _onnx_parameter_counts(self._graph())
+
+    def count_macs(self, example_input: Any) -> MacCount:
+        """Multiply-accumulates per sample of the graph on ``example_input`` (what
+        :func:`~greenmeter.comparison.facts.count_macs` reports for this model).
+
+        The graph's input shapes are set to those of ``example_input`` (a tensor, a tuple or a dict, as
+        :meth:`forward` takes it) and ``onnx.shape_inference`` gives every other shape; then ``Conv``,
+        ``ConvInteger`` and ``QLinearConv`` count output elements x weight elements per output channel
+        (``in_channels / groups`` x the kernel), and ``Gemm``, ``MatMul``, ``MatMulInteger`` and ``QLinearMatMul``
+        output elements x the inner dimension, as the flop counter counts the PyTorch model (bias additions,
+        activations, normalisation and pooling are not counted); divided by the batch size.
+
+        Returns:
+            ``method="onnx graph shapes"``; when the graph runs an op that does multiply-accumulates greenmeter
+            cannot count (``ConvTranspose``, ``LSTM``, ``Attention``, ONNX Runtime's fused ``com.microsoft`` ops,
+            a subgraph holding one) or an op whose shapes inference could not tell, ``macs_per_sample`` is
+            ``None``, ``method="unavailable"`` and the note names those ops, with the MACs counted in the rest.
+
+        Raises:
+            ConfigError: ``example_input`` holds no tensor with a batch dimension, or it does not fit the graph's
+                inputs (see :meth:`forward`).
+        """
+        batch = batch_size_of(example_input)
+        if not batch:
+            raise ConfigError(f"count_macs needs a non-empty example batch, not {describe(example_input)}")
+        if isinstance(example_input, Mapping):
+            shapes = {name: tuple(t.shape) for name, t in example_input.items()}
+        else:
+            items = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+            shapes = {name: tuple(t.shape) for name, t in zip(self.input_names, items)}
+        unknown = sorted(set(shapes) - set(self.input_names))
+        if unknown:
+            raise ConfigError(f"{self.path.name} has no input(s) {', '.join(unknown)}; its inputs are "
+                              f"{', '.join(self.input_names)}")
+        return _onnx_macs(self._graph(), shapes, batch)
+
+    def _graph(self) -> Any:
+        """The ONNX ``ModelProto`` of the file (read when the facts are asked for)."""
+        import onnx
+
+        return onnx.load(str(self.path))
+
+
+# ONNX facts: weights from the initializers, MACs from the inferred shapes --------------------------------------
+
+#: The MAC-counting ops: op type -> (kind, index of the data input, index of the weight input).
+_MAC_OPS = {
+    "Conv": ("conv", 0, 1), "ConvInteger": ("conv", 0, 1), "QLinearConv": ("conv", 0, 3),
+    "MatMul": ("matmul", 0, 1), "MatMulInteger": ("matmul", 0, 1), "QLinearMatMul": ("matmul", 0, 3),
+    "Gemm": ("gemm", 0, 1),
+}
+#: Inputs that hold quantization parameters (scales, zero points), not weights, by op type.
+_QUANT_PARAM_SLOTS = {
+    "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7), "ConvInteger": (2, 3), "MatMulInteger": (2, 3),
+}
+#: (weight input, its zero point input, the zero point's default axis) of the ops whose integer weights have one.
+_WEIGHT_ZERO_POINTS = {
+    "DequantizeLinear": (0, 2, 1), "QLinearConv": (3, 5, 0), "QLinearMatMul": (3, 5, -1),
+    "ConvInteger": (1, 3, 0), "MatMulInteger": (1, 3, -1),
+}
+#: Name parts of op types that do multiply-accumulates: such an op outside ``_MAC_OPS`` cannot be counted.
+_MAC_OP_WORDS = ("Conv", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "Einsum")
+
+
+def _onnx_parameter_counts(model: Any) -> ParamCounts:
+    """:meth:`OnnxModel.parameter_counts` of a ``ModelProto``."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    quant_params = {node.input[i] for node in graph.node for i in _QUANT_PARAM_SLOTS.get(node.op_type, ())
+                    if i < len(node.input)}
+    arrays = {init.name: init for init in graph.initializer}
+    zero_points: dict[str, tuple[str, int]] = {}
+    for node in graph.node:
+        slots = _WEIGHT_ZERO_POINTS.get(node.op_type)
+        if slots and len(node.input) > slots[1] and node.input[slots[1]] in arrays:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), slots[2])
+            zero_points[node.input[slots[0]]] = (node.input[slots[1]], axis)
+    total = nonzero = 0
+    integer = False
+    for name, init in arrays.items():
+        if name in quant_params or init.data_type == TensorProto.INT64 or not init.dims:
+            continue
+        values = numpy_helper.to_array(init)
+        if values.dtype.kind not in "fiu":  # bool, strings: not weights
+            continue
+        total += values.size
+        if values.dtype.kind in "iu":
+            integer = True
+            zero = np.zeros(1, dtype=values.dtype)
+            if name in zero_points:
+                zp_name, axis = zero_points[name]
+                zero = numpy_helper.to_array(arrays[zp_name])
+                if zero.size > 1:  # per channel: along the quantization axis
+                    shape = [1] * values.ndim
+                    shape[axis] = -1
+                    zero = zero.reshape(shape)
+            nonzero += int(np.count_nonzero(values != zero))
+        else:
+            nonzero += int(np.count_nonzero(values))
+    return ParamCounts(total, nonzero, "stored weight elements" if integer else "parameters")
+
+
+def _onnx_macs(model: Any, input_shapes: Mapping[str, tuple[int, ...]], batch: int) -> MacCount:
+    """:meth:`OnnxModel.count_macs` of a ``ModelProto`` whose inputs get ``input_shapes``."""
+    import onnx
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        if value.name in input_shapes:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, input_shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = size
+    inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+    shapes: dict[str, tuple[int, ...] | None] = {init.name: tuple(init.dims) for init in inferred.graph.initializer}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        tensor = value.type.tensor_type
+        known = tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim)
+        shapes.setdefault(value.name, tuple(d.dim_value for d in tensor.shape.dim) if known else None)
+    macs = 0
+    uncounted: dict[str, str] = {}
+    for node in inferred.graph.node:
+        if node.op_type in _MAC_OPS:
+            counted = _node_macs(node, shapes)
+            if counted is None:
+                uncounted.setdefault(node.op_type, "its shapes could not be inferred")
+            else:
+                macs += counted
+        elif any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            inner = [n.op_type for a in node.attribute for g in [*([a.g] if a.HasField("g") else []), *a.graphs]
+                     for n in g.node if n.op_type in _MAC_OPS or any(w in n.op_type for w in _MAC_OP_WORDS)]
+            if inner:
+                uncounted.setdefault(node.op_type, f"a subgraph running {', '.join(sorted(set(inner)))}")
+        elif any(word in node.op_type for word in _MAC_OP_WORDS):
+            where = f"{node.domain} op" if node.domain else "op"
+            uncounted.setdefault(node.op_type, f"an {where} greenmeter has no MAC formula for")
+    if uncounted:
+        named = "; ".join(f"{op} ({why})" for op, why in sorted(uncounted.items()))
+        return MacCount(None, "unavailable", f"the ONNX graph runs ops whose MACs greenmeter cannot count: {named}; "
+                                             f"it counted {macs / batch:g} MACs per sample in the rest")
+    return MacCount(macs / batch, "onnx graph shapes")
+
+
+def _node_macs(node: Any, shapes: Mapping[str, tuple[int, ...] | None]) -> int | None:
+    """Multiply-accumulates of one Conv/Gemm/MatMul-like node from its shapes; ``None`` when one is unknown."""
+    kind, data, weight = _MAC_OPS[node.op_type]
+    if len(node.input) <= weight:
+        return None
+    a, w, out = shapes.get(node.input[data]), shapes.get(node.input[weight]), shapes.get(node.output[0])
+    if a is None or w is None or out is None:
+        return None
+    if kind == "conv":  # each output element: a dot product over in_channels / groups x the kernel
+        return math.prod(out) * math.prod(w[1:])
+    if kind == "gemm":
+        trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+        return math.prod(out) * (a[0] if trans_a else a[-1])
+    return math.prod(out) * a[-1]  # MatMul: the inner dimension (a 1-D left operand's only one)

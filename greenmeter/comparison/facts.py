@@ -8,7 +8,10 @@
 * :func:`count_macs`: multiply-accumulates per sample, counted by ``torch.utils.flop_counter``.
 
 None of them changes the model. torch is imported inside the functions, so ``import greenmeter`` stays
-light.
+light. A model that runs outside PyTorch, where neither the parameters nor the flop counter can see (an ONNX
+Runtime session, :class:`~greenmeter.comparison.export.OnnxModel`), counts its own: when it has the methods
+``parameter_counts()`` and ``count_macs(example_input)``, :func:`parameter_counts` and :func:`count_macs` return
+what they say.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class MacCount:
             counted.
         method: ``"flop-counter"`` (the model itself), ``"flop-counter and quantized layer shapes"`` (the
             model itself, its int8 Linear and convolution layers counted from their shapes), ``"flop-counter on
-            float equivalent"`` (the float model a quantized one was made from) or ``"unavailable"``.
+            float equivalent"`` (the float model a quantized one was made from), ``"onnx graph shapes"`` (an ONNX
+            graph, :meth:`~greenmeter.comparison.export.OnnxModel.count_macs`) or ``"unavailable"``.
         note: why the count is missing or was taken from the float equivalent; ``None`` otherwise.
     """
 
@@ -138,10 +142,17 @@ def parameter_counts(model: nn.Module) -> ParamCounts:
     tensor or per channel; for float zero points, its dequantized value ``!= 0``); an ``Int4Linear``
     weight whose dequantized value ``!= 0`` (symmetric: code ``!= 8``).
 
+    A model with a ``parameter_counts()`` method of its own (:class:`~greenmeter.comparison.export.OnnxModel`)
+    is counted by it.
+
     Raises:
         UnsupportedModelError: the model's state holds a TorchScript object that cannot be unpacked.
     """
     import torch
+
+    own = getattr(model, "parameter_counts", None)
+    if callable(own):  # a model run outside PyTorch counts its own weights (an ONNX graph's initializers)
+        return own()
 
     from greenmeter.compression.registry import weight_counters
 
@@ -276,7 +287,9 @@ def count_macs(
     and the note names the uncounted ops. An ``Int4Linear`` that dequantizes runs a float matmul, counted
     directly.
 
-    The model's training flags (every submodule's) and weights are left as they were.
+    The model's training flags (every submodule's) and weights are left as they were. A model with a
+    ``count_macs(example_input)`` method of its own (:class:`~greenmeter.comparison.export.OnnxModel`, which counts
+    its ONNX graph) is counted by it.
 
     Args:
         model: the model.
@@ -290,6 +303,9 @@ def count_macs(
         Whatever the model's forward pass raises, unchanged.
     """
     batch = _batch_size(example_input)
+    own = getattr(model, "count_macs", None)
+    if callable(own):  # a model run outside PyTorch, which the flop counter cannot see into, counts its own
+        return own(example_input)
     flops, uncounted, layer_macs = _count_flops(model, example_input)
     if all(_counted_by_shapes(op) for op in uncounted):  # int8 and packed layers: counted from their shapes
         return MacCount((flops / 2 + layer_macs) / batch,

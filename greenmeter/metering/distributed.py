@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenmeter.metering.api import track as _track
 from greenmeter._checks import number
-from greenmeter._errors import AggregationError, ConfigError, MeasurementError, StoreError
+from greenmeter._errors import AggregationError, ConfigError, MeasurementError
 from greenmeter.sources.base import Backend, ProbeResult
 from greenmeter.sources.registry import source_info, source_names
 from greenmeter.sources.select import create_configured, select_backends, unmeasured_notes
@@ -188,13 +188,9 @@ class RankMeter(Meter):
                          idle_baseline_s=idle_baseline_s, sync=sync, carbon=carbon, store=store,
                          name=f"{self.base_name} [rank {info.rank} of {info.world_size}]")
 
-    def _open_store(self) -> None:
-        super()._open_store()
-        if self.store is not None and self.run_id is not None and self.rank.job_id is not None:
-            try:  # srun's job: `greenmeter runs --job` finds this rank's run
-                self.store.set_run_job(self.run_id, dict(self.rank.job))
-            except StoreError as err:  # the measurement goes on; only the job tag is lost
-                log.warning("greenmeter: could not record SLURM job %s for run %s: %s", self.rank.job_id, self.run_id, err)
+    def cluster_job(self) -> dict[str, str]:
+        """This rank's job facts (:attr:`RankInfo.job_facts`: the SLURM job and this rank), recorded with its run."""
+        return self.rank.job_facts
 
     def _select_sources(self) -> tuple[list[Backend], list[ProbeResult], Sequence[str]]:
         return select_rank_backends(self.rank, **self._rank_options)  # type: ignore[arg-type]
@@ -278,8 +274,10 @@ def store_result(
     from greenmeter.store.recorder import RunRecorder
 
     hosts = [m.host for r in result.ranks for m in r.measurements[:1]]
+    # the SLURM job's facts, as rank 0 read them (every rank of one job reads the same); no rank: the whole job
+    jobs = [dict(r.info.job) for r in result.ranks if r.info.job_id is not None]
     run = RunRecorder(store, name=f"{name} [{result.world_size} ranks]", kind="api",
-                      host=hosts[0] if hosts else None, carbon_settings=carbon_settings)
+                      host=hosts[0] if hosts else None, carbon_settings=carbon_settings, job=jobs[0] if jobs else None)
     for window in result.windows:
         run.add_window(window.measurement)
     nodes = {node: [r.info.rank for r in result.ranks if r.info.node_id == node] for node in result.node_ids}
@@ -287,10 +285,8 @@ def store_result(
     runs = ", ".join(f"{r.info.rank}={r.run_id or 'not stored'}" for r in result.ranks)
     note = (f"torch.distributed aggregate of {result.world_size} ranks on {len(nodes)} nodes ({layout}); domain keys "
             f"are '<key>@<node>/rank<r>'; each rank's own run: {runs}")
-    jobs = [r.info.job for r in result.ranks if r.info.job_id is not None]
-    if jobs:  # the SLURM job's facts, as rank 0 read them (every rank of one job reads the same)
-        store.set_run_job(run.run_id, dict(jobs[0]))
-        note += f"; SLURM job {dict(jobs[0])['job_id']}"
+    if jobs:
+        note += f"; SLURM job {jobs[0]['job_id']}"
     launchers = sorted({r.info.launcher for r in result.ranks} - {"none"})
     if launchers:
         note += f"; ranks read from {' and '.join(launchers)} variables"

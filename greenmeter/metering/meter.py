@@ -36,6 +36,7 @@ from greenmeter.sources.select import probe_sources, select_backends
 from greenmeter.sources.sampler import Sampler
 from greenmeter.carbon.settings import CarbonEstimate, CarbonSettings
 from greenmeter.metering.host import describe_host
+from greenmeter.records.distributed import RankInfo, slurm_job
 from greenmeter.records.encoding import assemble
 from greenmeter.records.measurement import (
     SCHEMA_VERSION,
@@ -452,11 +453,24 @@ class Meter:
         from greenmeter.store.recorder import RunRecorder
 
         recorder = RunRecorder.open(self._store_spec, name=self.name, kind="api", host=self._host(),
-                                    carbon_settings=self._carbon_settings)
+                                    carbon_settings=self._carbon_settings, job=self.cluster_job())
         if recorder is None:
             return
         self._recorder, self.store, self.run_id = recorder, recorder.store, recorder.run_id
         self.listeners.append(recorder.add_window)
+
+    def cluster_job(self) -> dict[str, str]:
+        """The cluster job this meter's run belongs to, recorded with the run so ``greenmeter runs --job`` finds it.
+
+        Returns:
+            The SLURM job's facts (``job_id``, ``nodelist``, ``step_id``, as :attr:`RankInfo.job`), with ``rank``
+            when ``srun`` started several tasks (:attr:`RankInfo.job_facts`); ``{}`` outside SLURM. Rank
+            variables that do not add up cost only the rank: the job's own facts are kept.
+        """
+        try:
+            return RankInfo.from_env().job_facts
+        except ConfigError:
+            return dict(slurm_job())
 
     def _use(self, backends: list[Backend]) -> None:
         probes = {p.backend: p for p in self._probes}

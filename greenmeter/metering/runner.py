@@ -203,7 +203,7 @@ def _run(
             # Started before the command: a store that cannot be written stops greenmeter here, before the command.
             try:
                 recorder = RunRecorder(store, name=label, kind="run", command=argv, host=meter.host,
-                                       carbon_settings=carbon)
+                                       carbon_settings=carbon, job=meter.cluster_job())
             except BaseException as err:
                 with suppress(GreenmeterError):  # the store's error is the one to raise; the window is dropped
                     meter.end(window, error=err)

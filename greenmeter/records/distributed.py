@@ -32,6 +32,7 @@ __all__ = [
     "RankInfo",
     "RankResult",
     "combine",
+    "slurm_job",
     "split_domain_key",
 ]
 
@@ -45,6 +46,16 @@ RANK_KINDS = frozenset({"gpu"})
 LAUNCHERS = ("none", "torchrun", "slurm")
 #: The SLURM job's facts kept in :attr:`RankInfo.job`: ``(name, variable)``.
 SLURM_JOB_FACTS = (("job_id", "SLURM_JOB_ID"), ("nodelist", "SLURM_JOB_NODELIST"), ("step_id", "SLURM_STEP_ID"))
+
+
+def slurm_job(environ: Mapping[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+    """The SLURM job's facts in the environment (:data:`SLURM_JOB_FACTS`: ``job_id``, ``nodelist``, ``step_id``) as
+    ``(name, value)`` pairs, those that are set; ``()`` outside SLURM (no ``SLURM_JOB_ID``). Reads nothing else,
+    so it never fails: what :attr:`RankInfo.job` holds, and what a plain meter records under SLURM."""
+    env = os.environ if environ is None else environ
+    if not env.get("SLURM_JOB_ID"):
+        return ()
+    return tuple((key, env[name]) for key, name in SLURM_JOB_FACTS if env.get(name))
 
 
 def _host_name(name: str) -> str:
@@ -134,6 +145,14 @@ class RankInfo:
         return dict(self.job).get("job_id")
 
     @property
+    def job_facts(self) -> dict[str, str]:
+        """What a run of this process records as its cluster job (``Store.set_run_job``): :attr:`job`, with
+        ``rank`` (this process's global rank) in a job of several processes; ``{}`` outside SLURM."""
+        if not self.job:
+            return {}
+        return {**dict(self.job), **({"rank": str(self.rank)} if self.world_size > 1 else {})}
+
+    @property
     def reads_node(self) -> bool:
         """True for local rank 0, the one rank per node that reads the node-wide sources."""
         return self.local_rank == 0
@@ -164,7 +183,7 @@ class RankInfo:
         """
         env = os.environ if environ is None else environ
         host = _host_name(socket.gethostname())
-        job = tuple((key, env[name]) for key, name in SLURM_JOB_FACTS if env.get(name)) if env.get("SLURM_JOB_ID") else ()
+        job = slurm_job(env)
         rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
         if rank is None and world is None:
             if _env_int(env, "SLURM_PROCID") is not None or _env_int(env, "SLURM_NTASKS") is not None:

@@ -22,6 +22,7 @@ A store opened here from ``True`` or a path belongs to whoever asked for it, who
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +34,8 @@ from greenmeter.records.measurement import HostInfo, Measurement
 from greenmeter.store.database import Store
 
 __all__ = ["RunRecorder", "StoreArg", "check_store", "open_store", "opened_store"]
+
+log = logging.getLogger("greenmeter")
 
 #: What a ``store=`` argument may be (see :func:`open_store`).
 StoreArg = Union[Store, str, "os.PathLike[str]", bool, None]
@@ -95,6 +98,9 @@ class RunRecorder:
         host: facts about the machine.
         carbon_settings: the grid intensity and PUE settings the run was measured with (``None``: defaults).
         owns_store: close ``store`` in :meth:`close` (set when the store was opened for this run).
+        job: the cluster job the run belongs to (the SLURM job's facts, see :meth:`Store.set_run_job`), recorded
+            when the run starts so ``greenmeter runs --job`` finds it; ``None`` or empty outside a job. A store
+            that takes the run but not its job is warned about in one line; the run goes on untagged.
 
     Attributes:
         store: the store.
@@ -110,7 +116,7 @@ class RunRecorder:
     def __init__(
         self, store: Store, *, name: str, kind: str, command: Iterable[str] | None = None,
         host: HostInfo | None = None, carbon_settings: CarbonSettings | Mapping[str, Any] | None = None,
-        owns_store: bool = False,
+        owns_store: bool = False, job: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(store, Store):
             raise ConfigError(f"RunRecorder records in a greenmeter.Store, not {type(store).__name__}")
@@ -118,6 +124,12 @@ class RunRecorder:
         self.owns_store = owns_store
         self.run_id = store.start_run(name=name, kind=kind, command=command, host=host,
                                       carbon_settings=carbon_settings)
+        if job:
+            try:
+                store.set_run_job(self.run_id, job)
+            except StoreError as err:  # the measurement goes on; only the job tag is lost
+                log.warning("greenmeter: could not record cluster job %s for run %s: %s", job.get("job_id"),
+                            self.run_id, err)
         self.failed_windows = 0
         self.lost_windows = 0
         self._lost_because: str | None = None
@@ -197,17 +209,19 @@ class RunRecorder:
     def open(
         cls, store: Any, *, name: str, kind: str, command: Iterable[str] | None = None,
         host: HostInfo | None = None, carbon_settings: CarbonSettings | Mapping[str, Any] | None = None,
+        job: Mapping[str, str] | None = None,
     ) -> RunRecorder | None:
         """Start a run in the store a ``store=`` argument names (:func:`open_store`); ``None`` when it names none.
 
-        A store opened here is owned by the recorder and closed by :meth:`close`; a given Store is not.
+        A store opened here is owned by the recorder and closed by :meth:`close`; a given Store is not. The
+        keywords are the constructor's.
         """
         target = open_store(store)
         if target is None:
             return None
         try:
             return cls(target, name=name, kind=kind, command=command, host=host, carbon_settings=carbon_settings,
-                       owns_store=target is not store)
+                       owns_store=target is not store, job=job)
         except BaseException:
             if target is not store:
                 target.close()
