@@ -21,6 +21,7 @@ from greenmeter.compression.quantization import (
     INT8_FACTS,
     TORCH_AO_API,
     check_engine,
+    int8_layout,
     integer_modules,
     keep_float_fx,
     quantized_engine,
@@ -79,6 +80,7 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
         model.train()
+        layout = int8_layout(model)
         mapping = get_default_qat_qconfig_mapping(engine)
         custom = keep_float_fx(model, config.keep_layers, mapping, "QATConfig.keep_layers",
                                "quantization-aware training")
@@ -107,5 +109,6 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
         "integer_modules": counts,
         "quantized_layers": sum(counts.values()),
         "notices": notices,
+        **({"layout": layout} if layout else {}),
     }
     return result.eval(), details

@@ -265,6 +265,90 @@ def unwrap_kept_fx(model: nn.Module) -> nn.Module:
     return model
 
 
+class _Flatten(nn.Module):
+    """``nn.Flatten`` as the function ``torch.flatten``, optionally over the channels-last order of a 4-D input.
+
+    FX graph mode int8 keeps ``torch.flatten`` on the quantized tensor but dequantizes and quantizes again
+    around an ``nn.Flatten`` module. Quantized convolutions write channels-last (NHWC) memory, so flattening in
+    NCHW order copies the tensor; with ``channels_last`` the flatten runs in NHWC order, a view, and the Linear
+    layer after it has its input columns permuted to match (:func:`int8_layout`), which is exact.
+    """
+
+    def __init__(self, start_dim: int, end_dim: int, channels_last: bool = False) -> None:
+        super().__init__()
+        self.start_dim, self.end_dim, self.channels_last = start_dim, end_dim, channels_last
+
+    def forward(self, x: Tensor) -> Tensor:
+        import torch
+
+        if self.channels_last:  # NCHW -> NHWC as two transposes: a view, as permute is, but one the ONNX
+            x = x.transpose(1, 2).transpose(2, 3)  # exporter keeps quantized (it has no quantized permute)
+        return torch.flatten(x, self.start_dim, self.end_dim)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}, channels_last={self.channels_last}"
+
+
+def _flatten_channels(seq: nn.Sequential, index: int) -> tuple[int, nn.Linear] | None:
+    """``(C, linear)`` when ``seq[index]`` (a Flatten over dims 1..-1) takes a Conv2d's C channels through
+    channel-wise layers only and feeds an ``nn.Linear`` (through dropout only) whose input is C x H x W."""
+    kept_channels = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d,
+                     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity)
+    flat = seq[index]
+    if not (isinstance(flat, nn.Flatten) and flat.start_dim == 1 and flat.end_dim == -1):
+        return None
+    before = index - 1
+    while before >= 0 and isinstance(seq[before], kept_channels):
+        before -= 1
+    after = index + 1
+    while after < len(seq) and isinstance(seq[after], nn.Dropout):
+        after += 1
+    if before < 0 or after >= len(seq) or not isinstance(seq[before], nn.Conv2d):
+        return None
+    channels, linear = seq[before].out_channels, seq[after]
+    if not isinstance(linear, nn.Linear) or linear.in_features % channels:
+        return None
+    return channels, linear
+
+
+def int8_layout(model: nn.Module) -> list[str]:
+    """Prepare ``model`` (changed in place) for FX graph mode int8: every ``nn.Flatten`` becomes the function
+    ``torch.flatten`` (so the int8 graph flattens the quantized tensor instead of dequantizing around it), and
+    one that flattens a convolution's output into a Linear layer runs in channels-last order, with that Linear
+    layer's input columns permuted to match (exact in float; it removes a copy of the activations).
+
+    Returns:
+        One line per change, for the method's details.
+    """
+    import torch
+
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+    changes: list[str] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    for holder_name, holder in list(model.named_modules()):
+        for child_name, child in list(holder.named_children()):
+            if not isinstance(child, nn.Flatten):
+                continue
+            found = None
+            if isinstance(holder, nn.Sequential):
+                found = _flatten_channels(holder, list(holder._modules).index(child_name))
+            where = f"{holder_name}.{child_name}" if holder_name else child_name
+            if found is not None and uses.get(id(found[1]), 0) == 1:
+                channels, linear = found
+                with torch.no_grad():
+                    w = linear.weight
+                    w.copy_(w.reshape(w.shape[0], channels, -1).permute(0, 2, 1).reshape(w.shape))
+                setattr(holder, child_name, _Flatten(1, -1, channels_last=True).train(child.training))
+                changes.append(f"{where}: flattens channels-last; the input columns of {names[id(linear)]} are "
+                               "permuted to match (exact)")
+            else:
+                setattr(holder, child_name, _Flatten(child.start_dim, child.end_dim).train(child.training))
+                changes.append(f"{where}: nn.Flatten runs as torch.flatten on the int8 tensor")
+    return changes
+
+
 # ---------------------------------------------------------------------------------------------------
 # handlers
 
@@ -391,6 +475,7 @@ def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Map
     with torch_ao_notices(notices), quantized_engine(engine):
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+        layout = int8_layout(model)
         mapping = static_qconfig_mapping(engine, config.per_channel)
         custom = keep_float_fx(model, config.keep_layers, mapping, "StaticQuantConfig.keep_layers",
                                "static int8 quantization")
@@ -426,6 +511,7 @@ def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Map
         "integer_modules": counts,
         "quantized_layers": sum(counts.values()),
         "notices": notices,
+        **({"layout": layout} if layout else {}),
     }
     if batches >= 0:
         details.update(calibration_batches=batches, calibration_samples=samples)

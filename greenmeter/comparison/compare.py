@@ -3,7 +3,7 @@
 Every variant gets the same treatment: built (recipes) under a meter window so the energy of making it
 is kept; checked and warmed up on the evaluation data; then measured in interleaved repeats
 (A B C A B C ...), each repeat passing over the data as many times as the energy source needs to
-resolve it, with the same seed before every pass. A variant that fails is recorded with its message
+resolve it, with the same seed before each repeat. A variant that fails is recorded with its message
 and the others go on::
 
     result = greenmeter.compare(

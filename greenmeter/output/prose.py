@@ -73,7 +73,7 @@ def comparison_methodology(c: Comparison, tolerance: float) -> tuple[str, ...]:
         f"{c.warmup} untimed warm-up pass(es) each, the variants were measured in {c.repeats} interleaved "
         f"repeats (A B C, A B C, ...), so drift on the machine does not favour one of them; each repeat made "
         f"{c.passes_per_repeat} pass(es) over the data so the energy source could resolve it, with "
-        f"torch.manual_seed({c.seed}) before every pass.",
+        f"torch.manual_seed({c.seed}) before each repeat, outside its window.",
         "Energy per sample is the energy of a repeat's window over the samples it processed; the table gives "
         "its mean over the repeats with a 95% confidence interval (Student's t). The energy difference to the "
         "baseline is tested over the repeats (the test is named in each row); a variant has a measurable saving "

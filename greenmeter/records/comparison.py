@@ -272,7 +272,7 @@ class Comparison:
         host: the machine.
         backends: the energy backends used.
         carbon: the carbon settings used (intensity and PUE, with sources), as a dict.
-        seed: the seed set before every pass.
+        seed: the seed set before each repeat (and the warm-up and the recipes).
         run_id: the stored run holding every measured window, when a store was used.
         flags: warnings about the whole comparison.
         duration_s: wall-clock time of the whole comparison, in seconds.

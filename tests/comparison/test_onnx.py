@@ -47,7 +47,12 @@ def test_exported_model_scores_what_the_variant_scores(spec: str, trained: nn.Mo
     # any batch size: the batch dimension is exported dynamic
     with torch.no_grad():
         expected = model.eval()(digits.x_test[:3])
-    assert torch.allclose(onnx_model(digits.x_test[:3]), expected, atol=1e-4, rtol=1e-3)
+    got = onnx_model(digits.x_test[:3])
+    if spec == "int8-static":  # ONNX Runtime's int8 kernels round an activation a step apart here and there
+        assert (got - expected).abs().max() <= 0.1 * expected.abs().max()
+        assert torch.equal(got.argmax(1), expected.argmax(1))
+    else:
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-3)
 
 
 def test_int8_dynamic_cannot_export_and_the_error_says_what_to_do(trained: nn.Module, ctx: RecipeContext,

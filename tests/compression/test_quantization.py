@@ -379,3 +379,76 @@ def test_warnings_of_the_users_own_code_still_reach_the_user(baseline, digits) -
         warnings.simplefilter("always")
         compress(baseline, QATConfig(train_fn=noisy))
     assert [str(w.message) for w in caught] == ["learning rate looks high"]
+
+
+# --- the int8 layout pass: a Flatten between the convolutions and a Linear layer -----------------------------
+
+
+def graph_calls(model: nn.Module) -> list[str]:
+    """The names of the calls in an FX-converted model's graph, in order (modules by their class)."""
+    out = []
+    for node in model.graph.nodes:
+        if node.op == "call_module":
+            out.append(type(model.get_submodule(node.target)).__name__)
+        elif node.op in ("call_method", "call_function"):
+            out.append(getattr(node.target, "__name__", str(node.target)))
+    return out
+
+
+def test_the_layout_pass_is_exact_in_float(baseline: nn.Module, digits) -> None:  # type: ignore[no-untyped-def]
+    from greenmeter.compression.quantization import int8_layout
+
+    model = copy.deepcopy(baseline)
+    changes = int8_layout(model)
+    assert changes == ["7: flattens channels-last; the input columns of 8 are permuted to match (exact)"]
+    assert not any(isinstance(m, nn.Flatten) for m in model.modules())
+    with torch.inference_mode():
+        want, got = baseline(digits.x_test), model(digits.x_test)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    # the Linear layer's columns were permuted, not left alone: without the channels-last flatten it is wrong
+    assert not torch.allclose(model[8].weight, baseline[8].weight)
+
+
+def test_static_int8_flattens_the_quantized_tensor_without_leaving_int8(baseline: nn.Module, digits) -> None:  # type: ignore[no-untyped-def]
+    q = compress(baseline, StaticQuantConfig(calibration=calibration_batches(digits)))
+    calls = graph_calls(q)
+    # one quantize of the input and one dequantize of the output: nothing between the convolutions and the
+    # Linear layers leaves int8 (before, FX dequantized around nn.Flatten and copied the NHWC activations)
+    assert calls.count("quantize_per_tensor") == 1 and calls.count("dequantize") == 1, calls
+    assert calls[calls.index("MaxPool2d") + 1:calls.index("LinearReLU")] == ["transpose", "transpose", "flatten"]
+    assert q.compression_info.details["layout"] == [
+        "7: flattens channels-last; the input columns of 8 are permuted to match (exact)"]
+    # the int8 model still classifies as the float one does
+    assert agreement(q, baseline, digits.x_test) >= 0.98
+    # and the flatten is a view of the convolutions' channels-last output: no copy
+    with torch.inference_mode():
+        seen = {}
+        q.get_submodule("6").register_forward_hook(lambda mod, inp, out: seen.update(pool=out))
+        q(digits.x_test[:16])
+        flat = torch.flatten(seen["pool"].transpose(1, 2).transpose(2, 3), 1)
+    assert flat.data_ptr() == seen["pool"].data_ptr()
+
+
+def test_the_layout_pass_leaves_what_it_cannot_prove_in_nchw_order() -> None:
+    from greenmeter.compression.quantization import int8_layout
+
+    shared = nn.Linear(8 * 2 * 2, 8)
+    torch.manual_seed(0)
+    cases = {
+        # the Linear layer is used twice: permuting its columns would change its other use
+        "shared": nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Flatten(), shared,
+                                nn.Unflatten(1, (8, 1, 1)), nn.Upsample(size=2), nn.Flatten(), shared),
+        # no convolution before the Flatten (a Linear over an image)
+        "no conv": nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4, 3)),
+        # something that mixes channels between the convolution and the Flatten
+        "mixing": nn.Sequential(nn.Conv2d(1, 4, 3), nn.PixelShuffle(2), nn.Flatten(), nn.Linear(1 * 12 * 12, 3)),
+    }
+    x = torch.randn(2, 1, 8, 8)
+    for name, model in cases.items():
+        model.eval()
+        with torch.no_grad():
+            want = model(x)
+            changes = int8_layout(model)
+            got = model(x)
+        assert changes and all("runs as torch.flatten" in c for c in changes), (name, changes)
+        assert torch.allclose(got, want, atol=1e-6), name
