@@ -19,8 +19,8 @@ Both run on ``compress``'s private copy of the model; the caller's model is left
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -256,6 +256,10 @@ class ChannelPruneConfig:
             channels it would remove (Conv, Linear), layers it cannot follow, or modules holding them. A
             normalisation layer follows its conv and cannot be kept on its own; a module without parameters is
             refused, as it has nothing to keep. The layers producing the model's output are always kept whole.
+        layer_ratios: per-layer fractions removed instead of ``ratio``, by qualified module name of a Conv or
+            Linear layer whose output channels it would remove (``{"features.3": 0.75}``), each in [0, 1): for
+            layers that tolerate more pruning than the rest (``greenmeter optimize`` proposes them from the
+            per-layer sensitivity). A layer kept whole or producing the model's output is refused.
     """
 
     ratio: float
@@ -263,6 +267,7 @@ class ChannelPruneConfig:
     importance: Literal["l2", "l1"] = "l2"
     fine_tune: Callable[[nn.Module], None] | None = None
     ignored_layers: tuple[str, ...] = ()
+    layer_ratios: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratio", fraction("ChannelPruneConfig.ratio", self.ratio, high_open=True,
@@ -292,6 +297,19 @@ class ChannelPruneConfig:
                 f"ChannelPruneConfig.ignored_layers must be module names (str), got {self.ignored_layers!r}"
             )
         object.__setattr__(self, "ignored_layers", ignored)
+        if not isinstance(self.layer_ratios, Mapping):
+            raise ConfigError("ChannelPruneConfig.layer_ratios must map module names to fractions, e.g. "
+                              f"{{'features.3': 0.75}}, not {type(self.layer_ratios).__name__}")
+        ratios = {}
+        for name, value in self.layer_ratios.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"ChannelPruneConfig.layer_ratios keys must be module names, got {name!r}")
+            if name in ignored:
+                raise ConfigError(f"ChannelPruneConfig.layer_ratios names {name!r}, which ignored_layers keeps "
+                                  "whole: name it in one of the two")
+            ratios[name] = fraction(f"ChannelPruneConfig.layer_ratios[{name!r}]", value, high_open=True,
+                                    note="the fraction removed")
+        object.__setattr__(self, "layer_ratios", ratios)
 
 
 def _inputs(config: ChannelPruneConfig) -> tuple[torch.Tensor, ...]:
@@ -379,10 +397,19 @@ def _remove_channels(model: nn.Module, config: ChannelPruneConfig, method: str) 
     _check_layers(method, executed, ignored)
     if not any(isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m not in heads for _, m in executed):
         raise no_layers_error(method, model, ("Conv1d/2d/3d", "Linear (other than the output layer)"))
+    prunable = [n for n, m in executed
+                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m not in heads and m not in ignored]
+    for name in config.layer_ratios:
+        if name not in prunable:
+            why = "the output layer and kept layers stay whole" if name in by_name else "no such module"
+            raise ConfigError(
+                f"ChannelPruneConfig.layer_ratios names {name!r}, which is not a layer whose channels channel pruning "
+                f"removes in this model ({why}); those are: {', '.join(prunable)}")
     try:
         pruner = tp.pruner.BasePruner(
             model, inputs, importance=tp.importance.MagnitudeImportance(p=2 if config.importance == "l2" else 1),
             pruning_ratio=config.ratio, ignored_layers=ignored + heads,
+            pruning_ratio_dict={by_name[n]: r for n, r in config.layer_ratios.items()} or None,
             forward_fn=lambda m, xs: m(*xs),  # never let Torch-Pruning unpack a single batch tensor into arguments
         )
         pruner.step()
@@ -404,20 +431,34 @@ def _restore(modes: dict[nn.Module, bool]) -> None:
         module.train(training)
 
 
-_CHANNELS_HELP = "R, the fraction of channels and hidden neurons removed, a number in [0, 1) (default 0.5)"
+_CHANNELS_HELP = ("R[,NAME=R_NAME...]: R, the fraction of channels and hidden neurons removed from every layer, a "
+                  "number in [0, 1) (default 0.5); R_NAME instead for the layer NAME ('channels:0.5,features.3=0.75')")
 
 
-_channels_arg = functools.partial(recipe_fraction, "channels", default=0.5, expected=_CHANNELS_HELP)
+def _channels_arg(arg: str | None) -> tuple[float, dict[str, float]]:
+    """``"0.5,features.3=0.75"`` -> ``(0.5, {"features.3": 0.75})``: the ratio, then per-layer ratios."""
+    first, *rest = (None,) if arg is None else [part.strip() for part in arg.split(",")]
+    ratio = recipe_fraction("channels", first, default=0.5, expected=_CHANNELS_HELP)
+    layers: dict[str, float] = {}
+    for part in rest:
+        name, eq, value = (t.strip() for t in part.partition("="))
+        if not eq or not name or name in layers:
+            raise ConfigError(f"recipe 'channels' takes {_CHANNELS_HELP}; {part!r} in 'channels:{arg}' is not "
+                              "NAME=R_NAME" + (f" (layer {name!r} is named twice)" if name in layers else ""))
+        layers[name] = recipe_fraction("channels", value, default=ratio, expected=_CHANNELS_HELP)
+    return ratio, layers
 
 
 def _channels_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
     from greenmeter.comparison.batches import first_samples  # one sample of the inputs, in their form (a tuple)
 
-    r = _channels_arg(arg)
+    r, layers = _channels_arg(arg)
     train = ctx.trainer("channels")
     config = ChannelPruneConfig(ratio=r, example_input=first_samples(ctx.example_input, 1),
-                                fine_tune=lambda m: train(m, None), ignored_layers=ctx.keep_layers)
-    return compress(model, config), {"ratio": r, **ctx.trainer_details()}
+                                fine_tune=lambda m: train(m, None), ignored_layers=ctx.keep_layers,
+                                layer_ratios=layers)
+    return compress(model, config), {"ratio": r, **({"layer_ratios": layers} if layers else {}),
+                                     **ctx.trainer_details()}
 
 
 @register_method("channel_prune", ChannelPruneConfig, recipe=RecipeSpec(
@@ -445,4 +486,5 @@ def _channel_prune(model: nn.Module, config: ChannelPruneConfig) -> tuple[nn.Mod
         "kept_whole": kept,
         "fine_tuned": config.fine_tune is not None,
         **kept_layers,
+        **({"layer_ratios": dict(config.layer_ratios)} if config.layer_ratios else {}),
     }

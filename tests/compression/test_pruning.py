@@ -227,6 +227,36 @@ def test_ignored_layers_keep_their_channels(baseline: nn.Module) -> None:
         compress(baseline, ChannelPruneConfig(ratio=0.5, example_input=X1, ignored_layers=("conv9",)))
 
 
+def test_layer_ratios_shrink_the_layers_that_tolerate_more(baseline: nn.Module, digits: DigitsData) -> None:
+    small = compress(baseline, ChannelPruneConfig(ratio=0.5, example_input=X1, layer_ratios={"3": 0.75}))
+    # conv 0 and Linear 8 lose half, conv 3 three quarters; the output layer is kept whole
+    assert (small[0].out_channels, small[3].out_channels, small[8].out_features) == (16, 16, 64)
+    assert small[8].in_features == 16 * 4 * 4 and small[10].out_features == 10
+    assert small.compression_info.details["layer_ratios"] == {"3": 0.75}
+    assert small(digits.x_test[:5]).shape == (5, 10)
+
+
+def test_layer_ratios_must_name_layers_whose_channels_it_removes(baseline: nn.Module) -> None:
+    for ratios, message in [({"10": 0.5}, "names '10', which is not a layer.*output layer.*those are: 0, 3, 8"),
+                            ({"conv9": 0.5}, "names 'conv9'.*no such module"),
+                            ({"3": 1.0}, r"layer_ratios\['3'\]"),
+                            ({"0": 0.5}, "ignored_layers keeps whole")]:
+        with pytest.raises(ConfigError, match=message):
+            compress(baseline, ChannelPruneConfig(ratio=0.5, example_input=X1, ignored_layers=("0",) if "0" in ratios
+                                                  else (), layer_ratios=ratios))
+
+
+def test_the_channels_recipe_takes_per_layer_ratios(baseline: nn.Module, digits: DigitsData) -> None:
+    from greenmeter.comparison.recipes import RecipeContext, build_variant, check_recipe
+
+    ctx = RecipeContext(example_input=digits.x_train[:8], train_fn=lambda m, loss_fn=None, epochs=None: None)
+    small = build_variant("channels:0.5,3=0.75,8=0.25", baseline, ctx)
+    assert (small[0].out_channels, small[3].out_channels, small[8].out_features) == (16, 16, 96)
+    for bad in ("channels:0.5,3", "channels:0.5,3=1.5", "channels:0.5,3=0.7,3=0.8", "channels:0.5,=0.7"):
+        with pytest.raises(ConfigError, match="recipe 'channels'"):
+            check_recipe(bad)
+
+
 @needs_torch_pruning
 def test_an_lstm_in_the_path_is_named() -> None:
     model = WithLSTM()
