@@ -7,8 +7,9 @@ The model given to ``compress`` is the **student**; the teacher travels in the c
                      train_fn=lambda m, loss: train_classifier(m, data, loss_fn=loss)))
 
 Training runs either in the user's ``train_fn(student, loss_fn)`` (``loss_fn(student, x, y)`` is the
-distillation loss, so it plugs into any loop that takes a loss function) or in a plain Adam loop over
-``data``. The teacher runs in eval mode without gradients; its weights and mode are left as they were.
+distillation loss, so it plugs into any loop that takes a loss function; ``x`` is the batch's inputs, a tensor,
+a tuple or a dict, and teacher and student are called on it as ``compare`` calls a model) or in a plain Adam
+loop over ``data``. The teacher runs in eval mode without gradients; its weights and mode are left as they were.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from greenmeter._checks import fraction, number, whole_number
+from greenmeter._checks import fraction, number, text, whole_number
 from greenmeter._errors import CompressionError, ConfigError, UnsupportedModelError
 from greenmeter.compression._core import compress
 from greenmeter.compression.registry import RecipeSpec, recipe_number, register_method
@@ -171,10 +172,13 @@ class DistillConfig:
     Args:
         teacher: the trained teacher module (left unchanged; run in eval mode without gradients).
         train_fn: ``train_fn(student, loss_fn)`` trains the student in place with
-            ``loss_fn(student, x, y) -> Tensor`` (e.g. ``greenmeter.demo.digits.train_classifier(m, data,
-            loss_fn=loss_fn)``). Give this or ``data``, not both.
-        data: an iterable of ``(x, y)`` batches (re-iterated each epoch) or a callable returning a fresh
-            iterable per epoch, for the built-in Adam loop (cosine learning-rate decay).
+            ``loss_fn(student, x, y) -> Tensor``, ``x`` the batch's inputs (a tensor, a tuple or a dict) and
+            ``y`` its targets (e.g. ``greenmeter.demo.digits.train_classifier(m, data, loss_fn=loss_fn)``). Give
+            this or ``data``, not both.
+        data: an iterable of batches (re-iterated each epoch) or a callable returning a fresh iterable per
+            epoch, for the built-in Adam loop (cosine learning-rate decay): ``(inputs, targets)`` pairs, the
+            inputs a tensor or a tuple of tensors (``model(*inputs)``), or dicts with the targets under
+            ``target_key`` (``model(**rest)``).
         epochs: epochs of the built-in loop (ignored with ``train_fn``).
         lr: Adam learning rate of the built-in loop and of the hint regressors.
         temperature: softening temperature of the Hinton loss, ``> 0``.
@@ -184,6 +188,7 @@ class DistillConfig:
             1x1 convolution (4-D features) or Linear layer (2-D features) when the widths differ.
         hint_weight: weight of the summed hint losses, ``>= 0``.
         seed: seed of the built-in loop and of the hint regressors' initial weights.
+        target_key: the key of the targets in dict batches of ``data``.
     """
 
     teacher: nn.Module
@@ -196,10 +201,12 @@ class DistillConfig:
     hints: Mapping[str, str] | None = None
     hint_weight: float = 1.0
     seed: int = 0
+    target_key: str = "labels"
 
     def __post_init__(self) -> None:
         from torch import nn
 
+        text("DistillConfig.target_key", self.target_key)
         if not isinstance(self.teacher, nn.Module):
             raise ConfigError(f"DistillConfig.teacher must be a torch.nn.Module, not {type(self.teacher).__name__}")
         check_training_source(self.train_fn, self.data, self.epochs, self.lr, "DistillConfig")
@@ -225,7 +232,8 @@ def check_training_source(train_fn: Any, data: Any, epochs: Any, lr: Any, owner:
     number(f"{owner}.lr", lr, low=0, low_open=True)
     if data is not None and not callable(data):
         if not isinstance(data, Iterable):
-            raise ConfigError(f"{owner}.data must be an iterable of (x, y) batches or a callable returning one")
+            raise ConfigError(f"{owner}.data must be an iterable of batches ((inputs, targets) pairs or dicts) or a "
+                              "callable returning one")
         if iter(data) is data and epochs > 1:
             raise ConfigError(
                 f"{owner}.data is a one-shot iterator but epochs={epochs}; pass a list of batches or a callable "
@@ -234,12 +242,37 @@ def check_training_source(train_fn: Any, data: Any, epochs: Any, lr: Any, owner:
 
 
 def fit(model: nn.Module, loss_fn: Callable[..., torch.Tensor], params: list[torch.nn.Parameter],
-        data: Any, epochs: int, lr: float, seed: int) -> list[float]:
+        data: Any, epochs: int, lr: float, seed: int, target_key: str | None = None) -> list[float]:
     """The built-in loop: Adam with cosine decay over ``data`` for ``epochs``; returns each epoch's mean loss.
 
-    Trains ``model`` in place and leaves it in eval mode.
+    Trains ``model`` in place and leaves it in eval mode. Each batch is read as ``compare`` reads one
+    (:func:`greenmeter.comparison.batches.read_batch`) and handed to ``loss_fn(model, inputs, targets)``.
+
+    Args:
+        model: the module trained (its mode is set to train for the loop, eval after).
+        loss_fn: ``loss_fn(model, x, y) -> scalar tensor``, ``x`` the batch's inputs (a tensor, a tuple or a
+            dict: call the model with :func:`greenmeter.comparison.batches.call_model`), ``y`` its targets.
+        params: the parameters Adam updates.
+        data: re-iterable batches, or a callable returning a fresh iterable per epoch: ``(inputs, targets)``
+            pairs, or mappings with the targets under ``target_key`` and the model's keyword inputs as the rest.
+        epochs: passes over ``data``.
+        lr: Adam's initial learning rate.
+        seed: the seed set before training.
+        target_key: the key of the targets in mapping batches; ``None``: ``"labels"``
+            (:data:`greenmeter.comparison.batches.DEFAULT_TARGET_KEY`).
+
+    Returns:
+        Each epoch's mean loss over its steps.
+
+    Raises:
+        ConfigError: a batch it cannot read, naming its structure and the option that fixes it (``target_key``);
+            an epoch with no batches.
     """
     import torch
+
+    from greenmeter.comparison.batches import DEFAULT_TARGET_KEY, read_batch
+
+    target_key = DEFAULT_TARGET_KEY if target_key is None else target_key
 
     torch.manual_seed(seed)
     opt = torch.optim.Adam(params, lr=lr)
@@ -248,11 +281,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., torch.Tensor], params: list[tor
     for epoch in range(epochs):
         model.train()
         total, steps = 0.0, 0
-        for batch in (data() if callable(data) else data):
-            try:
-                xb, yb = batch
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"data must yield (x, y) batches; epoch {epoch} yielded {type(batch).__name__}") from err
+        for index, item in enumerate(data() if callable(data) else data):
+            xb, yb = read_batch(item, index, target_key)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model, xb, yb)
             loss.backward()
@@ -309,6 +339,10 @@ def _make_regressor(s_name: str, t_name: str, s_feat: torch.Tensor, t_feat: torc
 class _DistillLoss:
     """``loss_fn(student, x, y)``: Hinton loss plus weighted hint losses; records per-step values.
 
+    ``x`` is a batch's inputs (a tensor, a tuple or a dict); teacher and student are called on it with
+    :func:`~greenmeter.comparison.batches.call_model` and their outputs reduced to logits with
+    :func:`~greenmeter.comparison.batches.default_output` (a Hugging Face ``ModelOutput`` gives its ``.logits``).
+
     Hint regressors are sized from the first batch's features and trained by their own Adam, stepped at
     the start of the next call (after the caller's backward), so a user's optimiser over the student's
     parameters alone is enough.
@@ -340,14 +374,16 @@ class _DistillLoss:
                 self._reg_opt.step()
                 self._reg_opt.zero_grad(set_to_none=True)
 
-    def __call__(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, student: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
         import torch
         from torch.nn import functional as F
 
+        from greenmeter.comparison.batches import call_model, default_output
+
         self.step_regressors()
         with torch.no_grad():
-            t_logits = self.config.teacher(x)
-        s_logits = student(x)
+            t_logits = default_output(call_model(self.config.teacher, x))
+        s_logits = default_output(call_model(student, x))
         loss = hinton_loss(s_logits, t_logits, y, self.config.temperature, self.config.alpha)
         if self.config.hints:
             if not self.regressors:
@@ -401,7 +437,7 @@ def _distill(student: nn.Module, config: DistillConfig) -> tuple[nn.Module, dict
         loss_fn = _DistillLoss(config, s_taps, t_taps)
         if own:
             history = fit(student, loss_fn, list(student.parameters()), config.data, config.epochs, config.lr,
-                          config.seed)
+                          config.seed, config.target_key)
             window = max(1, len(loss_fn.losses) // config.epochs)
         else:
             config.train_fn(student, loss_fn)  # type: ignore[misc]

@@ -379,10 +379,11 @@ class EarlyExitConfig:
         exits_after: increasing layer indices after which a head is attached.
         example_input: a typical input batch (one sample is enough) to size heads and count MACs.
         train_fn: ``train_fn(model, loss_fn)`` trains the multi-exit model in place with
-            ``loss_fn(model, x, y) -> Tensor`` (e.g. ``greenmeter.demo.digits.train_classifier``). Give this or
-            ``data``, not both.
-        data: an iterable of ``(x, y)`` batches (re-iterated per epoch) or a callable returning one, for
-            the built-in Adam loop.
+            ``loss_fn(model, x, y) -> Tensor``, ``x`` a batch's inputs and ``y`` its targets (e.g.
+            ``greenmeter.demo.digits.train_classifier``). Give this or ``data``, not both.
+        data: an iterable of batches (re-iterated per epoch) or a callable returning one, for the built-in Adam
+            loop: ``(inputs, targets)`` pairs, or dicts with the targets under ``"labels"``, read as for
+            ``DistillConfig.data``.
         epochs: epochs of the built-in loop.
         lr: learning rate of the built-in loop.
         exit_weights: weight of each exit's cross-entropy in the joint loss (one per exit, the final exit
@@ -438,8 +439,10 @@ def _joint_loss(weights: Sequence[float], self_distill: float = 0.0) -> Callable
     KL divergence to the final exit's softened outputs (the final exit is the teacher; no gradient flows to it)."""
     t = SELF_DISTILL_TEMPERATURE
 
-    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        outs = model.forward_all(x)  # type: ignore[operator]
+    def loss_fn(model: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
+        from greenmeter.comparison.batches import call_model
+
+        outs = call_model(model.forward_all, x)  # x: a batch's inputs, a tensor or a tuple (forward_all(*x))
         loss = sum(w * F.cross_entropy(o, y) for w, o in zip(weights, outs) if w)
         if self_distill:
             soft = F.softmax(outs[-1].detach() / t, dim=1)

@@ -48,7 +48,9 @@ from greenmeter._errors import ConfigError
 from greenmeter.comparison.batches import (
     DEFAULT_TARGET_KEY,
     batch_size_of,
+    call_model,
     check_target_key,
+    default_output,
     describe,
 )
 from greenmeter.comparison.batches import calibration_inputs as read_calibration
@@ -84,13 +86,15 @@ class RecipeContext:
         example_input: one batch of inputs (any batch size), to trace the model and size new layers: a tensor, a
             tuple of tensors or a dict (as :mod:`greenmeter.comparison.batches` reads a batch's inputs). Recipes that
             reshape layers (``channels``, ``early-exit``) need a tensor.
-        train_data: re-iterable ``(x, y)`` batches (a list, a DataLoader; dict batches too, with the targets under
-            ``target_key``) or a callable returning a fresh iterable each time; used by the built-in trainer and
-            for int8-static calibration.
+        train_data: re-iterable batches (a list, a DataLoader) or a callable returning a fresh iterable each
+            time, read as ``compare`` reads a batch: ``(inputs, targets)`` pairs, the inputs a tensor or a tuple
+            of tensors, or dicts with the targets under ``target_key``; used by the built-in trainer and for
+            int8-static calibration.
         train_fn: the user's trainer, called as ``train_fn(model, loss_fn, epochs)``: it trains ``model`` in
-            place for ``epochs`` epochs with ``loss_fn(model, x, y) -> scalar loss`` (``None`` means
-            cross-entropy on ``model(x)``), building its optimiser over ``model.parameters()`` at each call.
-            Recipes that train use it when given, else a built-in Adam loop over ``train_data``.
+            place for ``epochs`` epochs with ``loss_fn(model, x, y) -> scalar loss``, ``x`` a batch's inputs (a
+            tensor, a tuple or a dict) and ``y`` its targets (``None`` means cross-entropy on the model's output,
+            its ``.logits`` for a ``ModelOutput``), building its optimiser over ``model.parameters()`` at each
+            call. Recipes that train use it when given, else a built-in Adam loop over ``train_data``.
         val_data: held-out ``(x, y)`` tensors for calibrations (the early-exit threshold of ``early-exit:auto``).
         calibration_batches: batches of ``train_data`` that int8-static calibrates on (>= 1).
         fine_tune_epochs: epochs of each training step of a recipe that adjusts trained weights (channels,
@@ -105,8 +109,8 @@ class RecipeContext:
             are; a recipe registered with ``keeps_layers=True`` passes them to its method's config.
             :func:`build_variant` sets it for each step from the step's ``[keep=...]`` modifier (``()`` for a
             step without one), whatever the context given held.
-        target_key: the key of the targets in dict batches of ``train_data`` (removed from the calibration
-            inputs); ``"labels"`` by default.
+        target_key: the key of the targets in dict batches of ``train_data`` (the built-in trainer's targets;
+            removed from the calibration inputs); ``"labels"`` by default.
     """
 
     example_input: torch.Tensor
@@ -132,7 +136,7 @@ class RecipeContext:
         check_target_key(self.target_key)
         if data is not None and not callable(data) and (isinstance(data, (str, bytes, Iterator))
                                                         or not isinstance(data, Iterable)):
-            raise ConfigError(f"RecipeContext.train_data must be re-iterable (x, y) batches (a list, a DataLoader) or "
+            raise ConfigError(f"RecipeContext.train_data must be re-iterable batches (a list, a DataLoader) or "
                               f"a callable returning them, not {type(data).__name__}: recipes read it more than once")
         if fn is not None:
             try:
@@ -176,7 +180,7 @@ class RecipeContext:
             from greenmeter.compression.distillation import fit
 
             params = [p for p in model.parameters() if p.requires_grad]  # at call time: prune hooks add weight_orig
-            fit(model, loss_fn or _cross_entropy, params, self.train_data, n, self.lr, self.seed)
+            fit(model, loss_fn or _cross_entropy, params, self.train_data, n, self.lr, self.seed, self.target_key)
 
         return train
 
@@ -198,10 +202,12 @@ class RecipeContext:
         return inputs
 
 
-def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _cross_entropy(model: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
+    """The built-in trainer's loss: cross-entropy of the model's output on the inputs ``x`` (a tensor, a tuple or a
+    dict, called as ``compare`` calls the model; a ``ModelOutput`` gives its ``.logits``) against the labels ``y``."""
     from torch.nn import functional as F
 
-    return F.cross_entropy(model(x), y)
+    return F.cross_entropy(default_output(call_model(model, x)), y)
 
 
 # ------------------------------------------------------------------------------------------ registry

@@ -1,0 +1,222 @@
+"""The recipes that train read the batches ``compare`` reads (issue 20, item 0).
+
+The built-in trainer (``RecipeContext.trainer`` -> ``greenmeter.compression.distillation.fit``) and its losses
+(cross-entropy, distillation, the early-exit joint loss) take dict batches (``model(**inputs)``, the targets
+under ``target_key``), tuple-of-inputs batches (``model(*inputs)``) and batches of different sequence lengths.
+The text model is an embedding, a masked mean pool and two Linear layers with
+``forward(input_ids, attention_mask)``; its toy task (which third of the vocabulary a sentence is drawn from)
+is learnt within a few epochs.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from greenmeter._errors import ConfigError, UnsupportedModelError  # noqa: E402
+from greenmeter.comparison.recipes import RecipeContext, build_variant  # noqa: E402
+from greenmeter.compression import DistillConfig, MultiExitModel, compress  # noqa: E402
+from greenmeter.compression import distillation  # noqa: E402
+
+VOCAB, CLASSES, LENGTHS = 31, 3, (5, 9, 7, 12)  # class c draws its tokens from 1 + 10c .. 10 + 10c
+
+
+class TextModel(nn.Module):
+    """``forward(input_ids, attention_mask)``: embedding, mean over the unmasked tokens, Linear-ReLU-Linear."""
+
+    def __init__(self, hidden: int = 32, as_object: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(VOCAB, 16)
+        self.fc1 = nn.Linear(16, hidden)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, CLASSES)
+        self.as_object = as_object
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        mask = attention_mask.to(torch.float32).unsqueeze(-1)  # cast first: QAT observes float tensors only
+        pooled = (self.emb(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        logits = self.fc2(self.act(self.fc1(pooled)))
+        return SimpleNamespace(logits=logits) if self.as_object else logits  # as_object: like a ModelOutput
+
+
+def text_batches(key: str = "labels") -> list[dict[str, torch.Tensor]]:
+    """Dict batches of 12 sentences, each batch padded to its own length (5, 9, 7, 12 tokens)."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for length in LENGTHS:
+        y = torch.arange(12) % CLASSES
+        ids = 1 + 10 * y[:, None] + torch.randint(0, 10, (12, length), generator=g)
+        mask = torch.ones(12, length, dtype=torch.long)
+        mask[::2, length // 2:] = 0  # every other sentence is shorter: padding
+        ids = ids * mask
+        out.append({"input_ids": ids, "attention_mask": mask, key: y})
+    return out
+
+
+def tuple_batches() -> list[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The same data as ``((input_ids, attention_mask), labels)``."""
+    return [((b["input_ids"], b["attention_mask"]), b["labels"]) for b in text_batches()]
+
+
+def dataset_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    """The mean cross-entropy of ``model`` over dict batches."""
+    with torch.no_grad():
+        return sum(float(F.cross_entropy(model(b["input_ids"], b["attention_mask"]), b["labels"]))
+                   for b in batches) / len(batches)
+
+
+@pytest.fixture
+def histories(monkeypatch: pytest.MonkeyPatch) -> list[list[float]]:
+    """Each call of the built-in loop's epoch losses (the real loop, recorded)."""
+    real, seen = distillation.fit, []
+
+    def recording(*args: Any, **kwargs: Any) -> list[float]:
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(distillation, "fit", recording)
+    return seen
+
+
+def context(example: Any, data: Any, **kwargs: Any) -> RecipeContext:
+    settings = {"fine_tune_epochs": 6, "train_epochs": 6, "lr": 3e-2, **kwargs}
+    return RecipeContext(example_input=example, train_data=data, **settings)
+
+
+def example_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    first = text_batches()[0]
+    return first["input_ids"], first["attention_mask"]
+
+
+@pytest.mark.parametrize("form", ["dict", "tuple"])
+def test_channels_fine_tunes_on_text_batches(form: str, histories: list[list[float]]) -> None:
+    batches = text_batches()
+    data = batches if form == "dict" else tuple_batches()
+    baseline = TextModel().eval()
+    before = dataset_loss(baseline, batches)
+    variant = build_variant("channels:0.5[keep=emb]", baseline,
+                            context(example_pair(), data, target_key="labels"))
+    assert variant.fc1.out_features == 16 and baseline.fc1.out_features == 32  # pruned; the baseline untouched
+    [history] = histories
+    assert len(history) == 6 and history[-1] < 0.5 * history[0]
+    assert dataset_loss(variant, batches) < 0.5 * before
+    long = batches[-1]  # runs on a batch of another length than the example's
+    assert variant(long["input_ids"], long["attention_mask"]).shape == (12, CLASSES)
+    assert variant.recipe.details["trainer"] == "built-in"
+
+
+@pytest.mark.parametrize(("spec", "example", "error", "message"), [
+    ("channels:0.5[keep=emb]", "dict", ConfigError, "must be a tensor or a tuple of tensors, got dict"),
+    ("channels:0.5", "tuple", UnsupportedModelError, "cannot prune layer 'emb' \\(Embedding\\)"),
+    ("qat", "tuple", UnsupportedModelError, "Embedding weights"),
+    ("distill:0.5", "tuple", UnsupportedModelError, "make_student needs an nn.Sequential model, not TextModel"),
+    ("early-exit", "tuple", UnsupportedModelError, "cuts an nn.Sequential backbone"),
+])
+def test_recipes_that_cannot_take_the_text_model_say_why(spec: str, example: str, error: type[Exception],
+                                                          message: str) -> None:
+    first = text_batches()[0]
+    inputs = ({"input_ids": first["input_ids"], "attention_mask": first["attention_mask"]} if example == "dict"
+              else example_pair())
+    with pytest.raises(error, match=message):
+        build_variant(spec, TextModel().eval(), context(inputs, text_batches()))
+
+
+def test_qat_trains_on_dict_batches(histories: list[list[float]]) -> None:
+    baseline = TextModel().eval()
+    variant = build_variant("qat[keep=emb]", baseline, context(example_pair(), text_batches(), fine_tune_epochs=4))
+    [history] = histories
+    assert history[-1] < 0.8 * history[0]
+    assert variant.compression_info.details["quantized_layers"] == 2  # fc1 and fc2 are int8; the embedding kept
+    long = text_batches()[-1]
+    logits = variant(long["input_ids"], long["attention_mask"])
+    assert logits.shape == (12, CLASSES)
+    assert (logits.argmax(1) == long["labels"]).float().mean() > 0.8
+
+
+def test_ticket_trains_on_dict_batches_under_a_named_key(histories: list[list[float]]) -> None:
+    batches = text_batches(key="label")
+    variant = build_variant("ticket:0.5", TextModel().eval(),
+                            context(example_pair(), batches, target_key="label", fine_tune_epochs=3))
+    assert len(histories) == 2 and all(h[-1] < h[0] for h in histories)  # one pruning round, then the ticket
+    assert float((variant.fc1.weight == 0).float().mean()) > 0.3
+    assert dataset_loss(variant, text_batches()) < dataset_loss(TextModel().eval(), text_batches())
+
+
+def test_distillation_loss_calls_teacher_and_student_on_dict_batches() -> None:
+    batches = text_batches(key="label")
+    teacher = TextModel(as_object=True).eval()  # returns an object with .logits, as a ModelOutput does
+    ctx = context(example_pair(), batches, target_key="label", fine_tune_epochs=8)
+    ctx.trainer("fit the teacher")(teacher)  # the built-in cross-entropy on .logits
+    student = TextModel(hidden=8)
+    fresh = dataset_loss(TextModel(hidden=8).eval(), text_batches())
+    small = compress(student, DistillConfig(teacher=teacher, data=batches, epochs=6, lr=1e-2, target_key="label"))
+    d = small.compression_info.details
+    assert d["trainer"] == "built-in" and d["steps"] == 6 * len(LENGTHS)
+    assert d["epoch_losses"][-1] < 0.95 * d["epoch_losses"][0]
+    assert dataset_loss(small, text_batches()) < 0.8 * fresh
+
+
+def test_distill_config_checks_its_target_key() -> None:
+    with pytest.raises(ConfigError, match="DistillConfig.target_key must be a non-empty string, not ''"):
+        DistillConfig(teacher=TextModel(), data=text_batches(), target_key="")
+
+
+def test_the_built_in_trainer_reduces_a_model_output_object(histories: list[list[float]]) -> None:
+    model = TextModel(as_object=True)
+    before = dataset_loss(TextModel().eval(), text_batches())
+    RecipeContext(example_input=example_pair(), train_data=tuple_batches(), lr=1e-2).trainer("test", 5)(model)
+    [history] = histories
+    assert history[-1] < 0.7 * history[0]
+    model.as_object = False
+    assert dataset_loss(model, text_batches()) < 0.7 * before
+
+
+def mlp_data() -> tuple[torch.Tensor, list[tuple[tuple[torch.Tensor], torch.Tensor]]]:
+    """A Sequential's data as tuple-of-inputs batches ``((x,), y)`` of 16 samples."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return x, [((x[i:i + 16],), y[i:i + 16]) for i in range(0, 64, 16)]
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+
+
+def test_early_exit_heads_train_on_tuple_of_inputs_batches(histories: list[list[float]]) -> None:
+    x, data = mlp_data()
+    variant = build_variant("early-exit:0.9", mlp(), context(x, data))
+    assert isinstance(variant, MultiExitModel) and variant.num_exits >= 2
+    [history] = histories
+    assert history[-1] < history[0]
+    assert variant(x).shape == (64, 3)
+
+
+def test_distill_recipe_trains_a_student_on_tuple_of_inputs_batches(histories: list[list[float]]) -> None:
+    x, data = mlp_data()
+    variant = build_variant("distill:0.5", mlp(), context(x, data))
+    d = variant.compression_info.details
+    assert d["student_parameters"] < d["teacher_parameters"]
+    [history] = histories  # the recipe trains through the context's trainer: the built-in loop
+    assert history[-1] < history[0]
+    assert variant(x).shape == (64, 3)
+
+
+@pytest.mark.parametrize(("batch", "message"), [
+    ({"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3), "label": torch.ones(2)},
+     "batch 0 is a dict with keys input_ids, attention_mask, label and no 'labels': name the key of the targets "
+     "with target_key= \\(for example target_key='label'\\)"),
+    (torch.ones(4, 8), "batch 0 is a Tensor of shape \\(4, 8\\).*target_key="),
+])
+def test_a_batch_the_trainer_cannot_read_names_its_structure_and_the_option(batch: Any, message: str) -> None:
+    train = RecipeContext(example_input=example_pair(), train_data=[batch]).trainer("channels")
+    with pytest.raises(ConfigError, match=message):
+        train(TextModel())
