@@ -138,7 +138,8 @@ def test_a_meter_window_of_real_time_is_flagged_and_its_band_holds_the_truth(mon
     assert match is not None
     seconds = float(match[1]) / 1e3
     if seconds < 1.0:  # on a machine busy enough to stretch 150 ms past 1 s there would be no flag to check
-        assert int(match[2]) == round(100 * COUNTER_UPDATE_PERIOD_S / seconds)
+        # the flag prints the duration to 0.1 ms and the bound from the exact one: 150.4 ms can read 67% (66.5)
+        assert abs(int(match[2]) - 100 * COUNTER_UPDATE_PERIOD_S / seconds) <= 1
     assert domain.band is not None and domain.band.low_j <= 700.0 * m.duration_s <= domain.band.high_j + 1e-6
 
 
