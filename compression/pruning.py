@@ -246,7 +246,8 @@ class ChannelPruneConfig:
     Args:
         ratio: fraction of the output channels (Conv) and hidden neurons (Linear) removed from every prunable
             layer, in [0, 1). Parameters shrink by about ``(1 - ratio) ** 2`` where both sides of a weight shrink.
-        example_input: one batch shaped like the model's input (a tensor, or a tuple of positional inputs);
+        example_input: one batch shaped like the model's input (a tensor, a tuple of positional inputs, or a dict
+            of keyword inputs such as a tokenizer's ``input_ids`` and ``attention_mask``);
             required: the model is run on it once to trace which channels depend on each other.
         importance: channel score, the ``"l2"`` or ``"l1"`` norm of the channel's weights across its group.
         fine_tune: the user's training function, called as ``fine_tune(model)`` on the pruned model to train it
@@ -263,7 +264,7 @@ class ChannelPruneConfig:
     """
 
     ratio: float
-    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None
+    example_input: torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor] | None = None
     importance: Literal["l2", "l1"] = "l2"
     fine_tune: Callable[[nn.Module], None] | None = None
     ignored_layers: tuple[str, ...] = ()
@@ -280,13 +281,17 @@ class ChannelPruneConfig:
                 "other (a residual add ties the channels of every conv that feeds it)."
             )
         if not isinstance(inputs, torch.Tensor) and not (
-            isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs)
+            isinstance(inputs, (tuple, list, Mapping)) and inputs
+            and all(isinstance(t, torch.Tensor) for t in (inputs.values() if isinstance(inputs, Mapping) else inputs))
         ):
             raise ConfigError(
-                f"ChannelPruneConfig.example_input must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
+                "ChannelPruneConfig.example_input must be a tensor, a tuple of tensors (model(*inputs)) or a dict of "
+                f"tensors (model(**inputs)), got {type(inputs).__name__}"
             )
         if isinstance(inputs, list):
             object.__setattr__(self, "example_input", tuple(inputs))
+        elif isinstance(inputs, Mapping):
+            object.__setattr__(self, "example_input", dict(inputs))
         if self.importance not in ("l2", "l1"):
             raise ConfigError(f"ChannelPruneConfig.importance must be 'l2' or 'l1', got {self.importance!r}")
         if self.fine_tune is not None and not callable(self.fine_tune):
@@ -312,9 +317,16 @@ class ChannelPruneConfig:
         object.__setattr__(self, "layer_ratios", ratios)
 
 
-def _inputs(config: ChannelPruneConfig) -> tuple[torch.Tensor, ...]:
+def _inputs(config: ChannelPruneConfig) -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
     inputs = config.example_input
+    if isinstance(inputs, dict):
+        return inputs
     return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)  # type: ignore[arg-type]
+
+
+def _call(model: nn.Module, inputs: tuple[torch.Tensor, ...] | dict[str, torch.Tensor]) -> Any:
+    """``model(**inputs)`` for a dict of inputs, ``model(*inputs)`` for a tuple (never unpacking a batch tensor)."""
+    return model(**inputs) if isinstance(inputs, dict) else model(*inputs)
 
 
 def _output_tensors(out: Any) -> list[torch.Tensor]:
@@ -328,7 +340,7 @@ def _output_tensors(out: Any) -> list[torch.Tensor]:
 
 
 def _trace_run(
-    model: nn.Module, inputs: tuple[torch.Tensor, ...]
+    model: nn.Module, inputs: tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
 ) -> tuple[list[tuple[str, nn.Module]], list[nn.Module], Any]:
     """Run the model once: the modules in execution order, the layers that produce an output, the output."""
     names = {m: (n or type(m).__name__) for n, m in model.named_modules()}
@@ -336,7 +348,7 @@ def _trace_run(
     hooks = [m.register_forward_hook(lambda mod, _i, out: executed.append((mod, out))) for m in model.modules()]
     try:
         with torch.no_grad():
-            out = model(*inputs)
+            out = _call(model, inputs)
     except Exception as err:
         raise ConfigError(
             f"the model does not run on ChannelPruneConfig.example_input: {type(err).__name__}: {err}"
@@ -410,12 +422,12 @@ def _remove_channels(model: nn.Module, config: ChannelPruneConfig, method: str) 
             model, inputs, importance=tp.importance.MagnitudeImportance(p=2 if config.importance == "l2" else 1),
             pruning_ratio=config.ratio, ignored_layers=ignored + heads,
             pruning_ratio_dict={by_name[n]: r for n, r in config.layer_ratios.items()} or None,
-            forward_fn=lambda m, xs: m(*xs),  # never let Torch-Pruning unpack a single batch tensor into arguments
+            forward_fn=_call,  # never let Torch-Pruning unpack a single batch tensor into arguments
         )
         pruner.step()
         del pruner
         with torch.no_grad():
-            after_out = model(*inputs)
+            after_out = _call(model, inputs)
     except Exception as err:
         raise UnsupportedModelError(
             f"{method} failed inside Torch-Pruning on {type(model).__name__} ({type(err).__name__}: {err}); a layer "

@@ -112,8 +112,19 @@ def test_channels_fine_tunes_on_text_batches(form: str, histories: list[list[flo
     assert variant.recipe.details["trainer"] == "built-in"
 
 
+def test_channels_traces_a_model_on_a_dict_example_input() -> None:
+    # the example as a tokenizer gives it: keyword inputs, the model called as model(**inputs)
+    first = text_batches()[0]
+    example = {"input_ids": first["input_ids"], "attention_mask": first["attention_mask"]}
+    baseline = TextModel().eval()
+    variant = build_variant("channels:0.5[keep=emb]", baseline, context(example, text_batches()))
+    assert variant.fc1.out_features == 16 and baseline.fc1.out_features == 32
+    assert variant(**example).shape == (len(first["labels"]), CLASSES)
+    with pytest.raises(ConfigError, match="a dict of tensors"):
+        build_variant("channels:0.5[keep=emb]", baseline, context({"input_ids": [1, 2]}, text_batches()))
+
+
 @pytest.mark.parametrize(("spec", "example", "error", "message"), [
-    ("channels:0.5[keep=emb]", "dict", ConfigError, "must be a tensor or a tuple of tensors, got dict"),
     ("channels:0.5", "tuple", UnsupportedModelError, "cannot prune layer 'emb' \\(Embedding\\)"),
     ("qat", "tuple", UnsupportedModelError, "Embedding weights"),
     ("distill:0.5", "tuple", UnsupportedModelError, "make_student needs an nn.Sequential model, not TextModel"),
