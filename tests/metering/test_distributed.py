@@ -424,7 +424,10 @@ def test_a_failed_rank_leaves_the_others_stored_and_unblocked(tmp_path: Path) ->
         stderr=subprocess.STDOUT, text=True, start_new_session=True) for r in range(4)]
     logs = _wait(workers, 90)
     elapsed = time.monotonic() - started
-    assert [w.returncode for w in workers] == [3, 3, 3, 1], "\n".join(logs)
+    # the failed rank exits 1 with its error; or, now and then, torch's c10d threads abort the interpreter while
+    # it exits on that error ("terminate called without an active exception", SIGABRT): torch's doing, not ours
+    assert [w.returncode for w in workers][:3] == [3, 3, 3] and workers[3].returncode in (1, -signal.SIGABRT), \
+        "\n".join(logs)
     assert "RuntimeError: injected failure on rank 3" in logs[3]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]
     for report in reports:
