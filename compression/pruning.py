@@ -324,11 +324,6 @@ def _inputs(config: ChannelPruneConfig) -> tuple[torch.Tensor, ...] | dict[str, 
     return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)  # type: ignore[arg-type]
 
 
-def _call(model: nn.Module, inputs: tuple[torch.Tensor, ...] | dict[str, torch.Tensor]) -> Any:
-    """``model(**inputs)`` for a dict of inputs, ``model(*inputs)`` for a tuple (never unpacking a batch tensor)."""
-    return model(**inputs) if isinstance(inputs, dict) else model(*inputs)
-
-
 def _output_tensors(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -343,12 +338,14 @@ def _trace_run(
     model: nn.Module, inputs: tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
 ) -> tuple[list[tuple[str, nn.Module]], list[nn.Module], Any]:
     """Run the model once: the modules in execution order, the layers that produce an output, the output."""
+    from greenmeter.comparison.batches import call_model  # model(**inputs) for a dict, model(*inputs) for a tuple
+
     names = {m: (n or type(m).__name__) for n, m in model.named_modules()}
     executed: list[tuple[nn.Module, Any]] = []
     hooks = [m.register_forward_hook(lambda mod, _i, out: executed.append((mod, out))) for m in model.modules()]
     try:
         with torch.no_grad():
-            out = _call(model, inputs)
+            out = call_model(model, inputs)
     except Exception as err:
         raise ConfigError(
             f"the model does not run on ChannelPruneConfig.example_input: {type(err).__name__}: {err}"
@@ -398,6 +395,8 @@ def _remove_channels(model: nn.Module, config: ChannelPruneConfig, method: str) 
         raise CompressionError(
             f"{method} needs Torch-Pruning, which is not installed here: pip install torch-pruning"
         ) from err
+    from greenmeter.comparison.batches import call_model  # model(**inputs) for a dict, model(*inputs) for a tuple
+
     inputs = _inputs(config)
     by_name = dict(model.named_modules())
     followers = tuple(t for t in _STRUCTURED_SUPPORTED if t not in (nn.modules.conv._ConvNd, nn.Linear))
@@ -422,12 +421,12 @@ def _remove_channels(model: nn.Module, config: ChannelPruneConfig, method: str) 
             model, inputs, importance=tp.importance.MagnitudeImportance(p=2 if config.importance == "l2" else 1),
             pruning_ratio=config.ratio, ignored_layers=ignored + heads,
             pruning_ratio_dict={by_name[n]: r for n, r in config.layer_ratios.items()} or None,
-            forward_fn=_call,  # never let Torch-Pruning unpack a single batch tensor into arguments
+            forward_fn=call_model,  # never let Torch-Pruning unpack a single batch tensor into arguments
         )
         pruner.step()
         del pruner
         with torch.no_grad():
-            after_out = _call(model, inputs)
+            after_out = call_model(model, inputs)
     except Exception as err:
         raise UnsupportedModelError(
             f"{method} failed inside Torch-Pruning on {type(model).__name__} ({type(err).__name__}: {err}); a layer "

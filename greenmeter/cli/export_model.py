@@ -23,11 +23,11 @@ __all__ = ["add_export_model_command", "cmd_export_model"]
 _NEWEST = 20
 
 
-def add_export_model_command(commands: Any) -> None:
-    """Add the ``export-model`` verb to the command line's subparsers."""
+def add_export_model_command(commands: Any, store_help: str) -> None:
+    """Add the ``export-model`` verb to the command line's subparsers (``store_help``: the ``--store`` help, as
+    every verb words it)."""
     from greenmeter.cli.arguments import target_key_arg
 
-    store_help = "run store path (default: $GREENMETER_STORE, else $XDG_DATA_HOME/greenmeter/runs.db)"
     cmd = commands.add_parser(
         "export-model", help="write a variant to ONNX and measure it under ONNX Runtime next to PyTorch",
         description="Build the variant a compare TOML file describes, write it to ONNX (checked under ONNX Runtime), "

@@ -198,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_report_commands(commands, store_help)
     add_calibrate_command(commands, store_help)
-    add_export_model_command(commands)
+    add_export_model_command(commands, store_help)
 
     demo = commands.add_parser(
         "demo", help="train, compress, compare and report on bundled data (digits), in one command",

@@ -123,8 +123,8 @@ def test_recorder_refuses_store_or_name_with_a_given_meter_and_bad_carbon() -> N
 
 def test_importing_the_package_imports_no_framework() -> None:
     code = ("import sys, greenmeter.integrations;"
-            "print(','.join(m for m in ('torch', 'lightning', 'pytorch_lightning', 'transformers', 'accelerate')"
-            " if m in sys.modules))")
+            "print(','.join(m for m in ('torch', 'lightning', 'pytorch_lightning', 'transformers', 'accelerate',"
+            " 'mlflow', 'prometheus_client') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == ""
 
@@ -132,6 +132,8 @@ def test_importing_the_package_imports_no_framework() -> None:
 @pytest.mark.parametrize(("module", "frameworks", "extra"), [
     ("greenmeter.integrations.lightning", ("lightning", "pytorch_lightning"), "lightning"),
     ("greenmeter.integrations.huggingface", ("transformers",), "huggingface"),
+    ("greenmeter.integrations.mlflow", ("mlflow",), "mlflow"),
+    ("greenmeter.integrations.prometheus", ("prometheus_client",), "metrics"),
 ])
 def test_a_missing_framework_raises_config_error_naming_the_extra(
     monkeypatch: pytest.MonkeyPatch, module: str, frameworks: tuple[str, ...], extra: str,

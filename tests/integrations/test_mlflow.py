@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -280,16 +278,3 @@ def test_a_refused_log_is_a_warning_for_the_listener_and_an_error_for_the_explic
         log_measurement(w.measurement, report=False)
     tracking.restore_run(run.info.run_id)
     ml.end_run()
-
-
-def test_importing_greenmeter_does_not_import_mlflow() -> None:
-    code = "import sys, greenmeter, greenmeter.integrations; print('mlflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    assert out.stdout.strip() == "False"
-
-
-def test_a_missing_mlflow_raises_config_error_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "greenmeter.integrations.mlflow", raising=False)
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # what an absent package looks like to the import system
-    with pytest.raises(ConfigError, match=r"pip install greenmeter\[mlflow\]"):
-        importlib.import_module("greenmeter.integrations.mlflow")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -233,16 +230,3 @@ def test_power_is_averaged_over_at_least_the_power_window() -> None:
     assert 0 < again.power_w < first.power_w  # 10 J over a slightly longer time, never 0 J over microseconds
     assert first.band_low_j is None and first.band_high_j is None  # the scripted source states no band
     assert (first.key, first.provenance, first.in_total) == ("scripted:dev", "measured", True)
-
-
-def test_importing_greenmeter_does_not_import_prometheus_client() -> None:
-    code = "import sys, greenmeter, greenmeter.integrations; print('prometheus_client' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    assert out.stdout.strip() == "False"
-
-
-def test_without_prometheus_client_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "greenmeter.integrations.prometheus", raising=False)
-    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # what an absent package looks like
-    with pytest.raises(ConfigError, match=r"pip install greenmeter\[metrics\]"):
-        importlib.import_module("greenmeter.integrations.prometheus")
