@@ -257,8 +257,8 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: Sequ
     # Every step kept whole, however long the repeat: the per-sample latency pairs each step's duration with its
     # batch's size, and the pooled percentiles stay exact.
     # Seeded once, before the window: the first pass (whose outputs are scored) sees the same random state in every
-    # repeat, and the window holds none of the seeding's cost (about 0.15 ms a call: over 10% of a pass of a small
-    # int8 model, which seeding before every pass charged to the cheapest variants most).
+    # repeat, and the window holds none of the seeding's cost (seeding before every pass made a pass of a small int8
+    # model 18-19% slower, benchmarks/int8_kernels.py: a charge the cheapest variants paid most).
     torch.manual_seed(seed)
     window = meter.begin(f"{entry.name}/repeat-{repeat + 1}", samples=passes * sum(sizes), keep_steps=True)
     outs: list[torch.Tensor] = []
