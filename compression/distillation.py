@@ -246,7 +246,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., torch.Tensor], params: list[tor
     """The built-in loop: Adam with cosine decay over ``data`` for ``epochs``; returns each epoch's mean loss.
 
     Trains ``model`` in place and leaves it in eval mode. Each batch is read as ``compare`` reads one
-    (:func:`greenmeter.comparison.batches.read_batch`) and handed to ``loss_fn(model, inputs, targets)``.
+    (:func:`greenmeter.comparison.batches.read_batch`), its tensors put on the model's device
+    (:func:`greenmeter.comparison.batches.model_device`), and handed to ``loss_fn(model, inputs, targets)``.
 
     Args:
         model: the module trained (its mode is set to train for the loop, eval after).
@@ -270,9 +271,10 @@ def fit(model: nn.Module, loss_fn: Callable[..., torch.Tensor], params: list[tor
     """
     import torch
 
-    from greenmeter.comparison.batches import DEFAULT_TARGET_KEY, read_batch
+    from greenmeter.comparison.batches import DEFAULT_TARGET_KEY, model_device, read_batch, to_device
 
     target_key = DEFAULT_TARGET_KEY if target_key is None else target_key
+    device = model_device(model)
 
     torch.manual_seed(seed)
     opt = torch.optim.Adam(params, lr=lr)
@@ -283,6 +285,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., torch.Tensor], params: list[tor
         total, steps = 0.0, 0
         for index, item in enumerate(data() if callable(data) else data):
             xb, yb = read_batch(item, index, target_key)
+            xb, yb = to_device(xb, device), to_device(yb, device)  # data may stay on the CPU for a model on a GPU
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model, xb, yb)
             loss.backward()

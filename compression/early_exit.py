@@ -203,16 +203,15 @@ class MultiExitModel(nn.Module):
         backbone.eval()
         try:
             block_macs, features = [], []
-            h = example_input[:1]
+            h = example_input[:1].to(_device_of(backbone))
             for block in self.blocks:
                 macs, h = _count_macs(block, h)
                 block_macs.append(macs)
                 features.append(h)
             if h.dim() != 2:
                 raise UnsupportedModelError(f"early exit: the backbone's output has shape {tuple(h.shape[1:])}, not [classes]")
-            device = next(backbone.parameters()).device
             self.heads = nn.ModuleList(
-                _make_head(f, h.shape[1], cut).to(device) for f, cut in zip(features, cuts))
+                _make_head(f, h.shape[1], cut).to(h.device) for f, cut in zip(features, cuts))
             head_macs = [head.eval_macs(tuple(f.shape[1:])) for head, f in zip(self.heads, features)]
         finally:
             backbone.train(was)
@@ -461,9 +460,10 @@ def _all_exit_logits(model: Any, x: torch.Tensor, batch_size: int = 256) -> list
     if model.training:
         raise CompressionError("this needs the model in eval mode (batch norm, dropout): call model.eval() first")
     parts: list[list[torch.Tensor]] = [[] for _ in range(model.num_exits)]
+    device = _device_of(model)
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
-            for k, out in enumerate(model.forward_all(x[start:start + batch_size])):
+            for k, out in enumerate(model.forward_all(x[start:start + batch_size].to(device))):
                 parts[k].append(out)
     return [torch.cat(p) for p in parts]
 
@@ -609,6 +609,7 @@ def exit_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: f
     if model.training:
         raise CompressionError("exit_report needs the model in eval mode (batch norm, dropout): call model.eval() first")
     preds, exits = [], []
+    x = x.to(_device_of(model))
     with torch.inference_mode():
         for start in range(0, len(x), 256):
             logits, ex = model.infer(x[start:start + 256], threshold)
@@ -659,22 +660,32 @@ class ExitCosts:
         return [*out, sum(self.layer_s) + heads]
 
 
-def _seconds(call: Callable[[], Any], rounds: int) -> float:
+def _seconds(call: Callable[[], Any], rounds: int, sync: Callable[[], None] = lambda: None) -> float:
     """The least mean seconds per call over ``rounds`` timed rounds (the least is the run the machine disturbed
-    least); each round has enough calls to last about 2 ms."""
+    least); each round has enough calls to last about 2 ms. ``sync`` waits for queued work (a GPU's) before each
+    reading of the clock."""
     import time
 
     call()
+    sync()
     start = time.perf_counter()
     call()
+    sync()
     reps = max(1, min(1000, int(0.002 / max(time.perf_counter() - start, 1e-7))))
     best = math.inf
     for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(reps):
             call()
+        sync()
         best = min(best, (time.perf_counter() - start) / reps)
     return best
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 def measure_exit_costs(model: MultiExitModel, example_input: torch.Tensor, batch_size: int = 1,
@@ -691,7 +702,9 @@ def measure_exit_costs(model: MultiExitModel, example_input: torch.Tensor, batch
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ConfigError(f"measure_exit_costs: batch_size must be >= 1, got {batch_size}")
-    x = example_input[:1].expand(batch_size, *example_input.shape[1:]).contiguous()
+    device = _device_of(model)
+    x = example_input[:1].expand(batch_size, *example_input.shape[1:]).contiguous().to(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     was = model.training
     model.eval()
     layer_s, head_s = [], {}
@@ -701,14 +714,14 @@ def measure_exit_costs(model: MultiExitModel, example_input: torch.Tensor, batch
             index = 0
             for k, block in enumerate(model.blocks):
                 for layer in block:
-                    layer_s.append(_seconds(lambda layer=layer, h=h: layer(h), rounds))
+                    layer_s.append(_seconds(lambda layer=layer, h=h: layer(h), rounds, sync))
                     h = layer(h)
                     index += 1
                 if k < len(model.heads):
                     head = model.heads[k]
                     head_s[index - 1] = _seconds(
                         lambda head=head, h=h: bool((confidence(head(h), model.criterion) > model.threshold).all()),
-                        rounds)
+                        rounds, sync)
     finally:
         model.train(was)
     return ExitCosts(tuple(layer_s), head_s, batch_size,
@@ -810,7 +823,7 @@ def exit_positions(model: nn.Module, example_input: torch.Tensor, candidates: in
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        h = example_input[:1]
+        h = example_input[:1].to(_device_of(model))
         with torch.no_grad():
             for layer in model:
                 h = layer(h)

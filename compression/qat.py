@@ -22,6 +22,7 @@ from greenmeter.compression.quantization import (
     TORCH_AO_API,
     check_engine,
     int8_layout,
+    int8_on_cpu,
     integer_modules,
     keep_float_fx,
     quantized_engine,
@@ -94,6 +95,7 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
         prepared.train()
         config.train_fn(prepared)
         prepared.eval()
+        prepared, moved = int8_on_cpu(prepared)  # trained where it was; converted on the CPU, where int8 runs
         result = unwrap_kept_fx(convert_fx(prepared))
     left = [type(m).__name__ for m in result.modules() if isinstance(m, FakeQuantizeBase)]
     counts = integer_modules(result)
@@ -110,5 +112,6 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
         "quantized_layers": sum(counts.values()),
         "notices": notices,
         **({"layout": layout} if layout else {}),
+        **moved,
     }
     return result.eval(), details

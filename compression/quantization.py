@@ -132,6 +132,22 @@ class StaticQuantConfig:
 # shared by the int8 methods here, int4.py and qat.py
 
 
+#: The flag of an int8 model made from a model on another device (``{device}``): it runs on the CPU.
+INT8_ON_CPU = ("made on the CPU from a model on {device}: PyTorch's int8 kernels (torch.ao's quantized engines) "
+               "run on the CPU only, so this variant runs there")
+
+
+def int8_on_cpu(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` (a private copy) on the CPU, where the int8 kernels run, and what the method reports about it:
+    ``{}`` for a model on the CPU already, else ``moved_from`` (its device) and the :data:`INT8_ON_CPU` flag."""
+    from greenmeter.comparison.batches import model_device
+
+    device = model_device(model)
+    if device is None or device.type == "cpu":
+        return model, {}
+    return model.cpu(), {"moved_from": str(device), "flags": [INT8_ON_CPU.format(device=device)]}
+
+
 def require_eval(model: nn.Module, method: str) -> None:
     """Raise :class:`CompressionError` unless every module of ``model`` is in eval mode."""
     training = next((name for name, m in model.named_modules() if m.training), None)
@@ -370,6 +386,7 @@ def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, M
 
     require_eval(model, "dynamic int8 quantization")
     engine = resolve_engine(config.engine)
+    model, moved = int8_on_cpu(model)
     wanted = tuple(getattr(nn, name) for name in config.layer_types)
     if not any(isinstance(m, wanted) for m in model.modules()):
         raise UnsupportedModelError(
@@ -399,6 +416,7 @@ def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, M
         "integer_modules": counts,
         "quantized_layers": sum(counts.values()),
         "notices": notices,
+        **moved,
     }
     return result, details
 
@@ -470,6 +488,7 @@ def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Map
 
     require_eval(model, "static int8 quantization")
     engine = resolve_engine(config.engine)
+    model, moved = int8_on_cpu(model)
     notices: list[str] = []
     batches = samples = 0
     with torch_ao_notices(notices), quantized_engine(engine):
@@ -493,7 +512,7 @@ def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Map
                 batches = -1
             else:
                 for x in calibration_batches(config.calibration):
-                    prepared(x)
+                    prepared(x.cpu())
                     batches += 1
                     samples += len(x)
                 if batches == 0:
@@ -512,6 +531,7 @@ def _static(model: nn.Module, config: StaticQuantConfig) -> tuple[nn.Module, Map
         "quantized_layers": sum(counts.values()),
         "notices": notices,
         **({"layout": layout} if layout else {}),
+        **moved,
     }
     if batches >= 0:
         details.update(calibration_batches=batches, calibration_samples=samples)

@@ -24,7 +24,7 @@ from typing import Any
 from greenmeter._checks import number, text, whole_number
 from greenmeter._errors import ConfigError
 
-__all__ = ["LIMIT_MAX", "checked_arg", "number_arg", "target_key_arg", "whole_number_arg"]
+__all__ = ["LIMIT_MAX", "checked_arg", "device_arg", "number_arg", "target_key_arg", "whole_number_arg"]
 
 #: The most rows a listing shows (``runs --limit``, ``comparisons --limit``): SQLite's LIMIT takes a 64-bit integer.
 LIMIT_MAX = 1_000_000_000
@@ -77,3 +77,13 @@ def number_arg(name: str, **bounds: Any) -> Callable[[str], float]:
 
 #: An argparse ``type`` for ``--target-key`` (``compare``, ``optimize``, ``export-model``): a non-empty key.
 target_key_arg = checked_arg(str, lambda v: text("--target-key", v))
+
+
+def _device(value: str) -> str:
+    from greenmeter.comparison.batches import check_device  # imports torch: only when --device is given
+
+    return check_device("--device", value)
+
+
+#: An argparse ``type`` for ``--device`` (``compare``, ``optimize``): a device this machine has (``cpu``, ``cuda:1``).
+device_arg = checked_arg(str, _device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import shlex
@@ -272,6 +273,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # everything the user gave is checked before the model is built and measured
     json_path = None if args.json is None else output_file("--json", args.json)
     config = load_compare_config(args.config)
+    if args.device is not None:  # checked by its argparse type; it beats the file's model.device
+        config = dataclasses.replace(config, device=args.device)
     overrides = {key: getattr(args, key) for key in ("repeats", "significance", "threads")
                  if getattr(args, key) is not None}
     check_settings(**overrides, label=lambda key: f"--{key}")
@@ -300,6 +303,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         raise ConfigError("--resume reads the search back from the store: drop --no-store")
     json_path = None if args.json is None else output_file("--json", args.json)
     config = load_optimize_config(args.config)
+    if args.device is not None:
+        config = dataclasses.replace(config, device=args.device)
     kwargs = config.optimize_kwargs()
     for key, value in (("max_drop", args.max_drop), ("time_budget_s", args.time_budget), ("save_to", args.save_to),
                        ("target_key", args.target_key)):

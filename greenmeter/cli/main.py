@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_cmd_info)
 
     from greenmeter.cli import commands as cc
-    from greenmeter.cli.arguments import LIMIT_MAX, number_arg, target_key_arg, whole_number_arg
+    from greenmeter.cli.arguments import LIMIT_MAX, device_arg, number_arg, target_key_arg, whole_number_arg
     from greenmeter.cli.calibrate import add_calibrate_command
     from greenmeter.cli.export_model import add_export_model_command
     from greenmeter.cli.report import FormatChoices, add_report_commands
@@ -152,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="model-card geographical_location (default: the run's grid region)")
     export.set_defaults(handler=cc.cmd_export)
 
+    device_help = ("override model.device: where the baseline runs (cpu, cuda, cuda:1); int8 variants run on the "
+                   "CPU, where PyTorch's int8 kernels are")
     comp = commands.add_parser(
         "compare", help="compare a model and its variants described in a TOML file",
         description="Build the variants a TOML file describes, measure them side by side (interleaved repeats), "
@@ -165,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="override compare.threads: PyTorch threads for the comparison (default: torch's setting)")
     comp.add_argument("--target-key", type=target_key_arg, default=None, metavar="KEY",
                       help="override data.target_key: the key of the targets in dict batches (default labels)")
+    comp.add_argument("--device", type=device_arg, default=None, metavar="DEVICE", help=device_help)
     comp.add_argument("--json", default=None, metavar="PATH", help="also write the comparison as JSON to PATH")
     comp.add_argument("--store", default=None, help=store_help)
     comp.add_argument("--no-store", action="store_true", help="do not store the comparison")
@@ -184,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
                      metavar="S", help="override optimize.time_budget_s: seconds before the final comparison")
     opt.add_argument("--target-key", type=target_key_arg, default=None, metavar="KEY",
                      help="override data.target_key: the key of the targets in dict batches (default labels)")
+    opt.add_argument("--device", type=device_arg, default=None, metavar="DEVICE", help=device_help)
     opt.add_argument("--save-to", default=None, metavar="DIR", help="save the chosen model (state dict, recipe, "
                                                                      "exported program) in DIR")
     opt.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON to PATH")

@@ -13,6 +13,9 @@ The forms accepted, so that data and models are used as PyTorch and Hugging Face
 * **The inputs** of a batch and how the model is called (:func:`call_model`): a tensor, ``model(x)``; a tuple
   or list, ``model(*inputs)``; a mapping, ``model(**inputs)``. The batch size is the leading size of the
   first tensor in the inputs (:func:`batch_size_of`).
+* **The device**: data may stay on the CPU whatever device a model is on. A model runs on the device of its
+  first parameter or buffer (:func:`model_device`; a model of PyTorch's int8 modules on the CPU, where their
+  kernels run), and its inputs' tensors are moved there (:func:`to_device`) before it is called.
 * **The output** (:func:`model_output`): ``output_fn(output) -> tensor`` when given, else
   :func:`default_output`: a tensor as it is, the first tensor of a tuple or list (early exits return more),
   or the ``.logits`` tensor of an object that has one (a Hugging Face ``ModelOutput``).
@@ -33,8 +36,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["DEFAULT_TARGET_KEY", "Batch", "OutputFn", "batch_size_of", "call_model", "calibration_inputs",
-           "check_output_fn", "check_target_key", "default_output", "describe", "evaluation_batches",
-           "first_samples", "model_output", "read_batch"]
+           "check_device", "check_output_fn", "check_target_key", "default_output", "describe", "evaluation_batches",
+           "first_samples", "model_device", "model_output", "read_batch", "to_device"]
 
 #: The key of the targets in a mapping batch, unless ``target_key=`` names another (Hugging Face's name).
 DEFAULT_TARGET_KEY = "labels"
@@ -106,9 +109,95 @@ def batch_size_of(inputs: Any) -> int | None:
     return None if first is None or first.dim() == 0 else int(first.shape[0])
 
 
-def call_model(model: Any, inputs: Any) -> Any:
+def model_device(model: Any) -> torch.device | None:
+    """The device ``model`` runs on: that of its first parameter, else of its first buffer, else the CPU for a
+    model holding PyTorch's quantized modules (``torch.ao.nn.quantized``: their int8 kernels are CPU kernels and
+    their packed weights are neither); ``None`` when nothing says (a model holding no tensors, or not a
+    ``torch.nn.Module``)."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return None
+    for tensors in (model.parameters(), model.buffers()):
+        first = next(tensors, None)
+        if first is not None:
+            return first.device
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        return torch.device("cpu")
+    return None
+
+
+def to_device(inputs: Any, device: torch.device | str | None) -> Any:
+    """``inputs`` with each tensor on ``device``: a tensor, or the tensors of a tuple, a list or a mapping (one
+    level deep, as a batch's inputs are read; other items as they are). A tensor already there is the same
+    object, so on the model's own device this costs nothing. ``None``: ``inputs`` unchanged."""
+    import torch
+
+    if device is None:
+        return inputs
+
+    def move(value: Any) -> Any:
+        return value.to(device) if isinstance(value, torch.Tensor) else value
+
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, Mapping):
+        moved = {k: move(v) for k, v in inputs.items()}
+        if all(moved[k] is v for k, v in inputs.items()):
+            return inputs
+        return moved
+    if isinstance(inputs, (tuple, list)):
+        moved_items = [move(v) for v in inputs]
+        if all(a is b for a, b in zip(moved_items, inputs)):
+            return inputs
+        return moved_items if isinstance(inputs, list) else tuple(moved_items)
+    return inputs
+
+
+def check_device(name: str, value: Any) -> str:
+    """Check a device to run a model on, as ``torch.device`` reads it (``"cpu"``, ``"cuda"``, ``"cuda:1"``), and
+    that this machine has it.
+
+    Returns:
+        The value, unchanged.
+
+    Raises:
+        ConfigError: not a device name; a CUDA device where torch sees none (a CPU build of torch, no driver) or
+            an index past the last; another accelerator type whose torch module says it is not available.
+    """
+    import torch
+
+    text(name, value)
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ConfigError(f"{name} must be a device such as 'cpu', 'cuda' or 'cuda:1', not {value!r}") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ConfigError(f"{name} is {value!r}, but torch sees no CUDA device here (torch {torch.__version__}, "
+                              f"{build}); use 'cpu', or install a CUDA build of torch on a machine with a GPU")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{name} is {value!r}, but this machine has {count} CUDA device(s): "
+                              f"{', '.join(f'cuda:{i}' for i in range(count))}")
+    elif device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        available = getattr(backend, "is_available", None)
+        if callable(available) and not available():
+            raise ConfigError(f"{name} is {value!r}, but torch says {device.type} is not available here; use 'cpu'")
+    return value
+
+
+def call_model(model: Any, inputs: Any, *, move: bool = True) -> Any:
     """Call ``model`` on one batch's inputs: ``model(**inputs)`` for a mapping, ``model(*inputs)`` for a tuple or
-    list, ``model(inputs)`` otherwise. Returns what the model returns."""
+    list, ``model(inputs)`` otherwise. Returns what the model returns.
+
+    With ``move`` (the default) the inputs' tensors are put on the model's device first (:func:`model_device`;
+    no copy when they are there already); ``move=False`` is for inputs the caller has put there, in a timed loop.
+    """
+    if move:
+        inputs = to_device(inputs, model_device(model))
     if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -139,16 +228,16 @@ def default_output(output: Any) -> torch.Tensor:
                       "output_fn=lambda out: out.last_hidden_state[:, 0])")
 
 
-def model_output(model: Any, inputs: Any, output_fn: OutputFn | None = None) -> torch.Tensor:
-    """The model's output on one batch's inputs (:func:`call_model`) as one tensor: ``output_fn(output)``, or
-    :func:`default_output` when ``output_fn`` is ``None``.
+def model_output(model: Any, inputs: Any, output_fn: OutputFn | None = None, *, move: bool = True) -> torch.Tensor:
+    """The model's output on one batch's inputs (:func:`call_model`, given ``move``) as one tensor:
+    ``output_fn(output)``, or :func:`default_output` when ``output_fn`` is ``None``.
 
     Raises:
         ConfigError: the output cannot be reduced by the default, or ``output_fn`` returned no tensor.
     """
     import torch
 
-    out = call_model(model, inputs)
+    out = call_model(model, inputs, move=move)
     if output_fn is None:
         return default_output(out)
     reduced = output_fn(out)

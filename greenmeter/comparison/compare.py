@@ -14,6 +14,12 @@ and the others go on::
 Energy per sample is reported as a mean with a 95% confidence interval over the repeats, and each
 variant's difference from the baseline is tested by a paired t-test of the per-round ratios (every round
 measures every variant once, so a load the round shares cancels); Welch's t-test or a bootstrap on request.
+
+Each variant runs on its own device (that of its parameters: a model on ``cuda:0`` there, an int8 variant on
+the CPU, where PyTorch's int8 kernels run); the data may stay on the CPU. Before each window the batches'
+inputs are copied to the variant's device, so no window holds the copy; on a GPU each step ends with
+``torch.cuda.synchronize`` of that device, so a step's latency is its work, not its launch. The metric sees the
+outputs and targets on the CPU. Variants on different devices are flagged (:data:`MIXED_DEVICES`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from greenmeter.comparison.batches import (
     check_output_fn,
     check_target_key,
     evaluation_batches,
+    to_device,
 )
 from greenmeter.comparison.metrics import Metric, accuracy_metric, check_metric, metric_name as name_of_metric
 from greenmeter.comparison.progress import Progress, progress_printer
@@ -47,8 +54,9 @@ from greenmeter.metering.meter import Meter
 from greenmeter.records.comparison import Comparison, MakingCost
 from greenmeter.records.measurement import Measurement
 
-__all__ = ["MAX_MIN_REPEAT_S", "MAX_REPEATS", "MAX_SEED", "MAX_THREADS", "MAX_WARMUP", "SIGNIFICANCE_TESTS", "Variant",
-           "accuracy_metric", "check_settings", "compare", "evaluation_batches"]
+__all__ = ["MAX_MIN_REPEAT_S", "MAX_REPEATS", "MAX_SEED", "MAX_THREADS", "MAX_WARMUP", "MIXED_DEVICES",
+           "SIGNIFICANCE_TESTS", "Variant", "accuracy_metric", "check_settings", "compare", "evaluation_batches",
+           "mixed_devices"]
 
 log = logging.getLogger("greenmeter")
 #: a repeat lasts at least this many update periods of the slowest energy source (and MIN_REPEAT_S)
@@ -102,6 +110,20 @@ def check_settings(*, repeats: Any = 5, warmup: Any = 1, batch_size: Any = 256, 
         "threads": whole_number(label("threads"), threads, minimum=1, maximum=MAX_THREADS, optional=True,
                                 note="None keeps torch's setting"),
     }
+
+
+#: The flag of a comparison whose variants ran on different devices; ``{devices}`` lists them.
+MIXED_DEVICES = ("the variants ran on different devices ({devices}): every window measures every source of the "
+                 "machine, so the energies compare the whole machine running each variant (a GPU idles while a "
+                 "CPU variant runs), and the latencies compare different hardware")
+
+
+def mixed_devices(entries: Iterable[Any]) -> str | None:
+    """The :data:`MIXED_DEVICES` flag when the variants that ran did so on more than one device, else ``None``."""
+    where = {e.name: e.facts.get("device") for e in entries if e.error is None and e.facts.get("device")}
+    if len(set(where.values())) < 2:
+        return None
+    return MIXED_DEVICES.format(devices=", ".join(f"{name} on {device}" for name, device in where.items()))
 
 
 def default_repeat_s(meter: Meter) -> float:
@@ -251,7 +273,7 @@ def compare(
     metric_name = name_of_metric(metric, metric_name)
     batches = evaluation_batches(data, batch_size, target_key=target_key)
     n_samples = sum(b.size for b in batches)
-    targets = [b.targets for b in batches]
+    targets = [to_device(b.targets, "cpu") for b in batches]  # the metric sees targets and outputs on the CPU
     recipes = {k: s.recipe for k, s in specs.items() if s.recipe is not None}
     if recipes:
         for key, spec_text in recipes.items():  # every name and argument, before anything is built
@@ -282,6 +304,9 @@ def compare(
         nonlocal stored
         results = summarise(entries, baseline, carbon, meter, significance, seed,
                             Scoring(metric_fn, targets, zero_one=metric is None))
+        mixed = mixed_devices(entries)
+        if mixed is not None:
+            flags.append(mixed)
         if rounds.done < 3:
             flags.append(f"only {rounds.done} repeat(s): confidence intervals and significance need more "
                          "(5 advised)")

@@ -10,6 +10,7 @@ TOML file::
     kwargs = { epochs = 20 }
     weights = "baseline.pt"                   # optional: a state_dict loaded into the factory's model
     output_fn = "mypkg.models:logits"         # optional: output_fn(model_output) -> the tensor the metric sees
+    device = "cuda"                           # optional: where the baseline runs (default: where the factory put it)
 
     [data]
     eval = "greenmeter.demo.digits:eval_data"      # -> (inputs, targets) tensors, or an iterable of batches
@@ -58,6 +59,7 @@ from typing import Any
 from greenmeter._checks import text
 from greenmeter._errors import ConfigError, GreenmeterError
 from greenmeter.carbon.settings import CarbonSettings
+from greenmeter.comparison.batches import check_device
 from greenmeter.comparison.compare import check_settings
 from greenmeter.comparison.recipes import check_recipe
 
@@ -65,7 +67,7 @@ __all__ = ["CompareConfig", "load_compare_config", "load_optimize_config", "reso
 
 _SECTIONS: dict[str, set[str]] = {
     "": {"name", "model", "data", "training", "compare", "optimize", "carbon"},
-    "model": {"factory", "kwargs", "weights", "name", "output_fn"},
+    "model": {"factory", "kwargs", "weights", "name", "output_fn", "device"},
     "data": {"eval", "train", "val", "batch_size", "target_key"},
     "training": {"function"},
     "compare": {"baseline", "recipes", "variants", "repeats", "warmup", "seed", "min_repeat_s", "significance",
@@ -85,6 +87,7 @@ class CompareConfig:
     model_factory: str
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     weights: Path | None = None
+    device: str | None = None
     baseline: str = "baseline"
     recipes: Mapping[str, str] = field(default_factory=dict)
     eval_data: str = ""
@@ -154,6 +157,8 @@ class CompareConfig:
             raise ConfigError(f"{self.path}: model.factory returned a {type(model).__name__}, not a torch.nn.Module")
         if self.weights is not None:
             _load_weights(model, self.weights, self.path)
+        if self.device is not None:
+            model.to(self.device)
         variants: dict[str, Any] = {self.baseline: model}
         for key, spec in self.recipes.items():
             if key in variants:
@@ -345,6 +350,8 @@ def _load(path: str | Path, purpose: str) -> CompareConfig:
     for key, table in (("target_key", data), ("output_fn", model)):
         if key in table:
             text(f"{path}: {'data' if table is data else 'model'}.{key}", table[key])
+    if "device" in model:
+        check_device(f"{path}: model.device", model["device"])
     given = {key: compare_t[key] for key in ("repeats", "warmup", "seed", "min_repeat_s", "significance", "threads")
              if key in compare_t}
     if "batch_size" in data:
@@ -353,7 +360,7 @@ def _load(path: str | Path, purpose: str) -> CompareConfig:
                               label=lambda key: f"{path}: {'data' if key == 'batch_size' else 'compare'}.{key}")
     config = CompareConfig(
         path=path, name=str(doc.get("name", path.stem)), model_factory=model["factory"], model_kwargs=kwargs,
-        weights=None if weights is None else (path.parent / str(weights)),
+        weights=None if weights is None else (path.parent / str(weights)), device=model.get("device"),
         baseline=str(compare_t.get("baseline", model.get("name", "baseline"))), recipes=recipes,
         eval_data=data["eval"], train_data=data.get("train"), val_data=data.get("val"),
         train_fn=tables["training"].get("function"), target_key=data.get("target_key"),

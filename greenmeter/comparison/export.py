@@ -66,7 +66,7 @@ from typing import Any
 from greenmeter._checks import choice, text
 from greenmeter._errors import ConfigError
 from greenmeter._version import __version__
-from greenmeter.comparison.batches import batch_size_of, describe
+from greenmeter.comparison.batches import batch_size_of, describe, model_device, to_device
 from greenmeter.comparison.facts import MacCount, ParamCounts
 from greenmeter.compression.quantization import integer_modules
 from greenmeter.records.encoding import check_record_version, finite_json, parse_record_json
@@ -270,8 +270,8 @@ def save_model(model: nn.Module, directory: str | Path, *, example_input: torch.
     torch.save(model.state_dict(), root / STATE_DICT)
     was_training = model.training
     model.eval()
-    try:
-        program, failures, diff = _write_program(model, example_input, root)
+    try:  # the program is exported on the model's device (a CUDA model's program runs on CUDA)
+        program, failures, diff = _write_program(model, to_device(example_input, model_device(model)), root)
     finally:
         model.train(was_training)
     names = [STATE_DICT] + ([PROGRAM_FORMATS[program]] if program else [])

@@ -294,7 +294,7 @@ def count_macs(
     Args:
         model: the model.
         example_input: a typical batch (a tensor, a tuple of tensors passed as positional arguments, or a dict
-            passed as keyword arguments), on the model's device; its batch size is the first dimension of its first
+            passed as keyword arguments), put on the model's device as ``call_model`` does; its batch size is the first dimension of its first
             tensor.
         float_equivalent: the float model to count instead when ``model``'s kernels cannot be counted.
 

@@ -149,11 +149,12 @@ def default_candidates(sensitivity: Sensitivity | None, max_drop: float, *, can_
 
 def _score(model: Any, batches: Sequence[Batch], metric_fn: Metric,
            output_fn: OutputFn | None = None) -> tuple[float, list[Any]]:
-    """The metric of ``model`` on ``batches``, and each batch's outputs (for a paired test against the baseline)."""
+    """The metric of ``model`` on ``batches``, and each batch's outputs (for a paired test against the baseline), on
+    the CPU as ``compare`` scores them (candidates may run on different devices)."""
     import torch
 
     with torch.inference_mode():
-        outputs = [model_output(model, b.inputs, output_fn) for b in batches]
+        outputs = [model_output(model, b.inputs, output_fn).cpu() for b in batches]
     return float(metric_value(metric_fn, outputs, [b.targets for b in batches])), outputs
 
 

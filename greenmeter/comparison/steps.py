@@ -8,13 +8,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonSettings, estimate_carbon
-from greenmeter.comparison.batches import Batch, OutputFn, model_output
+from greenmeter.comparison.batches import Batch, OutputFn, model_device, model_output, to_device
 from greenmeter.comparison.metrics import Metric, correct_predictions, joined, metric_value
 from greenmeter.comparison.recipes import STEP_SEPARATOR, build_variant
 from greenmeter.records.comparison import (
@@ -105,6 +105,30 @@ class _Entry:
         self.error = f"{stage}: {type(err).__name__}: {err}"
 
 
+def device_sync(device: torch.device | None) -> Callable[[], None] | None:
+    """``torch.cuda.synchronize(device)`` as a function for a CUDA device (a step's end is then when its work is
+    done, not when it was queued), ``None`` for any other device (or none known): nothing is queued there."""
+    if device is None or device.type != "cuda":
+        return None
+    import torch
+
+    return lambda: torch.cuda.synchronize(device)
+
+
+def staged(entry: _Entry, batches: Sequence[Batch]) -> list[Any]:
+    """Each batch's inputs on the variant's device (:func:`~greenmeter.comparison.batches.model_device`; the
+    same objects where they are there already), copied before a window opens, so that no window holds the copy;
+    the device is kept in ``entry.facts["device"]``."""
+    device = model_device(entry.model)
+    entry.facts["device"] = None if device is None else str(device)
+    return [to_device(b.inputs, device) for b in batches]
+
+
+def _on_cpu(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The outputs on the CPU, where the metric and the paired test see them (no copy for CPU tensors)."""
+    return [o.detach().cpu() for o in outputs]
+
+
 def _check_metric(value: Any, name: str, metric_name: str) -> float:
     try:
         number = float(value)
@@ -189,13 +213,17 @@ def prepare(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: Sequ
         try:
             model = entry.model
             model.eval()
+            inputs = staged(entry, batches)
+            sync = device_sync(model_device(model)) or (lambda: None)
             t_pass = math.inf
             for _ in range(max(1, warmup)):
                 torch.manual_seed(seed)
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    outs = [model_output(model, b.inputs, output_fn) for b in batches]
+                    outs = [model_output(model, x, output_fn, move=False) for x in inputs]
+                sync()
                 t_pass = min(t_pass, time.perf_counter() - t0)
+            outs = _on_cpu(outs)
             shapes = [tuple(o.shape[1:]) for o in outs]
             if entry is not base:
                 _check_shapes(shapes, base.facts["output_shapes"])
@@ -236,7 +264,8 @@ def _model_facts(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets:
     hooks = facts_hooks_for(model)  # the method that made it (or whose model class it is) says how it is counted
     if hooks.data_macs is not None and all(isinstance(b.inputs, torch.Tensor) for b in batches):
         # MACs that depend on the data (early exits, whose models take one tensor)
-        data = hooks.data_macs(model, joined([b.inputs for b in batches], "inputs"), joined(targets, "targets"))
+        inputs = to_device(joined([b.inputs for b in batches], "inputs"), model_device(model))
+        data = hooks.data_macs(model, inputs, joined(targets, "targets"))
         entry.facts.update(macs=data.macs_per_sample, macs_method=data.method, macs_note=data.note)
         return
     # a quantized model's int8 Linear/Conv layers are counted from their own shapes; the baseline is counted in
@@ -254,6 +283,8 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: Sequ
 
     model = entry.model
     sizes = [b.size for b in batches]
+    inputs = staged(entry, batches)
+    sync = device_sync(model_device(model))  # on a GPU each step ends when its work is done
     # Every step kept whole, however long the repeat: the per-sample latency pairs each step's duration with its
     # batch's size, and the pooled percentiles stay exact.
     # Seeded once, before the window: the first pass (whose outputs are scored) sees the same random state in every
@@ -265,8 +296,10 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: Sequ
     try:
         with torch.inference_mode():
             for p in range(passes):
-                for b, size in zip(batches, sizes):
-                    out = model_output(model, b.inputs, output_fn)
+                for x, size in zip(inputs, sizes):
+                    out = model_output(model, x, output_fn, move=False)
+                    if sync is not None:
+                        sync()
                     meter.step(samples=size)
                     if p == 0:
                         outs.append(out)
@@ -276,12 +309,13 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: Sequ
         show(f"{entry.name} FAILED: {entry.error}", advance=1, keep=True)
         return
     m = meter.end(window)
+    outs = _on_cpu(outs)
     try:
         entry.metric_values.append(_check_metric(metric_value(metric_fn, outs, targets), entry.name, metric_name))
     except Exception as err:  # noqa: BLE001
         entry.fail(f"metric in repeat {repeat + 1}", err)
     else:
-        _keep_outputs(entry, [o.detach().cpu() for o in outs])
+        _keep_outputs(entry, outs)
     samples = m.samples or 0
     entry.energy.append(m.energy_j / samples)
     entry.bands.append(m.energy_per_sample_band)
@@ -368,10 +402,15 @@ def summarise(entries: Sequence[_Entry], baseline: str, carbon: CarbonSettings |
             params_kind=e.facts["params_kind"], macs_per_sample=e.facts["macs"], macs_method=e.facts["macs_method"],
             macs_note=e.facts["macs_note"], carbon_per_million=estimate_carbon(energy.mean * 1e6, carbon),
             provenance=tuple(e.provenance), making=e.making, vs_baseline=delta,
-            flags=tuple(e.flags), details=_json_safe(e.facts["details"]),
+            flags=tuple(e.flags), details=_json_safe(_with_device(e.facts["details"], e.facts.get("device"))),
         ))
     return with_measurable_front(tuple(out), base.name)
 
+
+
+def _with_device(details: Mapping[str, Any], device: str | None) -> dict[str, Any]:
+    """The method's details with ``"device"``, where the variant ran (when known)."""
+    return dict(details) if device is None else {**details, "device": device}
 
 
 #: the flag of a variant whose outputs (or targets) cannot be lined up sample by sample for the paired test
