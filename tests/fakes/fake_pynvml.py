@@ -266,6 +266,7 @@ class FakePynvml(types.ModuleType):
         init_error: raised by ``nvmlInit`` when set (e.g. ``NVMLError_LibraryNotFound()``).
         init_calls, shutdown_calls: how often each was called.
         opened: the NVML index of each handle opened (by index or UUID), in order.
+        driver_version: what ``nvmlSystemGetDriverVersion`` returns.
     """
 
     NVML_FI_DEV_POWER_AVERAGE = NVML_FI_DEV_POWER_AVERAGE
@@ -295,6 +296,7 @@ class FakePynvml(types.ModuleType):
         self.init_calls = 0
         self.shutdown_calls = 0
         self.opened: list[int] = []
+        self.driver_version = "550.54.15"
         self._refcount = 0
 
     def nvmlInit(self) -> None:
@@ -311,6 +313,10 @@ class FakePynvml(types.ModuleType):
     @property
     def initialised(self) -> bool:
         return self._refcount > 0
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._check_init()
+        return self.driver_version
 
     def nvmlDeviceGetCount(self) -> int:
         self._check_init()

@@ -6,12 +6,19 @@ edges, the NVML backend's device mapping). The fake answers what those ask: ``cu
 ``cuda.device_count``, ``cuda.current_device``, ``cuda.synchronize(device)`` (recorded; like CUDA, it creates a
 context on a device that had none), ``cuda.get_device_properties(i).uuid`` (whose ``str`` is the bare UUID,
 without NVML's ``GPU-`` prefix, as torch's is) and ``torch._C._cuda_hasPrimaryContext(i)``.
+
+Given a fake clock, a device can also have work queued (:meth:`FakeCuda.queue`): ``synchronize`` on it waits
+for that work, moving the clock on by what is left of it, as a real synchronisation blocks the caller.
 """
 
 from __future__ import annotations
 
 import types
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.fakes.clock import FakeClock
 
 
 class _Uuid:
@@ -30,20 +37,32 @@ class FakeCuda:
         contexts: the devices that have a CUDA context.
         initialised: what ``is_initialized()`` answers.
         current: the current device.
+        clock: a fake clock (``tests.fakes.clock.FakeClock``) that queued work moves on; needed by :meth:`queue`.
 
     Attributes:
         synced: the device index of each ``synchronize`` call, in order.
         created: devices whose context a ``synchronize`` call created.
+        busy_until: per device, the clock time its queued work ends (see :meth:`queue`).
     """
 
     def __init__(self, uuids: Sequence[str], contexts: Iterable[int] = (), *, initialised: bool = True,
-                 current: int = 0) -> None:
+                 current: int = 0, clock: FakeClock | None = None) -> None:
         self.uuids = [u.removeprefix("GPU-") for u in uuids]
         self.contexts = set(contexts)
         self.initialised = initialised
         self.current = current
+        self.clock = clock
         self.synced: list[int] = []
         self.created: list[int] = []
+        self.busy_until: dict[int, float] = {}
+
+    def queue(self, seconds: float, device: int | None = None) -> None:
+        """Queue ``seconds`` of work on a device (default: the current one), after what is queued there already;
+        returns at once, as a kernel launch does."""
+        if self.clock is None:
+            raise ValueError("queue needs a FakeCuda made with clock=...")
+        index = self.current if device is None else int(device)
+        self.busy_until[index] = max(self.busy_until.get(index, 0.0), self.clock()) + seconds
 
     def is_initialized(self) -> bool:
         return self.initialised
@@ -65,6 +84,8 @@ class FakeCuda:
             self.contexts.add(index)
             self.created.append(index)
         self.synced.append(index)
+        if self.clock is not None and self.busy_until.get(index, 0.0) > self.clock():
+            self.clock.advance(self.busy_until[index] - self.clock())
 
     def get_device_properties(self, index: int) -> types.SimpleNamespace:
         if not 0 <= index < len(self.uuids):
