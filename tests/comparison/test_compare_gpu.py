@@ -1,7 +1,8 @@
 """A comparison of a model on a GPU, with the data on the CPU: each variant runs where its parameters are, int8
 variants on the CPU with a flag, recipes that train fine-tune on the GPU from CPU batches, and each measured step is
 synchronised. Runs only where torch sees a CUDA device (CI has none; the moves themselves are checked against the
-``meta`` device in tests/comparison/test_devices.py)."""
+``meta`` device in tests/comparison/test_devices.py). Its data are made here, not read by scikit-learn, so it runs
+on a GPU machine with torch, pytest and greenmeter's own code (benchmarks/gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from greenmeter.comparison.batches import model_device  # noqa: E402
 from greenmeter.comparison.compare import compare  # noqa: E402
 from greenmeter.comparison.recipes import RecipeContext, build_variant  # noqa: E402
 from greenmeter.compression.quantization import INT8_ON_CPU  # noqa: E402
-from greenmeter.demo.digits import DigitsData, batches  # noqa: E402
+from greenmeter.demo.digits import DigitsData, batches, make_digits_cnn, train_classifier  # noqa: E402
 
 CUDA = torch.device("cuda", 0)
 
@@ -25,6 +26,26 @@ CUDA = torch.device("cuda", 0)
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.inference_mode():
         return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+@pytest.fixture(scope="module")
+def digits() -> DigitsData:
+    """Ten classes of 8x8 images, each a fixed random pattern plus noise: digits-shaped, learnt in two epochs."""
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.rand(10, 1, 8, 8, generator=g)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, 10, (n,), generator=g)
+        return (patterns[y] + 0.3 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1), y
+
+    (x_train, y_train), (x_test, y_test) = draw(1200), draw(400)
+    return DigitsData(x_train, y_train, x_test, y_test)
+
+
+@pytest.fixture(scope="module")
+def trained(digits: DigitsData) -> torch.nn.Module:
+    """The digits CNN trained on the CPU (shared by the module: tests must not change it)."""
+    return train_classifier(make_digits_cnn(seed=0), digits, epochs=2, seed=0)
 
 
 @pytest.fixture()
