@@ -71,6 +71,35 @@ def _qat_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[
     return compress(model, config), ctx.trainer_details()
 
 
+def _refuse_integer_observations(prepared: Any, fake_type: type) -> list[Any]:
+    """Hooks on ``prepared``'s fake-quantize modules that stop training with an UnsupportedModelError naming the
+    tensor when one is given an integer tensor (torch.ao's own error, "expected scalar type Float but found Long",
+    names neither the tensor nor the fix). Returns the hook handles, to remove after training."""
+    import torch
+
+    what: dict[str, str] = {}
+    for node in prepared.graph.nodes:
+        if node.op == "call_module" and node.args and isinstance(node.args[0], torch.fx.Node):
+            source = node.args[0]
+            users = ", ".join(sorted(u.name for u in node.users)) or "the output"
+            what[str(node.target)] = (f"the model's input {source.target!r}" if source.op == "placeholder" else
+                                      f"the result of {source.name!r}") + f" (used by {users})"
+
+    def check(name: str) -> Callable[..., None]:
+        def hook(module: Any, args: tuple[Any, ...]) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex()):
+                raise UnsupportedModelError(
+                    f"quantization-aware training would fake-quantize {what.get(name, name)}, an integer tensor "
+                    f"({str(x.dtype).removeprefix('torch.')}): torch.ao's QAT observes float tensors only. Cast it "
+                    "to float in the model's forward before any arithmetic on it (attention_mask.float()), or leave "
+                    "the module that takes it in float with keep_layers (the recipe's [keep=NAME])")
+        return hook
+
+    return [module.register_forward_pre_hook(check(name)) for name, module in prepared.named_modules()
+            if isinstance(module, fake_type)]
+
+
 @register_method("qat_int8", QATConfig, facts=INT8_FACTS, recipe=RecipeSpec(
     "qat", _qat_recipe, trains=True, makes_quantized=True, keeps_layers=True, description="quantization-aware fine-tuning, converted to int8"))
 def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, Any]]:
@@ -93,7 +122,12 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
             ) from err
         fake = sum(isinstance(m, FakeQuantizeBase) for m in prepared.modules())
         prepared.train()
-        config.train_fn(prepared)
+        handles = _refuse_integer_observations(prepared, FakeQuantizeBase)
+        try:
+            config.train_fn(prepared)
+        finally:
+            for handle in handles:
+                handle.remove()
         prepared.eval()
         prepared, moved = int8_on_cpu(prepared)  # trained where it was; converted on the CPU, where int8 runs
         result = unwrap_kept_fx(convert_fx(prepared))

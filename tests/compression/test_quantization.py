@@ -381,6 +381,32 @@ def test_warnings_of_the_users_own_code_still_reach_the_user(baseline, digits) -
     assert [str(w.message) for w in caught] == ["learning rate looks high"]
 
 
+class _MaskArithmetic(nn.Module):
+    """A text model that multiplies its integer mask before casting it: QAT would observe an int64 tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(50, 8), nn.Linear(8, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        weights = (attention_mask * 2).unsqueeze(-1).float()
+        return self.fc((self.emb(input_ids) * weights).mean(1))
+
+
+def test_qat_on_an_integer_tensor_names_it_and_says_to_cast_it_and_the_baseline_is_untouched() -> None:
+    torch.manual_seed(0)
+    model = _MaskArithmetic().eval()
+    before = copy.deepcopy(model.state_dict())
+    ids, mask = torch.randint(0, 50, (8, 6)), torch.ones(8, 6, dtype=torch.long)
+    with pytest.raises(UnsupportedModelError) as err:
+        compress(model, QATConfig(train_fn=lambda m: m(ids, mask), keep_layers=("emb",)))
+    said = str(err.value)
+    assert said.startswith("quantization-aware training would fake-quantize the model's input 'attention_mask' "
+                           "(used by mul), an integer tensor (int64)")
+    assert "Cast it to float in the model's forward" in said
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()) and not model.training
+
+
 # --- the int8 layout pass: a Flatten between the convolutions and a Linear layer -----------------------------
 
 
