@@ -1,4 +1,4 @@
-"""Knowledge distillation: the Hinton loss, hint (feature) distillation and a thinner-student maker.
+"""Knowledge distillation: the Hinton loss, hint (feature) distillation, and thinner- and shallower-student makers.
 
 The model given to ``compress`` is the **student**; the teacher travels in the config::
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from greenmeter.comparison.recipes import RecipeContext
 
-__all__ = ["DistillConfig", "hinton_loss", "make_student"]
+__all__ = ["DistillConfig", "hinton_loss", "make_shallow_student", "make_student"]
 
 
 def hinton_loss(
@@ -161,6 +161,66 @@ def make_student(model: nn.Module, width: float, seed: int | None = 0) -> nn.Mod
     from collections import OrderedDict
 
     return nn.Sequential(OrderedDict(out)).to(device=ref.device, dtype=ref.dtype)
+
+
+def _block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's longest ``nn.ModuleList`` of two or more blocks of one class (ties: the most parameters)."""
+    from torch import nn
+
+    stacks = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, nn.ModuleList) and len(m) >= 2 and len({type(b) for b in m}) == 1]
+    if not stacks:
+        raise UnsupportedModelError(
+            f"distillation makes a student thinner (an nn.Sequential of Conv2d and Linear layers, make_student) or "
+            f"shallower (a model with an nn.ModuleList of repeated blocks, such as a transformer's layers, "
+            f"make_shallow_student); {type(model).__name__} is neither: pass a student of your own to "
+            "compress(student, DistillConfig(teacher=...))")
+    return max(stacks, key=lambda s: (len(s[1]), sum(p.numel() for p in s[1].parameters())))
+
+
+def make_shallow_student(model: nn.Module, depth: float) -> tuple[nn.Module, dict[str, Any]]:
+    """A shallower copy of ``model``, initialised from it; ``model`` is not changed.
+
+    The model's stack of repeated blocks (its longest ``nn.ModuleList`` of two or more blocks of one class: an
+    ``nn.TransformerEncoder``'s ``layers``, a Hugging Face encoder's ``encoder.layer``) keeps ``max(1, round(n x
+    depth))`` of its ``n`` blocks, evenly spaced and ending with the last (6 blocks at 0.5 keep blocks 1, 3 and
+    5), each a copy of the teacher's, as DistilBERT's student starts from every other layer of BERT. A layer count
+    stored beside the stack (``num_layers`` of ``nn.TransformerEncoder``; ``num_hidden_layers``, ``num_layers``
+    or ``n_layer`` of a ``config``) is set to the new count. Models that index their blocks (a decoder's key-value
+    cache by ``layer_idx``) are not renumbered.
+
+    Args:
+        model: the teacher.
+        depth: the fraction of blocks kept, in ``(0, 1]``.
+
+    Returns:
+        The student and what was done: ``{"stack": name, "blocks": n, "kept_blocks": [indices]}``.
+
+    Raises:
+        ConfigError: ``depth`` is not in ``(0, 1]``.
+        UnsupportedModelError: the model has no stack of two or more repeated blocks.
+    """
+    import copy
+
+    from torch import nn
+
+    fraction("make_shallow_student: depth", depth, low_open=True)
+    name, stack = _block_stack(model)
+    n = len(stack)
+    k = max(1, round(n * depth))
+    kept = sorted({round((i + 1) * n / k) - 1 for i in range(k)})
+    student = copy.deepcopy(model)
+    parent_name, _, attr = name.rpartition(".")
+    parent = student.get_submodule(parent_name) if parent_name else student
+    setattr(parent, attr, nn.ModuleList([getattr(parent, attr)[i] for i in kept]))
+    for module in student.modules():
+        if isinstance(getattr(module, "num_layers", None), int) and module.num_layers == n:
+            module.num_layers = len(kept)
+        config = getattr(module, "config", None)
+        for key in ("num_hidden_layers", "num_layers", "n_layer"):
+            if config is not None and isinstance(getattr(config, key, None), int) and getattr(config, key) == n:
+                setattr(config, key, len(kept))
+    return student, {"stack": name, "blocks": n, "kept_blocks": kept}
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -408,25 +468,34 @@ def _window_mean(values: list[float], window: int, last: bool) -> float | None:
     return sum(part) / len(part)
 
 
-_DISTILL_HELP = "W, the student's width relative to the baseline, a number in (0, 1] (default 0.5)"
+_DISTILL_HELP = ("W, the student's size relative to the baseline, in (0, 1] (default 0.5): its width for an "
+                 "nn.Sequential, else its number of blocks in the model's stack of repeated blocks")
 
 
 _distill_arg = functools.partial(recipe_number, "distill", default=0.5, expected=_DISTILL_HELP, ok=lambda v: 0 < v <= 1)
 
 
 def _distill_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
+    from torch import nn
+
     w = _distill_arg(arg)
-    student = make_student(model, w, seed=ctx.seed)  # model is build_variant's copy: the teacher stays unchanged
-    # in a stacked recipe the teacher is the baseline (ctx.teacher), the student a thinner copy of this step's input
+    # model is build_variant's copy: the teacher stays unchanged. A Sequential gets a thinner, new student; another
+    # model a shallower one, initialised from its blocks
+    if isinstance(model, nn.Sequential):
+        student, shape = make_student(model, w, seed=ctx.seed), {"width": w}
+    else:
+        student, stack = make_shallow_student(model, w)
+        shape = {"depth": w, **stack}
+    # in a stacked recipe the teacher is the baseline (ctx.teacher), the student a smaller copy of this step's input
     teacher = model if ctx.teacher is None else ctx.teacher
     train = ctx.trainer("distill", ctx.train_epochs)
     config = DistillConfig(teacher=teacher, train_fn=lambda m, loss: train(m, loss), seed=ctx.seed)
-    return compress(student, config), {"width": w, **ctx.trainer_details(ctx.train_epochs)}
+    return compress(student, config), {**shape, **ctx.trainer_details(ctx.train_epochs)}
 
 
 @register_method("distillation", DistillConfig, recipe=RecipeSpec(
     "distill", _distill_recipe, trains=True, arg_help=_DISTILL_HELP, parse_arg=_distill_arg,
-    description="knowledge distillation into a thinner student of the same architecture"))
+    description="knowledge distillation into a thinner (nn.Sequential) or shallower (a stack of blocks) student"))
 def _distill(student: nn.Module, config: DistillConfig) -> tuple[nn.Module, dict[str, Any]]:
     teacher = config.teacher
     teacher_was_training = teacher.training

@@ -72,6 +72,13 @@ def dataset_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> fl
                    for b in batches) / len(batches)
 
 
+def accuracy(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    """The fraction of sentences of the dict batches that ``model`` classifies right."""
+    with torch.no_grad():
+        right = sum(int((model(b["input_ids"], b["attention_mask"]).argmax(1) == b["labels"]).sum()) for b in batches)
+    return right / sum(len(b["labels"]) for b in batches)
+
+
 @pytest.fixture
 def histories(monkeypatch: pytest.MonkeyPatch) -> list[list[float]]:
     """Each call of the built-in loop's epoch losses (the real loop, recorded)."""
@@ -127,7 +134,7 @@ def test_channels_traces_a_model_on_a_dict_example_input() -> None:
 @pytest.mark.parametrize(("spec", "example", "error", "message"), [
     ("channels:0.5", "tuple", UnsupportedModelError, "cannot prune layer 'emb' \\(Embedding\\)"),
     ("qat", "tuple", UnsupportedModelError, "Embedding weights"),
-    ("distill:0.5", "tuple", UnsupportedModelError, "make_student needs an nn.Sequential model, not TextModel"),
+    ("distill:0.5", "tuple", UnsupportedModelError, "TextModel is neither: pass a student of your own"),
     ("early-exit", "tuple", UnsupportedModelError, "cuts an nn.Sequential backbone"),
 ])
 def test_recipes_that_cannot_take_the_text_model_say_why(spec: str, example: str, error: type[Exception],
@@ -219,6 +226,51 @@ def test_distill_recipe_trains_a_student_on_tuple_of_inputs_batches(histories: l
     [history] = histories  # the recipe trains through the context's trainer: the built-in loop
     assert history[-1] < history[0]
     assert variant(x).shape == (64, 3)
+
+
+class TinyTransformer(nn.Module):
+    """``forward(input_ids, attention_mask)``: embedding, a 4-layer ``nn.TransformerEncoder``, masked mean, Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(VOCAB, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+        self.fc = nn.Linear(16, CLASSES)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(self.emb(input_ids), src_key_padding_mask=attention_mask == 0)
+        mask = attention_mask.to(torch.float32).unsqueeze(-1)
+        return self.fc((h * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+
+def test_distill_makes_a_transformer_shallower_from_its_own_blocks_and_trains_it_on_dict_batches(
+        histories: list[list[float]]) -> None:
+    batches = text_batches()
+    teacher = TinyTransformer()
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+    for _ in range(10):  # the teacher learns the task first
+        for b in batches:
+            opt.zero_grad()
+            F.cross_entropy(teacher(b["input_ids"], b["attention_mask"]), b["labels"]).backward()
+            opt.step()
+    teacher.eval()
+    assert accuracy(teacher, batches) == 1.0
+    first = {k: v for k, v in batches[0].items() if k != "labels"}
+    start, _ = distillation.make_shallow_student(teacher, 0.25)  # the student before it learns from the teacher
+    before = accuracy(start.eval(), batches)
+    variant = build_variant("distill:0.25", teacher, context(first, batches))
+    d = variant.recipe.details
+    assert (d["depth"], d["stack"], d["blocks"], d["kept_blocks"]) == (0.25, "encoder.layers", 4, [3])
+    assert len(variant.encoder.layers) == variant.encoder.num_layers == 1
+    assert len(teacher.encoder.layers) == teacher.encoder.num_layers == 4  # the baseline keeps its blocks
+    info = variant.compression_info.details
+    assert info["student_parameters"] < info["teacher_parameters"]
+    [history] = histories  # trained through the built-in loop on dict batches of different lengths
+    assert history[-1] < history[0]
+    assert before < 0.9 <= accuracy(variant, batches)
+    assert variant(**first).shape == (12, CLASSES)
 
 
 @pytest.mark.parametrize(("batch", "message"), [

