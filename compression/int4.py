@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from greenmeter._checks import module_names, whole_number
 from greenmeter._errors import ConfigError, UnsupportedModelError
 from greenmeter.compression._core import compress
-from greenmeter.compression.quantization import require_eval
+from greenmeter.compression.quantization import require_eval, unfused_transformer_layers
 from greenmeter.compression.registry import (
     FactsHooks, RecipeSpec, WeightCount, check_kept_layers, recipe_number, register_method,
 )
@@ -437,6 +437,7 @@ def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mappin
         raise UnsupportedModelError(
             f"int4 weight-only quantization found no Linear layer in {type(model).__name__}"
         )
+    unfused = unfused_transformer_layers(holder[0])
     layers = list(done.values())
     packed = sum(_nbytes(m.qweight) for m in layers)
     scale_bytes = sum(_nbytes(m.scales) + _nbytes(m.zeros) for m in layers)
@@ -451,6 +452,7 @@ def _int4(model: nn.Module, config: Int4WeightConfig) -> tuple[nn.Module, Mappin
         "weight_ratio": round(float_bytes / (packed + scale_bytes), 3),
         "padded_layers": padded,
         "skipped_layers": skipped,
+        **({"unfused_transformer_layers": unfused} if unfused else {}),
         **_path_details(int4_paths(holder[0])),
         "api": "greenmeter Int4Linear (own packing; PyTorch's int4 CPU kernel where it runs, else dequantized "
                "to float on each forward)",

@@ -38,7 +38,7 @@ from greenmeter.compression.sparse import SparseLinear, count_sparse_weights, de
 if TYPE_CHECKING:
     from greenmeter.comparison.recipes import RecipeContext
 
-__all__ = ["ChannelPruneConfig", "PruneConfig", "sparsity"]
+__all__ = ["ChannelPruneConfig", "PruneConfig", "channel_unprunable_layers", "sparsity"]
 
 DEFAULT_LAYER_TYPES: tuple[str, ...] = ("Linear", "Conv2d")
 #: The values of ``sparse_execution``: run pruned Linear layers on sparse kernels where measured faster, or never.
@@ -372,6 +372,23 @@ def _widths(model: nn.Module) -> dict[str, dict[str, int]]:
             out[name] = {"in": m.in_channels, "out": m.out_channels}
         elif isinstance(m, nn.Linear):
             out[name] = {"in": m.in_features, "out": m.out_features}
+    return out
+
+
+def channel_unprunable_layers(model: nn.Module) -> list[str]:
+    """The modules of ``model`` that channel pruning cannot prune and must be told to keep whole
+    (``ChannelPruneConfig(ignored_layers=...)``, the recipe's ``[keep=...]``): those holding parameters of their
+    own that are not Conv, Linear or normalisation layers (an ``nn.Embedding``, an ``nn.MultiheadAttention``),
+    outermost first, none inside another listed one. Channel pruning then prunes the rest (a transformer layer's
+    feed-forward width)."""
+    out: list[str] = []
+    inside: set[int] = set()
+    for name, module in model.named_modules():
+        if id(module) in inside:
+            continue
+        if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, _STRUCTURED_SUPPORTED):
+            out.append(name or "(model)")
+            inside.update(id(m) for m in module.modules())
     return out
 
 

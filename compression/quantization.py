@@ -148,6 +148,31 @@ def int8_on_cpu(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
     return model.cpu(), {"moved_from": str(device), "flags": [INT8_ON_CPU.format(device=device)]}
 
 
+def unfused_transformer_layers(model: nn.Module) -> list[str]:
+    """Keep ``nn.TransformerEncoderLayer``s whose feed-forward Linear layers were replaced (int8, int4) off torch's
+    fused fast path, and their ``nn.TransformerEncoder`` off nested tensors; returns the layers' names.
+
+    In eval mode that fast path runs the layer as one kernel on ``linear1.weight`` and ``linear2.weight`` as float
+    tensors; a replaced layer has no such tensor (an int8 Linear's ``weight`` is a method), so the path's own
+    check fails with an AttributeError, and were it to pass it would run float weights. The layer then runs
+    module by module, its replaced Linear layers with their own kernels. torch reads the flags set here
+    (``activation_relu_or_gelu``, ``use_nested_tensor``) only to choose that path.
+    """
+    import torch
+    from torch import nn
+
+    changed = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.TransformerEncoderLayer) and not all(
+                isinstance(getattr(getattr(m, part, None), "weight", None), torch.Tensor) for part in ("linear1", "linear2")):
+            m.activation_relu_or_gelu = False
+            changed.append(name)
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoder) and any(layer.activation_relu_or_gelu is False for layer in m.layers):
+            m.use_nested_tensor = False
+    return changed
+
+
 def require_eval(model: nn.Module, method: str) -> None:
     """Raise :class:`CompressionError` unless every module of ``model`` is in eval mode."""
     training = next((name for name, m in model.named_modules() if m.training), None)
@@ -407,6 +432,7 @@ def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, M
         holder = nn.Sequential(model)  # quantize_dynamic swaps children only; this lets the root be swapped
         quantize_dynamic(holder, spec, dtype=torch.qint8, inplace=True)
         result = holder[0]
+    unfused = unfused_transformer_layers(result)
     counts = integer_modules(result)
     details = {
         "api": TORCH_AO_API.format("quantize_dynamic"),
@@ -416,6 +442,7 @@ def _dynamic(model: nn.Module, config: DynamicQuantConfig) -> tuple[nn.Module, M
         "integer_modules": counts,
         "quantized_layers": sum(counts.values()),
         "notices": notices,
+        **({"unfused_transformer_layers": unfused} if unfused else {}),
         **moved,
     }
     return result, details

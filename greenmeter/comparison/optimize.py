@@ -41,7 +41,7 @@ import contextlib
 import datetime as _dt
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -83,8 +83,19 @@ __all__ = ["DEFAULT_PROBES", "default_candidates", "optimize"]
 DEFAULT_PROBES = ("int8", "int4", "prune:0.5", "prune:0.8")
 
 
+def _kept_whole(model: Any) -> dict[str, list[str]]:
+    """The layers ``channels`` and ``qat`` cannot take in this model, which their candidates keep: channel
+    pruning's layers it cannot prune (an embedding, attention), QAT's embeddings (it cannot fake-quantize them)."""
+    from torch import nn
+
+    from greenmeter.compression.pruning import channel_unprunable_layers
+
+    return {"channels": [n for n in channel_unprunable_layers(model) if n != "(model)"],
+            "qat": [n for n, m in model.named_modules() if n and isinstance(m, (nn.Embedding, nn.EmbeddingBag))]}
+
+
 def default_candidates(sensitivity: Sensitivity | None, max_drop: float, *, can_train: bool,
-                       has_val: bool = False) -> list[tuple[str, str]]:
+                       has_val: bool = False, kept: Mapping[str, Sequence[str]] | None = None) -> list[tuple[str, str]]:
     """The recipes :func:`optimize` tries when ``recipes=`` is not given, each with why it was proposed.
 
     Rules (docs/optimize.md):
@@ -99,6 +110,9 @@ def default_candidates(sensitivity: Sensitivity | None, max_drop: float, *, can_
       makes the rest cheaper; ordered first, since on a CPU they are the likeliest to be cheapest.
     * ``early-exit:auto`` when the model can be trained and validation data is given (its threshold is
       calibrated there).
+    * **Layers a method cannot take** (``kept``) are kept by its steps: ``channels`` keeps the layers channel
+      pruning cannot prune (a text model's embedding and attention: ``channels:0.5[keep=emb,...]``, which
+      then prunes the feed-forward width), ``qat`` the embeddings it cannot fake-quantize.
     * Unstructured pruning (``prune``, ``ticket``) is not proposed: its masked weights still run dense
       kernels, so it saves no energy on a CPU; name it in ``recipes=`` to measure it anyway.
 
@@ -107,6 +121,7 @@ def default_candidates(sensitivity: Sensitivity | None, max_drop: float, *, can_
         max_drop: the metric budget, in the metric's unit.
         can_train: whether a trainer or training data is available.
         has_val: whether validation data is available.
+        kept: recipe name (``"channels"``, ``"qat"``) -> the layers of the model its steps must keep whole.
 
     Returns:
         ``(spec, origin)`` pairs in the order they are built.
@@ -134,11 +149,18 @@ def default_candidates(sensitivity: Sensitivity | None, max_drop: float, *, can_
         worst = None if sensitivity is None or "prune:0.8" not in sensitivity.probes else sensitivity.worst("prune:0.8")
         tolerant = worst is not None and worst[1] <= max_drop
         ratios = ("0.5", "0.7") if tolerant else ("0.3", "0.5")
-        shrinkers = [f"channels:{r}" for r in ratios] + ["distill:0.5", "distill:0.25"]
+        whole = {name: tuple((kept or {}).get(name, ())) for name in ("channels", "qat")}
+
+        def kept_note(name: str) -> str:
+            return f", keeping {', '.join(whole[name])} whole (it cannot take them)" if whole[name] else ""
+
+        shrinkers = [keep(f"channels:{r}", whole["channels"]) for r in ratios] + ["distill:0.5", "distill:0.25"]
         out += [(s, "shrinker" + (" (every layer tolerates 80% pruning alone)" if tolerant and s.startswith("channels")
-                                  else "")) for s in shrinkers]
+                                  else "") + (kept_note("channels") if s.startswith("channels") else ""))
+                for s in shrinkers]
         out += [(f"{s}{STEP_SEPARATOR}{static}", "stack: shrink, then int8") for s in shrinkers]
-        out.append((keep("qat", int8_keep), "quantizer (trained)"))
+        out.append((keep("qat", tuple(dict.fromkeys([*int8_keep, *whole["qat"]]))), "quantizer (trained)"
+                    + kept_note("qat")))
     out.append((static, why8))
     out.append((keep("int8-dynamic", sensitive("int8", ("Linear",))), "quantizer"))
     out.append((keep("int4", sensitive("int4", ("Linear",))), "quantizer (4-bit weights)"))
@@ -377,7 +399,8 @@ def optimize(
             journal.record("sensitivity", sensitivity.to_dict())
         can_train = recipe_context.can_train
         planned = ([(spec, "user") for spec in recipes] if recipes is not None else
-                   default_candidates(sensitivity, max_drop, can_train=can_train, has_val=val_data is not None))
+                   default_candidates(sensitivity, max_drop, can_train=can_train, has_val=val_data is not None,
+                                      kept=_kept_whole(model)))
         if recipes is None and not can_train:
             flags.append("no train_fn or train_data: recipes that train (channels, distill, qat, stacks) were not "
                          "tried")

@@ -318,14 +318,17 @@ def layer_sensitivity(model: nn.Module, data: Any, *, metric: Callable[[Any, Any
     Returns:
         A :class:`~greenmeter.records.sensitivity.Sensitivity`: per layer, the metric, the drop
         (``baseline - probed``, positive is worse) and, with the built-in accuracy, the samples whose
-        correctness changed, under each probe; ``None`` where a probe does not apply (int4 on a convolution).
+        correctness changed, under each probe; ``None`` where a probe does not apply (int4 on a convolution;
+        int8 on a layer the calibration inputs never call as a module, such as ``nn.MultiheadAttention``'s
+        ``out_proj``, whose weight the attention reads directly and which torch.ao's int8 recipes leave in float).
         A probe that makes the metric NaN or infinite (a layer that overflows) keeps that value, and the
         record's ranking helpers count a NaN drop as the largest.
 
     Raises:
         ConfigError: an unknown probe (the message lists the valid forms), an unknown layer name (the message
             lists the candidates), a bad ``batch_size``, ``progress`` or ``calibration``, empty data, a model
-            with no layer to probe, or a metric that is not a finite number on the unchanged model.
+            with no layer to probe, a metric that is not a finite number on the unchanged model, or a layer named
+            in ``layers`` that the calibration inputs never call as a module (with an int8 probe).
     """
     import torch
     from torch import nn
@@ -375,9 +378,12 @@ def layer_sensitivity(model: nn.Module, data: Any, *, metric: Callable[[Any, Any
                 continue
             handle = None
             if kind == "int8":
-                if name not in ranges:
-                    raise ConfigError(f"the calibration inputs never reached layer {name!r}; give calibration "
-                                      "inputs that run through it")
+                if name not in ranges and layers is not None:
+                    raise ConfigError(f"the calibration inputs never reached layer {name!r} as a module call; "
+                                      "give calibration inputs that run through it")
+                if name not in ranges:  # used through its weight (nn.MultiheadAttention's out_proj): not int8's
+                    metrics[probe] = drops[probe] = changed[probe] = None
+                    continue
                 handle = module.register_forward_pre_hook(_activation_quantizer(*ranges[name]))
             try:
                 with torch.no_grad():

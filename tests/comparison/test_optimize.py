@@ -211,6 +211,31 @@ def test_default_candidates_without_training_or_sensitivity() -> None:
     assert "channels:0.7" in specs and "channels:0.7+int8-static" in specs and specs[-1] == "early-exit:auto"
 
 
+def test_default_candidates_keep_what_channels_and_qat_cannot_take() -> None:
+    from greenmeter.comparison.optimize import default_candidates
+    from greenmeter.comparison.recipes import check_recipe
+
+    kept = {"channels": ["emb", "encoder.layers.0.self_attn"], "qat": ["emb"]}
+    planned = dict(default_candidates(None, 0.01, can_train=True, kept=kept))
+    assert "channels:0.3[keep=emb,encoder.layers.0.self_attn]" in planned
+    assert "channels:0.5[keep=emb,encoder.layers.0.self_attn]+int8-static" in planned
+    assert planned["qat[keep=emb]"] == "quantizer (trained), keeping emb whole (it cannot take them)"
+    assert "distill:0.5" in planned and "int8-static" in planned  # the others take the whole model
+    for spec in planned:
+        check_recipe(spec)
+
+
+def test_the_layers_channel_pruning_cannot_take_are_the_outermost_non_conv_linear_norm_modules() -> None:
+    from greenmeter.compression import channel_unprunable_layers
+    from tests.comparison.test_recipes_batches import TinyTransformer
+
+    assert channel_unprunable_layers(TinyTransformer()) == ["emb"] + [f"encoder.layers.{i}.self_attn"
+                                                                        for i in range(4)]
+    assert channel_unprunable_layers(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                                                   nn.Linear(4, 2))) == []
+    assert channel_unprunable_layers(nn.Embedding(4, 2)) == ["(model)"]
+
+
 def test_the_chosen_model_is_saved_and_reloads_with_its_accuracy(digits: DigitsData, trained: nn.Module,
                                                                  tmp_path) -> None:  # noqa: ANN001
     from greenmeter.comparison.export import load_model, read_manifest

@@ -273,6 +273,25 @@ def test_distill_makes_a_transformer_shallower_from_its_own_blocks_and_trains_it
     assert variant(**first).shape == (12, CLASSES)
 
 
+@pytest.mark.parametrize("spec", ["int8-dynamic", "int4", "channels:0.5[keep=emb,encoder.layers.0.self_attn,"
+                                  "encoder.layers.1.self_attn,encoder.layers.2.self_attn,encoder.layers.3.self_attn]"])
+def test_a_transformer_encoders_int8_int4_and_channel_variants_run_where_torch_takes_its_fused_path(spec: str) -> None:
+    batches = text_batches()
+    teacher = TinyTransformer().eval()
+    first = {k: v for k, v in batches[0].items() if k != "labels"}
+    variant = build_variant(spec, teacher, context(first, batches, fine_tune_epochs=1))
+    with torch.no_grad():  # eval mode without gradients: torch's fused encoder path would read linear1.weight
+        out = variant(**first)
+        expected = teacher(**first)
+    assert out.shape == (12, CLASSES)
+    details = variant.compression_info.details
+    if spec.startswith("channels"):
+        assert variant.encoder.layers[0].linear1.out_features == 16  # the feed-forward width halved
+    else:  # the replaced feed-forward layers run their own kernels, close to the float model
+        assert details["unfused_transformer_layers"] == [f"encoder.layers.{i}" for i in range(4)]
+        assert float((out - expected).abs().max()) < 0.1 * float(expected.abs().max())
+
+
 @pytest.mark.parametrize(("batch", "message"), [
     ({"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3), "label": torch.ones(2)},
      "batch 0 is a dict with keys input_ids, attention_mask, label and no 'labels': name the key of the targets "

@@ -167,6 +167,33 @@ def test_the_model_is_not_changed() -> None:
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
 
 
+class _Attention(nn.Module):
+    """An ``nn.MultiheadAttention`` (whose ``out_proj`` it uses through its weight, never as a module call) and a
+    Linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+
+def test_int8_does_not_probe_a_layer_used_through_its_weight_and_a_named_one_is_refused() -> None:
+    model = _Attention().eval()
+    data = (torch.randn(24, 5, 8), torch.randint(0, 3, (24,)))
+    result = layer_sensitivity(model, data, probes=("int8", "prune:0.5"), progress=False)
+    rows = {layer.name: layer for layer in result.layers}
+    assert list(rows) == ["attn.out_proj", "fc"]
+    assert rows["attn.out_proj"].metrics["int8"] is None  # never called as a module: int8 recipes leave it float
+    assert rows["attn.out_proj"].metrics["prune:0.5"] is not None  # its weight is still what the attention reads
+    assert rows["fc"].metrics["int8"] is not None
+    with pytest.raises(ConfigError, match="never reached layer 'attn.out_proj' as a module call"):
+        layer_sensitivity(model, data, probes=("int8",), layers=["attn.out_proj"], progress=False)
+
+
 def test_layers_restricts_the_probe_and_unknown_names_list_the_candidates() -> None:
     model, data = _fragile_mlp()
     assert list(sensitivity_layers(model)) == ["fc1", "fc2", "fc3"]
