@@ -54,9 +54,7 @@ def _question(r: OptimizeResult) -> tuple[tuple[str, str], ...]:
         items.append((f"limit: {_LIMITS.get(key, key)}", f"at most {_times(value)} the baseline's"))
     items.append(("candidates chosen on", f"the {r.selection}"))
     if r.time_budget_s is not None or r.duration_s is not None:
-        took = "–" if r.duration_s is None else f"{r.duration_s:.0f} s"
-        budget = "" if r.time_budget_s is None else f" of a {r.time_budget_s:.0f} s budget"
-        items.append(("search time", took + budget))
+        items.append(("search time", r.time_text()))
     return tuple(items)
 
 

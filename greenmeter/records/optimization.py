@@ -128,6 +128,20 @@ class OptimizeResult:
         """Whether a variant was chosen over the baseline."""
         return self.chosen != self.baseline
 
+    def time_text(self) -> str:
+        """How long the search took against its budget, the final comparison (which always runs, past the budget
+        if need be) apart: ``"77 s: 52 s of search (budget 60 s), then 25 s for the final comparison"``; ``"–"``
+        when the duration is unknown."""
+        if self.duration_s is None:
+            return "–"
+        final = self.comparison.duration_s
+        if final is None or not 0 <= final <= self.duration_s:
+            budget = "" if self.time_budget_s is None else f" of a {self.time_budget_s:.0f} s budget"
+            return f"{self.duration_s:.0f} s{budget}"
+        budget = "" if self.time_budget_s is None else f" (budget {self.time_budget_s:.0f} s)"
+        return (f"{self.duration_s:.0f} s: {self.duration_s - final:.0f} s of search{budget}, then {final:.0f} s "
+                "for the final comparison")
+
     def candidate(self, spec: str) -> CandidateOutcome:
         """The outcome of the candidate ``spec``."""
         for c in self.candidates:
@@ -163,8 +177,7 @@ class OptimizeResult:
             counts[c.status] = counts.get(c.status, 0) + 1
         lines.append("  candidates: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
         if self.duration_s is not None:
-            budget = "" if self.time_budget_s is None else f" of a {self.time_budget_s:.0f} s budget"
-            lines.append(f"  took {self.duration_s:.0f} s{budget}; selection on the {self.selection}")
+            lines.append(f"  took {self.time_text()}; selection on the {self.selection}")
         if self.saved is not None:
             program = self.saved.get("program") or "no program: load the state dict into a model built by the recipe"
             lines.append(f"  saved to {self.saved.get('directory', '?')} ({program})")

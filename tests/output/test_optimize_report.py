@@ -57,7 +57,9 @@ def test_the_decision_view_holds_the_question_the_choice_and_every_candidate(com
     assert question["metric budget"].startswith("accuracy at most 1 pp below the baseline's")
     assert question["limit: latency per batch"] == "at most ×1.500 the baseline's"
     assert question["candidates chosen on"] == "the validation data"
-    assert question["search time"] == "91 s of a 600 s budget"
+    final = comparison.duration_s
+    assert question["search time"] == (f"91 s: {91 - final:.0f} s of search (budget 600 s), then {final:.0f} s for "
+                                       "the final comparison")
     figures = dict(d.figures)
     ratio = comparison.variant("channels:0.5").vs_baseline.energy_ratio
     assert figures["energy per sample"] == f"×{ratio:.3f} the baseline's ({1 / ratio:.2f}× less)"
@@ -193,3 +195,18 @@ def test_store_report_finds_an_optimization_by_id_prefix(store_path, comparison:
         assert kind == "comparison"
         with pytest.raises(ConfigError, match="does not render an optimize result"):
             store_report(store, oid, "csv")
+
+
+def test_the_search_time_sets_the_final_comparison_apart_and_falls_back_without_its_duration(
+        comparison: Comparison) -> None:
+    result = make_optimization(comparison)
+    timed = dataclasses.replace(result, duration_s=77.4, time_budget_s=60.0,
+                                comparison=dataclasses.replace(comparison, duration_s=25.2))
+    assert timed.time_text() == "77 s: 52 s of search (budget 60 s), then 25 s for the final comparison"
+    assert "took 77 s: 52 s of search (budget 60 s), then 25 s for the final comparison; selection on" in \
+        timed.summary()
+    untimed = dataclasses.replace(timed, comparison=dataclasses.replace(comparison, duration_s=None))
+    assert untimed.time_text() == "77 s of a 60 s budget"
+    assert dataclasses.replace(timed, time_budget_s=None).time_text() == \
+        "77 s: 52 s of search, then 25 s for the final comparison"
+    assert dataclasses.replace(timed, duration_s=None).time_text() == "–"
