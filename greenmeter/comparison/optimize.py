@@ -30,7 +30,8 @@ How it searches (docs/optimize.md has the rules and their reasons):
    metric change's 95% interval within the budget, least energy, ties ranked) picks the winner. That
    comparison is the evidence, stored with the rest when the meter has a store.
 
-The time budget is checked before each build and each screening round; when it runs out, the candidates
+The time budget is checked before each build and each screening round, a round after the first being started
+only when the time it is expected to take (:func:`next_round_s`) is left; when it runs out, the candidates
 not yet built are marked ``not tried`` and the final comparison still runs, so the answer always rests on a
 full comparison.
 """
@@ -81,6 +82,12 @@ __all__ = ["DEFAULT_PROBES", "default_candidates", "optimize"]
 #: The sensitivity probes :func:`optimize` runs by default: int8 and int4 on each layer, magnitude pruning at
 #: two levels (the pruning drops choose the shrinking ratios tried).
 DEFAULT_PROBES = ("int8", "int4", "prune:0.5", "prune:0.8")
+
+
+def next_round_s(last: Rung, candidates: int, eta: int) -> float:
+    """The next screening round's expected seconds: the last round's, scaled by the models it compares (the
+    candidates and the baseline) and by ``eta`` times the repeats."""
+    return last.seconds * eta * (candidates + 1) / (len(last.measured) + 1)
 
 
 def _kept_whole(model: Any) -> dict[str, list[str]]:
@@ -252,7 +259,7 @@ def optimize(
             :func:`greenmeter.compare`); default top-1 accuracy.
         metric_name: the metric's name.
         time_budget_s: seconds the search may take before the final comparison (> 0): checked before each
-            build and each screening round.
+            build and each screening round (a later round starts only if the time it is expected to take is left).
         screen_repeats: repeats of the first screening round (>= 2; each later round ``eta`` times more).
         final_repeats: repeats of the final comparison (>= 2).
         finalists: how many candidates reach the final comparison (>= 1).
@@ -489,8 +496,12 @@ def optimize(
                 show(f"screening round {len(rungs)}: read back from the journal, {len(alive)} went on", advance=1)
                 repeats *= eta
                 continue
-            if time.perf_counter() > deadline:
-                flags.append(f"the time budget ran out after {len(rungs)} screening round(s): {len(alive)} candidates "
+            left = deadline - time.perf_counter()
+            expected = next_round_s(rungs[-1], len(alive), eta) if rungs else None
+            if left <= 0 or (expected is not None and expected > left):
+                why = ("ran out" if left <= 0 else
+                       f"had {left:.0f} s left, and the next round would take about {expected:.0f} s")
+                flags.append(f"the time budget {why} after {len(rungs)} screening round(s): {len(alive)} candidates "
                              f"were left, the final comparison took the {finalists} of lowest energy so far")
                 break
             index = len(rungs) + 1

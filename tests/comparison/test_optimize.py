@@ -272,3 +272,26 @@ def test_a_save_directory_it_cannot_use_is_refused_before_any_work(digits: Digit
         optimize(trained, (digits.x_test, digits.y_test), recipes=["int8-dynamic"], save_to=blocker / "sub" / "dir",
                  progress=lines.append)
     assert lines == [] and (foreign / "todo.txt").read_text() == "mine"  # nothing measured, nothing touched
+
+
+def test_the_next_screening_round_is_expected_to_take_the_last_ones_time_scaled_by_its_models_and_repeats() -> None:
+    from greenmeter.comparison.optimize import next_round_s
+    from greenmeter.records.optimization import Rung
+
+    last = Rung(1, 2, ("a", "b", "c", "d", "e"), ("a", "b", "c"), 6.0)
+    assert next_round_s(last, 3, 2) == pytest.approx(6.0 * 2 * 4 / 6)  # 4 models of 6, twice the repeats
+    assert next_round_s(Rung(1, 2, (), (), 1.5), 0, 3) == pytest.approx(4.5)  # every candidate failed: the baseline
+
+
+def test_a_screening_round_that_would_outrun_the_budget_is_not_started(digits: DigitsData, trained: nn.Module,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from greenmeter.comparison import optimize as search
+
+    monkeypatch.setattr(search, "next_round_s", lambda last, candidates, eta: 1e6)
+    result = optimize(trained, (digits.x_test, digits.y_test), finalists=1, time_budget_s=600,
+                      recipes=["int8-dynamic", "int4", "prune:0.3", "prune:0.5"],
+                      meter=Meter(backends=["cpu-estimate"]), **FAST)
+    assert len(result.rungs) == 1  # the first round ran: there was no round to scale yet
+    [flag] = [f for f in result.flags if f.startswith("the time budget")]
+    assert "left, and the next round would take about 1000000 s after 1 screening round(s)" in flag
+    assert sum(c.status in {"chosen", "finalist"} for c in result.candidates) <= 1
