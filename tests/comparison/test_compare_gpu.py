@@ -71,9 +71,9 @@ def test_a_gpu_model_is_compared_on_cpu_data_and_its_int8_variant_runs_on_the_cp
     assert int8.details["moved_from"] == "cuda:0"
     assert INT8_ON_CPU.format(device="cuda:0") in int8.flags
     assert any("different devices" in f and "int8 on cpu" in f for f in result.flags)
-    # the GPU run scores what the same model scores on the CPU (fp32 on both: at most one image differs)
+    # the GPU run scores what the same model scores on the CPU (cuDNN may convolve in TF32: a few images may differ)
     on_cpu = _accuracy(trained, digits.x_test, digits.y_test)
-    assert abs(float_.metric - on_cpu) <= 1 / len(digits.y_test) + 1e-9
+    assert abs(float_.metric - on_cpu) <= 0.01
     assert int8.metric > on_cpu - 0.03 and pruned.metric > on_cpu - 0.05
     assert float_.latency_batch is not None and float_.latency_batch.p50_s > 0
     assert model_device(on_gpu) == CUDA  # the baseline stays where it was
