@@ -21,6 +21,7 @@ from greenmeter.compression.quantization import (
     INT8_FACTS,
     TORCH_AO_API,
     check_engine,
+    inside_fx_calls,
     int8_layout,
     int8_on_cpu,
     integer_modules,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from greenmeter.comparison.recipes import RecipeContext
 
-__all__ = ["QATConfig"]
+__all__ = ["QATConfig", "qat_float_layers"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,25 @@ def _qat_recipe(model: nn.Module, arg: str | None, ctx: RecipeContext) -> tuple[
     train = ctx.trainer("qat")
     config = QATConfig(train_fn=lambda m: train(m, None), keep_layers=ctx.keep_layers)
     return compress(model, config), ctx.trainer_details()
+
+
+def qat_float_layers(model: nn.Module) -> list[str]:
+    """The layers quantization-aware training must be told to keep in float (``keep_layers``, the recipe's
+    ``[keep=...]``) for this model: its embeddings (torch.ao's QAT cannot fake-quantize them) and the layers
+    inside modules FX graph mode calls whole (an ``nn.TransformerEncoder``'s Linear layers, which it could
+    train with fake-quantized weights but not convert to int8)."""
+    from torch import nn
+
+    embeddings = [n for n, m in model.named_modules() if n and isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    return embeddings + [n for names in _fake_quantized_unconverted(model).values() for n in names]
+
+
+def _fake_quantized_unconverted(model: nn.Module) -> dict[str, list[str]]:
+    """The layers QAT would swap for fake-quantized ones (torch.ao's QAT module mapping) inside modules FX calls
+    whole, where convert cannot reach them, by outer module."""
+    from torch.ao.quantization.quantization_mappings import get_default_qat_module_mappings
+
+    return inside_fx_calls(model, tuple(get_default_qat_module_mappings()))
 
 
 def _refuse_integer_observations(prepared: Any, fake_type: type) -> list[Any]:
@@ -109,6 +129,16 @@ def _qat(model: nn.Module, config: QATConfig) -> tuple[nn.Module, Mapping[str, A
         from torch.ao.quantization import FakeQuantizeBase, get_default_qat_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
+        for outer, inner in _fake_quantized_unconverted(model).items():
+            left = [n for n in inner if n not in config.keep_layers]
+            if left:
+                shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+                raise UnsupportedModelError(
+                    f"quantization-aware training (FX graph mode) calls {outer!r} ({type(model.get_submodule(outer)).__name__}) "
+                    f"as one module, so it cannot convert the {len(left)} layer(s) inside it to int8 ({shown}): it "
+                    "would train them with fake-quantized weights and leave them float. Keep them in float with "
+                    "keep_layers (the recipe's [keep=...]; qat_float_layers(model) lists them), or use int8-dynamic, "
+                    "which quantizes them")
         model.train()
         layout = int8_layout(model)
         mapping = get_default_qat_qconfig_mapping(engine)

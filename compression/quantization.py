@@ -265,6 +265,25 @@ class _KeptFloat(nn.Module):
         return self.inner(*args, **kwargs)
 
 
+def inside_fx_calls(model: nn.Module, types: tuple[type, ...]) -> dict[str, list[str]]:
+    """For each outermost module that FX graph mode's tracer calls whole (a module of ``torch.nn`` that is not a
+    container nor of ``types``, such as ``nn.TransformerEncoder``) and that holds layers whose exact type is in
+    ``types``, those layers' names: FX sees one call, and its convert step never reaches them."""
+    from torch import nn
+
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    out: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if (not name or type(module) in types or isinstance(module, containers)
+                or not type(module).__module__.startswith(("torch.nn", "torch.ao.nn"))
+                or any(name.startswith(f"{outer}.") for outer in out)):
+            continue
+        inner = [f"{name}.{n}" for n, m in module.named_modules() if n and type(m) in types]
+        if inner:
+            out[name] = inner
+    return out
+
+
 def keep_float_fx(model: nn.Module, keep: tuple[str, ...], mapping: Any, owner: str, method: str) -> Any:
     """Set up FX graph mode int8 (static, QAT) to leave the modules ``keep`` names in float, as they are.
 
@@ -288,12 +307,15 @@ def keep_float_fx(model: nn.Module, keep: tuple[str, ...], mapping: Any, owner: 
     touched = [n for n, m in model.named_modules()
                if n and type(m) in quantized and isinstance(getattr(m, "weight", None), torch.Tensor)]
     check_kept_layers(owner, method, model, keep, touched)
+    unseen = {n for names in inside_fx_calls(model, tuple(quantized)).values() for n in names}
     for name in keep:
+        mapping.set_module_name(name, None)
+        if name in unseen:  # inside a module FX calls whole: no qconfig is enough, and its owner reads its weight
+            continue
         parent, _, child = name.rpartition(".")
         holder = model.get_submodule(parent)
         inner = getattr(holder, child)
         setattr(holder, child, _KeptFloat(inner).train(inner.training))
-        mapping.set_module_name(name, None)
     return PrepareCustomConfig().set_non_traceable_module_classes([_KeptFloat])
 
 

@@ -92,13 +92,13 @@ def next_round_s(last: Rung, candidates: int, eta: int) -> float:
 
 def _kept_whole(model: Any) -> dict[str, list[str]]:
     """The layers ``channels`` and ``qat`` cannot take in this model, which their candidates keep: channel
-    pruning's layers it cannot prune (an embedding, attention), QAT's embeddings (it cannot fake-quantize them)."""
-    from torch import nn
-
+    pruning's layers it cannot prune (an embedding, attention), QAT's embeddings and the layers inside modules FX
+    calls whole (:func:`~greenmeter.compression.qat.qat_float_layers`)."""
     from greenmeter.compression.pruning import channel_unprunable_layers
+    from greenmeter.compression.qat import qat_float_layers
 
     return {"channels": [n for n in channel_unprunable_layers(model) if n != "(model)"],
-            "qat": [n for n, m in model.named_modules() if n and isinstance(m, (nn.Embedding, nn.EmbeddingBag))]}
+            "qat": qat_float_layers(model)}
 
 
 def default_candidates(sensitivity: Sensitivity | None, max_drop: float, *, can_train: bool,

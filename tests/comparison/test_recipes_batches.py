@@ -292,6 +292,26 @@ def test_a_transformer_encoders_int8_int4_and_channel_variants_run_where_torch_t
         assert float((out - expected).abs().max()) < 0.1 * float(expected.abs().max())
 
 
+def test_qat_refuses_before_training_the_layers_fx_cannot_convert_and_quantizes_the_rest_when_they_are_kept(
+        histories: list[list[float]]) -> None:
+    from greenmeter.compression import qat_float_layers
+
+    batches = text_batches()
+    model = TinyTransformer().eval()
+    first = {k: v for k, v in batches[0].items() if k != "labels"}
+    kept = qat_float_layers(model)
+    assert kept == ["emb"] + [f"encoder.layers.{i}.{part}" for i in range(4)
+                              for part in ("self_attn.out_proj", "linear1", "linear2")]
+    with pytest.raises(UnsupportedModelError, match=r"calls 'encoder' \(TransformerEncoder\) as one module, so it "
+                                                    r"cannot convert the 12 layer\(s\) inside it to int8"):
+        build_variant("qat[keep=emb]", model, context(first, batches, fine_tune_epochs=1))
+    assert histories == []  # refused before any training
+    variant = build_variant(f"qat[keep={','.join(kept)}]", model, context(first, batches, fine_tune_epochs=1))
+    assert variant.compression_info.details["integer_modules"] == {"Linear": 1}  # the classifier
+    with torch.no_grad():  # the kept layers are not wrapped: the encoder layers still read their weights
+        assert variant(**first).shape == (12, CLASSES)
+
+
 @pytest.mark.parametrize(("batch", "message"), [
     ({"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3), "label": torch.ones(2)},
      "batch 0 is a dict with keys input_ids, attention_mask, label and no 'labels': name the key of the targets "
