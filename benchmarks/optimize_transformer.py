@@ -20,11 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-
 from greenmeter.comparison.optimize import optimize  # noqa: E402
-from tests.comparison.test_recipes_batches import TinyTransformer, accuracy, text_batches  # noqa: E402
+from tests.comparison.test_recipes_batches import accuracy, text_batches, trained_tiny_transformer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,14 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=60.0, help="optimize's time_budget_s (default 60)")
     args = parser.parse_args(argv)
     batches = text_batches()
-    model = TinyTransformer()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(10):
-        for b in batches:
-            opt.zero_grad()
-            F.cross_entropy(model(b["input_ids"], b["attention_mask"]), b["labels"]).backward()
-            opt.step()
-    model.eval()
+    model = trained_tiny_transformer(batches)
     print(f"teacher accuracy on the {sum(len(b['labels']) for b in batches)} sentences: {accuracy(model, batches):.3f}")
     result = optimize(model, batches, train_data=batches, max_drop=0.05, time_budget_s=args.time_budget,
                       progress=False, final_repeats=3)

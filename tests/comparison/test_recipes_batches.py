@@ -245,17 +245,22 @@ class TinyTransformer(nn.Module):
         return self.fc((h * mask).sum(1) / mask.sum(1).clamp(min=1.0))
 
 
+def trained_tiny_transformer(batches: list[dict[str, torch.Tensor]]) -> TinyTransformer:
+    """A :class:`TinyTransformer` trained on ``batches`` (10 epochs of Adam at 0.01), in eval mode."""
+    model = TinyTransformer()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(10):
+        for b in batches:
+            opt.zero_grad()
+            F.cross_entropy(model(b["input_ids"], b["attention_mask"]), b["labels"]).backward()
+            opt.step()
+    return model.eval()
+
+
 def test_distill_makes_a_transformer_shallower_from_its_own_blocks_and_trains_it_on_dict_batches(
         histories: list[list[float]]) -> None:
     batches = text_batches()
-    teacher = TinyTransformer()
-    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
-    for _ in range(10):  # the teacher learns the task first
-        for b in batches:
-            opt.zero_grad()
-            F.cross_entropy(teacher(b["input_ids"], b["attention_mask"]), b["labels"]).backward()
-            opt.step()
-    teacher.eval()
+    teacher = trained_tiny_transformer(batches)  # the teacher learns the task first
     assert accuracy(teacher, batches) == 1.0
     first = {k: v for k, v in batches[0].items() if k != "labels"}
     start, _ = distillation.make_shallow_student(teacher, 0.25)  # the student before it learns from the teacher
