@@ -186,8 +186,8 @@ def make_shallow_student(model: nn.Module, depth: float) -> tuple[nn.Module, dic
     depth))`` of its ``n`` blocks, evenly spaced and ending with the last (6 blocks at 0.5 keep blocks 1, 3 and
     5), each a copy of the teacher's, as DistilBERT's student starts from every other layer of BERT. A layer count
     stored beside the stack (``num_layers`` of ``nn.TransformerEncoder``; ``num_hidden_layers``, ``num_layers``
-    or ``n_layer`` of a ``config``) is set to the new count. Models that index their blocks (a decoder's key-value
-    cache by ``layer_idx``) are not renumbered.
+    or ``n_layer`` of a ``config``) is set to the new count, and a block's ``layer_idx`` (by which a Hugging Face
+    decoder's key-value cache finds its layer) to its new position.
 
     Args:
         model: the teacher.
@@ -212,7 +212,12 @@ def make_shallow_student(model: nn.Module, depth: float) -> tuple[nn.Module, dic
     student = copy.deepcopy(model)
     parent_name, _, attr = name.rpartition(".")
     parent = student.get_submodule(parent_name) if parent_name else student
-    setattr(parent, attr, nn.ModuleList([getattr(parent, attr)[i] for i in kept]))
+    blocks = nn.ModuleList([getattr(parent, attr)[i] for i in kept])
+    setattr(parent, attr, blocks)
+    for position, block in enumerate(blocks):  # a decoder's key-value cache is indexed by its blocks' layer_idx
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = position
     for module in student.modules():
         if isinstance(getattr(module, "num_layers", None), int) and module.num_layers == n:
             module.num_layers = len(kept)

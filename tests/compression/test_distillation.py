@@ -234,6 +234,21 @@ def test_a_shallow_student_keeps_evenly_spaced_blocks_ending_with_the_last_copie
     assert student(torch.ones(2, 8)).shape == (2, 3)
 
 
+def test_the_kept_blocks_layer_indices_are_their_new_positions() -> None:
+    from greenmeter.compression import make_shallow_student
+
+    class Attention(nn.Linear):
+        def __init__(self, layer_idx: int) -> None:
+            super().__init__(8, 8)
+            self.layer_idx = layer_idx
+
+    teacher = _Encoder()
+    teacher.encoder.layer = nn.ModuleList(Attention(i) for i in range(6))
+    student, _ = make_shallow_student(teacher, 0.5)
+    assert [b.layer_idx for b in student.encoder.layer] == [0, 1, 2]
+    assert [b.layer_idx for b in teacher.encoder.layer] == [0, 1, 2, 3, 4, 5]
+
+
 def test_a_model_without_a_stack_of_blocks_or_a_bad_depth_is_refused_with_what_to_do() -> None:
     from greenmeter.compression import make_shallow_student
 
@@ -265,3 +280,20 @@ def test_the_pretrained_minilm_gets_a_three_layer_student_from_its_own_layers(mo
         out = student(**batch).last_hidden_state
     assert out.shape == (1, batch["input_ids"].shape[1], 384) and torch.isfinite(out).all()
     assert sum(p.numel() for p in student.parameters()) < 0.8 * sum(p.numel() for p in teacher.parameters())
+
+
+def test_a_shallow_gpt2_student_generates_with_its_key_value_cache() -> None:
+    transformers = pytest.importorskip("transformers")
+    from greenmeter.compression import make_shallow_student
+
+    config = transformers.GPT2Config(n_layer=4, n_embd=32, n_head=2, vocab_size=100, n_positions=32)
+    torch.manual_seed(0)
+    teacher = transformers.GPT2LMHeadModel(config).eval()  # built from a config: nothing is downloaded
+    student, info = make_shallow_student(teacher, 0.5)
+    assert info == {"stack": "transformer.h", "blocks": 4, "kept_blocks": [1, 3]}
+    assert student.config.n_layer == 2 and teacher.config.n_layer == 4
+    assert [block.attn.layer_idx for block in student.transformer.h] == [0, 1]
+    ids = torch.randint(0, 100, (1, 5))
+    with torch.no_grad():  # the cache has a slot per kept block, found by layer_idx
+        out = student.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 9) and torch.equal(out[:, :5], ids)
