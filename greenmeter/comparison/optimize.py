@@ -30,8 +30,8 @@ How it searches (docs/optimize.md has the rules and their reasons):
    metric change's 95% interval within the budget, least energy, ties ranked) picks the winner. That
    comparison is the evidence, stored with the rest when the meter has a store.
 
-The time budget is checked before each build and each screening round, a round after the first being started
-only when the time it is expected to take (:func:`next_round_s`) is left; when it runs out, the candidates
+The time budget is checked before each build and each screening round, a build or a round being started only
+when the time it is expected to take (:func:`expected_build_s`, :func:`next_round_s`) is left; when it runs out, the candidates
 not yet built are marked ``not tried`` and the final comparison still runs, so the answer always rests on a
 full comparison.
 """
@@ -61,7 +61,7 @@ from greenmeter.comparison.compare import Variant, check_settings, compare
 from greenmeter.comparison.metrics import Metric, accuracy_metric, check_metric, metric_value
 from greenmeter.comparison.metrics import metric_name as name_of_metric
 from greenmeter.comparison.progress import Progress
-from greenmeter.comparison.recipes import STEP_SEPARATOR, RecipeContext, check_recipe
+from greenmeter.comparison.recipes import STEP_SEPARATOR, RecipeContext, check_recipe, parse_step
 from greenmeter.comparison.recommend import recommend
 from greenmeter.comparison.steps import Scoring, build_measured, paired_metric_test, stacked_making
 from greenmeter.metering.interrupts import signals_deferred
@@ -82,6 +82,17 @@ __all__ = ["DEFAULT_PROBES", "default_candidates", "optimize"]
 #: The sensitivity probes :func:`optimize` runs by default: int8 and int4 on each layer, magnitude pruning at
 #: two levels (the pruning drops choose the shrinking ratios tried).
 DEFAULT_PROBES = ("int8", "int4", "prune:0.5", "prune:0.8")
+
+
+def expected_build_s(spec: str, made: Mapping[str, float]) -> tuple[float, str] | None:
+    """How long making ``spec`` is expected to take, and the candidate that says so: the longest making time in
+    ``made`` (candidate -> seconds) of a candidate whose first step is the same recipe (``distill:0.25`` for
+    ``distill:0.5``, ``channels:0.5`` for ``channels:0.7+int8-static``); ``None`` when none was made."""
+    def recipe(candidate: str) -> str:
+        return parse_step(candidate.split(STEP_SEPARATOR)[0].strip())[0]
+
+    same = [(seconds, other) for other, seconds in made.items() if recipe(other) == recipe(spec)]
+    return max(same) if same else None
 
 
 def next_round_s(last: Rung, candidates: int, eta: int) -> float:
@@ -259,7 +270,7 @@ def optimize(
             :func:`greenmeter.compare`); default top-1 accuracy.
         metric_name: the metric's name.
         time_budget_s: seconds the search may take before the final comparison (> 0): checked before each
-            build and each screening round (a later round starts only if the time it is expected to take is left).
+            build and each screening round (either starts only if the time it is expected to take is left).
         screen_repeats: repeats of the first screening round (>= 2; each later round ``eta`` times more).
         final_repeats: repeats of the final comparison (>= 2).
         finalists: how many candidates reach the final comparison (>= 1).
@@ -417,6 +428,7 @@ def optimize(
         # ----------------------------------------------------------------------- round 0: build and check
         outcomes: dict[str, dict[str, Any]] = {}
         built: dict[str, tuple[Any, MakingCost]] = {}
+        made_s: dict[str, float] = {}  # each candidate made here: seconds, to foresee the next of the same recipe
         over: set[str] = set()
         for i, (spec, origin) in enumerate(show.iterate(planned)):
             outcome = outcomes.setdefault(spec, {"spec": spec, "origin": origin, "rung": 0})
@@ -446,6 +458,12 @@ def optimize(
             elif time.perf_counter() > deadline:
                 outcome.update(status="not tried", reason="the time budget ran out before it was built")
                 continue
+            elif (expected := None if spec.rpartition(STEP_SEPARATOR)[0].strip() in built
+                  else expected_build_s(spec, made_s)) is not None and expected[0] > deadline - time.perf_counter():
+                outcome.update(status="not tried", reason=(
+                    f"the time budget had {deadline - time.perf_counter():.0f} s left, and making it would take about "
+                    f"{expected[0]:.0f} s (as {expected[1]} did)"))
+                continue
             else:
                 show(f"[{i + 1}/{len(planned)}] making {spec}")
             try:
@@ -468,6 +486,8 @@ def optimize(
                 low = _accuracy_low(base_outputs, outputs, select_targets)
             outcome.update(metric=value, metric_change=change, metric_low=low, making_j=making.energy_j,
                            making_s=making.duration_s)
+            if prefix.strip() not in built:  # made whole, not on an earlier candidate's model
+                made_s[spec] = making.duration_s
             if change < -max_drop - 1e-12:
                 over.add(spec)
                 outcome.update(status="over budget", reason=f"{metric_name} {change_text(metric_name, change)} on "

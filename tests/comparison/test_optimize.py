@@ -295,3 +295,28 @@ def test_a_screening_round_that_would_outrun_the_budget_is_not_started(digits: D
     [flag] = [f for f in result.flags if f.startswith("the time budget")]
     assert "left, and the next round would take about 1000000 s after 1 screening round(s)" in flag
     assert sum(c.status in {"chosen", "finalist"} for c in result.candidates) <= 1
+
+
+def test_a_build_is_expected_to_take_as_long_as_the_longest_of_the_same_recipe_made_before() -> None:
+    from greenmeter.comparison.optimize import expected_build_s
+
+    made = {"distill:0.5": 30.0, "distill:0.25": 12.0, "channels:0.5": 8.0, "int8-static": 1.0}
+    assert expected_build_s("distill:0.1", made) == (30.0, "distill:0.5")
+    assert expected_build_s("channels:0.7+int8-static", made) == (8.0, "channels:0.5")
+    assert expected_build_s("int8-static[keep=fc]", made) == (1.0, "int8-static")
+    assert expected_build_s("qat", made) is None
+
+
+def test_a_candidate_whose_making_would_outrun_the_budget_is_not_tried(digits: DigitsData, trained: nn.Module,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from greenmeter.comparison import optimize as search
+
+    real = search.expected_build_s
+    monkeypatch.setattr(search, "expected_build_s",
+                        lambda spec, made: None if real(spec, made) is None else (1e6, real(spec, made)[1]))
+    result = optimize(trained, (digits.x_test, digits.y_test), time_budget_s=600,
+                      recipes=["prune:0.3", "int8-dynamic", "prune:0.5"], meter=Meter(backends=["cpu-estimate"]), **FAST)
+    outcome = {c.spec: c for c in result.candidates}
+    assert outcome["prune:0.3"].status != "not tried" and outcome["int8-dynamic"].status != "not tried"
+    assert outcome["prune:0.5"].status == "not tried"  # the first prune says how long a prune takes
+    assert "left, and making it would take about 1000000 s (as prune:0.3 did)" in outcome["prune:0.5"].reason
