@@ -203,7 +203,7 @@ class MultiExitModel(nn.Module):
         backbone.eval()
         try:
             block_macs, features = [], []
-            h = example_input[:1].to(_device_of(backbone))
+            h = _on_device_of(backbone, example_input[:1])
             for block in self.blocks:
                 macs, h = _count_macs(block, h)
                 block_macs.append(macs)
@@ -460,10 +460,10 @@ def _all_exit_logits(model: Any, x: torch.Tensor, batch_size: int = 256) -> list
     if model.training:
         raise CompressionError("this needs the model in eval mode (batch norm, dropout): call model.eval() first")
     parts: list[list[torch.Tensor]] = [[] for _ in range(model.num_exits)]
-    device = _device_of(model)
+    x = _on_device_of(model, x)
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
-            for k, out in enumerate(model.forward_all(x[start:start + batch_size].to(device))):
+            for k, out in enumerate(model.forward_all(x[start:start + batch_size])):
                 parts[k].append(out)
     return [torch.cat(p) for p in parts]
 
@@ -609,7 +609,7 @@ def exit_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: f
     if model.training:
         raise CompressionError("exit_report needs the model in eval mode (batch norm, dropout): call model.eval() first")
     preds, exits = [], []
-    x = x.to(_device_of(model))
+    x = _on_device_of(model, x)
     with torch.inference_mode():
         for start in range(0, len(x), 256):
             logits, ex = model.infer(x[start:start + 256], threshold)
@@ -682,10 +682,12 @@ def _seconds(call: Callable[[], Any], rounds: int, sync: Callable[[], None] = la
     return best
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    """The device of ``model``'s parameters (the CPU for a model without any)."""
-    first = next(model.parameters(), None)
-    return torch.device("cpu") if first is None else first.device
+def _on_device_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the device ``model`` runs on, as ``compare`` finds and moves it
+    (:func:`greenmeter.comparison.batches.model_device`, :func:`~greenmeter.comparison.batches.to_device`)."""
+    from greenmeter.comparison.batches import model_device, to_device
+
+    return to_device(x, model_device(model))
 
 
 def measure_exit_costs(model: MultiExitModel, example_input: torch.Tensor, batch_size: int = 1,
@@ -702,9 +704,10 @@ def measure_exit_costs(model: MultiExitModel, example_input: torch.Tensor, batch
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ConfigError(f"measure_exit_costs: batch_size must be >= 1, got {batch_size}")
-    device = _device_of(model)
-    x = example_input[:1].expand(batch_size, *example_input.shape[1:]).contiguous().to(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    from greenmeter.comparison.batches import device_sync, model_device
+
+    x = _on_device_of(model, example_input[:1].expand(batch_size, *example_input.shape[1:]).contiguous())
+    sync = device_sync(model_device(model)) or (lambda: None)
     was = model.training
     model.eval()
     layer_s, head_s = [], {}
@@ -823,7 +826,7 @@ def exit_positions(model: nn.Module, example_input: torch.Tensor, candidates: in
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        h = example_input[:1].to(_device_of(model))
+        h = _on_device_of(model, example_input[:1])
         with torch.no_grad():
             for layer in model:
                 h = layer(h)

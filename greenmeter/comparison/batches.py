@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["DEFAULT_TARGET_KEY", "Batch", "OutputFn", "batch_size_of", "call_model", "calibration_inputs",
-           "check_device", "check_output_fn", "check_target_key", "default_output", "describe", "evaluation_batches",
-           "first_samples", "model_device", "model_output", "read_batch", "to_device"]
+           "check_device", "check_output_fn", "check_target_key", "default_output", "describe", "device_sync",
+           "evaluation_batches", "first_samples", "model_device", "model_output", "read_batch", "to_device"]
 
 #: The key of the targets in a mapping batch, unless ``target_key=`` names another (Hugging Face's name).
 DEFAULT_TARGET_KEY = "labels"
@@ -125,6 +125,16 @@ def model_device(model: Any) -> torch.device | None:
     if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
         return torch.device("cpu")
     return None
+
+
+def device_sync(device: torch.device | None) -> Callable[[], None] | None:
+    """``torch.cuda.synchronize(device)`` as a function for a CUDA device (a timed step then ends when its work is
+    done, not when it was queued), ``None`` for any other device (or none known): nothing is queued there."""
+    if device is None or device.type != "cuda":
+        return None
+    import torch
+
+    return lambda: torch.cuda.synchronize(device)
 
 
 def to_device(inputs: Any, device: torch.device | str | None) -> Any:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from greenmeter._errors import ConfigError
 from greenmeter.carbon.settings import CarbonSettings, estimate_carbon
-from greenmeter.comparison.batches import Batch, OutputFn, model_device, model_output, to_device
+from greenmeter.comparison.batches import Batch, OutputFn, device_sync, model_device, model_output, to_device
 from greenmeter.comparison.metrics import Metric, correct_predictions, joined, metric_value
 from greenmeter.comparison.recipes import STEP_SEPARATOR, build_variant
 from greenmeter.records.comparison import (
@@ -105,23 +105,14 @@ class _Entry:
         self.error = f"{stage}: {type(err).__name__}: {err}"
 
 
-def device_sync(device: torch.device | None) -> Callable[[], None] | None:
-    """``torch.cuda.synchronize(device)`` as a function for a CUDA device (a step's end is then when its work is
-    done, not when it was queued), ``None`` for any other device (or none known): nothing is queued there."""
-    if device is None or device.type != "cuda":
-        return None
-    import torch
-
-    return lambda: torch.cuda.synchronize(device)
-
-
-def staged(entry: _Entry, batches: Sequence[Batch]) -> list[Any]:
+def staged(entry: _Entry, batches: Sequence[Batch]) -> tuple[list[Any], Callable[[], None] | None]:
     """Each batch's inputs on the variant's device (:func:`~greenmeter.comparison.batches.model_device`; the
-    same objects where they are there already), copied before a window opens, so that no window holds the copy;
-    the device is kept in ``entry.facts["device"]``."""
+    same objects where they are there already), copied before a window opens, so that no window holds the copy,
+    and the device's :func:`~greenmeter.comparison.batches.device_sync`; the device is kept in
+    ``entry.facts["device"]``."""
     device = model_device(entry.model)
     entry.facts["device"] = None if device is None else str(device)
-    return [to_device(b.inputs, device) for b in batches]
+    return [to_device(b.inputs, device) for b in batches], device_sync(device)
 
 
 def _on_cpu(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -213,15 +204,15 @@ def prepare(entry: _Entry, base: _Entry, batches: Sequence[Batch], targets: Sequ
         try:
             model = entry.model
             model.eval()
-            inputs = staged(entry, batches)
-            sync = device_sync(model_device(model)) or (lambda: None)
+            inputs, sync = staged(entry, batches)
             t_pass = math.inf
             for _ in range(max(1, warmup)):
                 torch.manual_seed(seed)
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     outs = [model_output(model, x, output_fn, move=False) for x in inputs]
-                sync()
+                if sync is not None:
+                    sync()
                 t_pass = min(t_pass, time.perf_counter() - t0)
             outs = _on_cpu(outs)
             shapes = [tuple(o.shape[1:]) for o in outs]
@@ -283,8 +274,7 @@ def measure(entry: _Entry, meter: Meter, batches: Sequence[Batch], targets: Sequ
 
     model = entry.model
     sizes = [b.size for b in batches]
-    inputs = staged(entry, batches)
-    sync = device_sync(model_device(model))  # on a GPU each step ends when its work is done
+    inputs, sync = staged(entry, batches)  # on a GPU each step ends when its work is done
     # Every step kept whole, however long the repeat: the per-sample latency pairs each step's duration with its
     # batch's size, and the pooled percentiles stay exact.
     # Seeded once, before the window: the first pass (whose outputs are scored) sees the same random state in every

@@ -14,10 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from greenmeter._errors import ConfigError  # noqa: E402
-from greenmeter.comparison.batches import call_model, check_device, model_device, to_device  # noqa: E402
+from greenmeter.comparison.batches import call_model, check_device, device_sync, model_device, to_device  # noqa: E402
 from greenmeter.comparison.compare import MIXED_DEVICES, compare, mixed_devices  # noqa: E402
 from greenmeter.comparison.config import load_compare_config  # noqa: E402
-from greenmeter.comparison.steps import device_sync  # noqa: E402
 
 HERE = "tests.comparison.test_devices"
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA says")
