@@ -455,16 +455,15 @@ def optimize(
                         continue
                     stored = "its stored model no longer gives the metric journaled for it"
                 show(f"[{i + 1}/{len(planned)}] making {spec} again: {stored}")
-            elif time.perf_counter() > deadline:
-                outcome.update(status="not tried", reason="the time budget ran out before it was built")
-                continue
-            elif (expected := None if spec.rpartition(STEP_SEPARATOR)[0].strip() in built
-                  else expected_build_s(spec, made_s)) is not None and expected[0] > deadline - time.perf_counter():
-                outcome.update(status="not tried", reason=(
-                    f"the time budget had {deadline - time.perf_counter():.0f} s left, and making it would take about "
-                    f"{expected[0]:.0f} s (as {expected[1]} did)"))
-                continue
             else:
+                left = deadline - time.perf_counter()
+                on_made = spec.rpartition(STEP_SEPARATOR)[0].strip() in built  # only its last step will run
+                expected = None if on_made else expected_build_s(spec, made_s)
+                if left <= 0 or (expected is not None and expected[0] > left):
+                    outcome.update(status="not tried", reason="the time budget ran out before it was built" if left <= 0
+                                   else f"the time budget had {left:.0f} s left, and making it would take about "
+                                        f"{expected[0]:.0f} s (as {expected[1]} did)")
+                    continue
                 show(f"[{i + 1}/{len(planned)}] making {spec}")
             try:
                 prefix, _, last = spec.rpartition(STEP_SEPARATOR)
