@@ -384,20 +384,22 @@ def channel_unprunable_layers(model: nn.Module) -> list[str]:
     out: list[str] = []
     inside: set[int] = set()
     for name, module in model.named_modules():
-        if id(module) in inside:
-            continue
-        if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, _STRUCTURED_SUPPORTED):
+        if id(module) not in inside and _unprunable(module):
             out.append(name or "(model)")
             inside.update(id(m) for m in module.modules())
     return out
+
+
+def _unprunable(module: nn.Module) -> bool:
+    """Whether ``module`` holds parameters of its own that Torch-Pruning is not trusted with here."""
+    return any(True for _ in module.parameters(recurse=False)) and not isinstance(module, _STRUCTURED_SUPPORTED)
 
 
 def _check_layers(method: str, executed: list[tuple[str, nn.Module]], ignored: list[nn.Module]) -> None:
     """Refuse a layer with parameters that Torch-Pruning is not trusted with here, unless the user keeps it whole."""
     kept = {id(m) for layer in ignored for m in layer.modules()}
     for name, module in executed:
-        owns = any(True for _ in module.parameters(recurse=False))
-        if owns and not isinstance(module, _STRUCTURED_SUPPORTED) and id(module) not in kept:
+        if _unprunable(module) and id(module) not in kept:
             raise UnsupportedModelError(
                 f"{method} cannot prune layer {name!r} ({type(module).__name__}): it handles Conv, Linear and "
                 f"normalisation layers. List {name!r} in ignored_layers to keep its channels as they are."

@@ -161,16 +161,15 @@ def unfused_transformer_layers(model: nn.Module) -> list[str]:
     import torch
     from torch import nn
 
-    changed = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.TransformerEncoderLayer) and not all(
-                isinstance(getattr(getattr(m, part, None), "weight", None), torch.Tensor) for part in ("linear1", "linear2")):
-            m.activation_relu_or_gelu = False
-            changed.append(name)
+    changed = {name: m for name, m in model.named_modules() if isinstance(m, nn.TransformerEncoderLayer) and not all(
+        isinstance(getattr(getattr(m, part, None), "weight", None), torch.Tensor) for part in ("linear1", "linear2"))}
+    for layer in changed.values():
+        layer.activation_relu_or_gelu = False
+    unfused = {id(layer) for layer in changed.values()}
     for m in model.modules():
-        if isinstance(m, nn.TransformerEncoder) and any(layer.activation_relu_or_gelu is False for layer in m.layers):
+        if isinstance(m, nn.TransformerEncoder) and any(id(layer) in unfused for layer in m.layers):
             m.use_nested_tensor = False
-    return changed
+    return list(changed)
 
 
 def require_eval(model: nn.Module, method: str) -> None:
